@@ -1,0 +1,76 @@
+"""The ``slimpipe`` command line: one subcommand per user job (DESIGN.md).
+
+Subcommands live next to the code they drive (``slimpipe/<stage>/command.py``) and are imported only
+when invoked, so ``slimpipe --help`` stays fast and a missing optional stage never breaks the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+import click
+
+# name -> (module:attribute of a click command, one-line help, issue that builds it)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "sample": ("slimpipe.sample:sample_command", "Write the embedded RedPajama-style sample corpus.", "#2"),
+    "inspect": ("slimpipe.io.command:inspect_command", "Read sources and count documents/rejects per source.", "#2"),
+    "dedup": ("slimpipe.dedup.command:dedup_command", "MinHash-LSH near-duplicate removal, global or local.", "#3"),
+    "slimpajama": ("slimpipe.pipeline.command:slimpajama_command", "RedPajama sources in, SlimPajama shards out.", "#4"),
+    "mix": ("slimpipe.mix.command:mix_command", "Build a SlimPajama-DC (or custom) mix, tokenized and packed.", "#5"),
+    "train": ("slimpipe.train.command:train_command", "Train one model on one mix and evaluate it per source.", "#6"),
+    "compare": ("slimpipe.report.command:compare_command", "Compare trained runs in one report.", "#7"),
+    "demo": ("slimpipe.demo:demo_command", "The whole mission end to end on the embedded sample.", "#7"),
+}
+
+
+def _not_built(name: str, help_text: str, issue: str) -> click.Command:
+    @click.command(name=name, help=f"{help_text} [not built yet: {issue}]",
+                   context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+    def _cmd() -> None:
+        raise click.ClickException(f"`slimpipe {name}` is not built yet (tracked in issue {issue}).")
+
+    return _cmd
+
+
+def _load(name: str) -> click.Command:
+    target, help_text, issue = COMMANDS[name]
+    module_name, attr = target.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            return _not_built(name, help_text, issue)
+        raise
+    cmd = getattr(module, attr, None)
+    return cmd if isinstance(cmd, click.Command) else _not_built(name, help_text, issue)
+
+
+def _is_built(name: str) -> bool:
+    module_name = COMMANDS[name][0].split(":")[0]
+    return importlib.util.find_spec(module_name) is not None
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return _load(cmd_name) if cmd_name in COMMANDS else None
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name, (_, help_text, issue) in COMMANDS.items():
+            rows.append((name, help_text if _is_built(name) else f"{help_text} [not built yet: {issue}]"))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="slimpipe")
+def main() -> None:
+    """slimpipe: RedPajama-style sources -> SlimPajama-like shards -> data mixes -> small models -> comparison."""
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""RedPajama readers (jsonl, jsonl.zst, parquet) and SlimPajama shard writers."""

@@ -1,0 +1,53 @@
+"""``slimpipe inspect SOURCES...``: what is in the inputs, per source and per file, and what was rejected."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from slimpipe.io.readers import InputError
+
+
+@click.command("inspect")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--source", "force_source", default=None, help="Treat every input as this source.")
+@click.option("--rejects", "rejects_out", type=click.Path(path_type=Path), default=None,
+              help="Write the rejects table here (Parquet).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--ray-address", default=None, help="Attach to a Ray cluster instead of starting a local one.")
+def inspect_command(sources: tuple[Path, ...], force_source: str | None, rejects_out: Path | None,
+                    as_json: bool, ray_address: str | None) -> None:
+    """Read SOURCES (files or folders) and count documents, bytes and rejects per source."""
+    from slimpipe.engine import ensure_ray
+    from slimpipe.io.scan import scan
+
+    ensure_ray(ray_address)
+    try:
+        result = scan(list(sources), source=force_source)
+    except InputError as exc:
+        raise click.ClickException(str(exc)) from exc
+    rejects = result.pop("rejects")
+    if rejects_out:
+        import pyarrow.parquet as pq
+
+        rejects_out.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(rejects, rejects_out)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        click.echo(f"{'source':<16}{'docs':>10}{'MB':>10}")
+        for src, row in result["sources"].items():
+            click.echo(f"{src:<16}{row['docs']:>10}{row['bytes'] / 1e6:>10.2f}")
+        click.echo(f"read {result['read']} = accepted {result['accepted']} + rejected {result['rejected']}")
+        for f in result["files"]:
+            if f["status"] != "ok" or f["rejected"]:
+                click.echo(f"  {f['file']}: {f['status']}, {f['rejected']} rejected {f['reasons']}"
+                           + (f" ({f['error']})" if f["error"] else ""), err=True)
+    bad = [f for f in result["files"] if f["status"] == "unreadable"]
+    for f in bad:
+        click.echo(f"error: cannot read {f['file']}: {f['error']}", err=True)
+    if bad:
+        sys.exit(1)

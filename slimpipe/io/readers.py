@@ -1,0 +1,428 @@
+"""RedPajama-style readers: ``.jsonl``, ``.jsonl.zst`` and ``.parquet``, files or folders, streaming.
+
+Every line of every file is accounted for: it becomes a document or a reject (file, line, reason), so
+``read = accepted + rejected`` always holds. A file that cannot be read at all produces one file-level
+reject (``line = -1``) and a :class:`FileStats` with ``status = "unreadable"``; the job goes on and the
+caller reports it loudly. Nothing here holds a whole file in memory.
+
+Documents come out as Arrow record batches (:data:`DOC_SCHEMA`), so Ray Data and Ray tasks can consume
+them in parallel, one task per file or per byte range of a plain ``.jsonl`` file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+
+from slimpipe.sources import SOURCES, normalise_source, source_from_filename, source_from_record
+
+DOC_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),  # "source/file:line", stable across runs
+        ("source", pa.string()),  # canonical source name (slimpipe.sources.SOURCES)
+        ("file", pa.string()),  # path relative to the input root it was found under
+        ("line", pa.int64()),  # 0-based line (jsonl) or row (parquet)
+        ("text", pa.large_string()),
+        ("meta", pa.string()),  # JSON of the record's meta (CC: its top-level fields but text)
+        ("nbytes", pa.int64()),  # UTF-8 bytes of text
+    ]
+)
+REJECT_SCHEMA = pa.schema(
+    [
+        ("file", pa.string()),
+        ("line", pa.int64()),  # -1 for a file-level problem
+        ("source", pa.string()),
+        ("reason", pa.string()),
+        ("excerpt", pa.string()),  # the first bytes of the bad line, for a human
+    ]
+)
+
+SUPPORTED_SUFFIXES = (".jsonl", ".json", ".jsonl.zst", ".jsonl.zstd", ".json.zst", ".zst", ".parquet")
+_READ_CHUNK = 1 << 20
+_EXCERPT = 160
+
+
+class InputError(ValueError):
+    """An input path that cannot be used at all (missing, empty folder, unsupported file)."""
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One file to read, or one byte range of a plain ``.jsonl`` file."""
+
+    path: str  # absolute path
+    rel: str  # name used in ids: path relative to the root it was found under
+    source: str | None  # inferred from the name; None means "from each record"
+    fmt: str  # "jsonl" | "jsonl.zst" | "parquet"
+    start: int = 0  # byte offset (jsonl) or first row group (parquet)
+    end: int | None = None  # exclusive byte offset / row group; None = to the end
+    first_line: int = 0  # line number of the first line in the range
+
+    @property
+    def size(self) -> int:
+        try:
+            return os.path.getsize(self.path)
+        except OSError:
+            return 0
+
+
+@dataclass
+class FileStats:
+    """What reading one file (or range) produced; ``read == accepted + rejected`` by construction."""
+
+    file: str
+    source: str | None
+    status: str = "ok"  # ok | empty | truncated | unreadable
+    read: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    text_bytes: int = 0
+    error: str | None = None
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def file_format(path: str | Path) -> str | None:
+    name = str(path).lower()
+    if name.endswith(".parquet"):
+        return "parquet"
+    if name.endswith((".zst", ".zstd")):
+        return "jsonl.zst"
+    if name.endswith((".jsonl", ".json")):
+        return "jsonl"
+    return None
+
+
+def discover_files(paths: list[str | Path], source: str | None = None) -> list[InputFile]:
+    """Expand files and folders (recursively) into a sorted, de-duplicated list of inputs.
+
+    Raises :class:`InputError` naming the path when a path is missing or a folder holds no readable
+    file: that is a user mistake worth stopping for, unlike a bad record.
+    """
+    forced = None
+    if source is not None:
+        forced = normalise_source(source)
+        if forced is None:
+            raise InputError(f"unknown source {source!r}; expected one of {', '.join(SOURCES)}")
+    found: dict[str, InputFile] = {}
+    for raw in paths:
+        p = Path(raw)
+        if not p.exists():
+            raise InputError(f"input not found: {p}")
+        if p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.is_file() and file_format(f) and not f.name.startswith("."))
+            if not files:
+                raise InputError(f"no .jsonl, .jsonl.zst or .parquet files under {p}")
+            for f in files:
+                rel = f.relative_to(p).as_posix()
+                found.setdefault(str(f.resolve()), _input_file(f, rel, forced))
+        else:
+            if file_format(p) is None:
+                raise InputError(f"unsupported file type: {p} (expected {', '.join(SUPPORTED_SUFFIXES)})")
+            found.setdefault(str(p.resolve()), _input_file(p, p.name, forced))
+    return sorted(found.values(), key=lambda f: (f.rel, f.path))
+
+
+def _input_file(path: Path, rel: str, forced: str | None) -> InputFile:
+    return InputFile(
+        path=str(path.resolve()), rel=rel, source=forced or source_from_filename(path), fmt=file_format(path) or ""
+    )
+
+
+def split_ranges(files: list[InputFile], target_bytes: int = 256 << 20) -> list[InputFile]:
+    """Split large plain-``.jsonl`` files into byte ranges aligned to lines, for more read parallelism.
+
+    Compressed files cannot be split without decompressing, so they stay one task each. Line numbers of
+    each range are found by counting newlines up to its start (a fast scan), so ids stay the same as an
+    unsplit read.
+    """
+    out: list[InputFile] = []
+    for f in files:
+        size = f.size
+        if f.fmt != "jsonl" or size <= target_bytes:
+            out.append(f)
+            continue
+        with open(f.path, "rb") as fh:
+            start, line = 0, 0
+            while start < size:
+                cut = min(start + target_bytes, size)
+                if cut < size:
+                    fh.seek(cut)
+                    fh.readline()  # move to the next line start
+                    cut = fh.tell()
+                out.append(InputFile(f.path, f.rel, f.source, f.fmt, start, cut, line))
+                fh.seek(start)
+                remaining, lines = cut - start, 0
+                while remaining > 0:
+                    block = fh.read(min(_READ_CHUNK, remaining))
+                    if not block:
+                        break
+                    lines += block.count(b"\n")
+                    remaining -= len(block)
+                line += lines
+                start = cut
+    return out
+
+
+class TruncatedInput(Exception):
+    """The compressed stream ended in the middle of a frame."""
+
+
+def _raw_lines(f: InputFile) -> Iterator[bytes]:
+    """Yield the raw lines (without newline) of a jsonl or jsonl.zst file or range.
+
+    A zstd stream is decompressed frame by frame so that a truncated last frame is *detected*
+    (``TruncatedInput`` after the complete lines), not silently taken as the end of the file.
+    """
+    with open(f.path, "rb") as fh:
+        if f.fmt == "jsonl.zst":
+            chunks = _zstd_chunks(fh)
+        else:
+            chunks = _plain_chunks(fh, f.start, f.end)
+        pending = b""
+        for chunk in chunks:
+            if not chunk:
+                continue
+            parts = (pending + chunk).split(b"\n")
+            pending = parts.pop()
+            yield from parts
+        if pending:
+            yield pending
+
+
+def _plain_chunks(fh, start: int, end: int | None) -> Iterator[bytes]:
+    fh.seek(start)
+    remaining = None if end is None else end - start
+    while remaining is None or remaining > 0:
+        block = fh.read(_READ_CHUNK if remaining is None else min(_READ_CHUNK, remaining))
+        if not block:
+            return
+        if remaining is not None:
+            remaining -= len(block)
+        yield block
+
+
+def _zstd_chunks(fh) -> Iterator[bytes]:
+    import zstandard
+
+    dctx = zstandard.ZstdDecompressor()
+    dobj = dctx.decompressobj()
+    fed = False
+    while True:
+        block = fh.read(_READ_CHUNK)
+        if not block:
+            break
+        while block:
+            if dobj.eof:  # a new frame starts in this block
+                dobj = dctx.decompressobj()
+            out = dobj.decompress(block)
+            fed = True
+            if out:
+                yield out
+            block = dobj.unused_data if dobj.eof else b""
+    if fed and not dobj.eof:
+        raise TruncatedInput("compressed stream ends in the middle of a zstd frame (truncated file?)")
+
+
+def _excerpt(raw: bytes) -> str:
+    return raw[:_EXCERPT].decode("utf-8", errors="replace")
+
+
+def _check_record(obj, file_source: str | None) -> tuple[str | None, str | None, str | None]:
+    """Return (text, source, reason); reason is None when the record is accepted."""
+    if not isinstance(obj, dict):
+        return None, file_source, f"record is a JSON {type(obj).__name__}, not an object"
+    if "text" not in obj:
+        return None, file_source, "missing text"
+    text = obj["text"]
+    if not isinstance(text, str):
+        return None, file_source, f"text is {type(text).__name__}, not a string"
+    if not text.strip():
+        return None, file_source, "empty text"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return None, file_source, "text holds a lone surrogate (not encodable as UTF-8)"
+    source = file_source or source_from_record(obj)
+    if source is None:
+        return None, None, "cannot infer source from file name or record (name the file after its source, or pass --source)"
+    return text, source, None
+
+
+def _meta_json(obj: dict) -> str:
+    meta = obj.get("meta")
+    if meta is None:  # CommonCrawl's top-level shape: keep every field but the text
+        meta = {k: v for k, v in obj.items() if k != "text"}
+    try:
+        return json.dumps(meta, ensure_ascii=False, separators=(",", ":"), sort_keys=False)
+    except (TypeError, ValueError):
+        return json.dumps(str(meta))
+
+
+class _BatchBuilder:
+    """Accumulates documents and rejects column-wise and cuts Arrow batches of a bounded size."""
+
+    def __init__(self, f: InputFile, stats: FileStats, max_rows: int, max_bytes: int):
+        self.f, self.stats = f, stats
+        self.max_rows, self.max_bytes = max_rows, max_bytes
+        self._reset()
+        self.rejects: dict[str, list] = {k: [] for k in REJECT_SCHEMA.names}
+
+    def _reset(self) -> None:
+        self.cols: dict[str, list] = {k: [] for k in DOC_SCHEMA.names}
+        self.bytes = 0
+
+    def accept(self, line: int, text: str, source: str, meta: str) -> pa.RecordBatch | None:
+        nbytes = len(text.encode("utf-8"))
+        c = self.cols
+        c["id"].append(f"{source}/{self.f.rel}:{line}")
+        c["source"].append(source)
+        c["file"].append(self.f.rel)
+        c["line"].append(line)
+        c["text"].append(text)
+        c["meta"].append(meta)
+        c["nbytes"].append(nbytes)
+        self.bytes += nbytes
+        self.stats.read += 1
+        self.stats.accepted += 1
+        self.stats.text_bytes += nbytes
+        if len(c["id"]) >= self.max_rows or self.bytes >= self.max_bytes:
+            return self.flush()
+        return None
+
+    def reject(self, line: int, source: str | None, reason: str, raw: bytes = b"", count: bool = True) -> None:
+        r = self.rejects
+        r["file"].append(self.f.rel)
+        r["line"].append(line)
+        r["source"].append(source)
+        r["reason"].append(reason)
+        r["excerpt"].append(_excerpt(raw))
+        if count:
+            self.stats.read += 1
+            self.stats.rejected += 1
+        key = reason.split(":")[0]
+        self.stats.reasons[key] = self.stats.reasons.get(key, 0) + 1
+
+    def flush(self) -> pa.RecordBatch | None:
+        if not self.cols["id"]:
+            return None
+        batch = pa.RecordBatch.from_pydict(self.cols, schema=DOC_SCHEMA)
+        self._reset()
+        return batch
+
+    def reject_batch(self) -> pa.RecordBatch:
+        return pa.RecordBatch.from_pydict(self.rejects, schema=REJECT_SCHEMA)
+
+
+def read_batches(
+    f: InputFile, max_rows: int = 4096, max_bytes: int = 64 << 20
+) -> Iterator[tuple[pa.RecordBatch | None, pa.RecordBatch | None, FileStats | None]]:
+    """Stream one input as ``(docs, None, None)`` items, ending with ``(None, rejects, stats)``.
+
+    The last item always comes, even for an unreadable file, so a caller can account for every file.
+    """
+    stats = FileStats(file=f.rel, source=f.source)
+    b = _BatchBuilder(f, stats, max_rows, max_bytes)
+    try:
+        if f.fmt == "parquet":
+            gen = _parquet_records(f, b)
+        else:
+            gen = _jsonl_records(f, b)
+        for batch in gen:
+            yield batch, None, None
+    except TruncatedInput as exc:
+        stats.status = "truncated"
+        stats.error = str(exc)
+        b.reject(-1, f.source, f"truncated: {exc}", count=False)
+    except OSError as exc:
+        stats.status = "unreadable"
+        stats.error = f"{type(exc).__name__}: {exc}"
+        b.reject(-1, f.source, f"unreadable: {stats.error}", count=False)
+    except Exception as exc:  # e.g. zstd or parquet format errors: the file, not one record, is bad
+        stats.status = "unreadable"
+        stats.error = f"{type(exc).__name__}: {exc}"
+        b.reject(-1, f.source, f"unreadable: {stats.error}", count=False)
+    last = b.flush()
+    if last is not None:
+        yield last, None, None
+    if stats.status == "ok" and stats.read == 0:
+        stats.status = "empty"
+    yield None, b.reject_batch(), stats
+
+
+def _jsonl_records(f: InputFile, b: _BatchBuilder) -> Iterator[pa.RecordBatch]:
+    line = f.first_line - 1
+    for raw in _raw_lines(f):
+        line += 1
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]
+        if not raw.strip():
+            b.reject(line, f.source, "blank line", raw)
+            continue
+        try:
+            s = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            b.reject(line, f.source, f"invalid UTF-8: byte {exc.start}", raw)
+            continue
+        try:
+            obj = json.loads(s)
+        except ValueError as exc:
+            b.reject(line, f.source, f"malformed JSON: {exc.msg} at column {exc.colno}", raw)
+            continue
+        text, source, reason = _check_record(obj, f.source)
+        if reason is not None:
+            b.reject(line, source, reason, raw)
+            continue
+        out = b.accept(line, text, source, _meta_json(obj))
+        if out is not None:
+            yield out
+
+
+def _parquet_records(f: InputFile, b: _BatchBuilder) -> Iterator[pa.RecordBatch]:
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(f.path)
+    groups = list(range(pf.num_row_groups))[f.start : f.end]
+    row = sum(pf.metadata.row_group(i).num_rows for i in range(f.start))
+    for batch in pf.iter_batches(batch_size=1024, row_groups=groups):
+        for obj in batch.to_pylist():
+            text, source, reason = _check_record(obj, f.source)
+            if reason is not None:
+                b.reject(row, source, reason, json.dumps(obj, default=str)[:_EXCERPT].encode())
+            else:
+                out = b.accept(row, text, source, _meta_json(obj))
+                if out is not None:
+                    yield out
+            row += 1
+
+
+def iter_documents(f: InputFile) -> Iterator[dict]:
+    """Convenience row view of :func:`read_batches` (tests, small tools); rejects are dropped here."""
+    for docs, _, _ in read_batches(f):
+        if docs is not None:
+            yield from docs.to_pylist()
+
+
+def read_all(paths: list[str | Path], source: str | None = None) -> tuple[pa.Table, pa.Table, list[FileStats]]:
+    """Read everything into memory in this process. For tests and small inputs only."""
+    docs, rejects, stats = [], [], []
+    for f in discover_files(paths, source=source):
+        for d, r, s in read_batches(f):
+            if d is not None:
+                docs.append(d)
+            if r is not None:
+                rejects.append(r)
+            if s is not None:
+                stats.append(s)
+    return (
+        pa.Table.from_batches(docs, schema=DOC_SCHEMA),
+        pa.Table.from_batches(rejects, schema=REJECT_SCHEMA),
+        stats,
+    )

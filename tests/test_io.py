@@ -1,0 +1,315 @@
+"""RedPajama readers and SlimPajama writers: formats, source naming, bad input, layout, atomicity."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from slimpipe.io.readers import InputError, discover_files, read_all, read_batches, split_ranges
+from slimpipe.io.writers import ShardWriter, shard_relpath, slimpajama_record, verify_manifest, write_manifest
+from slimpipe.sources import SET_NAMES, source_from_filename, source_from_record
+
+LONG = "The quick brown fox jumps over the lazy dog near the riverbank. " * 5
+
+
+def _records(n: int, source_meta: str = "arxiv") -> list[dict]:
+    return [{"text": f"doc {i}: {LONG}", "meta": {"source": source_meta, "i": i}} for i in range(n)]
+
+
+def _write_jsonl(path: Path, records: list, zst: bool = False) -> Path:
+    data = b"".join((json.dumps(r) + "\n").encode() for r in records)
+    path.write_bytes(zstandard.ZstdCompressor(level=3).compress(data) if zst else data)
+    return path
+
+
+@pytest.mark.parametrize(
+    "name, source",
+    [
+        ("arxiv_sample.jsonl", "arxiv"),
+        ("book_sample.jsonl", "book"),
+        ("c4_sample.jsonl", "c4"),
+        ("cc_2019-30_sample.jsonl.zst", "common_crawl"),
+        ("cc_2023-06_sample.jsonl", "common_crawl"),
+        ("github_sample.jsonl", "github"),
+        ("stackexchange_sample.jsonl.zst", "stackexchange"),
+        ("wikipedia_sample.jsonl", "wikipedia"),
+        ("RedPajamaC4/part-0.parquet", "c4"),
+        ("common_crawl/2019-30/en_head_0000.json.gz.dedup.classifier.jsonl.zst", "common_crawl"),
+        ("part-00001.jsonl", None),
+    ],
+)
+def test_source_from_filename(name: str, source: str | None) -> None:
+    assert source_from_filename(name) == source
+
+
+def test_source_from_record() -> None:
+    assert source_from_record({"text": "x", "meta": {"redpajama_set_name": "RedPajamaBook"}}) == "book"
+    assert source_from_record({"text": "x", "meta": {"source": "stackexchange"}}) == "stackexchange"
+    assert source_from_record({"text": "x", "source": "cc/2019-30/a.html", "pred_label": "__label__cc"}) == "common_crawl"
+    assert source_from_record({"text": "x", "meta": {"title": "T"}}) is None
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "jsonl.zst", "parquet"])
+def test_round_trip_each_format(tmp_path: Path, fmt: str) -> None:
+    recs = _records(50)
+    if fmt == "parquet":
+        path = tmp_path / "arxiv_sample.parquet"
+        table = pa.Table.from_pylist([{"text": r["text"], "meta": json.dumps(r["meta"])} for r in recs])
+        pq.write_table(table, path, row_group_size=16)
+    else:
+        path = _write_jsonl(tmp_path / f"arxiv_sample.{fmt}", recs, zst=fmt.endswith("zst"))
+    docs, rejects, stats = read_all([path])
+    assert docs.num_rows == 50 and rejects.num_rows == 0
+    assert docs.column("text").to_pylist() == [r["text"] for r in recs]
+    assert docs.column("source").to_pylist() == ["arxiv"] * 50
+    assert docs.column("id").to_pylist()[3] == f"arxiv/{path.name}:3"
+    assert docs.column("nbytes").to_pylist()[0] == len(recs[0]["text"].encode())
+    assert stats[0].read == stats[0].accepted == 50
+
+
+def test_source_from_records_and_common_crawl_shape(tmp_path: Path) -> None:
+    sp = [{"text": LONG, "meta": {"redpajama_set_name": SET_NAMES[s]}} for s in ("github", "wikipedia")]
+    cc = {"text": LONG, "pred_label": "__label__cc", "pred_label_prob": 0.6, "wiki_prob": 0.4, "source": "cc/2019-30/x"}
+    path = _write_jsonl(tmp_path / "example_train_0.jsonl", sp + [cc])
+    docs, rejects, _ = read_all([path])
+    assert docs.column("source").to_pylist() == ["github", "wikipedia", "common_crawl"]
+    cc_meta = json.loads(docs.column("meta").to_pylist()[2])
+    assert cc_meta["source"] == "cc/2019-30/x" and "text" not in cc_meta
+    assert rejects.num_rows == 0
+
+
+def test_folder_input_uses_relative_paths_in_ids(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    _write_jsonl(tmp_path / "a" / "github_sample.jsonl", _records(2))
+    _write_jsonl(tmp_path / "b" / "github_sample.jsonl", _records(3))
+    docs, _, _ = read_all([tmp_path])
+    ids = docs.column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == 5
+    assert ids[0] == "github/a/github_sample.jsonl:0"
+
+
+def test_bad_records_are_rejected_with_reasons_and_counts_add_up(tmp_path: Path) -> None:
+    good = json.dumps({"text": LONG}).encode()
+    lines = [
+        good,
+        b'{"text": "unterminated',
+        b'{"text": "bad \xff\xfe utf8"}',
+        json.dumps({"meta": {}}).encode(),
+        json.dumps({"text": ""}).encode(),
+        json.dumps({"text": "   \n "}).encode(),
+        json.dumps({"text": 42}).encode(),
+        json.dumps({"text": None}).encode(),
+        b"[1, 2, 3]",
+        b"",
+        b'{"text": "lone \\ud800 surrogate"}',
+        good,
+    ]
+    path = tmp_path / "c4_sample.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    docs, rejects, stats = read_all([path])
+    reasons = dict(zip(rejects.column("line").to_pylist(), rejects.column("reason").to_pylist(), strict=True))
+    assert docs.column("line").to_pylist() == [0, 11]
+    assert reasons[1].startswith("malformed JSON")
+    assert reasons[2].startswith("invalid UTF-8")
+    assert reasons[3] == "missing text"
+    assert reasons[4] == reasons[5] == "empty text"
+    assert reasons[6] == "text is int, not a string"
+    assert reasons[7] == "text is NoneType, not a string"
+    assert "not an object" in reasons[8]
+    assert reasons[9] == "blank line"
+    assert "surrogate" in reasons[10]
+    (s,) = stats
+    assert s.read == 12 == s.accepted + s.rejected and s.rejected == 10
+    assert s.status == "ok"
+    assert rejects.column("file").to_pylist() == ["c4_sample.jsonl"] * 10
+
+
+def test_records_without_any_source_are_rejected_not_dropped(tmp_path: Path) -> None:
+    path = _write_jsonl(tmp_path / "part-0.jsonl", [{"text": LONG}, {"text": LONG, "meta": {"source": "github"}}])
+    docs, rejects, stats = read_all([path])
+    assert docs.column("source").to_pylist() == ["github"]
+    assert "cannot infer source" in rejects.column("reason")[0].as_py()
+    assert stats[0].read == 2
+
+
+def test_truncated_zstd_keeps_complete_lines_and_reports_truncation(tmp_path: Path) -> None:
+    import random
+
+    rng = random.Random(0)
+    words = [f"w{rng.randrange(10**6)}" for _ in range(200_000)]
+    recs = [{"text": " ".join(words[i * 500 : (i + 1) * 500])} for i in range(400)]
+    full = _write_jsonl(tmp_path / "full.jsonl.zst", recs, zst=True)
+    data = full.read_bytes()
+    path = tmp_path / "arxiv_sample.jsonl.zst"
+    path.write_bytes(data[: len(data) * 2 // 3])
+    docs, rejects, stats = read_all([path])
+    (s,) = stats
+    assert s.status == "truncated"
+    assert 0 < docs.num_rows < 400
+    # the partial last line is a counted reject, and the file-level truncation is reported too
+    assert s.read == s.accepted + s.rejected
+    assert any(r.startswith("truncated") for r in rejects.column("reason").to_pylist())
+
+
+def test_empty_file_and_unreadable_files(tmp_path: Path) -> None:
+    (tmp_path / "c4_sample.jsonl").write_bytes(b"")
+    (tmp_path / "github_sample.jsonl.zst").write_bytes(b"this is not zstd at all")
+    (tmp_path / "book_sample.parquet").write_bytes(b"PAR1 garbage")
+    gone = tmp_path / "wikipedia_sample.jsonl"
+    _write_jsonl(gone, _records(1))
+    files = discover_files([tmp_path])
+    gone.unlink()  # disappears between listing and reading
+    by_file = {}
+    for f in files:
+        for _, rej, st in read_batches(f):
+            if st is not None:
+                by_file[st.file] = (st, rej)
+    assert by_file["c4_sample.jsonl"][0].status == "empty"
+    for name in ("github_sample.jsonl.zst", "book_sample.parquet", "wikipedia_sample.jsonl"):
+        st, rej = by_file[name]
+        assert st.status == "unreadable", name
+        assert st.error
+        assert rej.column("line").to_pylist() == [-1]
+        assert rej.column("reason")[0].as_py().startswith("unreadable")
+
+
+def test_discover_errors_name_the_path(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="input not found: .*nope"):
+        discover_files([tmp_path / "nope"])
+    with pytest.raises(InputError, match="no .jsonl"):
+        discover_files([tmp_path])
+    (tmp_path / "x.csv").write_text("a,b")
+    with pytest.raises(InputError, match="unsupported file type"):
+        discover_files([tmp_path / "x.csv"])
+    with pytest.raises(InputError, match="unknown source"):
+        discover_files([tmp_path], source="klingon")
+
+
+def test_byte_ranges_give_the_same_documents_and_ids(tmp_path: Path) -> None:
+    path = _write_jsonl(tmp_path / "github_sample.jsonl", _records(300))
+    whole, _, _ = read_all([path])
+    ranges = split_ranges(discover_files([path]), target_bytes=4096)
+    assert len(ranges) > 5
+    parts = [d for f in ranges for d, _, _ in read_batches(f) if d is not None]
+    split = pa.Table.from_batches(parts)
+    assert split.column("id").to_pylist() == whole.column("id").to_pylist()
+    assert split.column("text").to_pylist() == whole.column("text").to_pylist()
+
+
+def test_ray_data_reads_in_parallel_with_side_outputs(tmp_path: Path, ray_session) -> None:
+    from slimpipe.io.ray_source import collect_side_outputs, read_documents
+
+    _write_jsonl(tmp_path / "arxiv_sample.jsonl", _records(20))
+    _write_jsonl(tmp_path / "github_sample.jsonl.zst", _records(30), zst=True)
+    (tmp_path / "c4_sample.jsonl").write_text('{"text": 1}\n' + json.dumps({"text": LONG}) + "\n")
+    side = tmp_path / "side"
+    ds = read_documents([str(tmp_path)], side_dir=str(side))
+    rows = ds.take_all()
+    assert len(rows) == 51
+    assert sorted({r["source"] for r in rows}) == ["arxiv", "c4", "github"]
+    rejects, stats = collect_side_outputs(side)
+    assert rejects.num_rows == 1 and sum(s.read for s in stats) == 52
+
+
+def test_scan_counts_per_source(tmp_path: Path, ray_session) -> None:
+    from slimpipe.io.scan import scan
+
+    _write_jsonl(tmp_path / "arxiv_sample.jsonl", _records(7))
+    (tmp_path / "c4_sample.jsonl").write_text('{"text": 1}\n' + json.dumps({"text": LONG}) + "\n")
+    result = scan([tmp_path], progress=False)
+    assert result["sources"]["arxiv"]["docs"] == 7 and result["sources"]["c4"]["docs"] == 1
+    assert result["read"] == 9 == result["accepted"] + result["rejected"]
+
+
+def test_writer_layout_manifest_and_readback(tmp_path: Path) -> None:
+    with ShardWriter(tmp_path, split="train", chunk=1, max_records=10) as w:
+        for i in range(25):
+            w.write(slimpajama_record(f"text {i} {LONG}", "wikipedia"))
+    manifest = write_manifest(tmp_path, w.shards)
+    assert [f["path"] for f in manifest["files"]] == [shard_relpath("train", 1, j) for j in range(3)]
+    assert manifest["files"][0]["path"] == "train/chunk1/example_train_0.jsonl.zst"
+    assert manifest["totals"]["records"] == 25
+    assert verify_manifest(tmp_path) == []
+    raw = zstandard.ZstdDecompressor().stream_reader(open(tmp_path / "train/chunk1/example_train_2.jsonl.zst", "rb")).read()
+    lines = [json.loads(x) for x in raw.decode().splitlines()]
+    assert lines[0] == {"text": f"text 20 {LONG}", "meta": {"redpajama_set_name": "RedPajamaWikipedia"}}
+    docs, _, _ = read_all([tmp_path / "train"])
+    assert docs.num_rows == 25 and set(docs.column("source").to_pylist()) == {"wikipedia"}
+    (tmp_path / "train/chunk1/example_train_1.jsonl.zst").write_bytes(b"tampered")
+    assert verify_manifest(tmp_path) == ["checksum mismatch: train/chunk1/example_train_1.jsonl.zst"]
+
+
+def test_writer_output_is_deterministic(tmp_path: Path) -> None:
+    manifests = []
+    for d in ("a", "b"):
+        with ShardWriter(tmp_path / d, max_records=7) as w:
+            for i in range(20):
+                w.write(slimpajama_record(f"{i} {LONG}", "book"))
+        manifests.append(write_manifest(tmp_path / d, w.shards))
+    assert manifests[0] == manifests[1] and len(manifests[0]["files"]) == 3
+
+
+def test_killed_write_leaves_no_partial_shard(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        f"""
+        import os, sys
+        from slimpipe.io.writers import ShardWriter, slimpajama_record
+        w = ShardWriter({str(tmp_path)!r}, max_records=1000)
+        for i in range(1500):
+            w.write(slimpajama_record("x" * 2000 + str(i), "github"))
+        # the first shard is published; the second is mid-write
+        print("ready", flush=True)
+        sys.stdin.read()
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert proc.stdout.readline().strip() == b"ready"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    chunk = tmp_path / "train" / "chunk0"
+    finals = sorted(p.name for p in chunk.iterdir() if not p.name.startswith("."))
+    assert finals == ["example_train_0.jsonl.zst"]  # the complete shard only
+    docs, rejects, stats = read_all([chunk])
+    assert docs.num_rows == 1000 and rejects.num_rows == 0 and stats[0].status == "ok"
+    assert any(p.name.endswith(".tmp") for p in chunk.iterdir())  # the partial one stayed temporary
+
+
+README_COUNTS = {
+    "arxiv_sample.jsonl.zst": 134,
+    "book_sample.jsonl.zst": 85,
+    "c4_sample.jsonl.zst": 388,
+    "cc_2019-30_sample.jsonl.zst": 457,
+    "cc_2020-05_sample.jsonl.zst": 469,
+    "github_sample.jsonl.zst": 920,
+    "stackexchange_sample.jsonl.zst": 1763,
+    "wikipedia_sample.jsonl.zst": 22001,
+}
+
+
+def test_reads_all_of_redpajama_mini(redpajama_mini: Path, ray_session) -> None:
+    """Every file of the shared corpus, counts per file and per source as its README states."""
+    import re
+
+    from slimpipe.io.scan import scan
+
+    readme = (redpajama_mini / "README.md").read_text()
+    for name, n in README_COUNTS.items():  # the README's table, so a corpus change fails loudly here
+        assert re.search(rf"\| {re.escape(name)} \| {n:,} \|", readme), name
+    result = scan([redpajama_mini], progress=False)
+    assert {f["file"]: f["accepted"] for f in result["files"]} == README_COUNTS
+    assert result["rejected"] == 0 and result["read"] == 26217
+    src = result["sources"]
+    assert src["common_crawl"]["docs"] == 457 + 469 and src["wikipedia"]["docs"] == 22001
+    assert abs(src["book"]["bytes"] / 1e6 - 44.82) < 0.01
