@@ -1,0 +1,331 @@
+"""The dedup report: ``report.json`` (numbers), ``report.md`` (for people) and PNG plots.
+
+Per source: documents and bytes in, short, exact and near duplicates, kept, and the byte duplication
+rate as in SlimPajama's table; the global-vs-local comparison from the same pass; a source × source
+matrix of cross-source duplicates; the cluster-size histogram; sample clusters with estimated and
+exact similarity; stage timings. The accounting ``in = kept + short + exact + near`` (plus rejected
+lines, counted per file) is checked here and a mismatch is an error, not a footnote.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from slimpipe.io.writers import atomic_write_bytes, atomic_write_json
+from slimpipe.sources import SOURCES
+
+if TYPE_CHECKING:
+    from slimpipe.dedup.job import DedupJob
+
+
+class AccountingError(RuntimeError):
+    """Documents in != kept + short + duplicates: a bug, never to be papered over."""
+
+
+def _sum_removed(keep_results: list[dict]) -> dict[str, dict[str, list[int]]]:
+    out: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
+    for r in keep_results:
+        for key, (n, nb) in r["removed"].items():
+            src, reason = key.split("|")
+            out[src][reason][0] += n
+            out[src][reason][1] += nb
+    return out
+
+
+def build_report(job: DedupJob, pre: list[dict], near: list[dict], verify: list[dict] | None,
+                 keep: dict[str, list[dict]], written: list[dict], cc_info: dict) -> dict:
+    mode = job.params.mode
+    sources: dict[str, dict] = {}
+    inputs = defaultdict(lambda: [0, 0, 0, 0])
+    rejected: dict[str, int] = defaultdict(int)
+    files = []
+    for r in pre:
+        for src, vals in r["by_source"].items():
+            for i, v in enumerate(vals):
+                inputs[src][i] += v
+        st = r["stats"]
+        rejected[st["source"] or "unknown"] += st["rejected"]
+        files.append(st)
+    removed = {m: _sum_removed(keep[m]) for m in keep}
+    kept = defaultdict(lambda: [0, 0])
+    for w in written:
+        for src, (n, nb) in w["kept"].items():
+            kept[src][0] += n
+            kept[src][1] += nb
+    problems = []
+    for src in [s for s in SOURCES if s in inputs or s in rejected]:
+        docs, nbytes, short, short_bytes = inputs.get(src, [0, 0, 0, 0])
+        row: dict = {"docs_in": docs, "bytes_in": nbytes, "short_docs": short, "short_bytes": short_bytes,
+                     "rejected": rejected.get(src, 0)}
+        for m in removed:
+            ex = removed[m].get(src, {}).get("exact_duplicate", [0, 0])
+            nr = removed[m].get(src, {}).get("near_duplicate", [0, 0])
+            row[m] = {"exact_docs": ex[0], "exact_bytes": ex[1], "near_docs": nr[0], "near_bytes": nr[1],
+                      "kept_docs": docs - short - ex[0] - nr[0],
+                      "kept_bytes": nbytes - short_bytes - ex[1] - nr[1]}
+            row[m]["byte_duplication_rate"] = (ex[1] + nr[1]) / nbytes if nbytes else 0.0
+        row["short_rate"] = short / docs if docs else 0.0
+        row["kept_docs"], row["kept_bytes"] = kept.get(src, [0, 0])
+        expect = row[mode]
+        if (row["kept_docs"], row["kept_bytes"]) != (expect["kept_docs"], expect["kept_bytes"]):
+            problems.append(f"{src}: wrote {row['kept_docs']} docs / {row['kept_bytes']} bytes, "
+                            f"expected {expect['kept_docs']} / {expect['kept_bytes']}")
+        row["global_removes_on_top_docs"] = (row["global"]["exact_docs"] + row["global"]["near_docs"]) - (
+            row["local"]["exact_docs"] + row["local"]["near_docs"])
+        sources[src] = row
+    if problems:
+        raise AccountingError("accounting does not add up: " + "; ".join(problems))
+    total = _totals(sources, mode)
+    cross: dict[str, dict[str, int]] = {}
+    for r in keep.get("global", []):
+        for key, n in r["cross"].items():
+            a, b = key.split("|")
+            if a != b:
+                cross.setdefault(a, {})[b] = cross.get(a, {}).get(b, 0) + n
+    cluster_sizes: dict[str, dict[str, int]] = {}
+    for m in keep:
+        hist: dict[int, int] = defaultdict(int)
+        for r in keep[m]:
+            for size, count in r["cluster_sizes"].items():
+                hist[int(size)] += count
+        cluster_sizes[m] = {str(k): hist[k] for k in sorted(hist)}
+    ver = None
+    if verify is not None:
+        hist = np.sum([v["j_hist"] for v in verify], axis=0).tolist() if verify else [0] * 20
+        ver = {"candidates": sum(v["candidates"] for v in verify),
+               "confirmed": sum(v["confirmed"] for v in verify),
+               "false_positives_dropped": sum(v["dropped"] for v in verify),
+               "jaccard_histogram_20_bins": hist}
+    samples = _sample_clusters(job, keep[mode])
+    return {
+        "kind": "slimpipe-dedup-report",
+        "mode": mode,
+        "params": job.params.to_dict(),
+        "recall_at_threshold": job.params.recall_at_threshold,
+        "inputs": {"files": len(job.plan["files"]), "tasks": len(job.plan["tasks"]),
+                   "partitions": job.plan["partitions"]},
+        "files": files,
+        "sources": sources,
+        "total": total,
+        "cross_source_duplicates": cross,
+        "cluster_sizes": cluster_sizes,
+        "candidates": {"band_rows": sum(r["band_rows"] for r in near), "edges": sum(r["edges"] for r in near)},
+        "verify": ver,
+        "components": cc_info,
+        "sample_clusters": samples,
+        "timings": dict(job.timings),
+    }
+
+
+def _totals(sources: dict[str, dict], mode: str) -> dict:
+    t: dict = {k: sum(s[k] for s in sources.values())
+               for k in ("docs_in", "bytes_in", "short_docs", "short_bytes", "rejected", "kept_docs", "kept_bytes")}
+    for m in ("global", "local"):
+        t[m] = {k: sum(s[m][k] for s in sources.values())
+                for k in ("exact_docs", "exact_bytes", "near_docs", "near_bytes", "kept_docs", "kept_bytes")}
+        t[m]["byte_duplication_rate"] = (t[m]["exact_bytes"] + t[m]["near_bytes"]) / t["bytes_in"] if t["bytes_in"] else 0.0
+    t["short_rate"] = t["short_docs"] / t["docs_in"] if t["docs_in"] else 0.0
+    assert t["docs_in"] == t["kept_docs"] + t["short_docs"] + t[mode]["exact_docs"] + t[mode]["near_docs"]
+    return t
+
+
+def _sample_clusters(job: DedupJob, keep_results: list[dict], n: int = 5) -> list[dict]:
+    """The largest clusters, with each member's estimated (MinHash) and exact Jaccard to the keeper."""
+    import ray
+
+    from slimpipe.dedup.job import _sample_texts
+
+    tops = sorted((c for r in keep_results for c in r["top"]), key=lambda c: (-c["size"], c["label"]))[:n]
+    if not tops:
+        return []
+    nodes = sorted({x for c in tops for x in [c["keeper"], *c["members"]]})
+    texts = ray.get(ray.remote(_sample_texts).remote(job.root, job.plan, nodes))
+    from slimpipe.dedup.minhash import estimate_jaccard, jaccard_exact, signatures
+
+    p = job.params
+    out = []
+    rels = job.plan["files"]
+    for c in tops:
+        keeper = c["keeper"]
+        kt = texts[str(keeper)]
+        members = []
+        for m in c["members"]:
+            if m == keeper:
+                continue
+            mt = texts[str(m)]
+            sig = signatures([kt["clean"], mt["clean"]], p)
+            members.append({"id": mt["id"], "estimated_jaccard": round(float(estimate_jaccard(sig[0], sig[1])), 4),
+                            "exact_jaccard": round(float(jaccard_exact(kt["clean"], mt["clean"], p.ngram, p.unit)), 4),
+                            "excerpt": mt["excerpt"]})
+        out.append({"cluster": c["label"], "size": c["size"], "keeper": kt["id"], "keeper_excerpt": kt["excerpt"],
+                    "members": members, "files": len(rels)})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- output
+
+
+def write_report(out: str | Path, report: dict) -> None:
+    out = Path(out)
+    atomic_write_json(out / "report.json", report)
+    plots = _plots(out, report)
+    atomic_write_bytes(out / "report.md", render_markdown(report, plots).encode())
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def render_markdown(r: dict, plots: list[str]) -> str:
+    mode = r["mode"]
+    p = r["params"]
+    lines = [
+        f"# Dedup report ({mode})",
+        "",
+        f"Preset `{p['name']}`: {p['unit']} {p['ngram']}-grams, {p['num_perm']} permutations, threshold {p['threshold']}, "
+        f"{p['bands']} bands × {p['rows']} rows (P(candidate | J = {p['threshold']}) = {r['recall_at_threshold']:.3f}), "
+        f"short < {p['min_chars']} cleaned chars, keep `{p['keep']}`, verify {'on' if p['verify'] else 'off'}.",
+        "",
+        "## Per source",
+        "",
+        "| source | docs in | MB in | short | exact dup | near dup | kept | kept MB | byte duplication rate | rejected |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    rows = list(r["sources"].items()) + [("**total**", r["total"])]
+    for src, s in rows:
+        m = s[mode]
+        lines.append(
+            f"| {src} | {s['docs_in']:,} | {s['bytes_in'] / 1e6:.2f} | {s['short_docs']:,} | {m['exact_docs']:,} | "
+            f"{m['near_docs']:,} | {m['kept_docs']:,} | {m['kept_bytes'] / 1e6:.2f} | {_pct(m['byte_duplication_rate'])} | "
+            f"{s['rejected']:,} |"
+        )
+    lines += [
+        "",
+        "## Global vs local (one pass)",
+        "",
+        "Local dedup finds duplicates within each source only; global also removes cross-source copies.",
+        "",
+        "| source | local removes | local keeps | global removes | global keeps | global removes on top |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for src, s in rows:
+        lo, gl = s["local"], s["global"]
+        on_top = (gl["exact_docs"] + gl["near_docs"]) - (lo["exact_docs"] + lo["near_docs"])
+        lines.append(f"| {src} | {lo['exact_docs'] + lo['near_docs']:,} | {lo['kept_docs']:,} | "
+                     f"{gl['exact_docs'] + gl['near_docs']:,} | {gl['kept_docs']:,} | {on_top:,} |")
+    lines += ["", "## Cross-source duplicates (global)", "",
+              "Rows: source of the removed document; columns: source of the document kept for it.", ""]
+    cross = r["cross_source_duplicates"]
+    if cross:
+        cols = sorted({b for a in cross.values() for b in a})
+        lines.append("| removed \\ kept | " + " | ".join(cols) + " |")
+        lines.append("|---|" + "---:|" * len(cols))
+        for a in sorted(cross):
+            lines.append(f"| {a} | " + " | ".join(str(cross[a].get(b, 0)) for b in cols) + " |")
+    else:
+        lines.append("None found.")
+    lines += ["", "## Clusters", "", "| cluster size | global | local |", "|---:|---:|---:|"]
+    sizes = sorted({int(k) for m in r["cluster_sizes"].values() for k in m})
+    for k in sizes:
+        lines.append(f"| {k} | {r['cluster_sizes'].get('global', {}).get(str(k), 0)} | "
+                     f"{r['cluster_sizes'].get('local', {}).get(str(k), 0)} |")
+    c = r["components"]
+    lines += ["", f"Connected components: {c['path']} path over {c['edges']:,} edges "
+              f"(candidate band rows {r['candidates']['band_rows']:,}, near edges {r['candidates']['edges']:,})."]
+    if r["verify"]:
+        v = r["verify"]
+        lines += ["", "## Verification", "",
+                  f"{v['candidates']:,} candidate pairs checked with the exact Jaccard; {v['confirmed']:,} confirmed, "
+                  f"**{v['false_positives_dropped']:,} false positives dropped**."]
+    if r["sample_clusters"]:
+        lines += ["", "## Sample clusters", ""]
+        for s in r["sample_clusters"]:
+            lines.append(f"- cluster {s['cluster']} ({s['size']} docs), kept `{s['keeper']}`: {s['keeper_excerpt']!r}")
+            for m in s["members"]:
+                lines.append(f"  - `{m['id']}` estimated J {m['estimated_jaccard']}, exact J {m['exact_jaccard']}: {m['excerpt']!r}")
+    lines += ["", "## Stage timings (seconds)", "", "| stage | seconds |", "|---|---:|"]
+    for k, v in r["timings"].items():
+        lines.append(f"| {k} | {v:.2f} |")
+    for f in r["files"]:
+        if f["status"] != "ok" or f["rejected"]:
+            lines.append(f"\n**{f['file']}**: {f['status']}, {f['rejected']} rejected lines {f['reasons']}"
+                         + (f" — {f['error']}" if f["error"] else ""))
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{Path(x).stem}]({x})" for x in plots]
+    return "\n".join(lines) + "\n"
+
+
+def _plots(out: Path, r: dict) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    mode = r["mode"]
+    srcs = list(r["sources"])
+    if srcs:
+        fig, ax = plt.subplots(figsize=(8, 4))
+        bottoms = np.zeros(len(srcs))
+        for label, key in (("kept", "kept_bytes"), ("exact dup", "exact_bytes"), ("near dup", "near_bytes")):
+            vals = np.array([r["sources"][s][mode][key] / 1e6 for s in srcs])
+            ax.bar(srcs, vals, bottom=bottoms, label=label)
+            bottoms += vals
+        vals = np.array([r["sources"][s]["short_bytes"] / 1e6 for s in srcs])
+        ax.bar(srcs, vals, bottom=bottoms, label="short")
+        ax.set_ylabel("MB")
+        ax.set_title(f"What {mode} dedup did per source")
+        ax.legend()
+        plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
+        fig.tight_layout()
+        made.append(_save(fig, out, "per_source.png"))
+    cross = r["cross_source_duplicates"]
+    if cross:
+        names = sorted(set(cross) | {b for a in cross.values() for b in a})
+        mat = np.array([[cross.get(a, {}).get(b, 0) for b in names] for a in names])
+        fig, ax = plt.subplots(figsize=(5, 4))
+        im = ax.imshow(mat, cmap="viridis")
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+        ax.set_yticks(range(len(names)), names)
+        ax.set_xlabel("kept in")
+        ax.set_ylabel("removed from")
+        for i in range(len(names)):
+            for j in range(len(names)):
+                ax.text(j, i, str(mat[i, j]), ha="center", va="center", color="w")
+        fig.colorbar(im)
+        ax.set_title("Cross-source duplicates")
+        fig.tight_layout()
+        made.append(_save(fig, out, "cross_source.png"))
+    hist = r["cluster_sizes"].get(mode, {})
+    if hist:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ks = [int(k) for k in hist]
+        ax.bar([str(k) for k in ks], [hist[str(k)] for k in ks])
+        ax.set_yscale("log")
+        ax.set_xlabel("cluster size (documents)")
+        ax.set_ylabel("clusters")
+        ax.set_title("Cluster sizes")
+        fig.tight_layout()
+        made.append(_save(fig, out, "cluster_sizes.png"))
+    return made
+
+
+def _save(fig, out: Path, name: str) -> str:
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    atomic_write_bytes(out / "plots" / name, buf.getvalue())
+    return f"plots/{name}"
+
+
+def load_report(out: str | Path) -> dict:
+    return json.loads((Path(out) / "report.json").read_text())

@@ -1,0 +1,224 @@
+"""The dedup job end to end on a real local Ray: accounting, global vs local, verify, distributed path,
+keep policies, and resume after kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from slimpipe.dedup.job import DedupJob
+from slimpipe.dedup.params import load_preset
+from slimpipe.io.readers import read_all
+
+ROOT = Path(__file__).resolve().parents[1]
+VOCAB = [f"{a}{b}" for a in ("ka", "lo", "mi", "nu", "pe", "ra", "si", "tu", "vo", "we", "xi", "yo")
+         for b in ("", "n", "r", "st", "mp", "lk", "sh", "th", "ng", "x")] * 3
+
+
+def _text(rng: random.Random, words: int) -> str:
+    return " ".join(rng.choice(VOCAB) + str(rng.randrange(1000)) for _ in range(words))
+
+
+def _edit(rng: random.Random, text: str, rate: float) -> str:
+    words = text.split()
+    for i in rng.sample(range(len(words)), max(1, int(rate * len(words)))):
+        words[i] = rng.choice(VOCAB) + str(rng.randrange(1000))
+    return " ".join(words)
+
+
+def _write(path: Path, records: list[dict]) -> None:
+    data = "".join(json.dumps(r) + "\n" for r in records).encode()
+    path.write_bytes(zstandard.ZstdCompressor(level=3).compress(data))
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> tuple[Path, dict]:
+    """Three sources with planted duplicates; returns the folder and what was planted (ids)."""
+    rng = random.Random(7)
+    d = tmp_path_factory.mktemp("corpus")
+    wiki = [{"text": _text(rng, 300), "meta": {"title": f"t{i}"}} for i in range(60)]
+    c4 = [{"text": _text(rng, 200), "meta": {"source": "c4"}} for i in range(60)]
+    cc = [{"text": _text(rng, 250), "pred_label": "__label__cc", "wiki_prob": 0.1, "source": "cc/x"} for _ in range(60)]
+    planted = {"exact": [], "near": [], "cross": [], "short": [], "negative": []}
+    # exact copy within wikipedia (punctuation/case differences only: identical after cleaning)
+    wiki.append({"text": wiki[3]["text"].upper() + "!!", "meta": {"title": "copy"}})
+    planted["exact"].append(("wikipedia/wikipedia_sample.jsonl.zst:60", "wikipedia/wikipedia_sample.jsonl.zst:3"))
+    # near copies at 2% word edits within c4
+    for i in range(5):
+        c4.append({"text": _edit(rng, c4[i]["text"], 0.02), "meta": {"source": "c4"}})
+        planted["near"].append((f"c4/c4_sample.jsonl.zst:{60 + i}", f"c4/c4_sample.jsonl.zst:{i}"))
+    # cross-source: a wikipedia page inside common crawl, a cc page inside c4
+    cc.append({"text": wiki[10]["text"], "pred_label": "__label__wiki", "wiki_prob": 0.9, "source": "cc/y"})
+    planted["cross"].append(("common_crawl/cc_2019-30_sample.jsonl.zst:60", "wikipedia/wikipedia_sample.jsonl.zst:10"))
+    c4.append({"text": cc[5]["text"], "meta": {"source": "c4"}})
+    planted["cross"].append(("c4/c4_sample.jsonl.zst:65", "common_crawl/cc_2019-30_sample.jsonl.zst:5"))
+    # short docs
+    wiki.append({"text": "too short to keep", "meta": {}})
+    planted["short"].append("wikipedia/wikipedia_sample.jsonl.zst:61")
+    # hard negatives: 30% of words edited, well below J = 0.8, must never be removed
+    for i in range(10):
+        wiki.append({"text": _edit(rng, wiki[20 + i]["text"], 0.3), "meta": {}})
+        planted["negative"].append(f"wikipedia/wikipedia_sample.jsonl.zst:{62 + i}")
+    _write(d / "wikipedia_sample.jsonl.zst", wiki)
+    _write(d / "c4_sample.jsonl.zst", c4)
+    _write(d / "cc_2019-30_sample.jsonl.zst", cc)
+    (d / "stackexchange_sample.jsonl").write_text('{"text": 5}\nnot json\n')
+    return d, planted
+
+
+def _removed(out: Path) -> dict[str, dict]:
+    rows = {}
+    for p in sorted((out / "removed").glob("*.parquet")):
+        for r in pq.read_table(p).to_pylist():
+            rows[r["id"]] = r
+    return rows
+
+
+def _run(corpus_dir: Path, out: Path, **over) -> dict:
+    kw = {k: over.pop(k) for k in ("partitions", "max_edges_in_memory") if k in over}
+    params = load_preset(over.pop("preset", "slimpajama")).with_overrides(**over)
+    return DedupJob([corpus_dir], out, params, progress=False, **kw).run()
+
+
+def test_global_dedup_removes_planted_duplicates_and_accounts_for_everything(corpus, tmp_path, ray_session):
+    src, planted = corpus
+    report = _run(src, tmp_path / "g", preset="recall")
+    removed = _removed(tmp_path / "g")
+    for dup, orig in planted["exact"]:
+        assert removed[dup]["reason"] == "exact_duplicate" and removed[dup]["duplicate_of"] == orig
+    for dup, orig in planted["near"]:
+        assert removed[dup]["reason"] == "near_duplicate" and removed[dup]["duplicate_of"] == orig
+    for a, b in planted["cross"]:
+        # smallest id = first file (c4 < cc_2019-30 < wikipedia by name), first line
+        first, second = sorted((a, b), key=lambda x: (x.split("/", 1)[1].split(":")[0], int(x.rsplit(":", 1)[1])))
+        assert first not in removed
+        assert removed[second]["reason"] == "exact_duplicate" and removed[second]["duplicate_of"] == first
+    assert removed[planted["short"][0]]["reason"] == "short"
+    t = report["total"]
+    assert t["docs_in"] == 72 + 66 + 61  # all accepted docs
+    assert not set(planted["negative"]) & set(removed)
+    assert t["docs_in"] == t["kept_docs"] + t["short_docs"] + t["global"]["exact_docs"] + t["global"]["near_docs"]
+    assert t["rejected"] == 2
+    assert len(removed) == t["short_docs"] + t["global"]["exact_docs"] + t["global"]["near_docs"] == 1 + 3 + 5
+    # the kept shards hold exactly the kept documents, with SlimPajama's set name
+    docs, rejects, _ = read_all([tmp_path / "g" / "kept"])
+    assert docs.num_rows == t["kept_docs"] and rejects.num_rows == 0
+    ids = {json.loads(m)["slimpipe_id"] for m in docs.column("meta").to_pylist()}
+    assert not ids & set(removed)
+    assert json.loads(docs.column("meta")[0].as_py())["redpajama_set_name"].startswith("RedPajama")
+    rejects = pq.read_table(tmp_path / "g" / "rejects.parquet")
+    assert sorted(rejects.column("reason").to_pylist())[0].startswith("malformed JSON")
+    # the report shows both modes from one pass: local would keep the two cross-source copies
+    assert report["sources"]["common_crawl"]["global_removes_on_top_docs"] == 1
+    assert report["sources"]["wikipedia"]["global_removes_on_top_docs"] == 1
+    assert report["sources"]["c4"]["global_removes_on_top_docs"] == 0
+    assert report["cross_source_duplicates"] == {"common_crawl": {"c4": 1}, "wikipedia": {"common_crawl": 1}}
+    assert report["verify"]["candidates"] >= 5
+    for name in ("report.md", "report.json", "manifest.json", "plots/per_source.png", "plots/cross_source.png"):
+        assert (tmp_path / "g" / name).is_file(), name
+    md = (tmp_path / "g" / "report.md").read_text()
+    assert "Global vs local" in md and "byte duplication rate" in md
+
+
+def test_local_mode_keeps_cross_source_copies(corpus, tmp_path, ray_session):
+    src, planted = corpus
+    report = _run(src, tmp_path / "l", mode="local")
+    removed = _removed(tmp_path / "l")
+    for a, b in planted["cross"]:
+        assert a not in removed and b not in removed
+    for dup, _ in planted["exact"]:
+        assert dup in removed
+    assert report["total"]["local"]["kept_docs"] == report["total"]["kept_docs"]
+
+
+def test_verify_drops_false_positives(corpus, tmp_path, ray_session):
+    src, _ = corpus
+    # 64 bands x 1 row: almost every pair sharing any vocabulary becomes a candidate
+    report = _run(src, tmp_path / "v", num_perm=64, bands=64, rows=1, verify=True)
+    v = report["verify"]
+    assert v["false_positives_dropped"] >= 10
+    assert report["total"]["global"]["near_docs"] == 5
+    unverified = _run(src, tmp_path / "nv", num_perm=64, bands=64, rows=1, verify=False)
+    assert unverified["total"]["global"]["near_docs"] >= 15  # the hard negatives, wrongly removed
+
+
+def test_distributed_components_match_single_process(corpus, tmp_path, ray_session):
+    src, _ = corpus
+    fast = _run(src, tmp_path / "fast", preset="recall")
+    dist = _run(src, tmp_path / "dist", preset="recall", partitions=3, max_edges_in_memory=0)
+    assert dist["components"]["path"] == "distributed" and fast["components"]["path"] == "single-process"
+    assert _removed(tmp_path / "fast") == _removed(tmp_path / "dist")
+    assert fast["total"] == dist["total"]
+
+
+@pytest.mark.parametrize("keep", ["longest", "source-priority"])
+def test_keep_policies(corpus, tmp_path, ray_session, keep):
+    src, _ = corpus
+    over = {"keep": keep}
+    if keep == "source-priority":
+        over["source_priority"] = ("wikipedia", "c4", "common_crawl")
+    _run(src, tmp_path / keep, **over)
+    removed = _removed(tmp_path / keep)
+    if keep == "source-priority":
+        # by smallest id the CC copy of the wikipedia page would be kept; wikipedia now wins
+        assert removed["common_crawl/cc_2019-30_sample.jsonl.zst:60"]["duplicate_of"] == "wikipedia/wikipedia_sample.jsonl.zst:10"
+    else:
+        # the upper-cased copy with "!!" is longer in bytes than the original
+        assert removed["wikipedia/wikipedia_sample.jsonl.zst:3"]["duplicate_of"] == "wikipedia/wikipedia_sample.jsonl.zst:60"
+
+
+def test_resume_refuses_a_different_job(corpus, tmp_path, ray_session):
+    src, _ = corpus
+    _run(src, tmp_path / "r")
+    with pytest.raises(RuntimeError, match="other inputs or parameters"):
+        _run(src, tmp_path / "r", threshold=0.7)
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if p.is_file() and not rel.startswith("_work") and rel not in ("report.json", "report.md"):
+            out[rel] = p.read_bytes()
+    return out
+
+
+def _report_without_timings(root: Path) -> dict:
+    r = json.loads((root / "report.json").read_text())
+    r.pop("timings")
+    return r
+
+
+def test_kill_minus_9_then_resume_is_byte_identical(corpus, tmp_path):
+    """A dedup CLI run killed with SIGKILL twice (at a stage boundary, then in the middle of the write
+    stage) and run a third time ends with the same bytes as an uninterrupted run."""
+    src, _ = corpus
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    cmd = [sys.executable, "-m", "slimpipe.cli", "dedup", str(src), "-o", "{}", "--preset", "recall", "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run([c.replace("{}", str(ref)) for c in cmd], check=True, env=env, capture_output=True)
+    work = out / "_work"
+    for reached in (lambda: (work / "prepass.done.json").exists(),
+                    lambda: (work / "write").is_dir() and any((work / "write").iterdir())):
+        proc = subprocess.Popen([c.replace("{}", str(out)) for c in cmd], env=env, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None and not reached():
+            time.sleep(0.005)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (out / "report.json").exists()
+    subprocess.run([c.replace("{}", str(out)) for c in cmd], check=True, env=env, capture_output=True)
+    assert _tree(out) == _tree(ref)
+    assert _report_without_timings(out) == _report_without_timings(ref)
