@@ -1,4 +1,4 @@
-"""The dedup job's working folder: atomic intermediate files and stage completion markers.
+"""A job's working folder: atomic intermediate files and stage completion markers.
 
 Every intermediate is written under a temporary name and renamed into place, and a stage is complete
 only when its ``<stage>.done.json`` exists. A task whose own marker exists is skipped on resume, so a job

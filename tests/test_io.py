@@ -313,3 +313,14 @@ def test_reads_all_of_redpajama_mini(redpajama_mini: Path, ray_session) -> None:
     src = result["sources"]
     assert src["common_crawl"]["docs"] == 457 + 469 and src["wikipedia"]["docs"] == 22001
     assert abs(src["book"]["bytes"] / 1e6 - 44.82) < 0.01
+
+
+def test_folders_skip_underscore_and_dot_entries(tmp_path: Path) -> None:
+    _write_jsonl(tmp_path / "c4_sample.jsonl", _records(2))
+    (tmp_path / "_meta").mkdir()
+    _write_jsonl(tmp_path / "_meta" / "ground_truth.jsonl", [{"id": "x"}])
+    _write_jsonl(tmp_path / ".c4_sample.jsonl.tmp.jsonl", _records(1))
+    (tmp_path / "manifest.json").write_text("{}")
+    assert [f.rel for f in discover_files([tmp_path])] == ["c4_sample.jsonl"]
+    # named explicitly, a file is read whatever its name
+    assert [f.rel for f in discover_files([tmp_path / "_meta" / "ground_truth.jsonl"])] == ["ground_truth.jsonl"]

@@ -19,7 +19,6 @@ import hashlib
 import json
 import math
 import operator
-import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict
@@ -28,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import ray
 
 from slimpipe.dedup.graph import (
     EDGE_DTYPE,
@@ -41,7 +39,6 @@ from slimpipe.dedup.graph import (
     unique_edges,
 )
 from slimpipe.dedup.params import DedupParams
-from slimpipe.dedup.workdir import WorkDir, load_many, load_npy, remove_temporaries, save_npy, save_parquet
 from slimpipe.io.readers import (
     REJECT_SCHEMA,
     FileStats,
@@ -51,9 +48,10 @@ from slimpipe.io.readers import (
     split_ranges,
 )
 from slimpipe.io.writers import JsonlZstWriter, ShardInfo, atomic_write_json, write_manifest
-from slimpipe.progress import Progress
 from slimpipe.sources import SET_NAMES, SOURCES
+from slimpipe.stages import StageRunner
 from slimpipe.text.normalize import clean_for_hash, is_short, normalize
+from slimpipe.workdir import WorkDir, load_many, load_npy, remove_temporaries, save_npy, save_parquet
 
 NODE_SHIFT = 40
 LINE_MASK = (1 << NODE_SHIFT) - 1
@@ -629,28 +627,11 @@ class DedupJob:
             atomic_write_json(plan_path, plan)
         self.plan = plan
         self.root = str(self.wd.root)
-        self.timings: dict[str, float] = {}
+        self.runner = StageRunner(self.wd, "dedup", progress)
+        self.timings = self.runner.timings
 
-    # -- helpers
-    def _stage(self, name: str, fn: Callable, arglist: list[tuple], unit: str = "tasks") -> list[dict]:
-        if (done := self.wd.done(name)) is not None:
-            self.timings[name] = done.get("seconds", 0.0)
-            return done["results"]
-        start = time.perf_counter()
-        remote = ray.remote(num_cpus=1, max_retries=2)(fn)
-        refs = [remote.remote(*args) for args in arglist]
-        index = {r: i for i, r in enumerate(refs)}
-        results: list = [None] * len(refs)
-        with Progress(f"dedup: {name}", total=len(refs), unit=unit, enabled=self.progress) as bar:
-            pending = list(refs)
-            while pending:
-                ready, pending = ray.wait(pending, num_returns=1)
-                results[index[ready[0]]] = ray.get(ready[0])
-                bar.update(1)
-        seconds = round(time.perf_counter() - start, 3)
-        self.timings[name] = seconds
-        self.wd.finish(name, {"results": results, "seconds": seconds})
-        return results
+    def _stage(self, name: str, fn: Callable, arglist: list[tuple], unit: str = "tasks") -> list:
+        return self.runner.run(name, fn, arglist, unit)
 
     def run(self) -> dict:
         p = self.plan

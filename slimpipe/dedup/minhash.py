@@ -17,20 +17,26 @@ Scheme ("poly64", the ``hash`` field of :class:`~slimpipe.dedup.params.DedupPara
    share a 32-bit ``x`` with probability ~|A u B|^2 / 2^33 and a minimum ties by chance with probability
    ~|B| / 2^32; both are below 1e-3 even for 1M-shingle books and negligible for web pages.
 
-Why this design (measured on one core of the 2-core AMD EPYC (Zen 3, AVX2) development VM, 2M random shingles)
-------------------------------------------------------------------------------------------------------------------
+Why this design (one core of the 2-core AMD EPYC Zen 3 / AVX2 development VM, 2M random shingles)
+---------------------------------------------------------------------------------------------------
 * scalar loop with a branch per (shingle, permutation): 14 M shingles/s - the branch blocks SIMD;
-* 64-bit multiply-shift ``(a*x+b) >> 32`` (rensa's family): 23 M/s - AVX2 has no 64-bit multiply;
+* 64-bit multiply-shift ``(a*x+b) >> 32`` (rensa's R-MinHash family): 23 M/s - AVX2 has no 64-bit
+  vector multiply;
 * 32-bit affine, branch-free ``min``: 74-110 M/s - LLVM turns the permutation loop into 8-lane AVX2;
-* the same, 8 shingles per pass over the K minima (chosen): 194 M/s - one load/store of each minimum
-  per 8 shingles instead of per shingle;
-* rolling shingle hashing alone: ~370 M windows/s, so with both steps the kernel signs ~125 M shingles/s,
+* the same, 8 shingles per pass over the K minima (chosen): ~190 M/s - each minimum is loaded and
+  stored once per 8 shingles instead of once per shingle;
+* the rolling shingle hash alone runs at ~370 M windows/s, so the whole kernel signs ~120 M shingles/s,
   about one shingle per character of cleaned text.
-One-permutation hashing with densification would be cheaper still (O(n + K)), but for short documents
-(n close to K) its band collision probability departs from 1-(1-J^r)^b, and it is not needed for speed.
-Deduplicating shingle hashes first (sort) costs more than it saves on prose. See
-``benchmarks/bench_signatures.py`` and ``benchmarks/RESULTS.md`` for end-to-end figures against
-SlimPajama's datasketch method, rensa and datatrove.
+End to end (``signatures`` on cleaned redpajama-mini text, UTF-32 conversion included) that is
+~65-110 MB/s of raw text per core depending on machine load, against ~0.05 MB/s for SlimPajama's
+per-shingle ``datasketch`` loop and ~0.3-0.5 MB/s for datatrove on the same shingles;
+``benchmarks/bench_signatures.py`` measures it and ``benchmarks/RESULTS.md`` keeps the figures.
+
+Not chosen: one-permutation hashing with densification, O(n + K). rensa's batch ``rho`` sketch is of
+this kind; fed our shingle hashes (our hashing inside its time) it measured 61 MB/s against this
+kernel's 95 MB/s, interleaved best-of-15 on the same 7.4 MB, because shingle hashing and the UTF-32
+copy already dominate. It would add a second estimator to validate for little gain. Deduplicating
+shingle hashes first (a sort) costs more than it saves on prose.
 
 All compiled functions are ``cache=True, nogil=True``: compiled once per machine, and callable from
 threads without the GIL. Inputs must already be cleaned (:func:`slimpipe.text.clean_for_hash`).

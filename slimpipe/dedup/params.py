@@ -228,7 +228,7 @@ def _read_yaml(text: str) -> dict[str, Any]:
 def load_preset(name_or_path: str | Path = "slimpajama") -> DedupParams:
     """Load a preset by name (``slimpajama``, ``recall``) or from a YAML file path."""
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    if path.suffix in (".yaml", ".yml") or path.is_file():
         if not path.is_file():
             raise FileNotFoundError(f"dedup preset file not found: {path}")
         data = _read_yaml(path.read_text(encoding="utf-8"))

@@ -81,6 +81,9 @@ def build_report(job: DedupJob, pre: list[dict], near: list[dict], verify: list[
     if problems:
         raise AccountingError("accounting does not add up: " + "; ".join(problems))
     total = _totals(sources, mode)
+    # lines rejected before any source could be told (e.g. a file with no source in name or records)
+    total["rejected_without_source"] = rejected.get("unknown", 0)
+    total["rejected"] += total["rejected_without_source"]
     cross: dict[str, dict[str, int]] = {}
     for r in keep.get("global", []):
         for key, n in r["cross"].items():
@@ -251,6 +254,9 @@ def render_markdown(r: dict, plots: list[str]) -> str:
     lines += ["", "## Stage timings (seconds)", "", "| stage | seconds |", "|---|---:|"]
     for k, v in r["timings"].items():
         lines.append(f"| {k} | {v:.2f} |")
+    if r["total"].get("rejected_without_source"):
+        lines.append(f"\n{r['total']['rejected_without_source']:,} rejected lines had no recognisable source "
+                     "(counted in the total only); see rejects.parquet.")
     for f in r["files"]:
         if f["status"] != "ok" or f["rejected"]:
             lines.append(f"\n**{f['file']}**: {f['status']}, {f['rejected']} rejected lines {f['reasons']}"

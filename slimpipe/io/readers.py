@@ -42,7 +42,7 @@ REJECT_SCHEMA = pa.schema(
     ]
 )
 
-SUPPORTED_SUFFIXES = (".jsonl", ".json", ".jsonl.zst", ".jsonl.zstd", ".json.zst", ".zst", ".parquet")
+SUPPORTED_SUFFIXES = (".jsonl", ".jsonl.zst", ".jsonl.zstd", ".json.zst", ".parquet")
 _READ_CHUNK = 1 << 20
 _EXCERPT = 160
 
@@ -93,9 +93,9 @@ def file_format(path: str | Path) -> str | None:
     name = str(path).lower()
     if name.endswith(".parquet"):
         return "parquet"
-    if name.endswith((".zst", ".zstd")):
+    if name.endswith((".jsonl.zst", ".jsonl.zstd", ".json.zst")):
         return "jsonl.zst"
-    if name.endswith((".jsonl", ".json")):
+    if name.endswith(".jsonl"):
         return "jsonl"
     return None
 
@@ -103,6 +103,8 @@ def file_format(path: str | Path) -> str | None:
 def discover_files(paths: list[str | Path], source: str | None = None) -> list[InputFile]:
     """Expand files and folders (recursively) into a sorted, de-duplicated list of inputs.
 
+    Inside folders, names starting with ``.`` or ``_`` are skipped (temporary files, ``_work``,
+    ``_meta`` sidecars, ``_SUCCESS``), as Spark and Hadoop tools do; a file named explicitly is always read.
     Raises :class:`InputError` naming the path when a path is missing or a folder holds no readable
     file: that is a user mistake worth stopping for, unlike a bad record.
     """
@@ -117,7 +119,8 @@ def discover_files(paths: list[str | Path], source: str | None = None) -> list[I
         if not p.exists():
             raise InputError(f"input not found: {p}")
         if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file() and file_format(f) and not f.name.startswith("."))
+            files = sorted(f for f in p.rglob("*") if f.is_file() and file_format(f)
+                           and not any(part.startswith((".", "_")) for part in f.relative_to(p).parts))
             if not files:
                 raise InputError(f"no .jsonl, .jsonl.zst or .parquet files under {p}")
             for f in files:
