@@ -1,0 +1,1 @@
+"""RedPajama → SlimPajama stages after dedup: interleave, shuffle, split, decontaminate, write."""

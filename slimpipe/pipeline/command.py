@@ -1,0 +1,56 @@
+"""``slimpipe slimpajama SOURCES... -o OUT``: SlimPajama's whole recipe on Ray."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from slimpipe.dedup.command import dedup_options, params_from_options
+from slimpipe.io.readers import InputError
+
+
+@click.command("slimpajama")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@dedup_options
+@click.option("--holdout-fraction", type=float, default=0.0017, show_default=True,
+              help="Share of documents held out (then split half/half into validation and test).")
+@click.option("--seed", type=int, default=42, show_default=True, help="Shuffle seed: chunking and order only.")
+@click.option("--split-seed", type=int, default=42, show_default=True, help="Seed of the train/holdout split.")
+@click.option("--chunks", type=int, default=None, help="Number of chunks (default: by --chunk-mb).")
+@click.option("--chunk-mb", type=float, default=256, show_default=True,
+              help="Text per chunk; one chunk is shuffled in memory by one task.")
+@click.option("--shard-mb", type=float, default=256, show_default=True, help="Uncompressed JSON lines per shard.")
+@click.option("--shard-records", type=int, default=None, help="At most this many records per shard.")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+def slimpajama_command(sources, out, preset, mode, threshold, num_perm, ngram, unit, bands, rows, min_chars, verify,
+                       keep, source_priority, force_source, partitions, max_edges_in_memory, ray_address,
+                       holdout_fraction, seed, split_seed, chunks, chunk_mb, shard_mb, shard_records, quiet) -> None:
+    """Run SlimPajama's recipe on SOURCES: NFC → short filter → MinHash dedup → interleave and shuffle →
+    train/holdout split → decontaminate → jsonl.zst shards in SlimPajama's layout, with a report.
+
+    Re-running the same command after an interruption resumes where it stopped.
+    """
+    from slimpipe.pipeline.job import PipelineOptions, run_slimpajama
+
+    params = params_from_options(preset, mode=mode, threshold=threshold, num_perm=num_perm, ngram=ngram, unit=unit,
+                                 bands=bands, rows=rows, min_chars=min_chars, verify=verify, keep=keep,
+                                 source_priority=source_priority)
+    try:
+        opts = PipelineOptions(holdout_fraction=holdout_fraction, seed=seed, split_seed=split_seed, chunks=chunks,
+                               chunk_bytes=int(chunk_mb * 2**20), shard_bytes=int(shard_mb * 2**20),
+                               shard_records=shard_records)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    try:
+        report = run_slimpajama(list(sources), out, params, opts, source=force_source, partitions=partitions,
+                                max_edges_in_memory=max_edges_in_memory, progress=not quiet, ray_address=ray_address)
+    except InputError as exc:
+        raise click.ClickException(str(exc)) from exc
+    t = report["total"]
+    click.echo(f"{t['lines_read']:,} lines read → train {t['train']['docs']:,} docs ({t['train']['bytes'] / 1e6:.1f} MB), "
+               f"validation {t['validation']['docs']:,}, test {t['test']['docs']:,}; short {t['short_docs']:,}, "
+               f"duplicates {t['exact_duplicates'] + t['near_duplicates']:,}, decontaminated {t['decontaminated_docs']:,}, "
+               f"rejected {t['rejected']:,}")
+    click.echo(f"report: {out / 'report.md'}")
