@@ -14,11 +14,9 @@ Node ids are ``file_index << 40 | line``; the removed table and reports turn the
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import math
-import operator
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict
@@ -28,16 +26,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from slimpipe.dedup.graph import (
-    EDGE_DTYPE,
-    edge_checksum,
-    labels_from_stars,
+from slimpipe.dedup.components import (
+    hash_partition,
     large_star,
-    local_only,
+    large_star_map,
     small_star,
-    star_edges,
-    unique_edges,
+    small_star_map,
+    star_labels,
+    union_find,
 )
+from slimpipe.dedup.graph import EDGE_DTYPE, local_only, star_edges, unique_edges
 from slimpipe.dedup.params import DedupParams
 from slimpipe.io.readers import (
     REJECT_SCHEMA,
@@ -70,13 +68,11 @@ EXACT, NEAR = 1, 2
 REASON_NAMES = {EXACT: "exact_duplicate", NEAR: "near_duplicate"}
 MODES = ("global", "local")
 SIGN_BATCH_CHARS = 8 << 20
-_MIX = np.uint64(0x9E3779B97F4A7C15)
 
 
 def _partition_of(keys: np.ndarray, n: int) -> np.ndarray:
-    """Hash partition for uint64/int64 keys (mixed first, so sequential node ids spread evenly)."""
-    k = keys.astype(np.uint64) * _MIX
-    return ((k >> np.uint64(33)) % np.uint64(n)).astype(np.int64)
+    """Hash partition of uint64 band/exact keys or int64 node ids (splitmix64, so sequential ids spread)."""
+    return hash_partition(keys.view(np.int64) if keys.dtype == np.uint64 else keys, n)
 
 
 def _doc_id(node: int, src: int, rels: list[str]) -> str:
@@ -223,7 +219,6 @@ def _sign(root: str, t: int, task: dict, fi: int, params: dict, nparts: int) -> 
     signable = pre["node"][~pre["short"]]
     signable = signable[~np.isin(signable, skip)]
     want = set(signable.tolist())
-    salts = (np.arange(1, p.bands + 1, dtype=np.uint64) * _MIX) ^ np.uint64(p.seed)
     out_rows: list[np.ndarray] = []
     batch_text: list[str] = []
     batch_node: list[int] = []
@@ -235,7 +230,7 @@ def _sign(root: str, t: int, task: dict, fi: int, params: dict, nparts: int) -> 
         nonlocal size, signed, chars
         if not batch_text:
             return
-        keys = band_keys(signatures(batch_text, p), p.bands, p.rows) ^ salts[None, :]
+        keys = band_keys(signatures(batch_text, p), p.bands, p.rows)  # the band index is mixed in
         rows = np.empty(keys.size, KEYROW_DTYPE)
         rows["key"] = keys.ravel()
         rows["node"] = np.repeat(np.array(batch_node, np.int64), p.bands)
@@ -327,7 +322,7 @@ def _verify_send(root: str, t: int, task: dict, fi: int, task_lo: list[int]) -> 
 
 def _verify_check(root: str, t: int, task: dict, fi: int, params: dict) -> dict:
     """Second hop: exact Jaccard of each candidate pair; false positives dropped."""
-    from slimpipe.dedup.minhash import jaccard_exact
+    from slimpipe.dedup.minhash import jaccard_sets, shingle_set
 
     wd = WorkDir(Path(root).parent)
     marker = wd.path("verify", f"t{t:05d}.json")
@@ -343,8 +338,16 @@ def _verify_check(root: str, t: int, task: dict, fi: int, params: dict) -> dict:
         texts = _collect_texts(task, fi, np.unique(v))
         out["u"], out["v"] = table.column("u").to_numpy(), v
         out["su"], out["sv"] = table.column("su").to_numpy(), table.column("sv").to_numpy()
-        out["j"] = [jaccard_exact(a, texts[int(b)], p.ngram, p.unit)
-                    for a, b in zip(table.column("text_u").to_pylist(), v.tolist(), strict=True)]
+        shingles: dict[tuple[str, int], np.ndarray] = {}  # each document's set is built once
+
+        def sset(side: str, node: int, text: str) -> np.ndarray:
+            key = (side, node)
+            if key not in shingles:
+                shingles[key] = shingle_set(text, p.ngram, p.unit, p.seed)
+            return shingles[key]
+
+        out["j"] = [jaccard_sets(sset("u", u, a), sset("v", b, texts[b]))
+                    for u, a, b in zip(out["u"].tolist(), table.column("text_u").to_pylist(), v.tolist(), strict=True)]
     kept = out[out["j"] >= p.threshold]
     save_npy(wd.path("verify", f"t{t:05d}.edges.npy"), kept)
     hist = np.histogram(out["j"], bins=20, range=(0.0, 1.0))[0].tolist() if n else [0] * 20
@@ -370,8 +373,6 @@ def _read_edges(path: str, mode: str) -> np.ndarray:
 
 def _cc_fast(root: str, files: list[str]) -> dict:
     """All edges in one process: union-find for both modes."""
-    from slimpipe.dedup.components import union_find
-
     wd = WorkDir(Path(root).parent)
     marker = wd.path("cc", "fast.json")
     if (done := wd.task_done(marker)) is not None:
@@ -395,22 +396,20 @@ def _cc_map(root: str, mode: str, rnd: int, i: int, src_files: list[str], nparts
     marker = wd.path("cc", mode, f"r{rnd:03d}{phase}", f"map{i:04d}.json")
     if (done := wd.task_done(marker)) is not None:
         return done
-    his, los = [], []
+    us, vs = [], []
     for f in src_files:
         e = load_npy(f)
-        if e.dtype == EDGE_DTYPE or e.dtype == VERIFIED_DTYPE:
+        if e.dtype.names:  # round 0: the job's edge tables
             e = local_only(e) if mode == "local" else e
-            hi, lo = np.maximum(e["u"], e["v"]), np.minimum(e["u"], e["v"])
+            us.append(e["u"])
+            vs.append(e["v"])
         else:
-            hi, lo = e[:, 0], e[:, 1]
-        his.append(hi)
-        los.append(lo)
-    hi = np.concatenate(his) if his else np.empty(0, np.int64)
-    lo = np.concatenate(los) if los else np.empty(0, np.int64)
-    if phase == "L":  # large-star needs full neighbourhoods: both directions, keyed by each end
-        a, b = np.concatenate([hi, lo]), np.concatenate([lo, hi])
-    else:  # small-star needs each edge at its larger end
-        a, b = hi, lo
+            us.append(e[:, 0])
+            vs.append(e[:, 1])
+    u = np.concatenate(us) if us else np.empty(0, np.int64)
+    v = np.concatenate(vs) if vs else np.empty(0, np.int64)
+    # large-star needs each node's whole neighbourhood, small-star each edge at its larger end
+    a, b = (large_star_map if phase == "L" else small_star_map)(u, v)
     part = _partition_of(a, nparts)
     for d in range(nparts):
         sel = part == d
@@ -429,10 +428,9 @@ def _cc_reduce(root: str, mode: str, rnd: int, d: int, phase: str) -> dict:
         return done
     parts = [load_npy(x) for x in sorted(wd.path("cc", mode, f"r{rnd:03d}{phase}", f"p{d:04d}").glob("*.npy"))]
     rows = np.concatenate(parts) if parts else np.empty((0, 2), np.int64)
-    hi, lo = (large_star if phase == "L" else small_star)(rows[:, 0], rows[:, 1])
-    save_npy(out, np.stack([hi, lo], axis=1))
-    chk, n = edge_checksum(hi, lo)
-    result = {"checksum": chk, "edges": n}
+    a, b, changed = (large_star if phase == "L" else small_star)(rows[:, 0], rows[:, 1])
+    save_npy(out, np.stack([a, b], axis=1))
+    result = {"changed": changed, "edges": len(a)}
     atomic_write_json(marker, result)
     return result
 
@@ -444,7 +442,7 @@ def _cc_finish(root: str, mode: str, src: str, d: int, nparts: int) -> dict:
     if (done := wd.task_done(marker)) is not None:
         return done
     e = load_npy(src)
-    nodes, labels = labels_from_stars(e[:, 0], e[:, 1])
+    nodes, labels = star_labels(e[:, 0], e[:, 1])
     part = _partition_of(labels, nparts)
     for r in range(nparts):
         sel = part == r
@@ -679,20 +677,17 @@ class DedupJob:
         """Alternate large-star and small-star shuffles over edge partitions until nothing changes."""
         root = self.root
         src_groups = [[f] for f in files]
-        prev = None
         for rnd in range(64):
             self._stage(f"cc_{mode}_r{rnd}_Lmap", _cc_map,
                         [(root, mode, rnd, i, g, nparts, "L") for i, g in enumerate(src_groups)])
-            self._stage(f"cc_{mode}_r{rnd}_L", _cc_reduce, [(root, mode, rnd, d, "L") for d in range(nparts)])
+            big = self._stage(f"cc_{mode}_r{rnd}_L", _cc_reduce, [(root, mode, rnd, d, "L") for d in range(nparts)])
             louts = [[str(self.wd.path("cc", mode, f"r{rnd:03d}L", f"out{d:04d}.npy"))] for d in range(nparts)]
             self._stage(f"cc_{mode}_r{rnd}_Smap", _cc_map,
                         [(root, mode, rnd, i, g, nparts, "S") for i, g in enumerate(louts)])
-            res = self._stage(f"cc_{mode}_r{rnd}_S", _cc_reduce, [(root, mode, rnd, d, "S") for d in range(nparts)])
-            cur = (functools.reduce(operator.xor, (r["checksum"] for r in res), 0), sum(r["edges"] for r in res))
+            small = self._stage(f"cc_{mode}_r{rnd}_S", _cc_reduce, [(root, mode, rnd, d, "S") for d in range(nparts)])
             src_groups = [[str(self.wd.path("cc", mode, f"r{rnd:03d}S", f"out{d:04d}.npy"))] for d in range(nparts)]
-            if cur == prev:
+            if sum(r["changed"] for r in big + small) == 0:
                 break
-            prev = cur
         else:
             raise RuntimeError("distributed connected components did not converge in 64 rounds")
         self._stage(f"cc_{mode}_finish", _cc_finish,

@@ -28,7 +28,7 @@ Why this design (one core of the 2-core AMD EPYC Zen 3 / AVX2 development VM, 2M
 * the rolling shingle hash alone runs at ~370 M windows/s, so the whole kernel signs ~120 M shingles/s,
   about one shingle per character of cleaned text.
 End to end (``signatures`` on cleaned redpajama-mini text, UTF-32 conversion included) that is
-~65-110 MB/s of raw text per core depending on machine load, against ~0.05 MB/s for SlimPajama's
+~60-110 MB/s of raw text per core depending on machine load, against ~0.04-0.06 MB/s for SlimPajama's
 per-shingle ``datasketch`` loop and ~0.3-0.5 MB/s for datatrove on the same shingles;
 ``benchmarks/bench_signatures.py`` measures it and ``benchmarks/RESULTS.md`` keeps the figures.
 
