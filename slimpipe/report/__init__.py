@@ -1,0 +1,1 @@
+"""Comparison of trained runs: tables and plots across mixes and dedup modes."""
