@@ -324,3 +324,19 @@ def test_folders_skip_underscore_and_dot_entries(tmp_path: Path) -> None:
     assert [f.rel for f in discover_files([tmp_path])] == ["c4_sample.jsonl"]
     # named explicitly, a file is read whatever its name
     assert [f.rel for f in discover_files([tmp_path / "_meta" / "ground_truth.jsonl"])] == ["ground_truth.jsonl"]
+
+
+def test_parent_folders_above_the_root_do_not_name_the_source(tmp_path: Path) -> None:
+    """/data/c4-runs/ says nothing about the files under it; a record's set name beats a file name."""
+    root = tmp_path / "c4-runs" / "books"
+    (root / "train").mkdir(parents=True)
+    recs = [{"text": LONG, "meta": {"redpajama_set_name": "RedPajamaGithub"}},
+            {"text": LONG, "meta": {"redpajama_set_name": "RedPajamaWikipedia"}}]
+    _write_jsonl(root / "train" / "example_train_0.jsonl", recs)
+    docs, _, _ = read_all([root])
+    assert docs.column("source").to_pylist() == ["github", "wikipedia"]
+    _write_jsonl(tmp_path / "arxiv_sample.jsonl", recs)
+    docs, _, _ = read_all([tmp_path / "arxiv_sample.jsonl"])
+    assert docs.column("source").to_pylist() == ["github", "wikipedia"]
+    docs, _, _ = read_all([tmp_path / "arxiv_sample.jsonl"], source="book")
+    assert docs.column("source").to_pylist() == ["book", "book"]

@@ -19,7 +19,13 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from slimpipe.sources import SOURCES, normalise_source, source_from_filename, source_from_record
+from slimpipe.sources import (
+    SOURCE_OF_SET_NAME,
+    SOURCES,
+    normalise_source,
+    source_from_filename,
+    source_from_record,
+)
 
 DOC_SCHEMA = pa.schema(
     [
@@ -62,6 +68,7 @@ class InputFile:
     start: int = 0  # byte offset (jsonl) or first row group (parquet)
     end: int | None = None  # exclusive byte offset / row group; None = to the end
     first_line: int = 0  # line number of the first line in the range
+    forced: bool = False  # source given by the user (--source): it beats anything a record says
 
     @property
     def size(self) -> int:
@@ -134,9 +141,10 @@ def discover_files(paths: list[str | Path], source: str | None = None) -> list[I
 
 
 def _input_file(path: Path, rel: str, forced: str | None) -> InputFile:
-    return InputFile(
-        path=str(path.resolve()), rel=rel, source=forced or source_from_filename(path), fmt=file_format(path) or ""
-    )
+    # Only the part of the path below the input root names the source: a parent such as
+    # /data/c4-runs/ says nothing about the files under it.
+    return InputFile(path=str(path.resolve()), rel=rel, source=forced or source_from_filename(rel),
+                     fmt=file_format(path) or "", forced=forced is not None)
 
 
 def split_ranges(files: list[InputFile], target_bytes: int = 256 << 20) -> list[InputFile]:
@@ -160,7 +168,7 @@ def split_ranges(files: list[InputFile], target_bytes: int = 256 << 20) -> list[
                     fh.seek(cut)
                     fh.readline()  # move to the next line start
                     cut = fh.tell()
-                out.append(InputFile(f.path, f.rel, f.source, f.fmt, start, cut, line))
+                out.append(InputFile(f.path, f.rel, f.source, f.fmt, start, cut, line, f.forced))
                 fh.seek(start)
                 remaining, lines = cut - start, 0
                 while remaining > 0:
@@ -238,8 +246,12 @@ def _excerpt(raw: bytes) -> str:
     return raw[:_EXCERPT].decode("utf-8", errors="replace")
 
 
-def _check_record(obj, file_source: str | None) -> tuple[str | None, str | None, str | None]:
-    """Return (text, source, reason); reason is None when the record is accepted."""
+def _check_record(obj, file_source: str | None, forced: bool = False) -> tuple[str | None, str | None, str | None]:
+    """Return (text, source, reason); reason is None when the record is accepted.
+
+    Source precedence: ``--source``; the record's own ``meta.redpajama_set_name`` (explicit, per
+    record: a SlimPajama shard mixes sources); the file name; the record's other hints.
+    """
     if not isinstance(obj, dict):
         return None, file_source, f"record is a JSON {type(obj).__name__}, not an object"
     if "text" not in obj:
@@ -253,7 +265,13 @@ def _check_record(obj, file_source: str | None) -> tuple[str | None, str | None,
         text.encode("utf-8")
     except UnicodeEncodeError:
         return None, file_source, "text holds a lone surrogate (not encodable as UTF-8)"
-    source = file_source or source_from_record(obj)
+    if forced:
+        source = file_source
+    else:
+        meta = obj.get("meta")
+        set_name = meta.get("redpajama_set_name") if isinstance(meta, dict) else None
+        source = (SOURCE_OF_SET_NAME.get(set_name) if isinstance(set_name, str) else None) or file_source \
+            or source_from_record(obj)
     if source is None:
         return None, None, "cannot infer source from file name or record (name the file after its source, or pass --source)"
     return text, source, None
@@ -379,7 +397,7 @@ def _jsonl_records(f: InputFile, b: _BatchBuilder) -> Iterator[pa.RecordBatch]:
         except ValueError as exc:
             b.reject(line, f.source, f"malformed JSON: {exc.msg} at column {exc.colno}", raw)
             continue
-        text, source, reason = _check_record(obj, f.source)
+        text, source, reason = _check_record(obj, f.source, f.forced)
         if reason is not None:
             b.reject(line, source, reason, raw)
             continue
@@ -396,7 +414,7 @@ def _parquet_records(f: InputFile, b: _BatchBuilder) -> Iterator[pa.RecordBatch]
     row = sum(pf.metadata.row_group(i).num_rows for i in range(f.start))
     for batch in pf.iter_batches(batch_size=1024, row_groups=groups):
         for obj in batch.to_pylist():
-            text, source, reason = _check_record(obj, f.source)
+            text, source, reason = _check_record(obj, f.source, f.forced)
             if reason is not None:
                 b.reject(row, source, reason, json.dumps(obj, default=str)[:_EXCERPT].encode())
             else:
