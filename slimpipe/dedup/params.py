@@ -212,8 +212,10 @@ class DedupParams:
 
 
 def conf_dir() -> Path:
-    """``conf/`` of a source checkout (two levels above this package); packaged copies are the fallback."""
-    return Path(__file__).resolve().parents[2] / "conf"
+    """The ``conf/`` tree whose ``dedup/`` holds the presets (see :mod:`slimpipe.config`)."""
+    from slimpipe.config import conf_dir as kind_dir
+
+    return kind_dir("dedup").parent
 
 
 def _read_yaml(text: str) -> dict[str, Any]:
@@ -237,24 +239,9 @@ def load_preset(name_or_path: str | Path = "slimpajama") -> DedupParams:
 
     name = str(name_or_path)
     candidate = conf_dir() / "dedup" / f"{name}.yaml"
-    if candidate.is_file():
-        text = candidate.read_text(encoding="utf-8")
-    else:
-        text = _packaged_preset(name)
-    data = _read_yaml(text)
+    if not candidate.is_file():
+        available = sorted(p.stem for p in (conf_dir() / "dedup").glob("*.yaml"))
+        raise FileNotFoundError(f"unknown dedup preset {name!r}; available: {available}")
+    data = _read_yaml(candidate.read_text(encoding="utf-8"))
     data.setdefault("name", name)
     return DedupParams.from_dict(data)
-
-
-def _packaged_preset(name: str) -> str:
-    """Preset text from package resources (``slimpipe/conf/dedup/<name>.yaml``) for installed wheels."""
-    from importlib import resources
-
-    try:
-        res = resources.files("slimpipe").joinpath("conf", "dedup", f"{name}.yaml")
-        if res.is_file():
-            return res.read_text(encoding="utf-8")
-    except (ModuleNotFoundError, FileNotFoundError):
-        pass
-    available = sorted(p.stem for p in (conf_dir() / "dedup").glob("*.yaml"))
-    raise FileNotFoundError(f"unknown dedup preset {name!r}; available: {available}")

@@ -1,0 +1,413 @@
+"""The packed token format: what ``slimpipe mix`` writes and ``slimpipe train`` reads.
+
+A *set* is one folder::
+
+    index.json      format, dtype, seq_len, n_sequences, vocab_size, eos_id, tokenizer identity, totals
+    tokens.bin      one contiguous stream of token ids, little-endian uint16 (vocab <= 65536) or uint32
+    seq_bytes.bin   little-endian uint32, one per sequence: UTF-8 bytes of the text its targets cover
+
+A mix is ``MIX_DIR/train/`` (the training set) plus ``MIX_DIR/eval/<source>/`` (one held-out set per
+source, canonical names from :mod:`slimpipe.sources`), and optionally ``MIX_DIR/tokenizer/`` (the files
+of the tokenizer, see :meth:`slimpipe.mix.tokenizer.Tokenizer.save`).
+
+The stream is ``EOS doc1 EOS doc2 EOS ...``: EOS between documents, and one leading EOS so the first
+document is predicted from a boundary like every other.  Sequence ``i`` is ``stream[i*L : i*L + L + 1]``
+(``L + 1`` tokens: inputs ``[:-1]``, targets ``[1:]``); consecutive sequences share one token, so every
+token after the first is a target exactly once and the file holds ``n*L + 1`` ids.  The ``seq_bytes``
+of a sequence is the UTF-8 byte count of its ``L`` targets (EOS counts 0 bytes), so summed NLL over a
+set of sequences divided by their byte count is the exact bits per byte, for any subset.  Per-sequence
+byte counts live in a binary side file, not the JSON, because a 330B-token mix has ~10^8 sequences.
+
+Byte counts come from the tokenizer's per-id byte lengths when those are exact (byte-level BPE);
+otherwise a document's byte count is spread over its tokens (integer apportionment), which keeps every
+document's and every set's total exact and per-sequence counts within one document's rounding.
+
+Tokens that do not fill a last full sequence are dropped (recorded as ``dropped_tokens``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slimpipe.sources import SOURCES, normalise_source
+
+log = logging.getLogger(__name__)
+
+FORMAT = "slimpipe-packed"
+VERSION = 1
+INDEX = "index.json"
+TOKENS = "tokens.bin"
+SEQ_BYTES = "seq_bytes.bin"
+BYTES_DTYPE = "<u4"
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 when every id fits (vocab <= 65536), else uint32; little-endian on disk."""
+    return np.dtype("<u2") if vocab_size <= 1 << 16 else np.dtype("<u4")
+
+
+def train_path(mix_dir: str | Path) -> Path:
+    return Path(mix_dir) / "train"
+
+
+def eval_path(mix_dir: str | Path, source: str) -> Path:
+    """``MIX_DIR/eval/<canonical source>``; rejects names that are not one of the seven sources."""
+    canonical = normalise_source(source)
+    if canonical is None:
+        raise ValueError(f"unknown source {source!r}; expected one of {SOURCES}")
+    return Path(mix_dir) / "eval" / canonical
+
+
+def apportion_bytes(n_bytes: int, n_tokens: int) -> np.ndarray:
+    """Spread ``n_bytes`` over ``n_tokens`` as integers that sum exactly to ``n_bytes``."""
+    if n_tokens == 0:
+        return np.zeros(0, dtype=np.int64)
+    cum = (np.arange(1, n_tokens + 1, dtype=np.int64) * n_bytes) // n_tokens
+    return np.diff(cum, prepend=0)
+
+
+class PackedWriter:
+    """Streams documents into one packed set; nothing appears at ``path`` until :meth:`finalize`.
+
+    Writes go to a hidden temporary folder next to ``path`` which is renamed into place at the end, so a
+    killed job never leaves a half-written set that looks complete. Memory is bounded by ``flush_tokens``.
+    Use as a context manager: a clean exit finalizes, an exception discards the temporary folder.
+    """
+
+    def __init__(self, path: str | Path, seq_len: int, *, vocab_size: int, eos_id: int,
+                 tokenizer: Any = None, meta: dict | None = None, overwrite: bool = False,
+                 flush_tokens: int = 1 << 20) -> None:
+        if seq_len < 1:
+            raise ValueError("seq_len must be >= 1")
+        if not 0 <= eos_id < vocab_size:
+            raise ValueError(f"eos_id {eos_id} outside vocab of {vocab_size}")
+        self.path = Path(path)
+        if self.path.exists() and not overwrite:
+            raise FileExistsError(f"{self.path} exists (pass overwrite=True to replace it)")
+        self.seq_len = int(seq_len)
+        self.vocab_size = int(vocab_size)
+        self.eos_id = int(eos_id)
+        self.dtype = token_dtype(vocab_size)
+        self.tokenizer = tokenizer.describe() if hasattr(tokenizer, "describe") else (tokenizer or {})
+        self.meta = dict(meta or {})
+        self.overwrite = overwrite
+        self.flush_tokens = int(flush_tokens)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.parent / f".{self.path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._tmp.mkdir()
+        self._tok_f = open(self._tmp / TOKENS, "wb")  # closed in finalize() or abort()
+        self._bytes_f = open(self._tmp / SEQ_BYTES, "wb")
+        # Pending stream tail, starting at the first input token of the next unwritten sequence.
+        self._ids: list[np.ndarray] = [np.array([self.eos_id], dtype=np.int64)]
+        self._blen: list[np.ndarray] = [np.zeros(1, dtype=np.int64)]
+        self._pending = 1
+        self.n_sequences = 0
+        self.n_documents = 0
+        self.total_bytes = 0  # bytes of every document added
+        self.exact_bytes = True
+        self._done = False
+
+    def __enter__(self) -> PackedWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.finalize()
+        else:
+            self.abort()
+
+    def add(self, tokens: Sequence[int] | np.ndarray, n_bytes: int,
+            token_bytes: Sequence[int] | np.ndarray | None = None) -> None:
+        """Append one document (its ids, without EOS) and its UTF-8 byte count.
+
+        ``token_bytes`` (per-id byte lengths summing to ``n_bytes``) makes per-sequence bytes exact;
+        without it the document's bytes are apportioned over its tokens.
+        """
+        if self._done:
+            raise RuntimeError("writer already finalized")
+        ids = np.asarray(tokens, dtype=np.int64)
+        if ids.ndim != 1:
+            raise ValueError("tokens must be one-dimensional")
+        if ids.size == 0:
+            if n_bytes:
+                raise ValueError("a document with bytes but no tokens")
+            return
+        if ids.min() < 0 or ids.max() >= self.vocab_size:
+            raise ValueError(f"token id outside [0, {self.vocab_size})")
+        if token_bytes is None:
+            blen = apportion_bytes(int(n_bytes), ids.size)
+            self.exact_bytes = False
+        else:
+            blen = np.asarray(token_bytes, dtype=np.int64)
+            if blen.shape != ids.shape or int(blen.sum()) != int(n_bytes):
+                raise ValueError("token_bytes must have one entry per token and sum to n_bytes")
+        self._ids += [ids, np.array([self.eos_id], dtype=np.int64)]
+        self._blen += [blen, np.zeros(1, dtype=np.int64)]
+        self._pending += ids.size + 1
+        self.n_documents += 1
+        self.total_bytes += int(n_bytes)
+        if self._pending >= self.flush_tokens:
+            self._flush()
+
+    def add_texts(self, texts: Iterable[str], tokenizer: Any) -> None:
+        """Tokenize and append documents; per-token byte lengths are used when the tokenizer's are exact."""
+        texts = list(texts)
+        table = getattr(tokenizer, "byte_lengths", None)
+        for text, ids in zip(texts, tokenizer.encode_batch(texts), strict=True):
+            n_bytes = len(text.encode("utf-8"))
+            tb = None
+            if table is not None and ids:
+                tb = table[np.asarray(ids, dtype=np.int64)]
+                if int(tb.sum()) != n_bytes:  # e.g. a normaliser changed the text
+                    tb = None
+            self.add(ids, n_bytes, tb)
+
+    def _flush(self) -> None:
+        ids = np.concatenate(self._ids)
+        blen = np.concatenate(self._blen)
+        L = self.seq_len
+        m = (ids.size - 1) // L  # full sequences available (each needs L + 1 tokens, sharing one)
+        if m > 0:
+            ids[: m * L].astype(self.dtype).tofile(self._tok_f)
+            seq_bytes = blen[1 : m * L + 1].reshape(m, L).sum(axis=1)
+            seq_bytes.astype(BYTES_DTYPE).tofile(self._bytes_f)
+            self.n_sequences += m
+            ids, blen = ids[m * L :], blen[m * L :]
+        self._ids, self._blen, self._pending = [ids], [blen], ids.size
+
+    def finalize(self) -> dict:
+        """Write the last shared token and the index, then move the set into place; returns the index."""
+        if self._done:
+            raise RuntimeError("writer already finalized")
+        self._flush()
+        tail_ids, tail_bytes = self._ids[0], self._blen[0]
+        if self.n_sequences > 0:
+            tail_ids[:1].astype(self.dtype).tofile(self._tok_f)  # the last sequence's final target
+        dropped_tokens = int(tail_ids.size - 1)
+        dropped_bytes = int(tail_bytes[1:].sum())
+        self._tok_f.close()
+        self._bytes_f.close()
+        n = self.n_sequences
+        index = {
+            "format": FORMAT,
+            "version": VERSION,
+            "dtype": self.dtype.str,
+            "seq_len": self.seq_len,
+            "n_sequences": n,
+            "n_tokens": n * self.seq_len + 1 if n else 0,
+            "vocab_size": self.vocab_size,
+            "eos_id": self.eos_id,
+            "tokenizer": self.tokenizer,
+            "n_documents": self.n_documents,
+            "total_bytes": self.total_bytes - dropped_bytes,
+            "dropped_tokens": dropped_tokens,
+            "dropped_bytes": dropped_bytes,
+            "bytes_exact": self.exact_bytes,
+            "files": {"tokens": TOKENS, "seq_bytes": SEQ_BYTES, "seq_bytes_dtype": BYTES_DTYPE},
+            "meta": self.meta,
+        }
+        (self._tmp / INDEX).write_text(json.dumps(index, indent=1) + "\n")
+        for name in (TOKENS, SEQ_BYTES, INDEX):
+            with open(self._tmp / name, "rb") as f:
+                os.fsync(f.fileno())
+        if self.path.exists():
+            if not self.overwrite:
+                self.abort()
+                raise FileExistsError(f"{self.path} appeared while writing")
+            trash = self.path.parent / f".{self.path.name}.old-{uuid.uuid4().hex[:8]}"
+            self.path.rename(trash)
+            self._tmp.rename(self.path)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            self._tmp.rename(self.path)
+        self._done = True
+        if n == 0:
+            log.warning("%s: no full sequence of %d tokens (%d tokens dropped)", self.path, self.seq_len,
+                        dropped_tokens)
+        return index
+
+    def abort(self) -> None:
+        """Discard everything written so far."""
+        for f in (self._tok_f, self._bytes_f):
+            if not f.closed:
+                f.close()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+        self._done = True
+
+
+class PackedDataset:
+    """Memory-mapped reader of one packed set; ``ds[i]`` is ``seq_len + 1`` token ids (int64).
+
+    ``seq_len`` may be smaller than the stored length if it divides it: each stored sequence is then
+    read as ``stored // seq_len`` shorter ones (the stream is contiguous, so nothing is copied and
+    byte counts stay exact over whole stored sequences).
+    """
+
+    def __init__(self, path: str | Path, seq_len: int | None = None) -> None:
+        self.path = Path(path)
+        index_file = self.path / INDEX
+        if not index_file.is_file():
+            raise FileNotFoundError(f"{self.path}: no {INDEX} (not a packed set, or not finalized)")
+        self.index: dict = json.loads(index_file.read_text())
+        if self.index.get("format") != FORMAT:
+            raise ValueError(f"{self.path}: format {self.index.get('format')!r}, expected {FORMAT!r}")
+        self.stored_seq_len = int(self.index["seq_len"])
+        self.seq_len = int(seq_len or self.stored_seq_len)
+        if self.seq_len > self.stored_seq_len or self.stored_seq_len % self.seq_len:
+            raise ValueError(f"seq_len {self.seq_len} must divide the stored seq_len {self.stored_seq_len}")
+        self.group = self.stored_seq_len // self.seq_len
+        self.n_stored = int(self.index["n_sequences"])
+        self.vocab_size = int(self.index["vocab_size"])
+        self.eos_id = int(self.index["eos_id"])
+        self.tokenizer: dict = self.index.get("tokenizer") or {}
+        files = self.index.get("files", {})
+        dtype = np.dtype(self.index["dtype"])
+        n_tokens = int(self.index["n_tokens"])
+        tok_file = self.path / files.get("tokens", TOKENS)
+        bytes_file = self.path / files.get("seq_bytes", SEQ_BYTES)
+        expect = n_tokens * dtype.itemsize
+        if tok_file.stat().st_size != expect:
+            raise ValueError(f"{tok_file}: {tok_file.stat().st_size} bytes, index says {expect}")
+        # np.memmap cannot map an empty file; an empty set is a zero-length array.
+        self.tokens = (np.memmap(tok_file, dtype=dtype, mode="r", shape=(n_tokens,)) if n_tokens
+                       else np.zeros(0, dtype=dtype))
+        bdt = np.dtype(files.get("seq_bytes_dtype", BYTES_DTYPE))
+        self.seq_bytes = (np.memmap(bytes_file, dtype=bdt, mode="r", shape=(self.n_stored,)) if self.n_stored
+                          else np.zeros(0, dtype=bdt))
+
+    def __len__(self) -> int:
+        return self.n_stored * self.group
+
+    def _offset(self, i: int) -> int:
+        s, k = divmod(i, self.group)
+        return s * self.stored_seq_len + k * self.seq_len
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(i)
+        o = self._offset(i)
+        return np.asarray(self.tokens[o : o + self.seq_len + 1], dtype=np.int64)
+
+    def get_batch(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Rows ``indices`` as an int64 array ``(len(indices), seq_len + 1)``."""
+        idx = np.asarray(indices, dtype=np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
+            raise IndexError("batch index out of range")
+        s, k = np.divmod(idx, self.group)
+        offsets = s * self.stored_seq_len + k * self.seq_len
+        return np.asarray(self.tokens[offsets[:, None] + np.arange(self.seq_len + 1)], dtype=np.int64)
+
+    @property
+    def total_bytes(self) -> int:
+        """UTF-8 bytes covered by all targets of the set."""
+        return int(self.seq_bytes.sum(dtype=np.int64))
+
+    def prefix_bytes(self, n: int) -> int:
+        """Bytes covered by the targets of the first ``n`` sequences (``n`` a multiple of ``group``)."""
+        if n % self.group:
+            raise ValueError(f"byte counts are per stored sequence: n must be a multiple of {self.group}")
+        return int(self.seq_bytes[: n // self.group].sum(dtype=np.int64))
+
+    def epoch_order(self, seed: int, epoch: int) -> np.ndarray:
+        """A permutation of ``range(len(self))`` that depends only on (seed, epoch)."""
+        rng = np.random.default_rng([int(seed), int(epoch), 0x5EED])
+        dtype = np.int32 if len(self) < 2**31 else np.int64
+        return rng.permutation(np.arange(len(self), dtype=dtype))
+
+    def __repr__(self) -> str:
+        return (f"PackedDataset({str(self.path)!r}, sequences={len(self)}, seq_len={self.seq_len}, "
+                f"vocab={self.vocab_size}, tokenizer={self.tokenizer.get('name')!r})")
+
+
+class ShuffledSampler:
+    """Maps a global sample position (sequences consumed since step 0) to a dataset index.
+
+    Epoch ``e`` visits every sequence once in ``epoch_order(seed, e)``; the position alone is the
+    whole data state, which is why a checkpoint only needs to record it.
+    """
+
+    def __init__(self, dataset: PackedDataset, seed: int) -> None:
+        if len(dataset) == 0:
+            raise ValueError(f"{dataset.path}: empty training set")
+        self.dataset = dataset
+        self.seed = seed
+        self._epoch = -1
+        self._order: np.ndarray | None = None
+
+    def indices(self, start: int, count: int) -> np.ndarray:
+        n = len(self.dataset)
+        out = np.empty(count, dtype=np.int64)
+        pos = start
+        filled = 0
+        while filled < count:
+            epoch, off = divmod(pos, n)
+            if epoch != self._epoch:
+                self._order, self._epoch = self.dataset.epoch_order(self.seed, epoch), epoch
+            take = min(count - filled, n - off)
+            out[filled : filled + take] = self._order[off : off + take]
+            filled += take
+            pos += take
+        return out
+
+
+def open_mix(mix_dir: str | Path, seq_len: int | None = None) -> tuple[PackedDataset, dict[str, PackedDataset]]:
+    """The training set and the per-source eval sets of a mix, checked to share one tokenizer."""
+    root = Path(mix_dir)
+    train = PackedDataset(train_path(root), seq_len)
+    evals: dict[str, PackedDataset] = {}
+    eval_root = root / "eval"
+    if eval_root.is_dir():
+        names = sorted(p.name for p in eval_root.iterdir() if (p / INDEX).is_file())
+        names.sort(key=lambda n: (SOURCES.index(n) if n in SOURCES else len(SOURCES), n))
+        for name in names:
+            if name not in SOURCES:
+                log.warning("%s: eval set %r is not a canonical source name", root, name)
+            evals[name] = PackedDataset(eval_root / name, seq_len)
+    for name, ds in evals.items():
+        if ds.vocab_size != train.vocab_size or ds.eos_id != train.eos_id or (
+            ds.tokenizer.get("identity") != train.tokenizer.get("identity")
+        ):
+            raise ValueError(f"eval set {name!r} was tokenized differently from {train.path}")
+    return train, evals
+
+
+def write_mix(mix_dir: str | Path, train_texts: Iterable[str], eval_texts: dict[str, Iterable[str]],
+              tokenizer: Any, seq_len: int, *, overwrite: bool = False, meta: dict | None = None,
+              batch: int = 256) -> dict[str, dict]:
+    """Pack in-memory texts into a complete mix (``train/``, ``eval/<source>/``, ``tokenizer/``).
+
+    The mix stage streams far larger inputs through :class:`PackedWriter` itself; this is the small-data
+    path (tests, benchmarks, examples). Returns each set's index.
+    """
+    root = Path(mix_dir)
+    common = {"vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id, "tokenizer": tokenizer,
+              "overwrite": overwrite}
+    targets = [("train", train_path(root), train_texts)]
+    targets += [(f"eval/{s}", eval_path(root, s), texts) for s, texts in eval_texts.items()]
+    indices = {}
+    for name, path, texts in targets:
+        with PackedWriter(path, seq_len, meta={**(meta or {}), "set": name}, **common) as w:
+            chunk: list[str] = []
+            for text in texts:
+                chunk.append(text)
+                if len(chunk) >= batch:
+                    w.add_texts(chunk, tokenizer)
+                    chunk = []
+            if chunk:
+                w.add_texts(chunk, tokenizer)
+        indices[name] = json.loads((path / INDEX).read_text())
+    if hasattr(tokenizer, "save"):
+        tokenizer.save(root / "tokenizer")
+    return indices

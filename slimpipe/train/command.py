@@ -1,0 +1,95 @@
+"""``slimpipe train MIX_DIR --model PRESET -o RUN``: train one model on one mix and measure it."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import click
+
+from slimpipe.train.loop import TrainConfig
+
+_SUFFIX = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
+
+
+def parse_count(text: str | None) -> int | None:
+    """``"131072"``, ``"2.2e9"``, ``"500M"``, ``"2B"`` -> int."""
+    if text is None:
+        return None
+    s = text.strip().lower().replace("_", "")
+    mult = 1.0
+    if s and s[-1] in _SUFFIX:
+        mult, s = _SUFFIX[s[-1]], s[:-1]
+    try:
+        value = float(s) * mult
+    except ValueError as exc:
+        raise click.BadParameter(f"not a count: {text!r}") from exc
+    if not math.isfinite(value) or value <= 0:
+        raise click.BadParameter(f"must be positive: {text!r}")
+    return int(value)
+
+
+@click.command(name="train")
+@click.argument("mix_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--model", "model", default="tiny", show_default=True,
+              help="Preset (tiny, 111m, 256m, 590m, 1.3b) or a YAML file shaped like conf/models/*.yaml.")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Run directory.")
+@click.option("--max-steps", type=int, help="Optimizer steps (overrides --tokens and the preset budget).")
+@click.option("--tokens", help="Training tokens, e.g. 2e6 or 500M (default: the preset's budget).")
+@click.option("--eval-interval", type=int, default=50, show_default=True, help="Steps between evaluations.")
+@click.option("--eval-sequences", type=int, default=64, show_default=True,
+              help="Sequences per source at interval evaluations (the final one uses all).")
+@click.option("--seed", type=int, default=1337, show_default=True)
+@click.option("--lr", type=float, help="Peak learning rate (default: the preset's).")
+@click.option("--schedule", type=click.Choice(["linear", "cosine"]),
+              help="linear: decay to zero (default); cosine: to 10%.")
+@click.option("--warmup-steps", type=int, help="Default: the preset's warmup fraction of all steps.")
+@click.option("--batch-size", type=int, help="Global batch in sequences (default: the preset's).")
+@click.option("--micro-batch", type=int, help="Sequences per forward pass; accumulation makes up the batch.")
+@click.option("--seq-len", type=int, help="Context length; must divide the mix's packed sequence length.")
+@click.option("--attention", type=click.Choice(["sdpa", "flex"]), help="Attention kernel (default sdpa).")
+@click.option("--mup/--no-mup", default=None, help="Cerebras-GPT-muP parametrisation (default: the preset's).")
+@click.option("--checkpoint-interval", type=int, help="Steps between checkpoints (default: --eval-interval).")
+@click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available).")
+@click.option("--ray-address", help="Run on this Ray cluster through Ray Train (DDP).")
+@click.option("--num-workers", type=int, default=1, show_default=True,
+              help="Ray Train workers (more than one starts a local Ray if no --ray-address).")
+@click.option("--cpus-per-worker", type=int, help="CPUs (and torch threads) per Ray worker.")
+@click.option("--use-gpu", is_flag=True, help="One GPU per Ray worker (or CUDA locally).")
+@click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in the run directory.")
+@click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile (default: on CUDA only).")
+@click.option("--threads", type=int, help="torch CPU threads for a local run (default: torch's choice).")
+def train_command(mix_dir: str, model: str, output: str, max_steps: int | None, tokens: str | None,
+                  eval_interval: int, eval_sequences: int, seed: int, lr: float | None, schedule: str | None,
+                  warmup_steps: int | None, batch_size: int | None, micro_batch: int | None,
+                  seq_len: int | None, attention: str | None, mup: bool | None,
+                  checkpoint_interval: int | None, device: str | None, ray_address: str | None,
+                  num_workers: int, cpus_per_worker: int | None, use_gpu: bool, resume: bool,
+                  compile_: bool | None, threads: int | None) -> None:
+    """Train MIX_DIR's model preset, evaluating loss and bits per byte on each source's held-out set.
+
+    Writes RUN/train_log.jsonl, RUN/eval_log.jsonl, RUN/metrics.json, RUN/checkpoints/ and RUN/model/.
+    """
+    from slimpipe.train.launch import launch
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = TrainConfig(mix_dir=mix_dir, out_dir=output, model=model, max_steps=max_steps, tokens=parse_count(tokens),
+                      eval_interval=eval_interval, eval_sequences=eval_sequences, seed=seed, lr=lr,
+                      schedule=schedule, warmup_steps=warmup_steps, batch_size=batch_size, micro_batch=micro_batch,
+                      seq_len=seq_len, attention=attention, mup=mup, checkpoint_interval=checkpoint_interval,
+                      device=device, resume=resume, compile=compile_, threads=threads)
+    try:
+        metrics = launch(cfg, ray_address=ray_address, num_workers=num_workers, use_gpu=use_gpu,
+                         cpus_per_worker=cpus_per_worker)
+    except (FileExistsError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    ev = metrics["eval"]
+    click.echo(f"{metrics['preset']}: {metrics['n_params'] / 1e6:.2f}M params, {metrics['steps']} steps, "
+               f"{metrics['tokens']:,} tokens, {metrics['throughput']['tokens_per_s'] or 0:,.0f} tokens/s")
+    click.echo(f"{'source':<16}{'loss':>9}{'bpb':>9}{'tokens':>12}")
+    for name, s in ev["sources"].items():
+        click.echo(f"{name:<16}{s['loss']:>9.4f}{s['bpb']:>9.4f}{s['tokens']:>12,}")
+    if ev["total"]:
+        click.echo(f"{'total':<16}{ev['total']['loss']:>9.4f}{ev['total']['bpb']:>9.4f}{ev['total']['tokens']:>12,}")
+    click.echo(f"wrote {output}/metrics.json")

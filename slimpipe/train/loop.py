@@ -1,0 +1,453 @@
+"""The training loop: one function, :func:`train`, used as-is locally and inside every Ray Train worker.
+
+* AdamW (0.9, 0.95, eps 1e-8), weight decay 0.1 on matrices, gradient clipping at 1.0.
+* Linear warmup, then linear decay to zero (default) or cosine to 10% (``schedule="cosine"``).
+* Gradient accumulation up to the preset's global batch (in sequences), split across DDP ranks.
+* bf16 autocast on CUDA only; ``torch.compile`` by default on CUDA only (on CPU it costs minutes of
+  compilation for little gain at these sizes; ``compile=True`` forces it).
+* Data order: one seeded permutation per epoch; the data position is simply ``step * global_batch``.
+* Checkpoints hold model, optimizer, scheduler, step/data position and every RNG state; resuming
+  reproduces the uninterrupted run bit for bit on CPU (tested).
+
+Files written to the run directory (rank 0 only)::
+
+    config.json        resolved configuration (preset, batch, steps, schedule, world size, device)
+    train_log.jsonl    one line per logged step: step, tokens, loss, lr, grad_norm, step_s, tokens_per_s
+    eval_log.jsonl     one line per evaluation: step, tokens, per-source and total loss/bpb
+    metrics.json       final: full held-out evaluation, parameter count, throughput, attention backend
+    checkpoints/       step_XXXXXXX.pt (the latest ``keep_checkpoints``)
+    model/             exported safetensors + config.json + tokenizer (see :mod:`slimpipe.train.export`)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from slimpipe.mix.packed import ShuffledSampler, open_mix
+from slimpipe.train.evaluate import evaluate_sets
+from slimpipe.train.model import GPT, ModelConfig, count_params_meta, training_flops_per_token
+from slimpipe.train.presets import load_preset
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; ``None`` means "take it from the preset" (or from the data)."""
+
+    mix_dir: str
+    out_dir: str
+    model: str = "tiny"
+    max_steps: int | None = None
+    tokens: int | None = None
+    eval_interval: int = 50
+    eval_sequences: int = 64  # per source at interval evaluations; the final evaluation uses every sequence
+    eval_batch: int | None = None
+    log_interval: int = 1
+    checkpoint_interval: int | None = None  # default: eval_interval
+    keep_checkpoints: int = 2
+    seed: int = 1337
+    lr: float | None = None
+    schedule: str | None = None  # "linear" (to zero) | "cosine" (to min_lr_ratio, default 10%)
+    min_lr_ratio: float | None = None
+    warmup_steps: int | None = None
+    batch_size: int | None = None
+    micro_batch: int | None = None
+    seq_len: int | None = None
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    compile: bool | None = None
+    attention: str | None = None
+    mup: bool | None = None
+    device: str | None = None
+    resume: bool = False
+    export: bool = True
+    threads: int | None = None  # torch intra-op threads for this run (default: torch's choice)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class LRSchedule:
+    """Multiplier on the peak LR: linear warmup over ``warmup`` steps, then decay until ``total``.
+
+    A callable object (not a lambda) so ``LambdaLR.state_dict()`` saves it with the checkpoint.
+    """
+
+    def __init__(self, warmup: int, total: int, kind: str = "linear", min_ratio: float = 0.0) -> None:
+        if kind not in ("linear", "cosine"):
+            raise ValueError(f"schedule must be 'linear' or 'cosine', not {kind!r}")
+        self.warmup, self.total, self.kind, self.min_ratio = int(warmup), int(total), kind, float(min_ratio)
+
+    def __call__(self, step: int) -> float:
+        # LambdaLR calls this with the number of completed steps; the update about to happen is step+1.
+        s = step + 1
+        if self.warmup > 0 and s <= self.warmup:
+            return s / self.warmup
+        span = max(1, self.total - self.warmup)
+        frac = min(1.0, max(0.0, (s - self.warmup) / span))
+        if self.kind == "linear":
+            return self.min_ratio + (1.0 - self.min_ratio) * (1.0 - frac)
+        return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+
+@dataclass
+class Plan:
+    """The resolved shape of a run (what goes into ``config.json``)."""
+
+    preset: str
+    model: dict
+    n_params: int
+    seq_len: int
+    micro_batch: int
+    accum: int
+    world_size: int
+    global_batch: int
+    total_steps: int
+    warmup_steps: int
+    lr: float
+    schedule: str
+    min_lr_ratio: float
+    device: str
+    autocast: str | None
+    compile: bool
+    attention: str
+    tokens_per_step: int
+
+
+def _dist() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _resolve_device(cfg: TrainConfig, device: torch.device | str | None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    if cfg.device:
+        return torch.device(cfg.device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def plan_run(cfg: TrainConfig, stored_seq_len: int, vocab_size: int, world: int, device: torch.device) -> Plan:
+    """Combine preset, overrides, data and world size into concrete batch/step/schedule numbers."""
+    preset = load_preset(cfg.model)
+    t = preset.train
+    seq_len = cfg.seq_len or t.get("seq_len") or stored_seq_len
+    if stored_seq_len % seq_len:
+        if cfg.seq_len:
+            raise ValueError(f"--seq-len {seq_len} must divide the mix's sequence length {stored_seq_len}")
+        seq_len = stored_seq_len
+    seq_len = min(seq_len, stored_seq_len)
+    mcfg = dataclasses.replace(preset.model, vocab_size=vocab_size, max_seq_len=max(seq_len, preset.model.max_seq_len))
+    if cfg.attention:
+        mcfg = dataclasses.replace(mcfg, attention=cfg.attention)
+    if mcfg.attention == "flex" and device.type != "cuda":
+        raise ValueError("attention 'flex' trains on CUDA only (FlexAttention has no CPU backward); use 'sdpa'")
+    if cfg.mup is not None:
+        mcfg = dataclasses.replace(mcfg, mup=cfg.mup)
+    n_params = count_params_meta(mcfg)
+    batch = cfg.batch_size or t.get("batch_size") or 8
+    micro = cfg.micro_batch or t.get("micro_batch") or batch
+    micro = max(1, min(micro, math.ceil(batch / world)))
+    accum = max(1, math.ceil(batch / (micro * world)))
+    global_batch = micro * accum * world
+    if global_batch != batch:
+        log.warning("global batch %d sequences (micro %d x accum %d x %d workers) instead of %d",
+                    global_batch, micro, accum, world, batch)
+    tokens_per_step = global_batch * seq_len
+    if cfg.max_steps:
+        steps = int(cfg.max_steps)
+    else:
+        budget = cfg.tokens or t.get("tokens") or 20 * n_params
+        steps = max(1, math.ceil(budget / tokens_per_step))
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(t.get("warmup_fraction", 0.01) * steps)
+    schedule = cfg.schedule or t.get("schedule") or "linear"
+    min_ratio = cfg.min_lr_ratio if cfg.min_lr_ratio is not None else t.get(
+        "min_lr_ratio", 0.1 if schedule == "cosine" else 0.0)
+    use_compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
+    return Plan(preset=preset.name, model=mcfg.to_dict(), n_params=n_params, seq_len=seq_len,
+                micro_batch=micro, accum=accum, world_size=world, global_batch=global_batch,
+                total_steps=steps, warmup_steps=int(min(warmup, steps)), lr=float(cfg.lr or t.get("lr") or 6e-4),
+                schedule=schedule, min_lr_ratio=float(min_ratio), device=str(device),
+                autocast="bfloat16" if device.type == "cuda" else None, compile=bool(use_compile),
+                attention=mcfg.attention, tokens_per_step=tokens_per_step)
+
+
+def tune_cpu_malloc() -> bool:
+    """Keep large freed blocks in glibc's heap instead of returning them to the OS.
+
+    CPU training allocates and frees the same ~100 MB activations (the logits) every micro-step; by
+    default glibc serves them with mmap/munmap, so every step pays page faults on fresh memory (we
+    measured 1.3-2.3x tokens/s on the tiny preset without them). Process-wide and one-way, so only done
+    when a CPU run starts; ``SLIMPIPE_MALLOPT=0`` opts out. Returns whether it was applied.
+    """
+    import ctypes
+    import platform
+
+    if os.environ.get("SLIMPIPE_MALLOPT", "1") == "0" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # from <malloc.h>
+    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+def _append_jsonl(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _truncate_jsonl(path: Path, max_step: int) -> None:
+    """Drop log lines past the checkpoint being resumed (and final evaluations, which are redone), so the
+    log reads as one uninterrupted run."""
+    if not path.exists():
+        return
+    records = [(ln, json.loads(ln)) for ln in path.read_text().splitlines() if ln.strip()]
+    keep = [ln for ln, r in records if r.get("step", 0) <= max_step and not r.get("final")]
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text("".join(ln + "\n" for ln in keep))
+    tmp.replace(path)
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def checkpoints(out_dir: str | Path) -> list[Path]:
+    """Checkpoint files of a run, oldest first."""
+    d = Path(out_dir) / CHECKPOINT_DIR
+    return sorted(d.glob("step_*.pt")) if d.is_dir() else []
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def save_checkpoint(out_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, plan: Plan, sample_pos: int,
+                    device: torch.device, keep: int) -> Path:
+    """Write ``checkpoints/step_N.pt`` atomically (temp name, then rename) and prune old ones."""
+    d = out_dir / CHECKPOINT_DIR
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"step_{step:07d}.pt"
+    state = {"step": step, "sample_pos": sample_pos, "model": model.state_dict(),
+             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "rng": _rng_state(device), "plan": dataclasses.asdict(plan)}
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+    for old in checkpoints(out_dir)[:-keep] if keep > 0 else []:
+        old.unlink(missing_ok=True)
+    return path
+
+
+_RESUME_KEYS = ("model", "seq_len", "global_batch", "total_steps", "warmup_steps", "lr", "schedule", "min_lr_ratio")
+
+
+# ---------------------------------------------------------------------------------------------- loop
+
+def train(cfg: TrainConfig, *, device: torch.device | str | None = None,
+          on_eval: Callable[[dict], None] | None = None) -> dict:
+    """Train one model on one mix and evaluate it; returns the final metrics (also in ``metrics.json``).
+
+    Works in a single process or under an initialised ``torch.distributed`` process group (DDP), as
+    Ray Train sets up; only rank 0 writes files. ``on_eval`` is called on every rank after each
+    evaluation (Ray uses it to report metrics).
+    """
+    threads_before = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _train(cfg, device, on_eval)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train(cfg: TrainConfig, device: torch.device | str | None, on_eval: Callable[[dict], None] | None) -> dict:
+    rank, world = _dist()
+    dev = _resolve_device(cfg, device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    else:
+        tune_cpu_malloc()
+    out = Path(cfg.out_dir).resolve()
+    train_set, eval_sets = open_mix(cfg.mix_dir, None)
+    plan = plan_run(cfg, train_set.stored_seq_len, train_set.vocab_size, world, dev)
+    if plan.seq_len != train_set.seq_len:
+        train_set, eval_sets = open_mix(cfg.mix_dir, plan.seq_len)
+
+    existing = checkpoints(out)
+    if rank == 0:
+        if (out / "train_log.jsonl").exists() and not cfg.resume:
+            raise FileExistsError(f"{out} already holds a run; pass resume=True (--resume) or use a new directory")
+        out.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed % 2**32)
+    random.seed(cfg.seed)
+    model = GPT(ModelConfig.from_dict(plan.model)).to(dev)
+    optimizer = torch.optim.AdamW(model.param_groups(plan.lr, cfg.weight_decay), lr=plan.lr,
+                                  betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+                                  fused=True if dev.type == "cuda" else None)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, LRSchedule(plan.warmup_steps, plan.total_steps, plan.schedule, plan.min_lr_ratio))
+
+    step = 0
+    if cfg.resume and existing:
+        ckpt = torch.load(existing[-1], map_location=dev, weights_only=False)
+        saved = ckpt["plan"]
+        mismatched = [k for k in _RESUME_KEYS if saved.get(k) != getattr(plan, k)]
+        if mismatched:
+            raise ValueError(f"cannot resume {existing[-1]}: {mismatched} differ from this run's settings")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        _set_rng_state(ckpt["rng"], dev)
+        step = int(ckpt["step"])
+        log.info("resumed from %s (step %d)", existing[-1], step)
+    if rank == 0:
+        for name in ("train_log.jsonl", "eval_log.jsonl"):
+            _truncate_jsonl(out / name, step)
+        _write_json(out / "config.json", {"train": cfg.to_dict(), "plan": dataclasses.asdict(plan),
+                                           "mix": {"train": train_set.index, "eval": list(eval_sets)}})
+
+    run_model: torch.nn.Module = model
+    if world > 1:
+        run_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    eval_model: torch.nn.Module = model
+    if plan.compile:
+        run_model = torch.compile(run_model)
+        eval_model = torch.compile(model)
+    autocast_dtype = torch.bfloat16 if plan.autocast == "bfloat16" else None
+    sampler = ShuffledSampler(train_set, cfg.seed)
+    local_batch = plan.micro_batch * plan.accum
+    eval_batch = cfg.eval_batch or plan.micro_batch
+    ckpt_every = cfg.checkpoint_interval or cfg.eval_interval
+
+    def run_eval(at_step: int, final: bool) -> dict:
+        res = evaluate_sets(eval_model, eval_sets, batch_size=eval_batch, device=dev,
+                            max_sequences=None if final else cfg.eval_sequences, autocast_dtype=autocast_dtype)
+        record = {"step": at_step, "tokens": at_step * plan.tokens_per_step, "final": final, **res}
+        if rank == 0:
+            _append_jsonl(out / "eval_log.jsonl", record)
+            log.info("eval step %d: loss %.4f bpb %.4f (%s)", at_step, res["total"]["loss"], res["total"]["bpb"],
+                     ", ".join(f"{k} {v['bpb']:.3f}" for k, v in res["sources"].items()))
+        if on_eval is not None:
+            on_eval({"step": at_step, "eval_bpb": res["total"]["bpb"], "eval_loss": res["total"]["loss"]})
+        return record
+
+    run_model.train()
+    train_time, train_tokens, first_step = 0.0, 0, step
+    last_loss = float("nan")
+    while step < plan.total_steps:
+        t0 = time.perf_counter()
+        idx = sampler.indices(step * plan.global_batch, plan.global_batch)
+        mine = idx[rank * local_batch : (rank + 1) * local_batch]
+        rows = torch.from_numpy(train_set.get_batch(mine)).to(dev, non_blocking=True)
+        loss_sum = torch.zeros((), device=dev)
+        for a in range(plan.accum):
+            chunk = rows[a * plan.micro_batch : (a + 1) * plan.micro_batch]
+            sync = a == plan.accum - 1 or world == 1
+            ctx = run_model.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
+            ac = torch.autocast(dev.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+            with ctx, ac:
+                _, loss = run_model(chunk[:, :-1], chunk[:, 1:])
+            (loss / plan.accum).backward()
+            loss_sum += loss.detach()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        lr_now = optimizer.param_groups[0]["lr"] / optimizer.param_groups[0].get("lr_scale", 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        logging_now = step % cfg.log_interval == 0 or step == plan.total_steps
+        if logging_now:
+            mean_loss = loss_sum / plan.accum
+            if world > 1:
+                dist.all_reduce(mean_loss)
+                mean_loss /= world
+            last_loss = float(mean_loss)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        dt = time.perf_counter() - t0
+        if step > first_step + 1 or plan.total_steps - first_step == 1:  # the first step warms up / compiles
+            train_time += dt
+            train_tokens += plan.tokens_per_step
+        if rank == 0 and logging_now:
+            _append_jsonl(out / "train_log.jsonl", {
+                "step": step, "tokens": step * plan.tokens_per_step, "loss": last_loss, "lr": lr_now,
+                "grad_norm": float(grad_norm), "step_s": dt, "tokens_per_s": plan.tokens_per_step / dt})
+        if rank == 0 and (step == 1 or step % max(1, plan.total_steps // 20) == 0 or step == plan.total_steps):
+            log.info("step %d/%d loss %.4f lr %.3g grad_norm %.3f %.0f tokens/s", step, plan.total_steps,
+                     last_loss, lr_now, float(grad_norm), plan.tokens_per_step / dt)
+        if not math.isfinite(last_loss):
+            raise FloatingPointError(f"loss is {last_loss} at step {step}")
+        is_last = step == plan.total_steps
+        if cfg.eval_interval and step % cfg.eval_interval == 0 and not is_last and eval_sets:
+            run_eval(step, final=False)
+        if rank == 0 and (is_last or (ckpt_every and step % ckpt_every == 0)):
+            save_checkpoint(out, step, model, optimizer, scheduler, plan, step * plan.global_batch, dev,
+                            cfg.keep_checkpoints)
+
+    final = run_eval(step, final=True) if eval_sets else {"sources": {}, "total": {}}
+    metrics = {
+        "preset": plan.preset, "n_params": plan.n_params, "steps": step,
+        "tokens": step * plan.tokens_per_step, "final_train_loss": last_loss,
+        "eval": {"sources": final["sources"], "total": final["total"], "mean_bpb": final.get("mean_bpb")},
+        "throughput": {
+            "tokens_per_s": train_tokens / train_time if train_time else None,  # first step excluded
+            "model_flops_per_token": training_flops_per_token(
+                plan.n_params, plan.model["n_layer"], plan.model["d_model"], plan.seq_len),
+            "steps_timed": round(train_tokens / plan.tokens_per_step),
+            "train_seconds": train_time,
+        },
+        "attention": plan.attention, "device": plan.device, "world_size": world, "compile": plan.compile,
+        "autocast": plan.autocast,
+    }
+    if rank == 0:
+        _write_json(out / "metrics.json", metrics)
+        if cfg.export:
+            from slimpipe.train.export import export_model
+
+            export_model(model, out / "model", mix_dir=cfg.mix_dir, tokenizer_info=train_set.tokenizer)
+    if world > 1:
+        dist.barrier()
+    return metrics

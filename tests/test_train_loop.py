@@ -1,0 +1,284 @@
+"""The training loop on real text: schedule, bits per byte, loss falls, bitwise resume, CLI and export."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import sysconfig
+from pathlib import Path
+from pydoc_data.topics import topics
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from slimpipe.mix.packed import PackedDataset, open_mix, write_mix
+from slimpipe.mix.tokenizer import train_bpe
+from slimpipe.train.command import parse_count, train_command
+from slimpipe.train.evaluate import bits_per_byte, evaluate_sets
+from slimpipe.train.export import SlimpipeLM, load_exported
+from slimpipe.train.loop import LRSchedule, TrainConfig, checkpoints, train
+from slimpipe.train.model import GPT, ModelConfig
+
+MICRO_YAML = """\
+name: micro
+model: {n_layer: 2, d_model: 64, n_head: 4, d_ff: 170, max_seq_len: 64}
+train: {seq_len: 64, batch_size: 16, micro_batch: 8, lr: 3.0e-3, warmup_fraction: 0.1, schedule: linear}
+"""
+
+
+def real_texts() -> tuple[list[str], list[str]]:
+    """Text every Python installation carries: pydoc's topic help and small stdlib modules."""
+    docs = [topics[k] for k in sorted(topics)]
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    code = [p.read_text(encoding="utf-8", errors="replace") for p in sorted(stdlib.glob("*.py"))
+            if 2_000 < p.stat().st_size < 12_000][:24]
+    return docs, code
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and far faster than two when other jobs share the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def mix(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("trainer")
+    docs, code = real_texts()
+    tok = train_bpe(docs + code, vocab_size=512, out=root / "bpe")
+    write_mix(root / "mix", docs[:-4] + code[:-4], {"wikipedia": docs[-4:], "github": code[-4:]}, tok, 64)
+    (root / "micro.yaml").write_text(MICRO_YAML)
+    return root
+
+
+def cfg_for(mix: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(mix_dir=str(mix / "mix"), out_dir=str(out), model=str(mix / "micro.yaml"), eval_sequences=8,
+                export=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+
+
+# ---------------------------------------------------------------------------------------------- schedule
+
+def test_linear_warmup_then_decay_to_zero():
+    s = LRSchedule(warmup=10, total=100, kind="linear")
+    lrs = [s(i) for i in range(100)]  # multiplier applied at update i+1
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False))
+    assert lrs[54] == pytest.approx(0.5) and lrs[99] == pytest.approx(0.0)
+
+
+def test_cosine_to_ten_percent():
+    s = LRSchedule(warmup=0, total=50, kind="cosine", min_ratio=0.1)
+    assert s(-1) == pytest.approx(1.0)
+    assert s(24) == pytest.approx(0.55)
+    assert s(49) == pytest.approx(0.1)
+    assert s(1000) == pytest.approx(0.1)
+    with pytest.raises(ValueError):
+        LRSchedule(1, 2, kind="step")
+
+
+def test_parse_count():
+    assert parse_count("131072") == 131072
+    assert parse_count("2.2e9") == 2_200_000_000
+    assert parse_count("500M") == 500_000_000 and parse_count("2k") == 2000
+    assert parse_count(None) is None
+
+
+# ---------------------------------------------------------------------------------------------- bits per byte
+
+def test_bits_per_byte_definition():
+    assert bits_per_byte(math.log(2) * 1000, 1000) == pytest.approx(1.0)
+    assert bits_per_byte(math.log(2) * 300, 100) == pytest.approx(3.0)
+    assert math.isnan(bits_per_byte(1.0, 0))
+
+
+def test_evaluate_sets_bpb_from_token_losses_and_bytes(mix):
+    torch.manual_seed(0)
+    train_set, evals = open_mix(mix / "mix")
+    model = GPT(ModelConfig(vocab_size=train_set.vocab_size, n_layer=1, n_head=2, d_model=32, d_ff=85,
+                            max_seq_len=64)).eval()
+    res = evaluate_sets(model, evals, batch_size=5)
+    nll_all, bytes_all, tokens_all = 0.0, 0, 0
+    for name, ds in evals.items():
+        rows = torch.from_numpy(np.stack([ds[i] for i in range(len(ds))]))
+        with torch.no_grad():
+            _, per_token = model(rows[:, :-1], rows[:, 1:], reduction="none")
+        nll = float(per_token.double().sum())
+        n_bytes = int(np.asarray(ds.seq_bytes, dtype=np.int64).sum())
+        got = res["sources"][name]
+        assert got["tokens"] == per_token.numel() and got["bytes"] == n_bytes
+        assert got["loss"] == pytest.approx(nll / per_token.numel(), rel=1e-5)
+        assert got["bpb"] == pytest.approx(nll / (math.log(2) * n_bytes), rel=1e-5)
+        nll_all, bytes_all, tokens_all = nll_all + nll, bytes_all + n_bytes, tokens_all + per_token.numel()
+    assert res["total"]["bpb"] == pytest.approx(nll_all / (math.log(2) * bytes_all), rel=1e-5)
+    assert res["total"]["loss"] == pytest.approx(nll_all / tokens_all, rel=1e-5)
+    part = evaluate_sets(model, evals, batch_size=5, max_sequences=3)
+    assert part["sources"]["github"]["tokens"] == 3 * 64
+    assert part["sources"]["github"]["bytes"] == int(evals["github"].seq_bytes[:3].sum())
+    # a shorter context view keeps byte accounting exact over whole stored sequences
+    halves = {k: PackedDataset(v.path, 32) for k, v in evals.items()}
+    half = evaluate_sets(model, halves, batch_size=7)
+    assert half["total"]["bytes"] == res["total"]["bytes"] and half["total"]["tokens"] == res["total"]["tokens"]
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+def test_loss_falls_on_real_text(mix, tmp_path):
+    out = tmp_path / "run"
+    metrics = train(cfg_for(mix, out, max_steps=80, eval_interval=20, export=True))
+    evals = read_jsonl(out / "eval_log.jsonl")
+    assert [e["step"] for e in evals] == [20, 40, 60, 80] and evals[-1]["final"]
+    # the best context-free predictor: training-set unigram frequencies, scored on the held-out targets
+    train_set, eval_sets = open_mix(mix / "mix")
+    freq = np.bincount(np.asarray(train_set.tokens), minlength=512) + 1.0
+    held_out = np.concatenate([np.asarray(ds.tokens[1:]) for ds in eval_sets.values()])
+    unigram = float(-np.log(freq[held_out] / freq.sum()).mean())
+    first, last = evals[0]["total"]["loss"], metrics["eval"]["total"]["loss"]
+    assert last < first < math.log(512)
+    assert last < unigram - 0.2, f"held-out loss {last:.3f} does not beat unigram frequencies ({unigram:.3f})"
+    assert set(metrics["eval"]["sources"]) == {"github", "wikipedia"}
+    assert 0 < metrics["eval"]["total"]["bpb"] < 8
+    steps = read_jsonl(out / "train_log.jsonl")
+    assert [s["step"] for s in steps] == list(range(1, 81))
+    assert np.mean([s["loss"] for s in steps[-10:]]) < np.mean([s["loss"] for s in steps[:10]]) - 1.0
+    assert steps[-1]["lr"] == 0.0 and max(s["lr"] for s in steps) == pytest.approx(3e-3)
+    # the export reloads to the same function
+    model, tok = load_exported(out / "model")
+    ckpt = torch.load(checkpoints(out)[-1], weights_only=False)
+    ref = GPT(ModelConfig.from_dict(ckpt["plan"]["model"]))
+    ref.load_state_dict(ckpt["model"])
+    x = torch.from_numpy(open_mix(mix / "mix")[1]["github"][0][None, :-1])
+    with torch.no_grad():
+        assert torch.equal(model(x)[0], ref.eval()(x)[0])
+    assert tok is not None and tok.vocab_size == 512
+
+
+def test_resume_equals_uninterrupted_run_bitwise(mix, tmp_path):
+    # accumulation (16 = 2 x 8) and more steps than one epoch of a tiny set exercise the data position
+    full = tmp_path / "full"
+    kw = dict(max_steps=10, eval_interval=4, checkpoint_interval=4, keep_checkpoints=10, batch_size=16,
+              micro_batch=8)
+    train(cfg_for(mix, full, **kw))
+    assert [p.name for p in checkpoints(full)] == ["step_0000004.pt", "step_0000008.pt", "step_0000010.pt"]
+    # "kill" after step 8's checkpoint: keep what an interrupted run would have on disk, then resume
+    cut = tmp_path / "cut"
+    shutil.copytree(full, cut)
+    (cut / "checkpoints" / "step_0000010.pt").unlink()
+    (cut / "metrics.json").unlink()
+    with pytest.raises(FileExistsError):
+        train(cfg_for(mix, cut, **kw))
+    train(cfg_for(mix, cut, resume=True, **kw))
+    a = torch.load(full / "checkpoints" / "step_0000010.pt", weights_only=False)
+    b = torch.load(cut / "checkpoints" / "step_0000010.pt", weights_only=False)
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    for pid, st in a["optimizer"]["state"].items():
+        for k, v in st.items():
+            assert torch.equal(v, b["optimizer"]["state"][pid][k]), (pid, k)
+    assert a["scheduler"] == b["scheduler"] and a["sample_pos"] == b["sample_pos"] == 160
+    strip = ("step_s", "tokens_per_s")
+    la = [{k: v for k, v in r.items() if k not in strip} for r in read_jsonl(full / "train_log.jsonl")]
+    lb = [{k: v for k, v in r.items() if k not in strip} for r in read_jsonl(cut / "train_log.jsonl")]
+    assert la == lb and len(la) == 10
+    assert read_jsonl(full / "eval_log.jsonl") == read_jsonl(cut / "eval_log.jsonl")  # steps 4, 8, final 10
+    ma, mb = json.loads((full / "metrics.json").read_text()), json.loads((cut / "metrics.json").read_text())
+    assert ma["eval"] == mb["eval"]
+    # resuming a differently shaped run is refused
+    with pytest.raises(ValueError, match="cannot resume"):
+        train(cfg_for(mix, cut, resume=True, **{**kw, "batch_size": 8}))
+
+
+def test_cli_trains_and_reports(mix, tmp_path):
+    out = tmp_path / "cli-run"
+    result = CliRunner().invoke(train_command, [
+        str(mix / "mix"), "--model", str(mix / "micro.yaml"), "-o", str(out), "--max-steps", "3",
+        "--eval-interval", "2", "--eval-sequences", "4", "--micro-batch", "4", "--seq-len", "32",
+        "--schedule", "cosine"])
+    assert result.exit_code == 0, result.output
+    assert "github" in result.output and "total" in result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    assert config["plan"]["seq_len"] == 32 and config["plan"]["accum"] == 4
+    assert config["plan"]["schedule"] == "cosine" and config["plan"]["min_lr_ratio"] == 0.1
+    assert metrics["steps"] == 3 and metrics["tokens"] == 3 * 16 * 32
+    assert metrics["attention"] == "sdpa" and metrics["throughput"]["tokens_per_s"] > 0
+    assert (out / "model" / "model.safetensors").is_file() and (out / "model" / "tokenizer").is_dir()
+    again = CliRunner().invoke(train_command, [str(mix / "mix"), "-o", str(out), "--max-steps", "3"])
+    assert again.exit_code != 0 and "--resume" in again.output
+
+
+def test_lm_eval_adapter_scores_like_the_model(mix, tmp_path):
+    out = tmp_path / "run"
+    train(cfg_for(mix, out, max_steps=2, eval_interval=0, export=True))
+    lm = SlimpipeLM(str(out / "model"))
+    context, continuation = "The for statement is used", " to iterate over"
+    (ll, greedy), = lm.loglikelihood([(context, continuation)])
+    ids = [lm.tok.eos_id] + lm.tok.encode(context) + lm.tok.encode(continuation)
+    n = len(lm.tok.encode(continuation))
+    with torch.no_grad():
+        logits, _ = lm.model(torch.tensor([ids[:-1]]))
+    logp = torch.log_softmax(logits[0, -n:], -1)
+    expected = logp.gather(1, torch.tensor(ids[-n:])[:, None]).sum().item()
+    assert ll == pytest.approx(expected, rel=1e-5) and ll < 0
+    assert isinstance(greedy, bool)
+    rolling, = lm.loglikelihood_rolling([("def f(x):\n    return x\n" * 8,)])
+    assert rolling < 0
+    text, = lm.generate_until([("The", {"until": ["\n"], "max_gen_toks": 5})])
+    assert isinstance(text, str) and "\n" not in text
+
+
+def test_register_lm_eval_with_a_stand_in_harness(mix, tmp_path, monkeypatch):
+    """lm_eval is not a dependency: check the registration glue against a minimal stand-in of its API."""
+    import abc
+    import types
+
+    class LM(abc.ABC):
+        def __init__(self) -> None:
+            self.initialised = True
+
+        @abc.abstractmethod
+        def loglikelihood(self, requests): ...
+
+        @abc.abstractmethod
+        def loglikelihood_rolling(self, requests): ...
+
+        @abc.abstractmethod
+        def generate_until(self, requests): ...
+
+    registry: dict[str, type] = {}
+
+    def register_model(name):
+        def deco(cls):
+            registry[name] = cls
+            return cls
+        return deco
+
+    model_mod = types.ModuleType("lm_eval.api.model")
+    model_mod.LM = LM
+    registry_mod = types.ModuleType("lm_eval.api.registry")
+    registry_mod.register_model = register_model
+    for name, mod in {"lm_eval": types.ModuleType("lm_eval"), "lm_eval.api": types.ModuleType("lm_eval.api"),
+                      "lm_eval.api.model": model_mod, "lm_eval.api.registry": registry_mod}.items():
+        monkeypatch.setitem(sys.modules, name, mod)
+    from slimpipe.train.export import register_lm_eval
+
+    out = tmp_path / "run"
+    train(cfg_for(mix, out, max_steps=1, eval_interval=0, export=True))
+    register_lm_eval()
+    lm = registry["slimpipe"].create_from_arg_string(f"pretrained={out / 'model'},batch_size=4,max_length=32",
+                                                     {"device": "cpu"})
+    assert isinstance(lm, LM) and lm.initialised and lm.max_length == 32
+    (ll, _), = lm.loglikelihood([("print(", "1)")])
+    assert ll < 0

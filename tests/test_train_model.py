@@ -1,0 +1,214 @@
+"""The model: ALiBi slopes and mask, causal masking, presets' parameter counts, init, muP, tying."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from slimpipe.train.model import GPT, ModelConfig, alibi_causal_bias, alibi_slopes, count_params_meta
+from slimpipe.train.presets import PRESET_NAMES, available_presets, load_preset
+
+
+def small_cfg(**kw) -> ModelConfig:
+    base = dict(vocab_size=97, n_layer=2, n_head=4, d_model=32, d_ff=85, max_seq_len=32)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+# ---------------------------------------------------------------------------------------------- ALiBi
+
+def test_alibi_slopes_power_of_two():
+    assert alibi_slopes(8).tolist() == [2.0 ** -i for i in range(1, 9)]
+    assert alibi_slopes(16).tolist() == pytest.approx([2.0 ** (-i / 2) for i in range(1, 17)])
+    assert alibi_slopes(1).tolist() == [2.0 ** -8]
+
+
+@pytest.mark.parametrize("n", [3, 6, 12, 17, 20])
+def test_alibi_slopes_non_power_of_two(n):
+    c = 2 ** int(math.floor(math.log2(n)))
+    base = [2.0 ** (-8 * i / c) for i in range(1, c + 1)]
+    doubled = [2.0 ** (-8 * i / (2 * c)) for i in range(1, 2 * c + 1)]
+    expected = base + doubled[0::2][: n - c]
+    assert alibi_slopes(n).tolist() == pytest.approx(expected, rel=1e-6)
+
+
+def test_alibi_slopes_17_heads_of_256m():
+    s = alibi_slopes(17).tolist()
+    assert len(s) == 17 and len(set(s)) == 17
+    assert s[:16] == pytest.approx([2 ** (-0.5 * i) for i in range(1, 17)])
+    assert s[16] == pytest.approx(2 ** -0.25)  # first odd slope of the 32-head sequence
+
+
+def test_alibi_bias_values():
+    slopes = alibi_slopes(4)
+    bias = alibi_causal_bias(slopes, 5)
+    assert bias.shape == (4, 5, 5)
+    for h in range(4):
+        for i in range(5):
+            for j in range(5):
+                if j > i:
+                    assert bias[h, i, j] == float("-inf")
+                else:
+                    assert bias[h, i, j].item() == pytest.approx(-slopes[h].item() * (i - j))
+
+
+# ---------------------------------------------------------------------------------------------- masking
+
+@pytest.mark.parametrize("attention", ["sdpa", "flex"])
+def test_future_tokens_never_change_earlier_logits(attention):
+    torch.manual_seed(0)
+    model = GPT(small_cfg(attention=attention, n_head=3, d_model=48)).eval()
+    x = torch.randint(0, 97, (2, 20))
+    with torch.no_grad():
+        base, _ = model(x)
+        for t in (0, 7, 19):
+            y = x.clone()
+            y[:, t] = (y[:, t] + 1 + torch.arange(2)) % 97
+            changed, _ = model(y)
+            assert torch.equal(changed[:, :t], base[:, :t]), f"logits before position {t} changed"
+            assert not torch.allclose(changed[:, t:], base[:, t:]), "the change did not reach later positions"
+
+
+def test_flex_and_sdpa_agree():
+    torch.manual_seed(1)
+    sdpa = GPT(small_cfg(n_head=17, d_model=68)).eval()
+    flex = GPT(small_cfg(n_head=17, d_model=68, attention="flex")).eval()
+    flex.load_state_dict(sdpa.state_dict())
+    x = torch.randint(0, 97, (2, 24))
+    with torch.no_grad():
+        torch.testing.assert_close(flex(x)[0], sdpa(x)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_alibi_prefers_recent_tokens_without_position_embeddings():
+    """With identical keys everywhere, ALiBi alone must put the most weight on the nearest key."""
+    slopes = alibi_slopes(2)
+    q = torch.ones(1, 2, 6, 4)
+    k = torch.ones(1, 2, 6, 4)
+    v = torch.eye(6)[None, None].expand(1, 2, 6, 6)[..., :6]
+    w = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=alibi_causal_bias(slopes, 6)[None])
+    last = w[0, :, -1]
+    assert torch.all(last[:, 1:] > last[:, :-1])
+    assert "wpe" not in dict(GPT(small_cfg()).named_parameters())
+
+
+# ---------------------------------------------------------------------------------------------- presets
+
+def expected_params(cfg: ModelConfig) -> int:
+    d, f, L, V = cfg.d_model, cfg.d_ff, cfg.n_layer, cfg.vocab_size
+    attn = 3 * d * d + 3 * d + d * d + d
+    mlp = d * 2 * f + 2 * f + f * d + d
+    ln = 2 * d
+    return V * d + L * (attn + mlp + 2 * ln) + ln
+
+
+def test_all_presets_exist():
+    assert set(PRESET_NAMES) <= set(available_presets())
+
+
+@pytest.mark.parametrize("name", ["111m", "256m", "590m", "1.3b"])
+def test_preset_parameter_counts_match_cerebras_gpt(name):
+    preset = load_preset(name)
+    cfg = preset.model
+    assert cfg.vocab_size == 50257 and cfg.max_seq_len == 2048
+    assert cfg.d_ff == int(8 * cfg.d_model / 3)  # the SwiGLU width rule documented in the YAML
+    with torch.device("meta"):
+        model = GPT(cfg)
+    assert all(p.device.type == "meta" for p in model.parameters())  # nothing allocated
+    n = count_params_meta(cfg)
+    assert n == model.num_params() == expected_params(cfg)
+    assert abs(n / preset.published_params - 1) < 0.02, f"{name}: {n:,} vs {preset.published_params:,}"
+
+
+def test_cerebras_sizes_in_presets():
+    table = {"111m": (10, 768, 12, 120, 6e-4), "256m": (14, 1088, 17, 264, 6e-4),
+             "590m": (18, 1536, 12, 264, 2e-4), "1.3b": (24, 2048, 16, 528, 2e-4)}
+    for name, (layers, width, heads, batch, lr) in table.items():
+        p = load_preset(name)
+        assert (p.model.n_layer, p.model.d_model, p.model.n_head) == (layers, width, heads)
+        assert (p.train["batch_size"], p.train["lr"], p.train["seq_len"]) == (batch, lr, 2048)
+
+
+def test_tiny_preset_is_a_few_million_parameters():
+    n = count_params_meta(load_preset("tiny").model)
+    assert 1e6 < n < 1e7
+
+
+def test_preset_from_yaml_path(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("name: mine\nmodel: {n_layer: 1, d_model: 16, n_head: 2, d_ff: 42}\n"
+                    "train: {lr: 1e-3, tokens: 2e6}\n")
+    p = load_preset(path)
+    assert p.name == "mine" and p.model.d_ff == 42
+    assert p.train["lr"] == 1e-3 and p.train["tokens"] == 2_000_000
+    path.write_text("model: {n_layers: 3}\n")
+    with pytest.raises(ValueError, match="unknown model fields"):
+        load_preset(path)
+    with pytest.raises(ValueError, match="unknown model preset"):
+        load_preset("7b")
+
+
+# ---------------------------------------------------------------------------------------------- init, muP, tying
+
+def test_cerebras_init():
+    torch.manual_seed(0)
+    cfg = small_cfg(d_model=256, n_head=4, d_ff=682, n_layer=4, vocab_size=4000)
+    model = GPT(cfg)
+    out_std = 0.02 / math.sqrt(2 * cfg.n_layer)
+    assert model.wte.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert model.blocks[0].attn.qkv.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert model.blocks[1].attn.proj.weight.std().item() == pytest.approx(out_std, rel=0.05)
+    assert model.blocks[2].mlp.down.weight.std().item() == pytest.approx(out_std, rel=0.05)
+    assert torch.count_nonzero(model.blocks[0].attn.qkv.bias) == 0
+    assert torch.all(model.ln_f.weight == 1)
+
+
+def test_tied_embeddings_receive_output_gradients():
+    torch.manual_seed(0)
+    model = GPT(small_cfg())
+    assert sum(p.numel() for p in model.parameters() if p.shape == (97, 32)) == 97 * 32
+    x = torch.randint(0, 97, (1, 8))
+    _, loss = model(x[:, :-1], x[:, 1:])
+    loss.backward()
+    unused = sorted(set(range(97)) - set(x.flatten().tolist()))
+    # rows of tokens never seen as inputs still get gradient: through the output projection
+    assert model.wte.weight.grad[unused].abs().sum() > 0
+
+
+def test_mup_multipliers_and_learning_rates():
+    cfg = small_cfg(d_model=512, n_head=8, d_ff=1365, mup=True)
+    model = GPT(cfg)
+    assert cfg.width_mult == 2.0
+    assert model.embed_mult == 10.0 and model.logit_mult == 0.5
+    assert model.blocks[0].attn.scale == 1.0 / cfg.head_dim
+    groups = model.param_groups(lr=1e-2, weight_decay=0.1)
+    by_scale = {g["lr_scale"]: g for g in groups if g["weight_decay"] > 0}
+    hidden = {id(p) for p in by_scale[0.5]["params"]}
+    assert id(model.blocks[0].attn.qkv.weight) in hidden and id(model.wte.weight) not in hidden
+    assert by_scale[0.5]["lr"] == pytest.approx(5e-3)
+    no_decay = [g for g in groups if g["weight_decay"] == 0]
+    assert all(p.dim() == 1 for g in no_decay for p in g["params"])
+    torch.manual_seed(0)
+    model.reset_parameters()
+    assert model.wte.weight.std().item() == pytest.approx(0.08, rel=0.05)
+    assert model.blocks[0].attn.qkv.weight.std().item() == pytest.approx(0.08 / math.sqrt(2), rel=0.05)
+
+
+def test_loss_reductions_agree():
+    torch.manual_seed(0)
+    model = GPT(small_cfg()).eval()
+    x = torch.randint(0, 97, (3, 17))
+    with torch.no_grad():
+        _, mean = model(x[:, :-1], x[:, 1:])
+        _, total = model(x[:, :-1], x[:, 1:], reduction="sum")
+        _, each = model(x[:, :-1], x[:, 1:], reduction="none")
+    assert total.item() == pytest.approx(mean.item() * 48, rel=1e-5)
+    assert each.shape == (48,) and each.sum().item() == pytest.approx(total.item(), rel=1e-5)
+    assert math.log(97) - 1 < mean.item() < math.log(97) + 1  # fresh init predicts ~uniformly
+
+
+def test_context_longer_than_trained_is_refused():
+    model = GPT(small_cfg(max_seq_len=8))
+    with pytest.raises(ValueError):
+        model(torch.zeros(1, 9, dtype=torch.long))
