@@ -3,12 +3,11 @@
 sample → SlimPajama with global dedup, and with local dedup → the six DC mixes (from global) and the
 RedPajama baseline (from local) → one tiny model per mix → compare. Each step is the same command a
 user would run, invoked in-process, and each is resumable, so an interrupted demo picks up where it
-stopped. Steps whose subsystem is not installed are reported as skipped, never faked.
+stopped.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from pathlib import Path
 
@@ -26,47 +25,78 @@ def _invoke(cmd: click.Command, args: list[str]) -> None:
             raise
 
 
-def _available(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
-
-
 @click.command("demo")
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path), default=Path("demo-out"), show_default=True)
 @click.option("--size", type=float, default=1.0, show_default=True, help="Sample size multiplier (1 ≈ 4 MB of text).")
-@click.option("--tokens", default="1M", show_default=True, help="Token budget per mix.")
-@click.option("--steps", type=int, default=None, help="Training steps per model (default: one pass over the budget).")
-@click.option("--seeds", type=int, default=1, show_default=True, help="Training seeds per mix.")
+@click.option("--tokens", default="1M", show_default=True, help="Token budget of each mix.")
+@click.option("--train-tokens", default=None, help="Tokens each model trains on (default: the tiny preset's budget).")
+@click.option("--vocab-size", type=int, default=4096, show_default=True,
+              help="Byte-level BPE trained once on the global train split and shared by every mix.")
+@click.option("--seeds", type=int, default=1, show_default=True, help="Training seeds per mix (mean ± spread).")
+@click.option("--model", default="tiny", show_default=True)
+@click.option("--corpus", type=click.Path(path_type=Path, exists=True), default=None,
+              help="Use this RedPajama-style corpus instead of writing the embedded sample.")
 @click.option("--quiet", is_flag=True)
 @click.option("--ray-address", default=None)
-def demo_command(out: Path, size: float, tokens: str, steps: int | None, seeds: int, quiet: bool,
-                 ray_address: str | None) -> None:
-    """Run sample → SlimPajama (global and local dedup) → DC mixes → tiny models → comparison report."""
+def demo_command(out: Path, size: float, tokens: str, train_tokens: str | None, vocab_size: int, seeds: int,
+                 model: str, corpus: Path | None, quiet: bool, ray_address: str | None) -> None:
+    """sample → SlimPajama (global and local dedup) → DC-1..DC-6 + RedPajama mixes → a model per mix →
+    comparison report (OUT/report/report.md). Re-running resumes."""
     from slimpipe.engine import ensure_ray
+    from slimpipe.mix.command import mix_command
     from slimpipe.pipeline.command import slimpajama_command
+    from slimpipe.report.command import compare_command
     from slimpipe.sample import sample_command
+    from slimpipe.train.command import train_command
 
     ensure_ray(ray_address)
     start = time.perf_counter()
     q = ["--quiet"] if quiet else []
     out.mkdir(parents=True, exist_ok=True)
-    sample = out / "sample"
-    _step("1/6 sample corpus")
-    if not (sample / "_meta" / "sample_manifest.json").exists():
+    sample = corpus or out / "sample"
+    _step(f"1/5 corpus: {sample}", start)
+    if corpus is None and not (sample / "_meta" / "sample_manifest.json").exists():
         _invoke(sample_command, ["-o", sample, "--size", size] + (["-q"] if quiet else []))
+    data = {}
     for mode in ("global", "local"):
-        _step(f"2/6 SlimPajama pipeline, {mode} dedup")
-        _invoke(slimpajama_command, [sample, "-o", out / f"slimpajama-{mode}", "--mode", mode,
-                                     "--holdout-fraction", "0.05", "--chunks", "2"] + q)
-    done = ["sample", "slimpajama-global", "slimpajama-local"]
-    missing = [m for m in ("slimpipe.mix.command", "slimpipe.train.command", "slimpipe.report.command")
-               if not _available(m)]
-    if missing:
-        click.echo(f"\nstopped after {', '.join(done)}: not built yet: {', '.join(missing)}. "
-                   f"Reports: {out}/slimpajama-global/report.md, {out}/slimpajama-local/report.md "
-                   f"({time.perf_counter() - start:.0f}s)")
-        return
-    raise click.ClickException("mix/train/compare steps of the demo are not wired yet")
+        _step(f"2/5 SlimPajama pipeline, {mode} dedup", start)
+        data[mode] = out / f"slimpajama-{mode}"
+        _invoke(slimpajama_command, [sample, "-o", data[mode], "--mode", mode, "--holdout-fraction", "0.1",
+                                     "--chunks", "2"] + q)
+    # The six DC mixes on globally deduplicated data; RedPajama's shares on locally deduplicated data
+    # (the paper's baseline) and on global data (same mix, so the pair isolates the dedup effect).
+    mixes = [(m, "global") for m in DC_MIXES] + [("redpajama", "local"), ("redpajama", "global")]
+    mix_dirs = []
+    tokenizer = None
+    for i, (mix, mode) in enumerate(mixes):
+        _step(f"3/5 mix {mix} on {mode} dedup ({i + 1}/{len(mixes)})", start)
+        mix_dir = out / "mixes" / f"{mix}-{mode}"
+        if not (mix_dir / "manifest.json").exists():
+            tok_args = (["--tokenizer", tokenizer] if tokenizer
+                        else ["--tokenizer", "train", "--vocab-size", vocab_size])
+            _invoke(mix_command, [data[mode], "--config", mix, "--tokens", tokens, "-o", mix_dir,
+                                  "--seq-len", 128] + tok_args + q)
+        tokenizer = tokenizer or mix_dir  # the first mix trains the BPE; every other mix reuses it
+        mix_dirs.append(mix_dir)
+    runs = []
+    for i, mix_dir in enumerate(mix_dirs):
+        for seed in range(1, seeds + 1):
+            _step(f"4/5 train {model} on {mix_dir.name}, seed {seed} ({i + 1}/{len(mix_dirs)})", start)
+            run = out / "runs" / f"{mix_dir.name}-s{seed}"
+            if not (run / "metrics.json").exists():
+                # interval evaluations on the whole (small) held-out sets, so the curve ends at the final figure
+                args = [mix_dir, "--model", model, "-o", run, "--seed", seed, "--eval-interval", 16,
+                        "--eval-sequences", 1_000_000]
+                if train_tokens:
+                    args += ["--tokens", train_tokens]
+                if run.exists():
+                    args.append("--resume")
+                _invoke(train_command, args)
+            runs.append(run)
+    _step("5/5 compare", start)
+    _invoke(compare_command, [*runs, "-o", out / "report"])
+    click.echo(f"\ndemo finished in {time.perf_counter() - start:.0f}s: {out / 'report' / 'report.md'}")
 
 
-def _step(text: str) -> None:
-    click.echo(f"\n== demo: {text}", err=True)
+def _step(text: str, start: float) -> None:
+    click.echo(f"\n== demo [{time.perf_counter() - start:6.0f}s] {text}", err=True)

@@ -62,7 +62,9 @@ def load_run(path: str | Path) -> Run:
     mix_manifest = _json(mix_dir / "manifest.json")
     mix = mix_manifest.get("mix", {})
     name = mix.get("name", mix_dir.name)
-    weights = mix.get("weights", {})
+    raw = mix.get("weights", {})
+    total_w = sum(raw.values()) or 1.0
+    weights = {k: v / total_w for k, v in raw.items()}  # presets are written in percent
     tok = mix_manifest.get("tokenizer", {})
     tokenizer = tok.get("identity") or tok.get("sha256") or json.dumps(tok, sort_keys=True)
     inp = mix_manifest.get("input", {})
@@ -216,8 +218,9 @@ def render_markdown(r: dict, plots: list[str]) -> str:
                   "Negative = the globally deduplicated data gives lower (better) bits per byte.", ""]
         for e in r["dedup_effect"]:
             d = e["delta_bpb"]
+            spread = e["seed_spread"].get("total", 0.0)
             lines.append(f"- {e['mix']}: total {d.get('total', float('nan')):+.4f}, mean {d.get('mean', float('nan')):+.4f} "
-                         f"(seed spread {e['seed_spread'].get('total', 0):.4f})")
+                         + (f"(seed spread {spread:.4f})" if spread > 0 else "(one seed each: spread unknown)"))
     lines += ["", "## Provenance", "", "| run | seed(s) | dataset manifest | dedup | tokenizer | run folders |",
               "|---|---|---|---|---|---|"]
     for label, row in sorted(r["rows"].items()):
@@ -239,8 +242,13 @@ def _headline(r: dict) -> list[str]:
         d = e["delta_bpb"].get("total")
         if d is not None:
             better = "global" if d < 0 else "local"
-            out.append(f"Global vs local dedup ({e['mix']} mix): {better} dedup is better by {abs(d):.4f} bpb "
-                       f"(seed spread {e['seed_spread'].get('total', 0):.4f}).")
+            spread = e["seed_spread"].get("total", 0.0)
+            noise = (f"seed spread {spread:.4f}" + (": within it, so no real difference" if abs(d) <= spread else "")
+                     if spread > 0 else "one seed each, so the seed spread is unknown")
+            out.append(f"Global vs local dedup ({e['mix']} mix): {better} dedup is better by {abs(d):.4f} bpb ({noise}).")
+    if all(len(row["seeds"]) < 2 for row in r["rows"].values()):
+        out.append("Every mix was trained with one seed: differences this small may be noise (train with several "
+                   "seeds to see the spread).")
     return out
 
 
@@ -266,15 +274,20 @@ def _plots(out: Path, runs: list[Run], r: dict) -> list[str]:
         tag = run.label + (f" s{run.seed}" if run.seed is not None else "")
         if run.train_log:
             a1.plot([x["tokens"] for x in run.train_log], [x["loss"] for x in run.train_log], label=tag, lw=1)
-        ev = [x for x in run.eval_log if x.get("total")]
+        ev = [x for x in run.eval_log if x.get("total") and not x.get("final")]
+        fin = [x for x in run.eval_log if x.get("total") and x.get("final")]
+        line = None
         if ev:
-            a2.plot([x["tokens"] for x in ev], [x["total"]["bpb"] for x in ev], marker="o", label=tag, lw=1)
+            (line,) = a2.plot([x["tokens"] for x in ev], [x["total"]["bpb"] for x in ev], marker="o", label=tag, lw=1)
+        if fin:  # the final evaluation may cover more held-out text than the interval ones
+            a2.plot([x["tokens"] for x in fin], [x["total"]["bpb"] for x in fin], marker="*", ms=10, ls="none",
+                    color=line.get_color() if line else None, label=None if line else tag)
     a1.set_xlabel("training tokens")
     a1.set_ylabel("training loss (nats/token)")
     a1.set_title("Training loss")
     a2.set_xlabel("training tokens")
     a2.set_ylabel("held-out bits per byte")
-    a2.set_title("Held-out bits per byte")
+    a2.set_title("Held-out bits per byte (★ final evaluation)")
     a2.legend(fontsize=7)
     fig.tight_layout()
     save(fig, "curves.png")
