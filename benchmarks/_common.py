@@ -39,6 +39,27 @@ DT_PACKAGES = ("datatrove", "xxhash<4", "regex", "tokenizers")
 DT_IO_PACKAGES = ("orjson", "zstandard")
 MB = 1e6
 
+
+# Run inside datatrove's own virtualenv by bench_signatures and bench_dedup: tokenizers that make its
+# n-gram shingles character n-grams (SlimPajama's) or plain whitespace words (spaCy is its default).
+DT_TOKENIZERS = r'''
+from datatrove.utils.word_tokenizers import WordTokenizer
+
+
+class CharTokenizer(WordTokenizer):
+    """Characters as tokens, so datatrove's n-gram shingles are character n-grams."""
+    def word_tokenize(self, text): return list(text)
+    def sent_tokenize(self, text): return [text]
+    def span_tokenize(self, text): return [(0, len(text))]
+
+
+class SpaceTokenizer(WordTokenizer):
+    """Whitespace words (fallback when spaCy, datatrove's English tokenizer, is not installed)."""
+    def word_tokenize(self, text): return text.split()
+    def sent_tokenize(self, text): return [text]
+    def span_tokenize(self, text): return [(0, len(text))]
+'''
+
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 

@@ -42,8 +42,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
+from _common import (
     DEFAULT_CORPUS,
+    DT_TOKENIZERS,  # noqa: E402
     MB,
     WORK,
     Measured,
@@ -65,21 +66,6 @@ DT_SCRIPT = r'''
 import argparse, json, time
 from pathlib import Path
 
-from datatrove.utils.word_tokenizers import WordTokenizer
-
-
-class CharTokenizer(WordTokenizer):
-    """Characters as tokens, so datatrove's n-gram shingles are character n-grams."""
-    def word_tokenize(self, text): return list(text)
-    def sent_tokenize(self, text): return [text]
-    def span_tokenize(self, text): return [(0, len(text))]
-
-
-class SpaceTokenizer(WordTokenizer):
-    """Whitespace words (fallback when spaCy, datatrove's English tokenizer, is not installed)."""
-    def word_tokenize(self, text): return text.split()
-    def sent_tokenize(self, text): return [text]
-    def span_tokenize(self, text): return [(0, len(text))]
 
 
 def main():
@@ -159,7 +145,7 @@ def run_datatrove(py: Path, corpus: Path, variant: str, tasks: int, space_words:
         shutil.rmtree(work)
     work.mkdir(parents=True)
     script = WORK / "dedup" / "datatrove_dedup.py"
-    script.write_text(DT_SCRIPT, encoding="utf-8")
+    script.write_text(DT_TOKENIZERS + DT_SCRIPT, encoding="utf-8")
     cmd = [str(py), str(script), str(corpus), str(work), "--variant", variant, "--tasks", str(tasks)]
     if space_words:
         cmd.append("--space-words")

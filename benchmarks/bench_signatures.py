@@ -24,10 +24,8 @@ for _var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MK
     os.environ[_var] = "1"
 
 import argparse  # noqa: E402
-import datetime as _dt  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -41,6 +39,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
+from _common import DT_TOKENIZERS, append_results, loadavg, machine_line  # noqa: E402
 
 from slimpipe.dedup.minhash import signatures  # noqa: E402
 from slimpipe.dedup.params import load_preset  # noqa: E402
@@ -183,19 +182,6 @@ import json, sys, time
 from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupSignature
 from datatrove.utils.hashing import HashConfig
 from datatrove.utils.text import TextNormConfig
-from datatrove.utils.word_tokenizers import WordTokenizer
-
-class CharTokenizer(WordTokenizer):
-    """Characters as 'words', so datatrove's n-grams are character n-grams like SlimPajama's."""
-    def word_tokenize(self, text): return list(text)
-    def sent_tokenize(self, text): return [text]
-    def span_tokenize(self, text): return [(0, len(text))]
-
-class SpaceTokenizer(WordTokenizer):
-    """Whitespace words (datatrove's English default is spaCy, not installed here)."""
-    def word_tokenize(self, text): return text.split()
-    def sent_tokenize(self, text): return [text]
-    def span_tokenize(self, text): return [(0, len(text))]
 
 texts = [json.loads(l) for l in open(sys.argv[1], encoding="utf-8")]
 unit, n = sys.argv[2], int(sys.argv[3])
@@ -251,7 +237,7 @@ def run_datatrove(texts: list[str], unit: str, n: int) -> tuple[float | None, st
         return None, reason
     WORK.mkdir(parents=True, exist_ok=True)
     worker = WORK / "datatrove_worker.py"
-    worker.write_text(DT_WORKER, encoding="utf-8")
+    worker.write_text(DT_TOKENIZERS + DT_WORKER, encoding="utf-8")
     data = WORK / "bench_texts.jsonl"
     with data.open("w", encoding="utf-8") as fh:
         for t in texts:
@@ -290,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     cpu = pin_one_cpu()
-    load_start = _loadavg()
+    load_start = loadavg()
     print(f"pinned to CPU {cpu}; loading {args.mb} MB from {args.corpus} ...", flush=True)
     t0 = time.perf_counter()
     raw_texts, texts, raw = load_subset(args.corpus, args.mb)
@@ -412,15 +398,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_append:
         import numba
 
-        results = HERE / "RESULTS.md"
-        header = "" if results.exists() else "# Benchmark results\n\nEach benchmark appends a dated section.\n"
-        machine = (f"{platform.node()} | {platform.processor() or platform.machine()} | "
-                   f"{_cpu_model()} | os.cpu_count()={os.cpu_count()} | pinned to 1 CPU | "
-                   f"python {platform.python_version()}, numpy {np.__version__}, numba {numba.__version__} | "
-                   f"load average at start {load_start}, at end {_loadavg()}")
+        machine = (f"{machine_line()} | pinned to 1 CPU | numpy {np.__version__}, numba {numba.__version__} | "
+                   f"load average at start {load_start}, at end {loadavg()}")
         section = [
-            header,
-            f"\n## bench_signatures — {_dt.datetime.now().isoformat(timespec='seconds')}\n",
             f"Machine: {machine}  ",
             f"Corpus: {args.corpus} ({len(texts)} docs, {mb_all:.2f} MB raw; baseline subset {len(small)} docs, "
             f"{mb_small:.2f} MB)\n",
@@ -429,30 +409,9 @@ def main(argv: list[str] | None = None) -> int:
             notes[0],
             "",
             f"**{headline}**",
-            "",
         ]
-        with results.open("a", encoding="utf-8") as fh:
-            fh.write("\n".join(section))
-        print(f"appended to {results}")
+        print(f"appended to {append_results('bench_signatures', section)}")
     return 0
-
-
-def _loadavg() -> str:
-    """Other processes on the machine skew timings; the load average goes into RESULTS.md with them."""
-    try:
-        return "/".join(f"{x:.1f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 if __name__ == "__main__":
