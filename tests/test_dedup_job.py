@@ -222,3 +222,32 @@ def test_kill_minus_9_then_resume_is_byte_identical(corpus, tmp_path):
     subprocess.run([c.replace("{}", str(out)) for c in cmd], check=True, env=env, capture_output=True)
     assert _tree(out) == _tree(ref)
     assert _report_without_timings(out) == _report_without_timings(ref)
+
+
+def test_verify_keeps_true_pairs_behind_a_false_positive_bucket_head(tmp_path, ray_session):
+    """M (smallest id) shares the only bucket with X and Y but is not a duplicate of either; X ~ Y is.
+    Verification drops M's star edges; the pair must survive through its own candidate edge."""
+    from slimpipe.dedup.minhash import band_keys, jaccard_exact, signatures
+    from slimpipe.text.normalize import clean_for_hash
+
+    p = load_preset("slimpajama").with_overrides(num_perm=1, bands=1, rows=1, verify=True)
+    words = [f"w{i}" for i in range(5000)]
+    for seed in range(20000):
+        rng = random.Random(seed)
+        x = " ".join(rng.choice(words) for _ in range(120))
+        y = x + " extra tail words here"
+        m = x + " " + " ".join(rng.choice(words) for _ in range(120))
+        cl = [clean_for_hash(t) for t in (m, x, y)]
+        k = band_keys(signatures(cl, p), 1, 1)[:, 0]
+        if k[0] == k[1] == k[2] and jaccard_exact(cl[0], cl[1]) < 0.8 and jaccard_exact(cl[0], cl[2]) < 0.8:
+            break
+    else:
+        pytest.skip("no such triple found")
+    assert jaccard_exact(cl[1], cl[2]) >= 0.8
+    src = tmp_path / "in"
+    src.mkdir()
+    _write(src / "github_sample.jsonl.zst", [{"text": t, "meta": {}} for t in (m, x, y)])
+    report = DedupJob([src], tmp_path / "out", p, progress=False).run()
+    assert report["verify"]["false_positives_dropped"] >= 1
+    assert report["total"]["global"]["near_docs"] == 1
+    assert set(_removed(tmp_path / "out")) == {"github/github_sample.jsonl.zst:2"}

@@ -56,3 +56,12 @@ def test_random_buckets_match_cliques_globally_and_locally():
     loc = np.empty(len(loc_u), EDGE_DTYPE)
     loc["u"], loc["v"] = loc_u, loc_v
     assert _components(local_only(e), all_nodes) == _components(loc, all_nodes)
+
+
+def test_chain_edges_link_consecutive_members():
+    from slimpipe.dedup.graph import chain_edges
+
+    keys = np.array([5, 5, 5, 7, 7], np.uint64)
+    nodes = np.array([30, 10, 20, 2, 1], np.int64)
+    e = chain_edges(keys, nodes, np.array([0, 1, 1, 2, 2], np.int8))
+    assert e.tolist() == [(1, 2, 2, 2), (10, 20, 1, 1), (20, 30, 1, 0)]

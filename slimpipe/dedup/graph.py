@@ -57,6 +57,25 @@ def star_edges(keys: np.ndarray, nodes: np.ndarray, sources: np.ndarray) -> np.n
     return unique_edges(e[e["u"] != e["v"]])  # a node listed twice in one bucket is no edge
 
 
+def chain_edges(keys: np.ndarray, nodes: np.ndarray, sources: np.ndarray) -> np.ndarray:
+    """Edges between consecutive members (by id) of each bucket: k−1 more candidate pairs per bucket.
+
+    Only for verification. A star links every member to the bucket's smallest id; when that document is
+    a false positive, verification drops all its edges and two true duplicates in the same bucket would
+    lose their only link. The chain gives them a direct candidate pair unless false positives sit
+    between them in id order on both the star and the chain.
+    """
+    if len(keys) < 2:
+        return np.empty(0, EDGE_DTYPE)
+    order = np.lexsort((nodes, keys))
+    k, nd, s = keys[order], nodes[order], sources[order]
+    same = (k[1:] == k[:-1]) & (nd[1:] != nd[:-1])
+    e = np.empty(int(same.sum()), EDGE_DTYPE)
+    e["u"], e["v"] = nd[:-1][same], nd[1:][same]
+    e["su"], e["sv"] = s[:-1][same], s[1:][same]
+    return unique_edges(e)
+
+
 def unique_edges(edges: np.ndarray) -> np.ndarray:
     """Sort edges by (u, v) and drop repeats (the same pair found in several bands)."""
     if len(edges) == 0:

@@ -35,7 +35,7 @@ from slimpipe.dedup.components import (
     star_labels,
     union_find,
 )
-from slimpipe.dedup.graph import EDGE_DTYPE, local_only, star_edges, unique_edges
+from slimpipe.dedup.graph import EDGE_DTYPE, chain_edges, local_only, star_edges, unique_edges
 from slimpipe.dedup.params import DedupParams
 from slimpipe.io.readers import (
     REJECT_SCHEMA,
@@ -276,6 +276,8 @@ def _buckets(root: str, q: int, task_lo: list[int], verify: bool) -> dict:
         return done
     rows = load_many(sorted(wd.path("band_rows", f"p{q:04d}").glob("t*.npy")), KEYROW_DTYPE)
     edges = star_edges(rows["key"], rows["node"], rows["src"])
+    if verify:  # candidates get checked one by one: give true pairs a second route past false positives
+        edges = unique_edges(np.concatenate([edges, chain_edges(rows["key"], rows["node"], rows["src"])]))
     save_npy(wd.path("near", f"p{q:04d}.edges.npy"), edges)
     if verify:
         lo = np.asarray(task_lo, np.int64)
