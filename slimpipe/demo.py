@@ -33,13 +33,15 @@ def _invoke(cmd: click.Command, args: list[str]) -> None:
 @click.option("--vocab-size", type=int, default=4096, show_default=True,
               help="Byte-level BPE trained once on the global train split and shared by every mix.")
 @click.option("--seeds", type=int, default=1, show_default=True, help="Training seeds per mix (mean ± spread).")
+@click.option("--eval-tokens", default="32k", show_default=True,
+              help="Held-out tokens per source, evaluated at every interval and at the end.")
 @click.option("--model", default="tiny", show_default=True)
 @click.option("--corpus", type=click.Path(path_type=Path, exists=True), default=None,
               help="Use this RedPajama-style corpus instead of writing the embedded sample.")
 @click.option("--quiet", is_flag=True)
 @click.option("--ray-address", default=None)
 def demo_command(out: Path, size: float, tokens: str, train_tokens: str | None, vocab_size: int, seeds: int,
-                 model: str, corpus: Path | None, quiet: bool, ray_address: str | None) -> None:
+                 eval_tokens: str, model: str, corpus: Path | None, quiet: bool, ray_address: str | None) -> None:
     """sample → SlimPajama (global and local dedup) → DC-1..DC-6 + RedPajama mixes → a model per mix →
     comparison report (OUT/report/report.md). Re-running resumes."""
     from slimpipe.engine import ensure_ray
@@ -61,8 +63,9 @@ def demo_command(out: Path, size: float, tokens: str, train_tokens: str | None, 
     for mode in ("global", "local"):
         _step(f"2/5 SlimPajama pipeline, {mode} dedup", start)
         data[mode] = out / f"slimpajama-{mode}"
+        # small shards: a mix tokenizes whole shards, so its budget is met without tokenizing the corpus
         _invoke(slimpajama_command, [sample, "-o", data[mode], "--mode", mode, "--holdout-fraction", "0.1",
-                                     "--chunks", "2"] + q)
+                                     "--chunks", "2", "--shard-mb", "4"] + q)
     # The six DC mixes on globally deduplicated data; RedPajama's shares on locally deduplicated data
     # (the paper's baseline) and on global data (same mix, so the pair isolates the dedup effect).
     mixes = [(m, "global") for m in DC_MIXES] + [("redpajama", "local"), ("redpajama", "global")]
@@ -75,7 +78,7 @@ def demo_command(out: Path, size: float, tokens: str, train_tokens: str | None, 
             tok_args = (["--tokenizer", tokenizer] if tokenizer
                         else ["--tokenizer", "train", "--vocab-size", vocab_size])
             _invoke(mix_command, [data[mode], "--config", mix, "--tokens", tokens, "-o", mix_dir,
-                                  "--seq-len", 128] + tok_args + q)
+                                  "--seq-len", 128, "--eval-tokens", eval_tokens] + tok_args + q)
         tokenizer = tokenizer or mix_dir  # the first mix trains the BPE; every other mix reuses it
         mix_dirs.append(mix_dir)
     runs = []
