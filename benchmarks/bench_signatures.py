@@ -39,7 +39,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
-from _common import DT_TOKENIZERS, append_results, loadavg, machine_line  # noqa: E402
+from _common import DT_TOKENIZERS, append_results, ensure_datatrove_venv, loadavg, machine_line  # noqa: E402
 
 from slimpipe.dedup.minhash import signatures  # noqa: E402
 from slimpipe.dedup.params import load_preset  # noqa: E402
@@ -47,10 +47,7 @@ from slimpipe.text import clean_for_hash, is_short, normalize  # noqa: E402
 
 NGRAM = 13
 NUM_PERM = 128
-DT_VENV = HERE / "_venvs" / "datatrove"
 # datatrove's minhash module needs these from its "processing" extra (which pins xxhash<4).
-DT_PACKAGES = ("datatrove", "xxhash<4", "regex", "tokenizers")
-_DT_FAILED: list[str] = []  # remembered, so a failed install is tried once per run
 WORK = HERE / "_work"
 
 
@@ -202,37 +199,8 @@ print(json.dumps({"seconds": dt, "version": md.version("datatrove")}))
 '''
 
 
-def ensure_datatrove_venv() -> tuple[Path | None, str]:
-    """The datatrove virtualenv's python (created with pip on first use), or (None, reason)."""
-    py = DT_VENV / "bin" / "python"
-    check = [str(py), "-c", "import datatrove.pipeline.dedup.minhash, xxhash, regex"]
-    if py.exists() and subprocess.run(check, capture_output=True).returncode == 0:
-        return py, ""
-    if _DT_FAILED:
-        return None, _DT_FAILED[0]
-    print(f"creating {DT_VENV} (pip install {' '.join(DT_PACKAGES)}) ...", flush=True)
-    try:
-        subprocess.run([sys.executable, "-m", "venv", str(DT_VENV)], check=True, capture_output=True)
-        subprocess.run(
-            [str(py), "-m", "pip", "install", "-q", *DT_PACKAGES],
-            check=True,
-            capture_output=True,
-            timeout=900,
-        )
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
-        err = getattr(exc, "stderr", b"") or b""
-        tail = err.decode(errors="replace").strip().splitlines()[-1:] if err else [str(exc)]
-        _DT_FAILED.append(f"could not install datatrove: {' '.join(tail)[:120]}")
-        return None, _DT_FAILED[0]
-    probe = subprocess.run(check, capture_output=True, text=True)
-    if probe.returncode != 0:
-        _DT_FAILED.append(f"datatrove does not import: {(probe.stderr.strip().splitlines() or ['?'])[-1][:120]}")
-        return None, _DT_FAILED[0]
-    return py, ""
-
-
 def run_datatrove(texts: list[str], unit: str, n: int) -> tuple[float | None, str]:
-    py, reason = ensure_datatrove_venv()
+    py, reason = ensure_datatrove_venv(extra=())  # the shared venv; this benchmark needs no io extras
     if py is None:
         return None, reason
     WORK.mkdir(parents=True, exist_ok=True)
