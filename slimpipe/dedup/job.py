@@ -42,6 +42,7 @@ from slimpipe.io.readers import (
     FileStats,
     InputFile,
     discover_files,
+    iter_columns,
     read_batches,
     split_ranges,
 )
@@ -197,12 +198,8 @@ def _prepass_rows(wd: WorkDir, t: int) -> np.ndarray:
 
 
 def _iter_docs(task: dict):
-    """(node line, source, text) of every accepted document of one input task, streamed."""
-    f = InputFile(**task)
-    for docs, _, _ in read_batches(f):
-        if docs is not None:
-            yield from zip(docs.column("line").to_pylist(), docs.column("source").to_pylist(),
-                           docs.column("text").to_pylist(), strict=True)
+    """(line, source, text) of every accepted document of one input task, streamed."""
+    return iter_columns(InputFile(**task), ("line", "source", "text"))
 
 
 def _sign(root: str, t: int, task: dict, fi: int, params: dict, nparts: int) -> dict:
@@ -549,30 +546,25 @@ def _write(root: str, t: int, task: dict, fi: int, mode: str, rels: list[str], s
         return w
 
     try:
-        for docs, _, _ in read_batches(InputFile(**task)):
-            if docs is None:
-                continue
-            for line, src, text, meta in zip(docs.column("line").to_pylist(), docs.column("source").to_pylist(),
-                                             docs.column("text").to_pylist(), docs.column("meta").to_pylist(),
-                                             strict=True):
-                node = (fi << NODE_SHIFT) | line
-                doc_id = f"{src}/{rels[fi]}:{line}"
-                text = normalize(text)
-                nbytes = len(text.encode("utf-8"))
-                if node in short:
-                    _add_removed(cols, doc_id, src, "short", None, None, nbytes)
-                elif node in removed:
-                    r = removed[node]
-                    _add_removed(cols, doc_id, src, REASON_NAMES[int(r["reason"])], int(r["label"]),
-                                 _doc_id(int(r["keeper"]), int(r["ksrc"]), rels), nbytes)
-                else:
-                    m = json.loads(meta) if meta else {}
-                    m = m if isinstance(m, dict) else {"meta": m}
-                    m["redpajama_set_name"] = SET_NAMES[src]
-                    m["slimpipe_id"] = doc_id
-                    writer_for(src).write({"text": text, "meta": m})
-                    kept[src][0] += 1
-                    kept[src][1] += nbytes
+        for line, src, text, meta in iter_columns(InputFile(**task), ("line", "source", "text", "meta")):
+            node = (fi << NODE_SHIFT) | line
+            doc_id = f"{src}/{rels[fi]}:{line}"
+            text = normalize(text)
+            nbytes = len(text.encode("utf-8"))
+            if node in short:
+                _add_removed(cols, doc_id, src, "short", None, None, nbytes)
+            elif node in removed:
+                r = removed[node]
+                _add_removed(cols, doc_id, src, REASON_NAMES[int(r["reason"])], int(r["label"]),
+                             _doc_id(int(r["keeper"]), int(r["ksrc"]), rels), nbytes)
+            else:
+                m = json.loads(meta) if meta else {}
+                m = m if isinstance(m, dict) else {"meta": m}
+                m["redpajama_set_name"] = SET_NAMES[src]
+                m["slimpipe_id"] = doc_id
+                writer_for(src).write({"text": text, "meta": m})
+                kept[src][0] += 1
+                kept[src][1] += nbytes
         for w in writers.values():
             shards.append(w.close().to_dict())
     except BaseException:

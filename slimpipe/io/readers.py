@@ -424,11 +424,15 @@ def _parquet_records(f: InputFile, b: _BatchBuilder) -> Iterator[pa.RecordBatch]
             row += 1
 
 
-def iter_documents(f: InputFile) -> Iterator[dict]:
-    """Convenience row view of :func:`read_batches` (tests, small tools); rejects are dropped here."""
+def iter_columns(f: InputFile, names: tuple[str, ...]) -> Iterator[tuple]:
+    """The chosen :data:`DOC_SCHEMA` columns of every accepted document, one tuple each, streamed.
+
+    For stages that re-read their input row by row; rejects and stats are dropped here (the first
+    pass already counted them).
+    """
     for docs, _, _ in read_batches(f):
         if docs is not None:
-            yield from docs.to_pylist()
+            yield from zip(*(docs.column(n).to_pylist() for n in names), strict=True)
 
 
 def read_all(paths: list[str | Path], source: str | None = None) -> tuple[pa.Table, pa.Table, list[FileStats]]:

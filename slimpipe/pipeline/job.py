@@ -34,7 +34,7 @@ import xxhash
 
 from slimpipe.dedup.job import DedupJob
 from slimpipe.dedup.params import DedupParams
-from slimpipe.io.readers import InputFile, discover_files, read_batches
+from slimpipe.io.readers import InputFile, discover_files, iter_columns
 from slimpipe.io.writers import ShardWriter, atomic_write_json, shard_relpath, write_manifest
 from slimpipe.sources import SET_NAMES, SOURCES
 from slimpipe.stages import StageRunner
@@ -98,24 +98,19 @@ def _scatter(root: str, t: int, task: dict, opts: dict, chunks: int) -> dict:
     o = PipelineOptions(**opts)
     cols: dict[int, dict[str, list]] = defaultdict(lambda: {k: [] for k in PIECE_SCHEMA.names})
     holdout_sha: list[bytes] = []
-    for docs, _, _ in read_batches(InputFile(**task)):
-        if docs is None:
-            continue
-        for doc_fallback, src, text, meta in zip(docs.column("id").to_pylist(), docs.column("source").to_pylist(),
-                                                 docs.column("text").to_pylist(), docs.column("meta").to_pylist(),
-                                                 strict=True):
-            doc_id = _doc_id(meta, doc_fallback)
-            chunk, key, split = assign(doc_id, o, chunks)
-            sha = hashlib.sha256(text.encode("utf-8")).digest()
-            c = cols[chunk]
-            c["key"].append(key)
-            c["id"].append(doc_id)
-            c["source"].append(src)
-            c["split"].append(split)
-            c["sha256"].append(sha)
-            c["text"].append(text)
-            if split != TRAIN:
-                holdout_sha.append(sha)
+    for doc_fallback, src, text, meta in iter_columns(InputFile(**task), ("id", "source", "text", "meta")):
+        doc_id = _doc_id(meta, doc_fallback)
+        chunk, key, split = assign(doc_id, o, chunks)
+        sha = hashlib.sha256(text.encode("utf-8")).digest()
+        c = cols[chunk]
+        c["key"].append(key)
+        c["id"].append(doc_id)
+        c["source"].append(src)
+        c["split"].append(split)
+        c["sha256"].append(sha)
+        c["text"].append(text)
+        if split != TRAIN:
+            holdout_sha.append(sha)
     for chunk, c in cols.items():
         save_parquet(wd.path("pieces", f"c{chunk:05d}", f"t{t:05d}.parquet"), pa.table(c, schema=PIECE_SCHEMA))
     result = {"docs": sum(len(c["id"]) for c in cols.values()), "holdout_sha256": sorted(h.hex() for h in holdout_sha)}
