@@ -101,6 +101,20 @@ def append_results(title: str, body: list[str]) -> Path:
     return RESULTS
 
 
+def publish(name: str, head: list[str], sections: list[list[str]], notes: list[str], headline: str,
+            append: bool = True) -> None:
+    """Print a benchmark's tables, notes and headline (last), and append the same to RESULTS.md."""
+    body: list[str] = []
+    for sec in sections:
+        body += [*sec, ""]
+    body += [*(f"- {n}" for n in notes), ""]
+    print()
+    print("\n".join(body))
+    print(headline)
+    if append:
+        print(f"appended to {append_results(name, [*head, *body, f'**{headline}**'])}")
+
+
 # --------------------------------------------------------------------------- corpus
 def corpus_files(corpus: Path) -> list[Path]:
     files = sorted(corpus.glob("*.jsonl.zst"))

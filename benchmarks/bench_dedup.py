@@ -48,12 +48,12 @@ from _common import (
     MB,
     WORK,
     Measured,
-    append_results,
     corpus_files,
     ensure_datatrove_venv,
     has_module,
     loadavg,
     machine_line,
+    publish,
     run_measured,
     slimpipe_dedup,
     slimpipe_report,
@@ -222,17 +222,9 @@ def main(argv: list[str] | None = None) -> int:
         "RSS sums count memory shared between processes (libraries, Ray's object store) once per process; "
         "PSS splits shared pages among the processes sharing them.",
     ]
-    print()
-    print("\n".join(lines))
-    print()
-    print("\n".join(notes))
-    print()
-    print(headline)
-    if not args.no_append:
-        body = [f"Machine: {machine_line()} | load average at start {load_start}, at end {loadavg()}  ",
-                f"Corpus: {corpus} ({len(files)} files)\n", *lines, "", *(f"- {n}" for n in notes), "",
-                f"**{headline}**"]
-        print(f"appended to {append_results('bench_dedup', body)}")
+    head = [f"Machine: {machine_line()} | load average at start {load_start}, at end {loadavg()}  ",
+            f"Corpus: {corpus} ({len(files)} files)\n"]
+    publish("bench_dedup", head, [lines], notes, headline, append=not args.no_append)
     return 0
 
 

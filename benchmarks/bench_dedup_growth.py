@@ -30,15 +30,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
+from _common import (
     DEFAULT_CORPUS,
     MB,
     WORK,
-    append_results,
     corpus_files,
     iter_lines,
     loadavg,
     machine_line,
+    publish,  # noqa: E402
     slimpipe_dedup,
     slimpipe_report,
     table,
@@ -227,17 +227,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"{big[0].peaks.tree_pss / base[0].peaks.tree_pss:.2f}")
     else:
         headline = "HEADLINE: no ratio (a run failed)"
-    print()
-    print("\n".join(lines))
-    print()
-    print("\n".join(notes))
-    print()
-    print(headline)
-    if not args.no_append:
-        body = [f"Machine: {machine_line()} | load average at start {load_start}, at end {loadavg()}  ",
-                f"Corpus: {corpus} at {', '.join(f'{s}x' for s in scales)}\n", *lines, "",
-                *(f"- {n}" for n in notes), "", f"**{headline}**"]
-        print(f"appended to {append_results('bench_dedup_growth', body)}")
+    head = [f"Machine: {machine_line()} | load average at start {load_start}, at end {loadavg()}  ",
+            f"Corpus: {corpus} at {', '.join(f'{s}x' for s in scales)}\n"]
+    publish("bench_dedup_growth", head, [lines], notes, headline, append=not args.no_append)
     return 0
 
 

@@ -36,16 +36,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
+from _common import (
     DEFAULT_CORPUS,
     DEFAULT_PAIRS,
     WORK,
     Measured,
-    append_results,
     corpus_files,
     iter_texts,
     loadavg,
     machine_line,
+    publish,  # noqa: E402
     slimpipe_dedup,
     slimpipe_report,
     table,
@@ -259,21 +259,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"recall preset removal recall {rc.get('removal_recall', float('nan')):.4f} (target >= 0.99), precision "
                 f"raw {rc.get('raw', float('nan')):.4f} / own J {rc.get('own', float('nan')):.4f}; slimpajama (no verify) "
                 f"removal recall {summary.get('slimpajama', {}).get('removal_recall', float('nan')):.4f}")
-    print()
-    print("\n".join(lines))
-    print()
-    print("Pair recall by exact-J band (eligible pairs; count in brackets):")
-    print("\n".join(band_lines))
-    print()
-    print("\n".join(notes))
-    print()
-    print(headline)
-    if not args.no_append:
-        body = [f"Machine: {machine_line()} | load average at start {load_start}, at end {loadavg()}  ",
-                f"Corpus: {corpus}; ground truth {args.pairs}\n", *lines, "",
-                "Pair recall by exact-J band (eligible pairs):", "", *band_lines, "", *(f"- {n}" for n in notes), "",
-                f"**{headline}**"]
-        print(f"appended to {append_results('bench_dedup_quality', body)}")
+    head = [f"Machine: {machine_line()} | load average at start {load_start}, at end {loadavg()}  ",
+            f"Corpus: {corpus}; ground truth {args.pairs}\n"]
+    bands = ["Pair recall by exact-J band (eligible pairs; count in brackets):", "", *band_lines]
+    publish("bench_dedup_quality", head, [lines, bands], notes, headline, append=not args.no_append)
     return 0
 
 
