@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from slimpipe import storage
 from slimpipe.sources import SET_NAMES
 
 ZSTD_LEVEL = 3
@@ -55,24 +56,12 @@ class ShardInfo:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write a small file atomically (temporary name in the same folder, fsync, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, _FILE_MODE)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write a small file atomically (see :func:`slimpipe.storage.open_output`); paths or URIs."""
+    storage.write_bytes_atomic(path, data)
 
 
 def atomic_write_json(path: str | Path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n").encode())
+    storage.write_json_atomic(path, obj)
 
 
 class JsonlZstWriter:

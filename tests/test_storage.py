@@ -1,0 +1,132 @@
+"""slimpipe.storage on local paths, file:// URIs and a real S3-compatible server (moto) on loopback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from pathlib import Path
+
+import pytest
+
+from slimpipe import storage
+from slimpipe.storage import StorageError
+
+
+class Boom(Exception):
+    pass
+
+
+def _roundtrip(base: str) -> None:
+    """The contract every backend keeps: atomic outputs, manifests, listings, deletion."""
+    f = storage.join(base, "a", "b.json")
+    assert not storage.exists(f)
+    storage.write_json_atomic(f, {"x": 1, "é": [1, 2]})
+    assert storage.exists(f)
+    assert storage.read_json(f) == {"x": 1, "é": [1, 2]}
+    assert storage.read_bytes(f) == storage.dumps_json({"x": 1, "é": [1, 2]})
+    # an output whose writer fails is never published, not even partly
+    g = storage.join(base, "a", "c.bin")
+    with pytest.raises(Boom), storage.open_output(g) as fh:
+        fh.write(b"partial")
+        raise Boom
+    assert not storage.exists(g)
+    with storage.open_output(g) as fh:
+        fh.write(b"0123456789" * 1000)
+    assert storage.size(g) == 10000
+    with storage.open_input(g) as fh:  # byte ranges are read by seeking
+        fh.seek(9995)
+        assert fh.read() == b"56789"
+    storage.write_bytes_atomic(storage.join(base, "top.txt"), b"t")
+    files = storage.list_files(base)
+    assert files == sorted([storage.join(base, "a", "b.json"), storage.join(base, "a", "c.bin"),
+                            storage.join(base, "top.txt")])
+    assert storage.list_files(base, recursive=False) == [storage.join(base, "top.txt")]
+    assert storage.list_files(storage.join(base, "nothing-here")) == []
+    storage.delete_tree(storage.join(base, "a"))
+    assert not storage.exists(f) and not storage.exists(g)
+    assert storage.list_files(base) == [storage.join(base, "top.txt")]
+    storage.delete_tree(storage.join(base, "a"))  # deleting twice is fine
+
+
+def test_local_paths(tmp_path: Path) -> None:
+    base = str(tmp_path / "out")
+    assert not storage.is_remote(base)
+    _roundtrip(base)
+    # no temporary file is left behind by the failed write
+    assert not [p for p in Path(base).rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_file_uri_is_local(tmp_path: Path) -> None:
+    uri = f"file://{tmp_path}/u"
+    assert not storage.is_remote(uri)
+    fs, path = storage.resolve(uri)
+    assert path == str(tmp_path / "u")
+    storage.write_bytes_atomic(storage.join(uri, "x.txt"), b"hi")
+    assert (tmp_path / "u" / "x.txt").read_bytes() == b"hi"
+    assert storage.local_copy(storage.join(uri, "x.txt"), tmp_path / "cache") == tmp_path / "u" / "x.txt"
+
+
+def test_published_files_get_umask_mode(tmp_path: Path) -> None:
+    p = tmp_path / "m.bin"
+    storage.write_bytes_atomic(p, b"x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert p.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_join_keeps_uri_scheme() -> None:
+    assert storage.join("s3://b/pre/", "x", "/y/") == "s3://b/pre/x/y"
+    assert storage.is_remote("s3://b") and storage.is_remote("gs://b") and storage.is_remote("hdfs://nn:8020/x")
+
+
+def test_s3_roundtrip(s3_server: dict, tmp_path: Path) -> None:
+    base = f"{s3_server['url']}/storage-{uuid.uuid4().hex[:8]}"
+    assert storage.is_remote(base)
+    storage.check_access(base, write=True)
+    _roundtrip(base)
+    # local_copy downloads once and then serves the cached file
+    obj = storage.join(base, "big.bin")
+    storage.write_bytes_atomic(obj, os.urandom(3 << 20))
+    first = storage.local_copy(obj, tmp_path / "cache")
+    assert first.read_bytes() == storage.read_bytes(obj)
+    stamp = first.stat().st_mtime_ns
+    assert storage.local_copy(obj, tmp_path / "cache") == first
+    assert first.stat().st_mtime_ns == stamp
+    storage.delete_tree(base)
+    assert storage.list_files(base) == []
+
+
+def test_s3_missing_bucket_is_one_line(s3_server: dict) -> None:
+    uri = f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/out"
+    with pytest.raises(StorageError) as err:
+        storage.check_access(uri, write=True)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(uri) and "cannot write" in msg
+    with pytest.raises(StorageError, match="not found"):
+        storage.check_access(f"{s3_server['url']}/absent-{uuid.uuid4().hex[:8]}/x.jsonl")
+
+
+def test_unreachable_endpoint_is_one_line(s3_server: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    uri = f"{s3_server['url']}/out"
+    for write in (False, True):
+        with pytest.raises(StorageError) as err:
+            storage.check_access(uri, write=write)
+        assert "\n" not in str(err.value) and str(err.value).startswith(uri)
+
+
+def test_missing_local_input_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match="not found"):
+        storage.check_access(tmp_path / "absent")
+    storage.check_access(tmp_path / "new" / "out", write=True)  # creates what it needs
+    assert storage.list_files(tmp_path / "new") == []
+
+
+def test_unknown_scheme_is_one_line() -> None:
+    with pytest.raises(StorageError) as err:
+        storage.check_access("nosuchscheme://x/y")
+    assert "\n" not in str(err.value) and "nosuchscheme" in str(err.value)
