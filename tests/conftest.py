@@ -36,3 +36,64 @@ def provenance_dir() -> Path:
     if not PROVENANCE.is_dir():
         pytest.skip(f"shared provenance not found at {PROVENANCE}")
     return PROVENANCE
+
+
+# --------------------------------------------------------------------------- S3 server and Ray cluster
+S3_BUCKET = "slimpipe-test"
+S3_ENV_KEYS = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION",
+               "AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED")
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible server (moto's standalone server) on 127.0.0.1 and a free port, with a bucket.
+
+    Sets the standard AWS environment (endpoint, test credentials, region) for this process and every
+    process it starts from now on (slimpipe subprocesses, the nodes of ``ray_cluster``); restores it at
+    the end. Yields ``{"endpoint", "bucket", "url"}`` where ``url`` is ``s3://<bucket>``.
+    """
+    pytest.importorskip("moto.server", reason="moto[server] is in the dev extras")
+    boto3 = pytest.importorskip("boto3")
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()  # returns once the socket is bound and serving
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    saved = {k: os.environ.get(k) for k in S3_ENV_KEYS}
+    os.environ.update({
+        "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
+    })
+    try:
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=S3_BUCKET)
+        yield {"endpoint": endpoint, "bucket": S3_BUCKET, "url": f"s3://{S3_BUCKET}"}
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_server):
+    """A 3-node Ray cluster on this machine (head + 2 workers, 1 CPU and a small object store each).
+
+    It is a separate cluster from this process's own Ray (``ray_session``): run slimpipe against it in a
+    subprocess with ``--ray-address <cluster.address>``. Its nodes start after ``s3_server`` has set the
+    AWS environment, so tasks on every node reach the S3 server as a real cluster's nodes would. Yields
+    the ``ray.cluster_utils.Cluster``; ``cluster.worker_nodes`` are the two removable nodes.
+    """
+    from ray.cluster_utils import Cluster
+
+    node = {"num_cpus": 1, "object_store_memory": 80 << 20, "include_dashboard": False}
+    cluster = Cluster(initialize_head=True, head_node_args={**node, "resources": {"head": 1}})
+    try:
+        for _ in range(2):
+            cluster.add_node(**node)
+        cluster.wait_for_nodes(timeout=120)
+        yield cluster
+    finally:
+        cluster.shutdown()
