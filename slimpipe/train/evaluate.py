@@ -85,3 +85,180 @@ def evaluate_sets(model: torch.nn.Module, sets: dict[str, PackedDataset], *, bat
     bpbs = [s["bpb"] for s in out["sources"].values() if s["bytes"] > 0]
     out["mean_bpb"] = float(np.mean(bpbs)) if bpbs else float("nan")
     return out
+
+
+# ------------------------------------------------------------------------------------ per-document scoring
+
+DOC_BPB_DEFINITION = (
+    "bits per byte = sum over evaluation documents of the NLL (nats) of the document's own tokens / "
+    "(ln 2 x the UTF-8 bytes of those tokens). Each document is scored on its own, as lm-eval's rolling "
+    "log-likelihood does: its first token is predicted from the end-of-text token alone, later tokens from "
+    "up to seq_len preceding tokens of the same document (disjoint prediction windows, each with full "
+    "context); no window crosses a document boundary and the end-of-text token that follows a document "
+    "is never predicted, so no prediction is counted against 0 bytes. total pools every document of every "
+    "source; mean is the unweighted mean of the per-source figures.")
+
+
+def documents(ds: PackedDataset) -> np.ndarray:
+    """``(n_docs, 2)`` [start, end) positions of each document's tokens in a packed set's token stream.
+
+    The stream is ``EOS doc EOS doc ...``; a last document cut by the packer's dropped tail is kept as the
+    piece the set holds."""
+    tokens = np.asarray(ds.tokens)
+    if tokens.size == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    eos = np.flatnonzero(tokens == ds.eos_id)
+    starts = eos + 1
+    ends = np.concatenate([eos[1:], [tokens.size]]) if eos.size else np.zeros(0, np.int64)
+    spans = np.stack([starts, ends], axis=1).astype(np.int64)
+    return spans[spans[:, 1] > spans[:, 0]]
+
+
+def _windows(spans: np.ndarray, L: int) -> list[tuple[int, int, int, int]]:
+    """Prediction windows ``(doc, input_start, input_end, first_scored)`` (stream positions): targets
+    ``[input_start + 1, input_end + 1)`` of which those from ``first_scored`` on are counted."""
+    out = []
+    for d, (start, end) in enumerate(spans.tolist()):
+        a = start
+        while a < end:
+            b = min(a + L, end)
+            lo = max(start, b - L)  # full context: the window ends at b and reaches back L targets
+            out.append((d, lo - 1, b - 1, a))
+            a = b
+    return out
+
+
+def _doc_bytes(ds: PackedDataset, spans: np.ndarray, byte_lengths: np.ndarray | None, decode) -> np.ndarray:
+    tokens = np.asarray(ds.tokens)
+    if byte_lengths is not None:
+        csum = np.concatenate([[0], np.cumsum(byte_lengths[tokens.astype(np.int64)], dtype=np.int64)])
+        return csum[spans[:, 1]] - csum[spans[:, 0]]
+    if decode is None:
+        raise ValueError(f"{ds.path}: per-document bytes need the tokenizer's byte lengths or its decoder")
+    return np.array([len(decode(tokens[s:e].tolist()).encode("utf-8")) for s, e in spans.tolist()], dtype=np.int64)
+
+
+@torch.no_grad()
+def evaluate_documents(model: torch.nn.Module, sets: dict[str, PackedDataset], *, seq_len: int, batch_size: int,
+                       byte_lengths: np.ndarray | None = None, decode=None, device: torch.device | str = "cpu",
+                       autocast_dtype: torch.dtype | None = None) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
+    """Score every document of every set on its own (see :data:`DOC_BPB_DEFINITION`).
+
+    Returns the summary (``sources``, ``total``, ``mean_bpb``, ``definition``) and the per-document arrays
+    ``{source: {"nll", "tokens", "bytes"}}``. Under ``torch.distributed`` ranks share the windows (every
+    rank runs the same number of forward passes) and the sums are all-reduced.
+    """
+    device = torch.device(device)
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    was_training = model.training
+    model.eval()
+    per_doc: dict[str, dict[str, np.ndarray]] = {}
+    out: dict = {"sources": {}, "definition": DOC_BPB_DEFINITION}
+    for name, ds in sets.items():
+        spans = documents(ds)
+        stream = torch.from_numpy(np.asarray(ds.tokens, dtype=np.int64))
+        wins = _windows(spans, seq_len)
+        wins.sort(key=lambda w: w[2] - w[1])  # similar lengths share a batch: little padding
+        mine = wins[rank::world]
+        n_batches = -(-len(wins) // (world * batch_size)) if wins else 0
+        nll = torch.zeros(len(spans), dtype=torch.float64)
+        for bi in range(n_batches):
+            chunk = mine[bi * batch_size : (bi + 1) * batch_size] or wins[:1]  # ranks run equal passes
+            scored = bool(mine[bi * batch_size : (bi + 1) * batch_size])
+            T = max(e - s for _, s, e, _ in chunk)
+            x = torch.full((len(chunk), T), ds.eos_id, dtype=torch.long)
+            y = torch.full((len(chunk), T), -100, dtype=torch.long)
+            for r, (_, s, e, first) in enumerate(chunk):
+                x[r, : e - s] = stream[s:e]
+                tgt = stream[s + 1 : e + 1].clone()
+                tgt[: first - (s + 1)] = -100  # context only
+                y[r, : e - s] = tgt
+            ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+            with ctx:
+                _, loss = model(x.to(device), y.to(device), reduction="none")
+            if scored:
+                per_row = loss.view(len(chunk), T).double().cpu().sum(dim=1)
+                for r, (d, *_rest) in enumerate(chunk):
+                    nll[d] += float(per_row[r])
+        if distributed:
+            reduced = nll.to(device)
+            dist.all_reduce(reduced)
+            nll = reduced.cpu()
+        tokens = (spans[:, 1] - spans[:, 0]).astype(np.int64)
+        nbytes = _doc_bytes(ds, spans, byte_lengths, decode)
+        per_doc[name] = {"nll": nll.numpy(), "tokens": tokens, "bytes": nbytes}
+        out["sources"][name] = {**summarize(float(nll.sum()), int(tokens.sum()), int(nbytes.sum())),
+                                "docs": len(spans)}
+    if was_training:
+        model.train()
+    tot = [sum(v[k] for v in out["sources"].values()) for k in ("nll", "tokens", "bytes")]
+    out["total"] = {**summarize(float(tot[0]), int(tot[1]), int(tot[2])),
+                    "docs": sum(v["docs"] for v in out["sources"].values())}
+    bpbs = [s["bpb"] for s in out["sources"].values() if s["bytes"] > 0]
+    out["mean_bpb"] = float(np.mean(bpbs)) if bpbs else float("nan")
+    return out, per_doc
+
+
+def save_document_losses(path, per_doc: dict[str, dict[str, np.ndarray]], meta: dict | None = None) -> None:
+    """``eval_losses.npz``: ``<source>.nll`` (float64 nats), ``<source>.tokens``, ``<source>.bytes`` per document."""
+    import io
+    import json
+
+    from slimpipe.io.writers import atomic_write_bytes
+
+    arrays = {f"{s}.{k}": v for s, d in per_doc.items() for k, v in d.items()}
+    arrays["_meta"] = np.frombuffer(json.dumps({"sources": list(per_doc), **(meta or {})}).encode(), dtype=np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_document_losses(path) -> tuple[dict[str, dict[str, np.ndarray]], dict]:
+    """What :func:`save_document_losses` wrote: (per-source arrays, meta)."""
+    import json
+
+    with np.load(path) as z:
+        meta = json.loads(bytes(z["_meta"]).decode())
+        per_doc = {s: {k: z[f"{s}.{k}"] for k in ("nll", "tokens", "bytes")} for s in meta["sources"]}
+    return per_doc, meta
+
+
+def final_document_eval(model: torch.nn.Module, sets: dict[str, PackedDataset], mix_dir, out_dir, *, seq_len: int,
+                        batch_size: int, device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None,
+                        write: bool = True) -> dict:
+    """The end-of-training evaluation compare uses: per-document bits per byte on every eval set, the
+    per-document losses in ``OUT/eval_losses.npz`` and the mix's evaluation-set identity.
+
+    Returns what goes into ``metrics.json``: ``{"eval_docs": summary, "eval_set": hash or None}``
+    (``eval_docs`` holds ``error`` instead when the mix has no tokenizer to count bytes with)."""
+    import json
+    import logging
+    from pathlib import Path
+
+    log = logging.getLogger(__name__)
+    mix_dir, out_dir = Path(mix_dir), Path(out_dir)
+    eval_set = None
+    manifest = mix_dir / "manifest.json"
+    if manifest.is_file():
+        eval_set = json.loads(manifest.read_text()).get("eval_set")
+        if isinstance(eval_set, dict):
+            eval_set = eval_set.get("eval_set") or eval_set.get("hash")
+    result: dict = {"eval_set": eval_set}
+    byte_lengths, decode = None, None
+    try:
+        from slimpipe.mix.tokenizer import load_tokenizer
+
+        tok = load_tokenizer(mix_dir / "tokenizer")
+        byte_lengths, decode = tok.byte_lengths, tok.decode
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        log.warning("%s: no tokenizer (%s); per-document bits per byte not computed", mix_dir, exc)
+        result["eval_docs"] = {"error": f"no tokenizer in {mix_dir}: {exc}"}
+        return result
+    summary, per_doc = evaluate_documents(model, sets, seq_len=seq_len, batch_size=batch_size,
+                                          byte_lengths=byte_lengths, decode=decode, device=device,
+                                          autocast_dtype=autocast_dtype)
+    if write:
+        save_document_losses(out_dir / "eval_losses.npz", per_doc, {"eval_set": eval_set, "seq_len": seq_len})
+    result["eval_docs"] = summary
+    return result

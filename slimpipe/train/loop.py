@@ -37,9 +37,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from slimpipe.mix.packed import ShuffledSampler, open_mix
 from slimpipe.train.evaluate import evaluate_sets
 from slimpipe.train.model import GPT, ModelConfig, count_params_meta, training_flops_per_token
+from slimpipe.train.phases import open_training_data
 from slimpipe.train.presets import load_preset
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,9 @@ class TrainConfig:
     resume: bool = False
     export: bool = True
     threads: int | None = None  # torch intra-op threads for this run (default: torch's choice)
+    phases: list[dict] | None = None  # multi-phase data schedule, see slimpipe.train.phases
+    init_from: str | None = None  # continual pretraining from this run's final checkpoint (train/continual.py)
+    eval_seq_lens: list[int] | None = None  # final bpb at these context lengths, ALiBi slopes +- interpolation
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -131,7 +134,8 @@ class Plan:
     autocast: str | None
     compile: bool
     attention: str
-    tokens_per_step: int
+    tokens_per_step: int  # with phases: of the last one (seq_len too); data.tokens_at(step) is exact
+    phases: list[dict] | None = None
 
 
 def _dist() -> tuple[int, int]:
@@ -278,7 +282,8 @@ def save_checkpoint(out_dir: Path, step: int, model: torch.nn.Module, optimizer:
     return path
 
 
-_RESUME_KEYS = ("model", "seq_len", "global_batch", "total_steps", "warmup_steps", "lr", "schedule", "min_lr_ratio")
+_RESUME_KEYS = ("model", "seq_len", "global_batch", "total_steps", "warmup_steps", "lr", "schedule", "min_lr_ratio",
+               "phases")
 
 
 # ---------------------------------------------------------------------------------------------- loop
@@ -308,10 +313,8 @@ def _train(cfg: TrainConfig, device: torch.device | str | None, on_eval: Callabl
     else:
         tune_cpu_malloc()
     out = Path(cfg.out_dir).resolve()
-    train_set, eval_sets = open_mix(cfg.mix_dir, None)
-    plan = plan_run(cfg, train_set.stored_seq_len, train_set.vocab_size, world, dev)
-    if plan.seq_len != train_set.seq_len:
-        train_set, eval_sets = open_mix(cfg.mix_dir, plan.seq_len)
+    data, eval_sets, plan = open_training_data(cfg, world, dev)
+    train_set = data.train_set
 
     existing = checkpoints(out)
     if rank == 0:
@@ -346,7 +349,8 @@ def _train(cfg: TrainConfig, device: torch.device | str | None, on_eval: Callabl
         for name in ("train_log.jsonl", "eval_log.jsonl"):
             _truncate_jsonl(out / name, step)
         _write_json(out / "config.json", {"train": cfg.to_dict(), "plan": dataclasses.asdict(plan),
-                                           "mix": {"train": train_set.index, "eval": list(eval_sets)}})
+                                           "mix": {"train": train_set.index, "eval": list(eval_sets)},
+                                           "phases": data.describe()})
 
     run_model: torch.nn.Module = model
     if world > 1:
@@ -357,7 +361,6 @@ def _train(cfg: TrainConfig, device: torch.device | str | None, on_eval: Callabl
         run_model = torch.compile(run_model)
         eval_model = torch.compile(model)
     autocast_dtype = torch.bfloat16 if plan.autocast == "bfloat16" else None
-    sampler = ShuffledSampler(train_set, cfg.seed)
     local_batch = plan.micro_batch * plan.accum
     eval_batch = cfg.eval_batch or plan.micro_batch
     ckpt_every = cfg.checkpoint_interval or cfg.eval_interval
@@ -365,7 +368,7 @@ def _train(cfg: TrainConfig, device: torch.device | str | None, on_eval: Callabl
     def run_eval(at_step: int, final: bool) -> dict:
         res = evaluate_sets(eval_model, eval_sets, batch_size=eval_batch, device=dev,
                             max_sequences=None if final else cfg.eval_sequences, autocast_dtype=autocast_dtype)
-        record = {"step": at_step, "tokens": at_step * plan.tokens_per_step, "final": final, **res}
+        record = {"step": at_step, "tokens": data.tokens_at(at_step), "final": final, **res}
         if rank == 0:
             _append_jsonl(out / "eval_log.jsonl", record)
             log.info("eval step %d: loss %.4f bpb %.4f (%s)", at_step, res["total"]["loss"], res["total"]["bpb"],
@@ -379,9 +382,8 @@ def _train(cfg: TrainConfig, device: torch.device | str | None, on_eval: Callabl
     last_loss = float("nan")
     while step < plan.total_steps:
         t0 = time.perf_counter()
-        idx = sampler.indices(step * plan.global_batch, plan.global_batch)
-        mine = idx[rank * local_batch : (rank + 1) * local_batch]
-        rows = torch.from_numpy(train_set.get_batch(mine)).to(dev, non_blocking=True)
+        data.prepare_step(model, step)
+        rows = torch.from_numpy(data.batch(step)[rank * local_batch : (rank + 1) * local_batch]).to(dev)
         loss_sum = torch.zeros((), device=dev)
         for a in range(plan.accum):
             chunk = rows[a * plan.micro_batch : (a + 1) * plan.micro_batch]
@@ -408,16 +410,17 @@ def _train(cfg: TrainConfig, device: torch.device | str | None, on_eval: Callabl
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         dt = time.perf_counter() - t0
+        step_tokens = data.tokens_at(step) - data.tokens_at(step - 1)
         if step > first_step + 1 or plan.total_steps - first_step == 1:  # the first step warms up / compiles
             train_time += dt
-            train_tokens += plan.tokens_per_step
+            train_tokens += step_tokens
         if rank == 0 and logging_now:
             _append_jsonl(out / "train_log.jsonl", {
-                "step": step, "tokens": step * plan.tokens_per_step, "loss": last_loss, "lr": lr_now,
-                "grad_norm": float(grad_norm), "step_s": dt, "tokens_per_s": plan.tokens_per_step / dt})
+                "step": step, "tokens": data.tokens_at(step), "loss": last_loss, "lr": lr_now,
+                "grad_norm": float(grad_norm), "step_s": dt, "tokens_per_s": step_tokens / dt})
         if rank == 0 and (step == 1 or step % max(1, plan.total_steps // 20) == 0 or step == plan.total_steps):
             log.info("step %d/%d loss %.4f lr %.3g grad_norm %.3f %.0f tokens/s", step, plan.total_steps,
-                     last_loss, lr_now, float(grad_norm), plan.tokens_per_step / dt)
+                     last_loss, lr_now, float(grad_norm), step_tokens / dt)
         if not math.isfinite(last_loss):
             raise FloatingPointError(f"loss is {last_loss} at step {step}")
         is_last = step == plan.total_steps
@@ -430,18 +433,24 @@ def _train(cfg: TrainConfig, device: torch.device | str | None, on_eval: Callabl
     final = run_eval(step, final=True) if eval_sets else {"sources": {}, "total": {}}
     metrics = {
         "preset": plan.preset, "n_params": plan.n_params, "steps": step,
-        "tokens": step * plan.tokens_per_step, "final_train_loss": last_loss,
+        "tokens": data.tokens_at(step), "final_train_loss": last_loss,
         "eval": {"sources": final["sources"], "total": final["total"], "mean_bpb": final.get("mean_bpb")},
         "throughput": {
             "tokens_per_s": train_tokens / train_time if train_time else None,  # first step excluded
             "model_flops_per_token": training_flops_per_token(
                 plan.n_params, plan.model["n_layer"], plan.model["d_model"], plan.seq_len),
-            "steps_timed": round(train_tokens / plan.tokens_per_step),
+            "steps_timed": max(0, step - first_step - 1) if plan.total_steps - first_step > 1 else 1,
             "train_seconds": train_time,
         },
         "attention": plan.attention, "device": plan.device, "world_size": world, "compile": plan.compile,
-        "autocast": plan.autocast,
+        "autocast": plan.autocast, "phases": data.describe(),
     }
+    if eval_sets:  # per-document bpb + eval_losses.npz + the eval set's identity (compare's inputs)
+        from slimpipe.train.evaluate import final_document_eval
+
+        metrics.update(final_document_eval(eval_model, eval_sets, cfg.mix_dir, out, seq_len=plan.seq_len,
+                                           batch_size=eval_batch, device=dev, autocast_dtype=autocast_dtype,
+                                           write=rank == 0))
     if rank == 0:
         _write_json(out / "metrics.json", metrics)
         if cfg.export:
