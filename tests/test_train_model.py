@@ -7,7 +7,15 @@ import math
 import pytest
 import torch
 
-from slimpipe.train.model import GPT, ModelConfig, alibi_causal_bias, alibi_slopes, count_params_meta
+from slimpipe.train.model import (
+    GPT,
+    ModelConfig,
+    alibi_causal_bias,
+    alibi_slopes,
+    count_params_meta,
+    resolve_attention,
+    swiglu_width,
+)
 from slimpipe.train.presets import PRESET_NAMES, available_presets, load_preset
 
 
@@ -71,14 +79,68 @@ def test_future_tokens_never_change_earlier_logits(attention):
             assert not torch.allclose(changed[:, t:], base[:, t:]), "the change did not reach later positions"
 
 
-def test_flex_and_sdpa_agree():
+@pytest.mark.parametrize("mup", [False, True])
+def test_flex_and_sdpa_agree_forward_on_cpu(mup):
+    """FlexAttention has no CPU backward in torch (NotImplementedError), so on CPU only the forward is
+    compared; tests/test_train_gpu.py compares forward and backward of every backend on CUDA."""
     torch.manual_seed(1)
-    sdpa = GPT(small_cfg(n_head=17, d_model=68)).eval()
-    flex = GPT(small_cfg(n_head=17, d_model=68, attention="flex")).eval()
+    sdpa = GPT(small_cfg(n_head=17, d_model=68, attention="sdpa", mup=mup)).eval()
+    flex = GPT(small_cfg(n_head=17, d_model=68, attention="flex", mup=mup)).eval()
     flex.load_state_dict(sdpa.state_dict())
     x = torch.randint(0, 97, (2, 24))
     with torch.no_grad():
         torch.testing.assert_close(flex(x)[0], sdpa(x)[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(flex(x[:, :9])[0], sdpa(x[:, :9])[0], rtol=1e-5, atol=1e-5)
+
+
+def test_sdpa_mask_is_one_max_length_tensor_sliced_per_call():
+    model = GPT(small_cfg(attention="sdpa", max_seq_len=32)).eval()
+    with torch.no_grad():
+        for T in (3, 17, 32, 5, 1):
+            model(torch.zeros(1, T, dtype=torch.long))
+    masks = model.alibi._masks
+    assert len(masks) == 1 and next(iter(masks.values())).shape == (1, 4, 32, 32)
+    sliced = model.alibi.mask(5, torch.float32, torch.device("cpu"))
+    assert torch.equal(sliced[0], alibi_causal_bias(model.alibi.slopes, 5))
+    model.generate(torch.zeros(1, 2, dtype=torch.long), max_new_tokens=40)  # crops at max_seq_len
+    assert len(model.alibi._masks) == 1
+
+
+def test_attention_backend_resolution():
+    assert resolve_attention("auto", "cpu") == "sdpa"
+    assert resolve_attention("flex", "cpu") == "flex" and resolve_attention("sdpa", "cuda:0") == "sdpa"
+    with pytest.raises(ValueError, match="flash-attn"):
+        resolve_attention("flash", "cpu")
+    with pytest.raises(ValueError, match="attention must be one of"):
+        small_cfg(attention="xformers")
+
+
+# ---------------------------------------------------------------------------------------------- padded vocab
+
+def test_vocab_padded_to_128_and_padding_logits_masked_everywhere():
+    torch.manual_seed(0)
+    cfg = small_cfg(vocab_size=97)
+    assert cfg.padded_vocab_size == 128 and small_cfg(vocab_size=256).padded_vocab_size == 256
+    assert ModelConfig(vocab_size=50257).padded_vocab_size == 50304
+    model = GPT(cfg)
+    assert model.wte.weight.shape == (128, 32)
+    x = torch.randint(0, 97, (2, 12))
+    logits, loss = model(x[:, :-1], x[:, 1:])
+    assert logits.shape[-1] == 128
+    assert torch.all(logits[..., 97:] == float("-inf")) and torch.isfinite(logits[..., :97]).all()
+    # the loss equals a cross-entropy over the real vocabulary only
+    ref = torch.nn.functional.cross_entropy(logits[..., :97].reshape(-1, 97), x[:, 1:].reshape(-1))
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
+    loss.backward()
+    assert model.wte.weight.grad[97:].abs().sum() == 0  # padding rows learn nothing
+    assert torch.isfinite(model.wte.weight.grad).all()
+    # generation and sampling never produce a padding id, even if those rows were huge
+    with torch.no_grad():
+        model.wte.weight[97:] = 100.0
+    out = model.eval().generate(x[:, :3], max_new_tokens=8)
+    assert int(out.max()) < 97
+    probs = torch.softmax(model(x)[0], dim=-1)
+    assert probs[..., 97:].sum() == 0 and torch.allclose(probs.sum(-1), torch.ones(2, 12))
 
 
 def test_alibi_prefers_recent_tokens_without_position_embeddings():
@@ -96,7 +158,7 @@ def test_alibi_prefers_recent_tokens_without_position_embeddings():
 # ---------------------------------------------------------------------------------------------- presets
 
 def expected_params(cfg: ModelConfig) -> int:
-    d, f, L, V = cfg.d_model, cfg.d_ff, cfg.n_layer, cfg.vocab_size
+    d, f, L, V = cfg.d_model, cfg.d_ff, cfg.n_layer, cfg.padded_vocab_size
     attn = 3 * d * d + 3 * d + d * d + d
     mlp = d * 2 * f + 2 * f + f * d + d
     ln = 2 * d
@@ -111,8 +173,8 @@ def test_all_presets_exist():
 def test_preset_parameter_counts_match_cerebras_gpt(name):
     preset = load_preset(name)
     cfg = preset.model
-    assert cfg.vocab_size == 50257 and cfg.max_seq_len == 2048
-    assert cfg.d_ff == int(8 * cfg.d_model / 3)  # the SwiGLU width rule documented in the YAML
+    assert cfg.vocab_size == 50257 and cfg.max_seq_len == 2048 and cfg.padded_vocab_size == 50304
+    assert cfg.d_ff % 64 == 0 and cfg.d_ff == swiglu_width(cfg.d_model)  # 8/3 d to the nearest 64
     with torch.device("meta"):
         model = GPT(cfg)
     assert all(p.device.type == "meta" for p in model.parameters())  # nothing allocated
@@ -156,7 +218,7 @@ def test_cerebras_init():
     cfg = small_cfg(d_model=256, n_head=4, d_ff=682, n_layer=4, vocab_size=4000)
     model = GPT(cfg)
     out_std = 0.02 / math.sqrt(2 * cfg.n_layer)
-    assert model.wte.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert model.wte.weight[: cfg.vocab_size].std().item() == pytest.approx(0.02, rel=0.05)
     assert model.blocks[0].attn.qkv.weight.std().item() == pytest.approx(0.02, rel=0.05)
     assert model.blocks[1].attn.proj.weight.std().item() == pytest.approx(out_std, rel=0.05)
     assert model.blocks[2].mlp.down.weight.std().item() == pytest.approx(out_std, rel=0.05)
@@ -167,13 +229,26 @@ def test_cerebras_init():
 def test_tied_embeddings_receive_output_gradients():
     torch.manual_seed(0)
     model = GPT(small_cfg())
-    assert sum(p.numel() for p in model.parameters() if p.shape == (97, 32)) == 97 * 32
+    assert sum(p.numel() for p in model.parameters() if p.shape == (128, 32)) == 128 * 32  # padded 97
     x = torch.randint(0, 97, (1, 8))
     _, loss = model(x[:, :-1], x[:, 1:])
     loss.backward()
     unused = sorted(set(range(97)) - set(x.flatten().tolist()))
     # rows of tokens never seen as inputs still get gradient: through the output projection
     assert model.wte.weight.grad[unused].abs().sum() > 0
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    a = GPT(small_cfg())
+    b = GPT(small_cfg())
+    b.load_state_dict(a.state_dict())
+    b.activation_checkpointing = True
+    x = torch.randint(0, 97, (2, 16))
+    for m in (a, b):
+        m(x[:, :-1], x[:, 1:])[1].backward()
+    for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-7, msg=name)
 
 
 def test_mup_multipliers_and_learning_rates():
@@ -191,8 +266,9 @@ def test_mup_multipliers_and_learning_rates():
     assert all(p.dim() == 1 for g in no_decay for p in g["params"])
     torch.manual_seed(0)
     model.reset_parameters()
-    assert model.wte.weight.std().item() == pytest.approx(0.08, rel=0.05)
+    assert model.wte.weight[: cfg.vocab_size].std().item() == pytest.approx(0.08, rel=0.05)
     assert model.blocks[0].attn.qkv.weight.std().item() == pytest.approx(0.08 / math.sqrt(2), rel=0.05)
+    assert cfg.mup_base_lr == 6e-3  # Cerebras-GPT-muP's base LR, used by --mup unless --lr is given
 
 
 def test_loss_reductions_agree():

@@ -4,11 +4,18 @@ Pre-LayerNorm blocks, ALiBi attention bias instead of position embeddings, a Swi
 output embeddings, no dropout, Cerebras-GPT initialisation (std 0.02, output projections 0.02/sqrt(2L)),
 and optional muP (Cerebras-GPT-muP multipliers) so a learning rate tuned on a narrow model transfers.
 
-Attention goes through ``torch.nn.functional.scaled_dot_product_attention`` with an additive float
-mask (ALiBi bias, ``-inf`` above the diagonal) by default: it runs everywhere, eager, and on CPU it is
-the fastest option we have. ``attention="flex"`` uses FlexAttention with an ALiBi score modifier and a
-causal block mask instead; it only pays off when compiled on a GPU (it never materialises the T x T
-mask), so it is a switch rather than the default.
+Attention backends (``attention``), all computing the same function:
+
+* ``sdpa``: ``scaled_dot_product_attention`` with an additive float mask (ALiBi bias, ``-inf`` above the
+  diagonal). One max-length mask is cached and sliced per call. Runs everywhere; the CPU default.
+* ``flex``: FlexAttention with an ALiBi ``score_mod`` and a causal block mask, compiled on CUDA (never
+  materialises the T x T mask, skips masked blocks). Forward only on CPU (no CPU backward in torch).
+* ``flash``: flash-attn's ``flash_attn_func(..., causal=True, alibi_slopes=...)`` when that package is
+  installed (CUDA, bf16/fp16).
+* ``auto``: flash if installed, else flex on CUDA; sdpa elsewhere.
+
+The vocabulary is padded to a multiple of ``vocab_multiple`` (128) for GPU-friendly matmuls; the padded
+rows' logits are ``-inf`` in the model's output, so loss, evaluation, sampling and export never see them.
 """
 
 from __future__ import annotations
@@ -20,6 +27,33 @@ from dataclasses import asdict, dataclass, fields
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
+
+ATTENTION_BACKENDS = ("auto", "sdpa", "flex", "flash")
+
+
+def swiglu_width(d_model: int, multiple: int = 64) -> int:
+    """SwiGLU hidden width: 8/3 d_model (the parameter count of a 4d GELU MLP), to the nearest multiple."""
+    return max(multiple, round(8 * d_model / 3 / multiple) * multiple)
+
+
+def flash_attn_available() -> bool:
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_attention(name: str, device: torch.device | str) -> str:
+    """The backend ``name`` runs as on ``device``: ``auto`` becomes flash (if installed) or flex on CUDA,
+    sdpa elsewhere; ``flash`` needs CUDA and the flash-attn package (ValueError otherwise)."""
+    kind = torch.device(device).type
+    if name == "auto":
+        return ("flash" if flash_attn_available() else "flex") if kind == "cuda" else "sdpa"
+    if name == "flash" and (kind != "cuda" or not flash_attn_available()):
+        raise ValueError("attention 'flash' needs CUDA and the flash-attn package; use 'flex' or 'sdpa'")
+    return name
 
 
 @dataclass
@@ -28,26 +62,35 @@ class ModelConfig:
     n_layer: int = 12
     n_head: int = 12
     d_model: int = 768
-    d_ff: int = 2048  # SwiGLU hidden width (~8/3 d_model keeps the parameter count of a 4*d GELU MLP)
+    d_ff: int = 2048  # SwiGLU hidden width: ~8/3 d_model, rounded to a multiple of 64 (swiglu_width)
     max_seq_len: int = 2048  # training context; ALiBi itself has no position table
     bias: bool = True  # Cerebras-GPT keeps biases in linear layers and LayerNorms
     layer_norm_eps: float = 1e-5
     init_std: float = 0.02
-    attention: str = "sdpa"  # "sdpa" | "flex"
+    attention: str = "auto"  # "auto" | "sdpa" | "flex" | "flash" (see the module docstring)
+    vocab_multiple: int = 128  # the embedding has padded_vocab_size rows; the extra logits are -inf
     mup: bool = False
-    mup_base_width: int = 256
+    mup_base_width: int = 256  # muP knobs (Cerebras-GPT-muP); they apply only when mup is true
     mup_base_init_std: float = 0.08
     mup_embed_mult: float = 10.0
+    mup_base_lr: float = 6e-3  # the peak LR a muP run uses unless one is given (Cerebras-GPT-muP)
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_head:
             raise ValueError(f"d_model {self.d_model} is not divisible by n_head {self.n_head}")
-        if self.attention not in ("sdpa", "flex"):
-            raise ValueError(f"attention must be 'sdpa' or 'flex', not {self.attention!r}")
+        if self.attention not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention must be one of {ATTENTION_BACKENDS}, not {self.attention!r}")
+        if self.vocab_multiple < 1:
+            raise ValueError(f"vocab_multiple must be >= 1, not {self.vocab_multiple}")
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_head
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the (tied) embedding and width of the logits: vocab_size rounded up to vocab_multiple."""
+        return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
 
     @property
     def width_mult(self) -> float:
@@ -103,12 +146,19 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, alibi: AlibiBias) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.cfg.n_head, self.cfg.head_dim).permute(2, 0, 3, 1, 4)
-        if self.cfg.attention == "flex":
+        qkv = self.qkv(x).view(B, T, 3, self.cfg.n_head, self.cfg.head_dim)
+        backend = alibi.backend(self.cfg.attention, x.device)
+        if backend == "flash":  # flash-attn wants (B, T, H, D)
+            from flash_attn import flash_attn_func
+
+            q, k, v = qkv.unbind(2)
+            y = flash_attn_func(q, k, v, softmax_scale=self.scale, causal=True, alibi_slopes=alibi.slopes)
+            return self.proj(y.reshape(B, T, C))
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        if backend == "flex":
             y = alibi.flex(q, k, v, self.scale)
         else:
-            mask = alibi.mask(T, q.dtype, q.device)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=alibi.mask(T, q.dtype, q.device), scale=self.scale)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -138,20 +188,31 @@ class Block(nn.Module):
 
 
 class AlibiBias(nn.Module):
-    """Holds the slopes and builds (and caches) the mask or Flex modifiers per length/dtype/device."""
+    """Holds the slopes, and at most one SDPA mask (max length, sliced per call) and one Flex block mask."""
 
-    def __init__(self, n_head: int) -> None:
+    def __init__(self, n_head: int, max_seq_len: int) -> None:
         super().__init__()
+        self.max_seq_len = max_seq_len
         self.register_buffer("slopes", alibi_slopes(n_head), persistent=False)
-        self._masks: dict[tuple, torch.Tensor] = {}
-        self._block_masks: dict[tuple, object] = {}
+        self._masks: dict[tuple, torch.Tensor] = {}  # one entry: (dtype, device) -> (1, H, Tmax, Tmax)
+        self._block_masks: dict[tuple, object] = {}  # one entry: (T, device) -> BlockMask
+        self._backends: dict[tuple, str] = {}
         self._flex_fn = None
 
+    def backend(self, name: str, device: torch.device) -> str:
+        key = (name, device.type)
+        if key not in self._backends:
+            self._backends[key] = resolve_attention(name, device)
+        return self._backends[key]
+
     def mask(self, T: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        key = (T, dtype, device)
+        """The ``(1, H, T, T)`` additive mask: a slice of one cached max-length mask (rebuilt only when the
+        dtype or device changes, so generation and rolling evaluation cannot grow a cache)."""
+        key = (dtype, device)
         if key not in self._masks:
-            self._masks[key] = alibi_causal_bias(self.slopes, T, dtype, device)[None]
-        return self._masks[key]
+            self._masks.clear()
+            self._masks[key] = alibi_causal_bias(self.slopes, self.max_seq_len, dtype, device)[None]
+        return self._masks[key][:, :, :T, :T]
 
     def flex(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
@@ -159,8 +220,8 @@ class AlibiBias(nn.Module):
         T = q.shape[-2]
         key = (T, q.device)
         if key not in self._block_masks:
-            self._block_masks[key] = create_block_mask(lambda b, h, qi, ki: qi >= ki, None, None, T, T,
-                                                       device=q.device)
+            self._block_masks.clear()
+            self._block_masks[key] = create_block_mask(_causal, None, None, T, T, device=q.device)
         if self._flex_fn is None:
             # Eager Flex materialises the score matrix (slow, but exact); compiled it is fused.
             self._flex_fn = torch.compile(flex_attention) if q.is_cuda else flex_attention
@@ -174,17 +235,22 @@ class AlibiBias(nn.Module):
             return self._flex_fn(q, k, v, score_mod=score_mod, block_mask=self._block_masks[key], scale=scale)
 
 
+def _causal(b, h, qi, ki):  # FlexAttention mask_mod
+    return qi >= ki
+
+
 class GPT(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.wte = nn.Embedding(cfg.padded_vocab_size, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps, bias=cfg.bias)
-        self.alibi = AlibiBias(cfg.n_head)
+        self.alibi = AlibiBias(cfg.n_head, cfg.max_seq_len)
         # muP: embeddings multiplied by a constant, logits by base_width / d_model.
         self.embed_mult = cfg.mup_embed_mult if cfg.mup else 1.0
         self.logit_mult = 1.0 / cfg.width_mult
+        self.activation_checkpointing = False  # recompute each block's activations in backward (training)
         if self.wte.weight.device.type != "meta":
             self.reset_parameters()
 
@@ -199,6 +265,7 @@ class GPT(nn.Module):
         else:
             emb_std = hidden_std = cfg.init_std
         nn.init.normal_(self.wte.weight, 0.0, emb_std)
+        self.wte.weight[cfg.vocab_size :].zero_()  # padding rows: never an input, their logits are masked
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 std = hidden_std / math.sqrt(2 * cfg.n_layer) if getattr(m, "is_residual_out", False) else hidden_std
@@ -219,19 +286,29 @@ class GPT(nn.Module):
         x = self.wte(idx)
         if self.embed_mult != 1.0:
             x = x * self.embed_mult
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            x = block(x, self.alibi)
+            if recompute:
+                x = torch.utils.checkpoint.checkpoint(block, x, self.alibi, use_reentrant=False)
+            else:
+                x = block(x, self.alibi)
         x = self.ln_f(x)
         logits = F.linear(x, self.wte.weight)
         if self.logit_mult != 1.0:
             logits = logits * self.logit_mult
+        if self.cfg.padded_vocab_size != self.cfg.vocab_size:
+            logits = logits.masked_fill(self.vocab_pad_mask(logits.device), float("-inf"))
         if targets is None:
             return logits, None
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
         return logits, loss
 
+    def vocab_pad_mask(self, device: torch.device) -> torch.Tensor:
+        """``(padded_vocab_size,)`` bool, true on the padding ids."""
+        return torch.arange(self.cfg.padded_vocab_size, device=device) >= self.cfg.vocab_size
+
     def num_params(self, non_embedding: bool = False) -> int:
-        """Parameters, the tied embedding counted once (works on the meta device)."""
+        """Parameters, the tied (padded) embedding counted once (works on the meta device)."""
         n = sum(p.numel() for p in self.parameters())
         return n - self.wte.weight.numel() if non_embedding else n
 
