@@ -30,7 +30,7 @@ def parse_count(text: str | None) -> int | None:
 
 
 @click.command(name="train")
-@click.argument("mix_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("mix_dir", required=False, type=click.Path(exists=True, file_okay=False))
 @click.option("--model", "model", default="tiny", show_default=True,
               help="Preset (tiny, 111m, 256m, 590m, 1.3b) or a YAML file shaped like conf/models/*.yaml.")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Run directory.")
@@ -59,13 +59,21 @@ def parse_count(text: str | None) -> int | None:
 @click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in the run directory.")
 @click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile (default: on CUDA only).")
 @click.option("--threads", type=int, help="torch CPU threads for a local run (default: torch's choice).")
-def train_command(mix_dir: str, model: str, output: str, max_steps: int | None, tokens: str | None,
+@click.option("--phases", "phases_file", type=click.Path(exists=True, dir_okay=False),
+              help="YAML list of phases {mix, tokens or steps, seq_len, train: all|embeddings} trained in order "
+                   "under one LR schedule (instead of MIX_DIR).")
+@click.option("--init-from", type=click.Path(exists=True, file_okay=False),
+              help="Continual pretraining: start from this run's final checkpoint (fresh optimizer and schedule).")
+@click.option("--eval-seq-lens", help="Also report final per-source bits per byte at these context lengths, "
+                                      "with and without ALiBi slope interpolation, e.g. 128,256,512.")
+def train_command(mix_dir: str | None, model: str, output: str, max_steps: int | None, tokens: str | None,
                   eval_interval: int, eval_sequences: int, seed: int, lr: float | None, schedule: str | None,
                   warmup_steps: int | None, batch_size: int | None, micro_batch: int | None,
                   seq_len: int | None, attention: str | None, mup: bool | None,
                   checkpoint_interval: int | None, device: str | None, ray_address: str | None,
                   num_workers: int, cpus_per_worker: int | None, use_gpu: bool, resume: bool,
-                  compile_: bool | None, threads: int | None) -> None:
+                  compile_: bool | None, threads: int | None, phases_file: str | None = None,
+                  init_from: str | None = None, eval_seq_lens: str | None = None) -> None:
     """Train MIX_DIR's model preset, evaluating loss and bits per byte on each source's held-out set.
 
     Writes RUN/train_log.jsonl, RUN/eval_log.jsonl, RUN/metrics.json, RUN/checkpoints/ and RUN/model/.
@@ -74,11 +82,18 @@ def train_command(mix_dir: str, model: str, output: str, max_steps: int | None, 
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from slimpipe.train.phases import recipe_inputs
+
+    try:
+        mix_dir, phases, seq_lens = recipe_inputs(mix_dir, phases_file, eval_seq_lens)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
     cfg = TrainConfig(mix_dir=mix_dir, out_dir=output, model=model, max_steps=max_steps, tokens=parse_count(tokens),
                       eval_interval=eval_interval, eval_sequences=eval_sequences, seed=seed, lr=lr,
                       schedule=schedule, warmup_steps=warmup_steps, batch_size=batch_size, micro_batch=micro_batch,
                       seq_len=seq_len, attention=attention, mup=mup, checkpoint_interval=checkpoint_interval,
-                      device=device, resume=resume, compile=compile_, threads=threads)
+                      device=device, resume=resume, compile=compile_, threads=threads,
+                      phases=phases, init_from=init_from, eval_seq_lens=seq_lens)
     try:
         metrics = launch(cfg, ray_address=ray_address, num_workers=num_workers, use_gpu=use_gpu,
                          cpus_per_worker=cpus_per_worker)
