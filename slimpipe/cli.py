@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "mix": ("slimpipe.mix.command:mix_command", "Build a SlimPajama-DC (or custom) mix, tokenized and packed.", "#5"),
     "train": ("slimpipe.train.command:train_command", "Train one model on one mix and evaluate it per source.", "#6"),
     "compare": ("slimpipe.report.command:compare_command", "Compare trained runs in one report.", "#7"),
+    "propose": ("slimpipe.propose.command:propose_command", "Propose the next mix from proxy runs (RegMix / mixing laws).", "#13"),
     "demo": ("slimpipe.demo:demo_command", "The whole mission end to end on the embedded sample.", "#7"),
 }
 

@@ -26,7 +26,7 @@ from slimpipe.config import conf_dir
 from slimpipe.sources import SOURCES, normalise_source
 
 PRESET_NAMES: tuple[str, ...] = ("dc1", "dc2", "dc3", "dc4", "dc5", "dc6", "redpajama")
-_KEYS = {"name", "description", "weights", "reference"}
+_KEYS = {"name", "description", "weights", "reference", "prediction"}  # prediction: written by `slimpipe propose`, informative only
 
 
 class MixConfigError(ValueError):

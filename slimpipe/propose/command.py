@@ -1,0 +1,72 @@
+"""``slimpipe propose SLIMPAJAMA_DIR -o OUT``: learn the next mix from proxy runs (RegMix / Data Mixing
+Laws), score it against DC-6 and the natural mix, and write it as a mix file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from slimpipe.mix.command import TokenCount
+
+
+@click.command("propose")
+@click.argument("slimpajama_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-o", "--output", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder: proposed.yaml, report.md, plots, the proxies' mixes and runs.")
+@click.option("--proxies", default=16, show_default=True, type=click.IntRange(min=4),
+              help="Proxy mixtures to train (the natural mix and DC-6 are among them).")
+@click.option("--tokens", default="131072", show_default=True, type=TokenCount(),
+              help="Training tokens of each proxy (also each proxy mix's budget).")
+@click.option("--model", default="tiny", show_default=True, help="Proxy model preset or YAML.")
+@click.option("--objective", default="mean", show_default=True,
+              help="mean (per-source bits per byte), total (pooled), or weights like 'wikipedia=2,c4=1'.")
+@click.option("--max-epochs", default=4.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="No source may repeat more than this many epochs of what it has, in any proxy or the proposal.")
+@click.option("--concentration", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Dirichlet concentration per source around the natural shares (1 = RegMix's spread).")
+@click.option("--tokenizer", default="train", show_default=True,
+              help="train (byte-level BPE on the data, shared by every proxy), gpt2, or a tokenizer/mix folder.")
+@click.option("--vocab-size", default=4096, show_default=True, type=click.IntRange(min=257),
+              help="Vocabulary of --tokenizer train.")
+@click.option("--seq-len", default=128, show_default=True, type=click.IntRange(min=8),
+              help="Packed sequence length of the proxy mixes (the proxy model's context).")
+@click.option("--eval-tokens", default="32k", show_default=True, type=TokenCount(allow_zero=True),
+              help="Evaluation tokens per source (the same sequences score every proxy).")
+@click.option("--bootstrap", default=100, show_default=True, type=click.IntRange(min=10),
+              help="Bootstrap refits for the proposal's interval.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seeds the draws, the proxies and the fit.")
+@click.option("--ray-address", default=None, help="Attach to a Ray cluster (default: a private local one).")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+def propose_command(slimpajama_dir: Path, out: Path, proxies: int, tokens: int, model: str, objective: str,
+                    max_epochs: float, concentration: float, tokenizer: str, vocab_size: int, seq_len: int,
+                    eval_tokens: int, bootstrap: int, seed: int, ray_address: str | None, quiet: bool) -> None:
+    """Train PROXIES small models on Dirichlet mixtures of SLIMPAJAMA_DIR, fit per-source bits per byte
+    against the weights, and propose the mix that minimises --objective within --max-epochs."""
+    from slimpipe.propose.job import ProposeOptions, run_propose
+    from slimpipe.propose.optimize import parse_objective
+    from slimpipe.propose.sample import ProposalError
+
+    if objective not in ("mean", "total"):
+        try:  # check the spelling before any work; source names are checked against the data later
+            parse_objective(objective, [k.split("=")[0].strip() for k in objective.split(",")], {})
+        except ProposalError as exc:
+            raise click.BadParameter(str(exc), param_hint="--objective") from None
+
+    def warn(msg: str) -> None:
+        click.echo(f"warning: {msg}", err=True)
+
+    opt = ProposeOptions(proxies=proxies, tokens=tokens, model=model, objective=objective, seed=seed,
+                         max_epochs=max_epochs, concentration=concentration, tokenizer=tokenizer,
+                         vocab_size=vocab_size, seq_len=seq_len, eval_tokens=eval_tokens, bootstrap=bootstrap,
+                         ray_address=ray_address, quiet=quiet, warn=warn)
+    try:
+        p = run_propose(slimpajama_dir, out, opt)
+    except ProposalError as exc:
+        raise click.ClickException(str(exc)) from None
+    pred = p["predicted"]["proposed"]
+    click.echo("proposed: " + ", ".join(f"{s} {v:.2f}%" for s, v in p["weights_pct"].items() if v > 0))
+    click.echo(f"predicted {p['objective']['description']}: {pred['objective']:.4f} "
+               f"[{pred['objective_ci95'][0]:.4f}, {pred['objective_ci95'][1]:.4f}]; fit {p['chosen']}, "
+               f"held-out Spearman {next(r['spearman'] for r in p['cv'] if r['family'] == p['chosen']):.3f}")
+    click.echo(f"wrote {out / 'proposed.yaml'} and {out / 'report.md'}")
