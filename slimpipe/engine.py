@@ -23,6 +23,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, quiet: b
     if address:
         kwargs["address"] = address
     else:
+        # "local": a private Ray even when another instance runs on this machine (never attach silently)
+        kwargs["address"] = "local"
         kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
         kwargs["include_dashboard"] = False
         # A laptop default: do not let the object store claim a third of RAM for small jobs.

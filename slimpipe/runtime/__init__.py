@@ -1,0 +1,20 @@
+"""A small runtime for slimpipe's jobs: a workspace of intermediates on any storage, steps run as Ray
+tasks by one executor (resume, memory requests, retries, cleanup), and a bounded shuffle.
+
+* :mod:`slimpipe.runtime.workspace` — where a job's intermediates live (``OUT/_work`` or ``--scratch``),
+  array/table I/O through :mod:`slimpipe.storage`, and each step's committed manifest.
+* :mod:`slimpipe.runtime.executor` — the step protocol and the one Ray wait loop.
+* :mod:`slimpipe.runtime.shuffle` — one file per map task holding all its partitions.
+"""
+
+from slimpipe.runtime.executor import Executor, Step, TaskContext
+from slimpipe.runtime.shuffle import (
+           ShuffleInputMissing,
+           read_partition,
+           read_table_partition,
+           write_partitioned,
+)
+from slimpipe.runtime.workspace import Workspace
+
+__all__ = ["Executor", "ShuffleInputMissing", "Step", "TaskContext", "Workspace", "read_partition",
+           "read_table_partition", "write_partitioned"]

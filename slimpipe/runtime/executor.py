@@ -1,0 +1,130 @@
+"""The step protocol and the one executor that runs steps as Ray tasks.
+
+A **step** is a name, a task function and one argument tuple per task. Each task is called as
+``fn(ctx, *args)`` with a :class:`TaskContext` (the workspace, the step, the task's index) and returns a
+small JSON-able dict. Its inputs are named in its arguments, which the driver takes from earlier steps'
+committed manifests (never from a listing); its outputs are files it commits through the workspace.
+
+The executor runs each step once:
+
+* **resume** — a task whose marker ``<step>/task00042.json`` exists is not run again, and a step whose
+  manifest ``<step>.done.json`` exists is skipped without touching Ray. Every task is deterministic,
+  so a job killed at any point and run again ends with the same bytes.
+* **resources** — each task asks Ray for ``num_cpus`` and ``memory`` bytes (capped to what one node
+  has), so Ray never packs more tasks on a node than its memory holds. Tasks lost with their node are
+  retried (``max_retries``).
+* **environment** — the driver's storage environment (endpoint and credentials, see
+  :func:`slimpipe.storage.storage_env`) is forwarded to the tasks, so every node reaches the same store.
+* **stats** — seconds per step, and the files and bytes each step left in the workspace.
+* **cleanup** — :meth:`Executor.cleanup` deletes the workspace when the job has succeeded, unless the
+  user asked to keep intermediates.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from slimpipe import storage
+from slimpipe.progress import Progress
+from slimpipe.runtime.workspace import Workspace
+
+
+@dataclass
+class TaskContext:
+    ws: Workspace
+    step: str
+    index: int
+
+
+@dataclass
+class Step:
+    name: str
+    fn: Callable[..., dict]
+    args: list[tuple] = field(default_factory=list)
+    unit: str = "tasks"
+    num_cpus: float = 1
+    memory: int = 0  # bytes one task may hold at its peak; 0 = no request
+
+
+def _run_task(ws: Workspace, step: str, index: int, fn: Callable[..., dict], args: tuple) -> dict:
+    marker = ws.path(step, f"task{index:05d}.json")
+    if storage.exists(marker):
+        return storage.read_json(marker)
+    ws.files_written = ws.bytes_written = 0
+    result = dict(fn(TaskContext(ws, step, index), *args))
+    result["_io"] = {"files": ws.files_written, "bytes": ws.bytes_written}
+    storage.write_json_atomic(marker, result)
+    return result
+
+
+class Executor:
+    """Runs a job's steps on the current Ray; ``timings`` and ``intermediates`` hold the stats."""
+
+    def __init__(self, ws: Workspace, label: str, progress: bool = True, max_retries: int = 3):
+        self.ws, self.label, self.progress, self.max_retries = ws, label, progress, max_retries
+        self.timings: dict[str, float] = {}
+        self.intermediates: dict[str, dict[str, int]] = {}
+        self._memory_cap: int | None = None
+
+    def _cap(self, memory: int) -> int:
+        import ray
+
+        if self._memory_cap is None:
+            nodes = [n for n in ray.nodes() if n.get("Alive")]
+            per_node = [n.get("Resources", {}).get("memory", 0) for n in nodes]
+            self._memory_cap = int(0.8 * min(per_node)) if per_node and min(per_node) > 0 else 0
+        return min(memory, self._memory_cap) if self._memory_cap else 0
+
+    def run(self, step: Step) -> list[dict]:
+        """Run (or resume, or skip) one step; returns every task's result in task order."""
+        import ray
+
+        if (done := self.ws.done(step.name)) is not None:
+            self._record(step.name, done)
+            return done["results"]
+        start = time.perf_counter()
+        options: dict = {"num_cpus": step.num_cpus, "max_retries": self.max_retries}
+        if step.memory and (mem := self._cap(step.memory)):
+            options["memory"] = mem
+        if env := storage.storage_env():
+            options["runtime_env"] = {"env_vars": env}
+        remote = ray.remote(_run_task).options(**options)
+        refs = [remote.remote(self.ws, step.name, i, step.fn, args) for i, args in enumerate(step.args)]
+        results = self.wait(refs, f"{self.label}: {step.name}", step.unit)
+        manifest = {
+            "results": results,
+            "seconds": round(time.perf_counter() - start, 3),
+            "intermediates": {"files": sum(r["_io"]["files"] for r in results),
+                              "bytes": sum(r["_io"]["bytes"] for r in results),
+                              "markers": len(results)},
+        }
+        self.ws.commit(step.name, manifest)
+        self._record(step.name, manifest)
+        return results
+
+    def wait(self, refs: list, label: str, unit: str = "tasks") -> list:
+        """The one Ray wait loop: results in submission order, progress as they finish."""
+        import ray
+
+        index = {r: i for i, r in enumerate(refs)}
+        results: list = [None] * len(refs)
+        with Progress(label, total=len(refs), unit=unit, enabled=self.progress) as bar:
+            pending = list(refs)
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=min(len(pending), 64), timeout=1.0)
+                for r in ready:
+                    results[index[r]] = ray.get(r)
+                if ready:
+                    bar.update(len(ready))
+        return results
+
+    def _record(self, name: str, manifest: dict) -> None:
+        self.timings[name] = manifest.get("seconds", 0.0)
+        self.intermediates[name] = dict(manifest.get("intermediates", {}))
+
+    def cleanup(self, keep_intermediates: bool = False) -> None:
+        """After success: delete the workspace unless asked to keep it."""
+        if not keep_intermediates:
+            self.ws.delete()
