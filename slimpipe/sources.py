@@ -1,11 +1,15 @@
-"""The seven RedPajama sources: canonical short names, SlimPajama set names, and file-name inference.
+"""Source names: RedPajama's seven (canonical short names, SlimPajama set names, aliases) and any other.
 
-One table so that readers, writers, mixes and reports all agree on what a source is called.
+One module so that readers, writers, mixes and reports all agree on what a source is called. Any name
+is a source: RedPajama's seven keep their short names (``common_crawl``) and SlimPajama set names
+(``RedPajamaCommonCrawl``); every other source (``arabic_web``, ``starcoder``) keeps its own name,
+lower-cased, everywhere (shards, reports, mixes, per-source evaluation).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 # canonical short name -> SlimPajama's ``meta.redpajama_set_name``
@@ -18,7 +22,7 @@ SET_NAMES: dict[str, str] = {
     "wikipedia": "RedPajamaWikipedia",
     "stackexchange": "RedPajamaStackExchange",
 }
-SOURCES: tuple[str, ...] = tuple(SET_NAMES)
+SOURCES: tuple[str, ...] = tuple(SET_NAMES)  # RedPajama's seven, in SlimPajama's order
 SOURCE_OF_SET_NAME: dict[str, str] = {v: k for k, v in SET_NAMES.items()}
 
 # Aliases seen in file names and in records' ``meta.source`` / top-level ``source``.
@@ -40,62 +44,116 @@ _ALIASES: dict[str, str] = {
     "stack_exchange": "stackexchange",
     "se": "stackexchange",
 }
+_ALIASES.update({k.lower(): v for k, v in SOURCE_OF_SET_NAME.items()})
 
-_EXTENSIONS = (".jsonl.zst", ".jsonl.zstd", ".json.zst", ".jsonl", ".json", ".parquet", ".zst")
+_EXTENSIONS = (".jsonl.zst", ".jsonl.zstd", ".json.zst", ".jsonl.gz", ".json.gz", ".jsonl", ".json", ".parquet",
+               ".zst")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.\-]{0,63}$")
+# Tokens that say nothing about a source: shard numbers, CC snapshots, splits, "sample".
+_NOISE = re.compile(r"^(\d+|\d{4}-\d{2}|part|shard|chunk|sample|head|middle|tail|en|train|test|validation|val)$")
+_GENERIC = {"part", "shard", "chunk", "data", "train", "test", "validation", "val", "valid", "sample", "file",
+            "output", "input", "docs", "documents", "dataset", "corpus", "example", "records", "text", "jsonl"}
+
+
+def clean_name(name: str) -> str | None:
+    """A user's source name as slimpipe keeps it (lower case, spaces as ``_``), or None if it is no name.
+
+    A name is at most 64 letters, digits, ``_``, ``-`` and ``.``: it becomes a folder name, so a URL
+    or a path (``/``, ``:``) is not a name.
+    """
+    key = re.sub(r"\s+", "_", name.strip().lower())
+    return key if _NAME.match(key) and key not in (".", "..") else None
+
+
+def _known(key: str) -> str | None:
+    """One of the seven, when ``key`` (lower case) is an alias, or an alias followed by noise (``cc_2019-30``)."""
+    if key in _ALIASES:
+        return _ALIASES[key]
+    tokens = [t for t in re.split(r"[_\-.\s]+", key) if t]
+    if tokens and tokens[0] in _ALIASES and all(_NOISE.match(t) for t in tokens[1:]):
+        return _ALIASES[tokens[0]]
+    return None
 
 
 def normalise_source(name: str) -> str | None:
-    """Map any spelling of a source (alias, set name, ``cc/2019-30/...``) to its canonical name."""
-    if not name:
+    """Map a source name to the name slimpipe uses: one of the seven for an alias or set name
+    (``cc``, ``RedPajamaBook``, ``cc/2019-30/...``), else the cleaned name itself; None for a non-name."""
+    if not isinstance(name, str) or not name.strip():
         return None
     if name in SOURCE_OF_SET_NAME:
         return SOURCE_OF_SET_NAME[name]
     key = name.strip().lower()
-    if key in _ALIASES:
-        return _ALIASES[key]
-    head = re.split(r"[/_\-.]", key, maxsplit=1)[0]
-    return _ALIASES.get(head)
+    known = _known(key)
+    if known:
+        return known
+    if "/" in key:  # CommonCrawl's "cc/2019-30/en_head_0000.json.gz/line1": the head names it
+        return _known(key.split("/", 1)[0])
+    return clean_name(key)
+
+
+def set_name(source: str) -> str:
+    """The ``meta.redpajama_set_name`` written for ``source``: SlimPajama's for the seven, else its own name."""
+    return SET_NAMES.get(source, source)
+
+
+def sort_sources(names: Iterable[str]) -> list[str]:
+    """RedPajama's seven first in SlimPajama's order, then every other source alphabetically."""
+    order = {s: i for i, s in enumerate(SOURCES)}
+    return sorted(set(names), key=lambda s: (order.get(s, len(order)), s))
+
+
+def _stem(name: str) -> str:
+    name = name.lower()
+    for ext in _EXTENSIONS:
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def _user_name(cand: str) -> str | None:
+    """``perturbed_sample`` -> perturbed, ``arabic_web-00003`` -> arabic_web; generic names give None."""
+    cand = re.split(r"[_\-.]sample\b", cand, maxsplit=1)[0]
+    cand = re.sub(r"([_\-.]?(part|shard|chunk)?[_\-.]?\d+)+$", "", cand)
+    name = clean_name(cand) if cand else None
+    if name is None or name in _GENERIC or not re.search(r"[a-z]", name):
+        return None
+    return name
 
 
 def source_from_filename(path: str | Path) -> str | None:
-    """Infer the source from a file name such as ``cc_2019-30_sample.jsonl.zst`` or ``arxiv_0.jsonl``.
+    """Infer the source from a path below an input root.
 
-    Parent folder names are tried too (``github/part-0.parquet``), innermost first.
+    RedPajama's names win anywhere in the path (``cc_2019-30_sample.jsonl.zst``, ``arxiv_0.jsonl``,
+    ``common_crawl/2019-30/en_head_0000.json.gz.dedup.classifier.jsonl.zst``, ``RedPajamaC4/part-0.parquet``);
+    otherwise the file's own name (the part before ``_sample`` or a shard number), then its folders,
+    innermost first. ``part-00001.jsonl`` alone names nothing (None).
     """
     p = Path(path)
-    name = p.name.lower()
-    for ext in _EXTENSIONS:
-        if name.endswith(ext):
-            name = name[: -len(ext)]
-            break
-    candidates = [name] + [part.lower() for part in reversed(p.parent.parts)]
-    set_names = {k.lower(): v for k, v in SOURCE_OF_SET_NAME.items()}
+    candidates = [_stem(p.name)] + [part.lower() for part in reversed(p.parent.parts)]
     for cand in candidates:
-        if cand in set_names:
-            return set_names[cand]
-        if cand in _ALIASES:
-            return _ALIASES[cand]
-        for token in re.split(r"[_\-.\s]+", cand):
-            if token in _ALIASES:
-                return _ALIASES[token]
+        known = _known(cand)
+        if known:
+            return known
+    for cand in candidates:
+        name = _user_name(cand)
+        if name:
+            return name
     return None
 
 
 def source_from_record(record: dict) -> str | None:
-    """Infer the source from a record: SlimPajama's set name, RedPajama's ``meta.source``, CC's top-level ``source``."""
+    """Infer the source from a record: its ``meta.redpajama_set_name``, then ``meta.source``, then
+    CommonCrawl's top-level shape (``source: "cc/..."`` or ``pred_label`` + ``wiki_prob``)."""
     meta = record.get("meta")
     if isinstance(meta, dict):
-        set_name = meta.get("redpajama_set_name")
-        if isinstance(set_name, str) and set_name in SOURCE_OF_SET_NAME:
-            return SOURCE_OF_SET_NAME[set_name]
-        src = meta.get("source")
-        if isinstance(src, str):
-            found = normalise_source(src)
+        for key in ("redpajama_set_name", "source"):
+            value = meta.get(key)
+            found = normalise_source(value) if isinstance(value, str) else None
             if found:
                 return found
     src = record.get("source")
     if isinstance(src, str):
-        found = normalise_source(src)
+        found = _known(src.strip().lower().split("/", 1)[0]) if "/" in src else normalise_source(src)
         if found:
             return found
     if "pred_label" in record and "wiki_prob" in record:

@@ -91,8 +91,8 @@ def test_source_from_records_and_common_crawl_shape(tmp_path: Path) -> None:
 def test_folder_input_uses_relative_paths_in_ids(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    _write_jsonl(tmp_path / "a" / "github_sample.jsonl", _records(2))
-    _write_jsonl(tmp_path / "b" / "github_sample.jsonl", _records(3))
+    _write_jsonl(tmp_path / "a" / "github_sample.jsonl", [{"text": LONG}] * 2)
+    _write_jsonl(tmp_path / "b" / "github_sample.jsonl", [{"text": LONG}] * 3)
     docs, _, _ = read_all([tmp_path])
     ids = docs.column("id").to_pylist()
     assert len(ids) == len(set(ids)) == 5
@@ -164,7 +164,7 @@ def test_truncated_zstd_keeps_complete_lines_and_reports_truncation(tmp_path: Pa
 
 def test_empty_file_and_unreadable_files(tmp_path: Path) -> None:
     (tmp_path / "c4_sample.jsonl").write_bytes(b"")
-    (tmp_path / "github_sample.jsonl.zst").write_bytes(b"this is not zstd at all")
+    (tmp_path / "github_sample.jsonl.zst").write_bytes(b"\x28\xb5\x2f\xfd then not zstd at all")
     (tmp_path / "book_sample.parquet").write_bytes(b"PAR1 garbage")
     gone = tmp_path / "wikipedia_sample.jsonl"
     _write_jsonl(gone, _records(1))
@@ -192,8 +192,10 @@ def test_discover_errors_name_the_path(tmp_path: Path) -> None:
     (tmp_path / "x.csv").write_text("a,b")
     with pytest.raises(InputError, match="unsupported file type"):
         discover_files([tmp_path / "x.csv"])
-    with pytest.raises(InputError, match="unknown source"):
-        discover_files([tmp_path], source="klingon")
+    _write_jsonl(tmp_path / "c4_sample.jsonl", _records(1))
+    with pytest.raises(InputError, match="not a source name"):
+        discover_files([tmp_path], source="https://example.com/x")
+    assert {f.source for f in discover_files([tmp_path], source="Klingon")} == {"klingon"}
 
 
 def test_byte_ranges_give_the_same_documents_and_ids(tmp_path: Path) -> None:
@@ -211,7 +213,7 @@ def test_ray_data_reads_in_parallel_with_side_outputs(tmp_path: Path, ray_sessio
     from slimpipe.io.ray_source import collect_side_outputs, read_documents
 
     _write_jsonl(tmp_path / "arxiv_sample.jsonl", _records(20))
-    _write_jsonl(tmp_path / "github_sample.jsonl.zst", _records(30), zst=True)
+    _write_jsonl(tmp_path / "github_sample.jsonl.zst", _records(30, "github"), zst=True)
     (tmp_path / "c4_sample.jsonl").write_text('{"text": 1}\n' + json.dumps({"text": LONG}) + "\n")
     side = tmp_path / "side"
     ds = read_documents([str(tmp_path)], side_dir=str(side))
@@ -308,7 +310,8 @@ def test_reads_all_of_redpajama_mini(redpajama_mini: Path, ray_session) -> None:
     for name, n in README_COUNTS.items():  # the README's table, so a corpus change fails loudly here
         assert re.search(rf"\| {re.escape(name)} \| {n:,} \|", readme), name
     result = scan([redpajama_mini], progress=False)
-    assert {f["file"]: f["accepted"] for f in result["files"]} == README_COUNTS
+    assert {f["file"]: f["accepted"] for f in result["files"] if f["status"] != "skipped"} == README_COUNTS
+    assert [(f["file"], f["status"]) for f in result["files"] if f["status"] == "skipped"] == [("README.md", "skipped")]
     assert result["rejected"] == 0 and result["read"] == 26217
     src = result["sources"]
     assert src["common_crawl"]["docs"] == 457 + 469 and src["wikipedia"]["docs"] == 22001
@@ -321,7 +324,11 @@ def test_folders_skip_underscore_and_dot_entries(tmp_path: Path) -> None:
     _write_jsonl(tmp_path / "_meta" / "ground_truth.jsonl", [{"id": "x"}])
     _write_jsonl(tmp_path / ".c4_sample.jsonl.tmp.jsonl", _records(1))
     (tmp_path / "manifest.json").write_text("{}")
-    assert [f.rel for f in discover_files([tmp_path])] == ["c4_sample.jsonl"]
+    files = discover_files([tmp_path])
+    assert [f.rel for f in files if not f.skip] == ["c4_sample.jsonl"]
+    # a file that is not data is not read, and says so
+    assert [(f.rel, f.skip) for f in files if f.skip] == [("manifest.json", "not a data file (.jsonl, "
+                                                          ".jsonl.zst, .jsonl.gz, .parquet)")]
     # named explicitly, a file is read whatever its name
     assert [f.rel for f in discover_files([tmp_path / "_meta" / "ground_truth.jsonl"])] == ["ground_truth.jsonl"]
 
@@ -340,3 +347,113 @@ def test_parent_folders_above_the_root_do_not_name_the_source(tmp_path: Path) ->
     assert docs.column("source").to_pylist() == ["github", "wikipedia"]
     docs, _, _ = read_all([tmp_path / "arxiv_sample.jsonl"], source="book")
     assert docs.column("source").to_pylist() == ["book", "book"]
+
+
+# ------------------------------------------------------------------------------------------------
+# awkward inputs (#15 item 1, #10 bad input, #10 item 4)
+
+
+def test_symlinked_files_and_folders_are_followed_and_a_loop_is_named(tmp_path: Path) -> None:
+    data = tmp_path / "elsewhere" / "wiki_dump"
+    data.mkdir(parents=True)
+    _write_jsonl(data / "wikipedia_sample.jsonl", [{"text": LONG}] * 5)
+    _write_jsonl(tmp_path / "elsewhere" / "c4_sample.jsonl", [{"text": LONG}] * 2)
+    root = tmp_path / "sources"
+    root.mkdir()
+    _write_jsonl(root / "arxiv_sample.jsonl", [{"text": LONG}] * 3)
+    (root / "wiki").symlink_to(data, target_is_directory=True)  # a symlinked data folder
+    (root / "c4_sample.jsonl").symlink_to(tmp_path / "elsewhere" / "c4_sample.jsonl")  # a symlinked file
+    (root / "wiki" / "again").symlink_to(root, target_is_directory=True)  # a loop back to the root
+    (root / "gone.jsonl").symlink_to(tmp_path / "nowhere.jsonl")  # a broken link
+    docs, rejects, stats = read_all([root])
+    by_source = {s: docs.column("source").to_pylist().count(s) for s in set(docs.column("source").to_pylist())}
+    assert by_source == {"arxiv": 3, "c4": 2, "wikipedia": 5}
+    assert "wikipedia/wiki/wikipedia_sample.jsonl:0" in docs.column("id").to_pylist()
+    status = {s.file: (s.status, s.error) for s in stats}
+    assert status["wiki/again"][0] == "skipped" and "symlink loop" in status["wiki/again"][1]
+    assert status["gone.jsonl"][0] == "unreadable" and "broken symlink" in status["gone.jsonl"][1]
+    assert sorted(r for r in rejects.column("file").to_pylist()) == ["gone.jsonl", "wiki/again"]
+
+
+def test_compression_comes_from_magic_bytes_not_the_name(tmp_path: Path) -> None:
+    import gzip
+
+    recs = [{"text": LONG}] * 4
+    _write_jsonl(tmp_path / "c4_sample.jsonl.zst", recs)  # plain text named .zst
+    _write_jsonl(tmp_path / "github_sample.jsonl", recs, zst=True)  # zstd named .jsonl
+    (tmp_path / "book_sample.jsonl.zst").write_bytes(gzip.compress(b"".join((json.dumps(r) + "\n").encode()
+                                                                            for r in recs)))
+    pq.write_table(pa.Table.from_pylist(recs), tmp_path / "arxiv_sample.jsonl")  # parquet named .jsonl
+    docs, rejects, stats = read_all([tmp_path])
+    assert rejects.num_rows == 0, rejects.to_pylist()
+    assert {s.file: s.accepted for s in stats} == {"c4_sample.jsonl.zst": 4, "github_sample.jsonl": 4,
+                                                   "book_sample.jsonl.zst": 4, "arxiv_sample.jsonl": 4}
+    # a zstd file named .jsonl is not cut into byte ranges as if it were plain text
+    big = split_ranges(discover_files([tmp_path / "github_sample.jsonl"]), target_bytes=16)
+    assert len(big) == 1
+
+
+def test_a_record_nested_10000_deep_is_one_counted_reject(tmp_path: Path) -> None:
+    deep = '{"text": "x", "meta": ' + "[" * 10_000 + "]" * 10_000 + "}"
+    lines = [json.dumps({"text": LONG}), deep, json.dumps({"text": LONG})]
+    path = tmp_path / "c4_sample.jsonl.zst"
+    path.write_bytes(zstandard.ZstdCompressor().compress(("\n".join(lines) + "\n").encode()))
+    docs, rejects, (s,) = read_all([path])
+    assert docs.column("line").to_pylist() == [0, 2]
+    assert rejects.column("line").to_pylist() == [1]
+    assert "nested too deeply" in rejects.column("reason")[0].as_py()
+    assert s.status == "ok" and s.read == 3 and s.rejected == 1
+
+
+def test_a_huge_record_is_one_counted_reject_and_not_held(tmp_path: Path, monkeypatch) -> None:
+    from slimpipe.io import readers
+
+    monkeypatch.setattr(readers, "MAX_RECORD_BYTES", 100_000)
+    huge = json.dumps({"text": "y" * 3_000_000})  # 30x the limit, across several read chunks
+    lines = [json.dumps({"text": LONG}), huge, json.dumps({"text": LONG}), huge]
+    for zst in (False, True):
+        path = _write_jsonl(tmp_path / f"c4_sample_{zst}.jsonl", [], zst=False)
+        data = ("\n".join(lines)).encode()  # no newline at the end: the last line is huge too
+        path.write_bytes(zstandard.ZstdCompressor().compress(data) if zst else data)
+        docs, rejects, (s,) = read_all([path])
+        assert docs.column("line").to_pylist() == [0, 2]
+        assert rejects.column("line").to_pylist() == [1, 3]
+        assert all(r.startswith("record too large: 3,000,012 bytes") for r in rejects.column("reason").to_pylist())
+        assert s.read == 4 and s.rejected == 2 and s.status == "ok"
+
+
+@pytest.mark.parametrize(
+    "name, source",
+    [
+        ("perturbed_sample.jsonl.zst", "perturbed"),
+        ("arabic_web.jsonl", "arabic_web"),
+        ("starcoder/part-00003.parquet", "starcoder"),
+        ("Arabic_Web-00012.jsonl.gz", "arabic_web"),
+        ("code_search_net.jsonl", "code_search_net"),  # not github although it starts with an alias
+        ("cc_news_sample.jsonl", "cc_news"),
+        ("data/part-00001.jsonl", None),
+    ],
+)
+def test_any_file_name_names_a_source(name: str, source: str | None) -> None:
+    assert source_from_filename(name) == source
+
+
+def test_any_source_name_is_kept_everywhere_it_is_read(tmp_path: Path) -> None:
+    _write_jsonl(tmp_path / "perturbed_sample.jsonl.zst", [{"text": LONG}] * 2, zst=True)
+    _write_jsonl(tmp_path / "part-0.jsonl", [
+        {"text": LONG, "meta": {"redpajama_set_name": "arabic_web"}},  # a SlimPajama shard of a user source
+        {"text": LONG, "meta": {"source": "StarCoder"}},
+        {"text": LONG, "meta": {"source": "https://example.com/page"}},  # a URL names nothing
+        {"text": LONG, "source": "cc/2019-30/en_head_0000.json.gz/line7", "pred_label": "x", "wiki_prob": 0.1},
+    ])
+    docs, rejects, _ = read_all([tmp_path])
+    assert docs.column("source").to_pylist() == ["arabic_web", "starcoder", "common_crawl",
+                                                 "perturbed", "perturbed"]
+    assert rejects.column("line").to_pylist() == [2]
+    assert "cannot infer source" in rejects.column("reason")[0].as_py()
+    # RedPajama's seven keep their set names; every other source writes its own
+    from slimpipe.sources import normalise_source, set_name, sort_sources
+
+    assert set_name("book") == "RedPajamaBook" and set_name("arabic_web") == "arabic_web"
+    assert normalise_source("RedPajamaBook") == "book" and normalise_source("arabic_web") == "arabic_web"
+    assert sort_sources(["zulu", "arxiv", "common_crawl", "alpha"]) == ["common_crawl", "arxiv", "alpha", "zulu"]

@@ -13,24 +13,19 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 
-from slimpipe.sources import (
-    SOURCE_OF_SET_NAME,
-    SOURCES,
-    normalise_source,
-    source_from_filename,
-    source_from_record,
-)
+from slimpipe.sources import normalise_source, source_from_filename, source_from_record
 
 DOC_SCHEMA = pa.schema(
     [
         ("id", pa.string()),  # "source/file:line", stable across runs
-        ("source", pa.string()),  # canonical source name (slimpipe.sources.SOURCES)
+        ("source", pa.string()),  # source name (slimpipe.sources: one of the seven, or the data's own)
         ("file", pa.string()),  # path relative to the input root it was found under
         ("line", pa.int64()),  # 0-based line (jsonl) or row (parquet)
         ("text", pa.large_string()),
@@ -48,9 +43,12 @@ REJECT_SCHEMA = pa.schema(
     ]
 )
 
-SUPPORTED_SUFFIXES = (".jsonl", ".jsonl.zst", ".jsonl.zstd", ".json.zst", ".parquet")
+SUPPORTED_SUFFIXES = (".jsonl", ".jsonl.zst", ".jsonl.zstd", ".json.zst", ".jsonl.gz", ".json.gz", ".parquet")
 _READ_CHUNK = 1 << 20
 _EXCERPT = 160
+MAX_RECORD_BYTES = 256 << 20  # a longer line is one counted reject, skipped without holding it in memory
+# A file's content is recognised by its first bytes, whatever its name says.
+_MAGIC = ((b"\x28\xb5\x2f\xfd", "jsonl.zst"), (b"PAR1", "parquet"), (b"\x1f\x8b", "jsonl.gz"))
 
 
 class InputError(ValueError):
@@ -69,6 +67,7 @@ class InputFile:
     end: int | None = None  # exclusive byte offset / row group; None = to the end
     first_line: int = 0  # line number of the first line in the range
     forced: bool = False  # source given by the user (--source): it beats anything a record says
+    skip: str | None = None  # why this entry is not read (broken symlink, symlink loop, not a data file)
 
     @property
     def size(self) -> int:
@@ -84,7 +83,7 @@ class FileStats:
 
     file: str
     source: str | None
-    status: str = "ok"  # ok | empty | truncated | unreadable
+    status: str = "ok"  # ok | empty | truncated | unreadable | skipped
     read: int = 0
     accepted: int = 0
     rejected: int = 0
@@ -97,42 +96,61 @@ class FileStats:
 
 
 def file_format(path: str | Path) -> str | None:
+    """The format a file's name promises (None: not a data file); :func:`sniff_format` has the last word."""
     name = str(path).lower()
     if name.endswith(".parquet"):
         return "parquet"
     if name.endswith((".jsonl.zst", ".jsonl.zstd", ".json.zst")):
         return "jsonl.zst"
+    if name.endswith((".jsonl.gz", ".json.gz")):
+        return "jsonl.gz"
     if name.endswith(".jsonl"):
         return "jsonl"
     return None
 
 
+def sniff_format(path: str, fallback: str) -> str:
+    """The format from a file's first bytes (zstd ``28 B5 2F FD``, Parquet ``PAR1``, gzip ``1F 8B``), else
+    plain JSON lines; ``fallback`` (the name's) for an empty or unopenable file, whose error comes later."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return fallback
+    if not head:
+        return fallback
+    return next((fmt for magic, fmt in _MAGIC if head.startswith(magic)), "jsonl")
+
+
 def discover_files(paths: list[str | Path], source: str | None = None) -> list[InputFile]:
-    """Expand files and folders (recursively) into a sorted, de-duplicated list of inputs.
+    """Expand files and folders (recursively, following symlinks) into a sorted, de-duplicated list.
 
     Inside folders, names starting with ``.`` or ``_`` are skipped (temporary files, ``_work``,
     ``_meta`` sidecars, ``_SUCCESS``), as Spark and Hadoop tools do; a file named explicitly is always read.
-    Raises :class:`InputError` naming the path when a path is missing or a folder holds no readable
-    file: that is a user mistake worth stopping for, unlike a bad record.
+    Every other entry that is not read comes back with ``skip`` set to the reason (a broken symlink, a
+    symlink loop, a file that is not ``.jsonl``/``.jsonl.zst``/``.parquet``), so reading it yields a
+    ``skipped`` or ``unreadable`` :class:`FileStats` that every report names.
+    Raises :class:`InputError` naming the path when a path is missing or a folder holds no data file:
+    that is a user mistake worth stopping for, unlike a bad record.
     """
     forced = None
     if source is not None:
         forced = normalise_source(source)
         if forced is None:
-            raise InputError(f"unknown source {source!r}; expected one of {', '.join(SOURCES)}")
+            raise InputError(f"--source {source!r} is not a source name (letters, digits, _ - . only)")
     found: dict[str, InputFile] = {}
     for raw in paths:
         p = Path(raw)
         if not p.exists():
-            raise InputError(f"input not found: {p}")
+            why = "broken symlink" if p.is_symlink() else "input not found"
+            raise InputError(f"{why}: {p}")
         if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file() and file_format(f)
-                           and not any(part.startswith((".", "_")) for part in f.relative_to(p).parts))
-            if not files:
+            entries = list(_walk(p, p, {os.path.realpath(p)}, set()))
+            if not any(skip is None for _, _, skip in entries):
                 raise InputError(f"no .jsonl, .jsonl.zst or .parquet files under {p}")
-            for f in files:
-                rel = f.relative_to(p).as_posix()
-                found.setdefault(str(f.resolve()), _input_file(f, rel, forced))
+            for f, rel, skip in entries:
+                key = str(f) if skip else str(f.resolve())
+                found.setdefault(key, _input_file(f, rel, forced, skip))
         else:
             if file_format(p) is None:
                 raise InputError(f"unsupported file type: {p} (expected {', '.join(SUPPORTED_SUFFIXES)})")
@@ -140,9 +158,50 @@ def discover_files(paths: list[str | Path], source: str | None = None) -> list[I
     return sorted(found.values(), key=lambda f: (f.rel, f.path))
 
 
-def _input_file(path: Path, rel: str, forced: str | None) -> InputFile:
+def _walk(d: Path, root: Path, chain: set[str], seen: set[str]) -> Iterator[tuple[Path, str, str | None]]:
+    """(path, path below root, skip reason or None) for every entry under ``d``, symlinks followed.
+
+    ``chain`` holds the real paths of the folders from the root down to ``d``: a symlink back into it is a
+    loop, named and not followed. ``seen`` folders (reached twice through symlinks) are walked once.
+    """
+    try:
+        entries = sorted(os.scandir(d), key=lambda e: e.name)
+    except OSError as exc:
+        yield d, d.relative_to(root).as_posix(), f"unreadable folder: {exc.strerror or exc}"
+        return
+    for e in entries:
+        if e.name.startswith((".", "_")):
+            continue
+        path = Path(e.path)
+        rel = path.relative_to(root).as_posix()
+        try:
+            st = os.stat(path)  # follows symlinks
+        except OSError as exc:
+            target = os.readlink(path) if path.is_symlink() else ""
+            why = "symlink loop" if exc.errno == 40 else "broken symlink" if target else "unreadable"
+            yield path, rel, f"{why}: {rel}" + (f" -> {target}" if target else "") + f" ({exc.strerror})"
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            real = os.path.realpath(path)
+            if real in chain:
+                yield path, rel, f"symlink loop: {rel} -> {os.readlink(path) if path.is_symlink() else real} " \
+                                 "(a folder that contains itself, not followed)"
+            elif real not in seen:
+                seen.add(real)
+                yield from _walk(path, root, chain | {real}, seen)
+        elif not stat.S_ISREG(st.st_mode):
+            yield path, rel, "not a regular file"
+        elif file_format(path) is None:
+            yield path, rel, "not a data file (.jsonl, .jsonl.zst, .jsonl.gz, .parquet)"
+        else:
+            yield path, rel, None
+
+
+def _input_file(path: Path, rel: str, forced: str | None, skip: str | None = None) -> InputFile:
     # Only the part of the path below the input root names the source: a parent such as
     # /data/c4-runs/ says nothing about the files under it.
+    if skip:
+        return InputFile(path=str(path), rel=rel, source=forced, fmt="", forced=forced is not None, skip=skip)
     return InputFile(path=str(path.resolve()), rel=rel, source=forced or source_from_filename(rel),
                      fmt=file_format(path) or "", forced=forced is not None)
 
@@ -157,7 +216,7 @@ def split_ranges(files: list[InputFile], target_bytes: int = 256 << 20) -> list[
     out: list[InputFile] = []
     for f in files:
         size = f.size
-        if f.fmt != "jsonl" or size <= target_bytes:
+        if f.fmt != "jsonl" or f.skip or size <= target_bytes or sniff_format(f.path, f.fmt) != "jsonl":
             out.append(f)
             continue
         with open(f.path, "rb") as fh:
@@ -186,26 +245,70 @@ class TruncatedInput(Exception):
     """The compressed stream ended in the middle of a frame."""
 
 
-def _raw_lines(f: InputFile) -> Iterator[bytes]:
-    """Yield the raw lines (without newline) of a jsonl or jsonl.zst file or range.
+class _TooLong(bytes):
+    """Stands for a line longer than :data:`MAX_RECORD_BYTES`: its first bytes, and its length."""
+
+    size: int = 0
+
+
+def _raw_lines(f: InputFile, fmt: str) -> Iterator[bytes]:
+    """Yield the raw lines (without newline) of a jsonl, jsonl.zst or jsonl.gz file or range.
 
     A zstd stream is decompressed frame by frame so that a truncated last frame is *detected*
-    (``TruncatedInput`` after the complete lines), not silently taken as the end of the file.
+    (``TruncatedInput`` after the complete lines), not silently taken as the end of the file. A line
+    longer than :data:`MAX_RECORD_BYTES` is not held in memory: it comes out as a :class:`_TooLong`.
     """
+    limit = MAX_RECORD_BYTES
     with open(f.path, "rb") as fh:
-        if f.fmt == "jsonl.zst":
+        if fmt == "jsonl.zst":
             chunks = _zstd_chunks(fh)
+        elif fmt == "jsonl.gz":
+            chunks = _gzip_chunks(fh)
         else:
             chunks = _plain_chunks(fh, f.start, f.end)
-        pending = b""
+        pending: list[bytes] = []
+        plen = 0
         for chunk in chunks:
             if not chunk:
                 continue
-            parts = (pending + chunk).split(b"\n")
-            pending = parts.pop()
-            yield from parts
-        if pending:
-            yield pending
+            parts = chunk.split(b"\n")
+            for i, part in enumerate(parts):
+                if plen <= limit:
+                    pending.append(part)
+                plen += len(part)
+                if i == len(parts) - 1:
+                    break  # the last part continues in the next chunk
+                yield _line(pending, plen, limit)
+                pending, plen = [], 0
+        if plen:
+            yield _line(pending, plen, limit)
+
+
+def _line(pieces: list[bytes], n: int, limit: int) -> bytes:
+    if n <= limit:
+        return b"".join(pieces)
+    out = _TooLong(b"".join(pieces)[:_EXCERPT])
+    out.size = n
+    return out
+
+
+def _gzip_chunks(fh) -> Iterator[bytes]:
+    import zlib
+
+    dobj = None  # the gzip member being decompressed; several members may follow each other
+    while True:
+        block = fh.read(_READ_CHUNK)
+        if not block:
+            break
+        while block:
+            if dobj is None:
+                dobj = zlib.decompressobj(wbits=31)
+            out = dobj.decompress(block)
+            if out:
+                yield out
+            block, dobj = (dobj.unused_data, None) if dobj.eof else (b"", dobj)
+    if dobj is not None:
+        raise TruncatedInput("compressed stream ends in the middle of a gzip member (truncated file?)")
 
 
 def _plain_chunks(fh, start: int, end: int | None) -> Iterator[bytes]:
@@ -250,7 +353,8 @@ def _check_record(obj, file_source: str | None, forced: bool = False) -> tuple[s
     """Return (text, source, reason); reason is None when the record is accepted.
 
     Source precedence: ``--source``; the record's own ``meta.redpajama_set_name`` (explicit, per
-    record: a SlimPajama shard mixes sources); the file name; the record's other hints.
+    record: a SlimPajama shard mixes sources); its ``meta.source`` or CommonCrawl's top-level shape; the
+    file name. Any name is accepted (:mod:`slimpipe.sources`).
     """
     if not isinstance(obj, dict):
         return None, file_source, f"record is a JSON {type(obj).__name__}, not an object"
@@ -265,13 +369,9 @@ def _check_record(obj, file_source: str | None, forced: bool = False) -> tuple[s
         text.encode("utf-8")
     except UnicodeEncodeError:
         return None, file_source, "text holds a lone surrogate (not encodable as UTF-8)"
-    if forced:
-        source = file_source
-    else:
-        meta = obj.get("meta")
-        set_name = meta.get("redpajama_set_name") if isinstance(meta, dict) else None
-        source = (SOURCE_OF_SET_NAME.get(set_name) if isinstance(set_name, str) else None) or file_source \
-            or source_from_record(obj)
+    # Any name is a source: what the record says (its set name, then meta.source or CommonCrawl's shape)
+    # comes before the file's name, which now names almost any file.
+    source = file_source if forced else (source_from_record(obj) or file_source)
     if source is None:
         return None, None, "cannot infer source from file name or record (name the file after its source, or pass --source)"
     return text, source, None
@@ -351,11 +451,18 @@ def read_batches(
     """
     stats = FileStats(file=f.rel, source=f.source)
     b = _BatchBuilder(f, stats, max_rows, max_bytes)
+    if f.skip:
+        bad = f.skip.startswith(("broken", "unreadable"))
+        stats.status, stats.error = ("unreadable" if bad else "skipped"), f.skip
+        b.reject(-1, f.source, f"{stats.status}: {f.skip}", count=False)
+        yield None, b.reject_batch(), stats
+        return
     try:
-        if f.fmt == "parquet":
+        fmt = sniff_format(f.path, f.fmt) if f.start == 0 else f.fmt
+        if fmt == "parquet":
             gen = _parquet_records(f, b)
         else:
-            gen = _jsonl_records(f, b)
+            gen = _jsonl_records(f, b, fmt)
         for batch in gen:
             yield batch, None, None
     except TruncatedInput as exc:
@@ -378,10 +485,13 @@ def read_batches(
     yield None, b.reject_batch(), stats
 
 
-def _jsonl_records(f: InputFile, b: _BatchBuilder) -> Iterator[pa.RecordBatch]:
+def _jsonl_records(f: InputFile, b: _BatchBuilder, fmt: str) -> Iterator[pa.RecordBatch]:
     line = f.first_line - 1
-    for raw in _raw_lines(f):
+    for raw in _raw_lines(f, fmt):
         line += 1
+        if isinstance(raw, _TooLong):
+            b.reject(line, f.source, f"record too large: {raw.size:,} bytes (limit {MAX_RECORD_BYTES:,})", raw)
+            continue
         if raw.endswith(b"\r"):
             raw = raw[:-1]
         if not raw.strip():
@@ -394,14 +504,19 @@ def _jsonl_records(f: InputFile, b: _BatchBuilder) -> Iterator[pa.RecordBatch]:
             continue
         try:
             obj = json.loads(s)
+            text, source, reason = _check_record(obj, f.source, f.forced)
+            meta = _meta_json(obj) if reason is None else ""
         except ValueError as exc:
-            b.reject(line, f.source, f"malformed JSON: {exc.msg} at column {exc.colno}", raw)
+            b.reject(line, f.source, f"malformed JSON: {getattr(exc, 'msg', exc)} at column {getattr(exc, 'colno', '?')}",
+                     raw)
             continue
-        text, source, reason = _check_record(obj, f.source, f.forced)
+        except RecursionError:
+            b.reject(line, f.source, "malformed JSON: nested too deeply", raw)
+            continue
         if reason is not None:
             b.reject(line, source, reason, raw)
             continue
-        out = b.accept(line, text, source, _meta_json(obj))
+        out = b.accept(line, text, source, meta)
         if out is not None:
             yield out
 
