@@ -451,6 +451,12 @@ def _train(cfg: TrainConfig, device: torch.device | str | None, on_eval: Callabl
         metrics.update(final_document_eval(eval_model, eval_sets, cfg.mix_dir, out, seq_len=plan.seq_len,
                                            batch_size=eval_batch, device=dev, autocast_dtype=autocast_dtype,
                                            write=rank == 0))
+    if cfg.eval_seq_lens and eval_sets:  # ALiBi at other context lengths, with/without slope interpolation
+        from slimpipe.train.interp import context_length_eval
+
+        metrics["context_length"] = context_length_eval(
+            model, eval_sets, cfg.eval_seq_lens, train_seq_len=plan.seq_len, mix_dir=cfg.mix_dir,
+            batch_size=eval_batch, device=dev, autocast_dtype=autocast_dtype, plot_dir=out if rank == 0 else None)
     if rank == 0:
         _write_json(out / "metrics.json", metrics)
         if cfg.export:
