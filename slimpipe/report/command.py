@@ -11,15 +11,19 @@ import click
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Report folder.")
 def compare_command(runs: tuple[Path, ...], out: Path) -> None:
-    """Compare trained runs (``slimpipe train`` outputs): per-source bits per byte, winners, curves,
-    provenance; several seeds of one mix are summarised as mean ± spread."""
+    """Compare trained runs (``slimpipe train`` outputs): per-source bits per byte, rows keyed by the full
+    training configuration (seeds inside a row), a paired bootstrap 95% interval on every difference,
+    curves, provenance. Runs on different evaluation sets are never ranked together."""
     from slimpipe.report.compare import CompareError, write_compare_report
 
     try:
         report = write_compare_report(list(runs), out)
     except CompareError as exc:
         raise click.ClickException(str(exc)) from exc
-    w = report["winners"].get("total")
-    if w:
-        click.echo(f"best overall: {w['winner']} ({w['bpb']:.4f} bits per byte)")
+    for warning in report["warnings"]:
+        click.echo(f"warning: {warning}", err=True)
+    from slimpipe.report.render import headline
+
+    for line in headline(report):
+        click.echo(line.replace("**", ""))
     click.echo(f"report: {out / 'report.md'}")

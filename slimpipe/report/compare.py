@@ -1,11 +1,18 @@
-"""``slimpipe compare RUN... -o REPORT``: the effect of each mix (and of global vs local dedup) in one report.
+"""``slimpipe compare RUN... -o REPORT``: the effect of each mix (and of global vs local dedup), controlled.
 
-Every figure comes from a run's own files: ``metrics.json`` (final per-source bits per byte),
-``eval_log.jsonl`` and ``train_log.jsonl`` (curves), ``config.json`` (which mix, which seed) and the mix's
-``manifest.json`` (mix weights, tokenizer identity, the dataset it was drawn from, whose own manifest
-says how it was deduplicated). Runs of one mix and dataset with several seeds are one row, mean ± spread
-(sample standard deviation), and a winner whose lead is within the seed spread is flagged as such.
-Bits per byte is tokenizer-independent, so it is the only quantity compared across tokenizers.
+Every figure comes from a run's own files: ``metrics.json`` (per-document bits per byte under
+``eval_docs``, the evaluation set's hash under ``eval_set``), ``eval_losses.npz`` (each evaluation
+document's loss), ``eval_log.jsonl`` / ``train_log.jsonl`` (curves), ``config.json`` (configuration and
+seed) and the mix's ``manifest.json`` (weights, epochs, tokenizer, the dataset and its dedup mode).
+
+* A **row** is one full training configuration (mix, dedup mode, dataset, eval set, tokenizer, model,
+  tokens, learning rate, sequence length, schedule); only the seed varies inside it, and a repeated
+  seed is refused with one line naming the runs.
+* Rows scored on different evaluation sets are never ranked against each other: each set gets its own
+  table and the report opens with a warning.
+* Every difference stated (each row against the best, global against local) carries a paired bootstrap
+  95% interval (:mod:`slimpipe.report.stats`); one that covers 0 reads "no detectable difference" and is
+  never bolded.
 """
 
 from __future__ import annotations
@@ -17,8 +24,14 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from slimpipe.io.writers import atomic_write_bytes, atomic_write_json
+from slimpipe.report.stats import RowLosses, difference
 from slimpipe.sources import SOURCES
+
+# the configuration fields that key a row (only the seed may vary inside one)
+CONFIG_KEYS = ("mix", "dedup", "dataset", "eval_set", "tokenizer", "model", "tokens", "lr", "seq_len", "schedule")
 
 
 class CompareError(ValueError):
@@ -28,7 +41,7 @@ class CompareError(ValueError):
 @dataclass
 class Run:
     path: Path
-    label: str  # "<mix> (<dedup mode>)"
+    label: str  # "<mix> (<dedup mode>)", made unique per configuration by :func:`compare`
     mix: str
     dedup: str
     seed: int | None
@@ -36,8 +49,17 @@ class Run:
     dataset: str
     mix_weights: dict[str, float]
     metrics: dict
+    config: dict = field(default_factory=dict)  # CONFIG_KEYS -> value
+    mix_manifest: dict = field(default_factory=dict)
+    losses: dict | None = None  # per source {"nll", "tokens", "bytes"} arrays, when the run saved them
     eval_log: list[dict] = field(default_factory=list)
     train_log: list[dict] = field(default_factory=list)
+
+    @property
+    def eval(self) -> dict:
+        """Per-document evaluation when the run has it, else the packed-window one."""
+        docs = self.metrics.get("eval_docs")
+        return docs if docs and "sources" in docs else self.metrics["eval"]
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -51,6 +73,8 @@ def _json(path: Path) -> dict:
         return json.loads(path.read_text())
     except FileNotFoundError as exc:
         raise CompareError(f"{path.parent}: missing {path.name} (is this a finished `slimpipe train` run?)") from exc
+    except ValueError as exc:
+        raise CompareError(f"{path}: not valid JSON ({exc})") from exc
 
 
 def load_run(path: str | Path) -> Run:
@@ -58,6 +82,7 @@ def load_run(path: str | Path) -> Run:
     metrics = _json(path / "metrics.json")
     config = _json(path / "config.json")
     train_cfg = config.get("train", config)
+    plan = config.get("plan", {})
     mix_dir = Path(train_cfg["mix_dir"])
     mix_manifest = _json(mix_dir / "manifest.json")
     mix = mix_manifest.get("mix", {})
@@ -74,9 +99,24 @@ def load_run(path: str | Path) -> Run:
     if dataset_manifest.is_file():
         dm = json.loads(dataset_manifest.read_text())
         dedup = (dm.get("dedup") or {}).get("mode", "?")
+    eval_set = metrics.get("eval_set") or mix_manifest.get("eval_set")
+    model = plan.get("preset") or train_cfg.get("model")
+    if plan.get("model"):
+        model = f"{model}:{hashlib.sha256(json.dumps(plan['model'], sort_keys=True).encode()).hexdigest()[:8]}"
+    schedule = {k: plan.get(k) for k in ("schedule", "warmup_steps", "min_lr_ratio", "global_batch") if k in plan}
+    cfg = {"mix": name, "dedup": dedup, "dataset": str(dataset), "eval_set": eval_set, "tokenizer": str(tokenizer),
+           "model": model, "tokens": metrics.get("tokens"), "lr": plan.get("lr", train_cfg.get("lr")),
+           "seq_len": plan.get("seq_len", train_cfg.get("seq_len")),
+           "schedule": json.dumps(schedule, sort_keys=True) if schedule else train_cfg.get("schedule")}
+    losses = None
+    if (path / "eval_losses.npz").is_file():
+        from slimpipe.train.evaluate import load_document_losses
+
+        losses, _meta = load_document_losses(path / "eval_losses.npz")
     return Run(path=path, label=f"{name} ({dedup})", mix=name, dedup=dedup, seed=train_cfg.get("seed"),
-               tokenizer=str(tokenizer), dataset=str(dataset), mix_weights=weights, metrics=metrics,
-               eval_log=_read_jsonl(path / "eval_log.jsonl"), train_log=_read_jsonl(path / "train_log.jsonl"))
+               tokenizer=str(tokenizer), dataset=str(dataset), mix_weights=weights, metrics=metrics, config=cfg,
+               mix_manifest=mix_manifest, losses=losses, eval_log=_read_jsonl(path / "eval_log.jsonl"),
+               train_log=_read_jsonl(path / "train_log.jsonl"))
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:
@@ -86,56 +126,45 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
     return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
 
 
-def compare(runs: list[Run]) -> dict:
-    """The comparison as plain data (what ``report.json`` holds)."""
-    if not runs:
-        raise CompareError("no runs to compare")
+def _rows(runs: list[Run]) -> dict[str, list[Run]]:
+    """Group runs by configuration; label each group, adding the fields that tell same-named groups apart."""
     groups: dict[str, list[Run]] = defaultdict(list)
     for r in runs:
-        groups[r.label].append(r)
-    columns = [s for s in SOURCES if any(s in r.metrics["eval"]["sources"] for r in runs)]
-    rows = {}
-    for label, rs in groups.items():
-        row: dict = {"mix": rs[0].mix, "dedup": rs[0].dedup, "seeds": [r.seed for r in rs],
-                     "runs": [str(r.path) for r in rs], "weights": rs[0].mix_weights,
-                     "tokenizer": rs[0].tokenizer, "dataset": rs[0].dataset, "bpb": {}}
-        for col in columns + ["total", "mean"]:
-            vals = [_bpb(r, col) for r in rs]
-            vals = [v for v in vals if v is not None]
-            if vals:
-                m, sd = _mean_std(vals)
-                row["bpb"][col] = {"mean": m, "std": sd, "n": len(vals), "values": vals}
-        rows[label] = row
-    winners = {}
-    for col in columns + ["total", "mean"]:
-        cands = sorted((row["bpb"][col]["mean"], label) for label, row in rows.items() if col in row["bpb"])
-        if not cands:
-            continue
-        best, label = cands[0]
-        entry = {"winner": label, "bpb": best}
-        if len(cands) > 1:
-            second, label2 = cands[1]
-            spread = max(rows[label]["bpb"][col]["std"], rows[label2]["bpb"][col]["std"])
-            entry.update(runner_up=label2, margin=second - best, seed_spread=spread,
-                         within_seed_spread=(second - best) <= spread if spread > 0 else None)
-        winners[col] = entry
-    tokenizers = sorted({r.tokenizer for r in runs})
-    dedup_effect = _dedup_effect(rows)
-    return {
-        "kind": "slimpipe-compare",
-        "runs": len(runs),
-        "columns": columns,
-        "rows": rows,
-        "winners": winners,
-        "tokenizers": tokenizers,
-        "same_tokenizer": len(tokenizers) == 1,
-        "dedup_effect": dedup_effect,
-        "provenance": _fingerprint(runs),
-    }
+        groups[json.dumps([r.config.get(k) for k in CONFIG_KEYS], default=str)].append(r)
+    by_label: dict[str, list[list[Run]]] = defaultdict(list)
+    for rs in groups.values():
+        by_label[rs[0].label].append(rs)
+    out: dict[str, list[Run]] = {}
+    for label, gs in by_label.items():
+        differing = [k for k in CONFIG_KEYS if len({json.dumps(g[0].config.get(k), default=str) for g in gs}) > 1]
+        for g in gs:
+            name = label if len(gs) == 1 else label + " [" + ", ".join(
+                f"{k}={str(g[0].config.get(k))[:12]}" for k in differing) + "]"
+            for r in g:
+                r.label = name
+            seeds = [r.seed for r in g]
+            dup = sorted({s for s in seeds if seeds.count(s) > 1}, key=str)
+            if dup:
+                names = ", ".join(str(r.path) for r in g if r.seed in dup)
+                raise CompareError(f"seed {dup[0]} repeated in one configuration ({name}): {names}")
+            out[name] = g
+    return out
+
+
+def _row_losses(rs: list[Run]) -> RowLosses | None:
+    """The row's per-document losses, seeds stacked, when every seed saved them on the same documents."""
+    if any(r.losses is None for r in rs):
+        return None
+    sources = [s for s in rs[0].losses if all(s in r.losses for r in rs)]
+    for s in sources:
+        if any(not np.array_equal(r.losses[s]["bytes"], rs[0].losses[s]["bytes"]) for r in rs):
+            return None
+    return RowLosses(seeds=[r.seed for r in rs], nll={s: np.stack([r.losses[s]["nll"] for r in rs]) for s in sources},
+                     bytes={s: rs[0].losses[s]["bytes"] for s in sources})
 
 
 def _bpb(run: Run, col: str) -> float | None:
-    ev = run.metrics["eval"]
+    ev = run.eval
     if col == "total":
         return ev.get("total", {}).get("bpb")
     if col == "mean":
@@ -144,18 +173,157 @@ def _bpb(run: Run, col: str) -> float | None:
     return s.get("bpb") if s else None
 
 
-def _dedup_effect(rows: dict) -> list[dict]:
-    """The same mix trained on globally and on locally deduplicated data: global minus local bpb."""
-    by_mix: dict[str, dict[str, dict]] = defaultdict(dict)
-    for row in rows.values():
-        by_mix[row["mix"]][row["dedup"]] = row
+def compare(runs: list[Run], replicates: int = 2000) -> dict:
+    """The comparison as plain data (what ``report.json`` holds)."""
+    if not runs:
+        raise CompareError("no runs to compare")
+    groups = _rows(runs)
+    warnings: list[str] = []
+    eval_sets: dict[str, list[str]] = defaultdict(list)
+    for label, rs in groups.items():
+        eval_sets[str(rs[0].config.get("eval_set"))].append(label)
+    if len(eval_sets) > 1:
+        warnings.append(f"runs were scored on {len(eval_sets)} different evaluation sets ("
+                        + "; ".join(f"{k[:12]}: {', '.join(v)}" for k, v in eval_sets.items())
+                        + "): each set has its own table and no difference across sets is stated")
+    if "None" in eval_sets:
+        warnings.append("runs without a recorded evaluation set: " + ", ".join(str(r.path) for rs in groups.values()
+                        for r in rs if r.config.get("eval_set") is None))
+    kinds = {("document" if r.metrics.get("eval_docs", {}).get("sources") else "packed windows") for r in runs}
+    if len(kinds) > 1:
+        warnings.append("some runs have per-document bits per byte and some only packed-window figures: "
+                        "the two are not the same quantity")
+    all_cols = [s for s in [*SOURCES, *sorted({s for r in runs for s in r.eval["sources"]} - set(SOURCES))]
+                if any(s in r.eval["sources"] for r in runs)]
+    rows: dict[str, dict] = {}
+    losses: dict[str, RowLosses | None] = {}
+    for label, rs in groups.items():
+        rs.sort(key=lambda r: (r.seed is None, r.seed))
+        ev0 = rs[0].eval["sources"]
+        row: dict = {**{k: rs[0].config.get(k) for k in CONFIG_KEYS}, "seeds": [r.seed for r in rs],
+                     "runs": [str(r.path) for r in rs], "weights": rs[0].mix_weights,
+                     "epochs": {s: e.get("epochs") for s, e in rs[0].mix_manifest.get("sources", {}).items()
+                                if isinstance(e, dict) and e.get("epochs")},
+                     "eval_size": {s: {k: ev0[s].get(k) for k in ("docs", "tokens", "bytes")} for s in ev0},
+                     "bpb": {}}
+        for col in all_cols + ["total", "mean"]:
+            vals = [v for v in (_bpb(r, col) for r in rs) if v is not None]
+            if vals:
+                m, sd = _mean_std(vals)
+                row["bpb"][col] = {"mean": m, "std": sd, "n": len(vals), "values": vals}
+        rows[label] = row
+        losses[label] = _row_losses(rs)
+    cache: dict[tuple[str, str], dict | None] = {}
+
+    def diff(a: str, b: str) -> dict | None:
+        if (a, b) not in cache:
+            la, lb = losses[a], losses[b]
+            try:
+                cache[(a, b)] = difference(la, lb, replicates=replicates) if la and lb else None
+            except ValueError:
+                cache[(a, b)] = None
+        return cache[(a, b)]
+
+    tables = []
+    for es, labels in eval_sets.items():
+        winners = {}
+        for col in all_cols + ["total", "mean"]:
+            cands = sorted((rows[lb]["bpb"][col]["mean"], lb) for lb in labels if col in rows[lb]["bpb"])
+            if not cands:
+                continue
+            best, label = cands[0]
+            entry: dict = {"winner": label, "bpb": best, "detectable": False}
+            if len(cands) > 1:
+                second, label2 = cands[1]
+                d = diff(label2, label)
+                entry.update(runner_up=label2, margin=second - best)
+                if d and col in d["columns"]:
+                    c = d["columns"][col]
+                    entry.update(ci95=c["ci95"], detectable=c["detectable"] and c["diff"] > 0,
+                                 paired_docs=d["paired_docs"], paired_seeds=d["paired_seeds"])
+                else:
+                    entry["ci95"] = None  # no per-document losses: no interval, so never a stated winner
+            winners[col] = entry
+        best_total = winners.get("total", {}).get("winner")
+        for lb in labels:
+            if best_total and lb != best_total:
+                d = diff(lb, best_total)
+                rows[lb]["vs_best"] = {"against": best_total, **(
+                    {"columns": d["columns"], "paired_docs": d["paired_docs"], "paired_seeds": d["paired_seeds"]}
+                    if d else {"columns": {}, "note": "no per-document losses: no interval"})}
+        tables.append({"eval_set": None if es == "None" else es, "rows": labels, "winners": winners})
+    main = max(tables, key=lambda t: len(t["rows"]))
+    tokenizers = sorted({r.tokenizer for r in runs})
+    return {
+        "kind": "slimpipe-compare",
+        "runs": len(runs),
+        "columns": [c for c in all_cols if any(c in rows[lb]["bpb"] for lb in main["rows"])],
+        "rows": rows,
+        "winners": main["winners"],
+        "tables": tables,
+        "warnings": warnings,
+        "tokenizers": tokenizers,
+        "same_tokenizer": len(tokenizers) == 1,
+        "dedup_effect": _dedup_effect(rows, diff),
+        "pairing": _pairing(groups, runs),
+        "missing_eval": _missing_eval(runs, all_cols),
+        "bpb_definition": next((r.metrics["eval_docs"].get("definition") for r in runs
+                                if r.metrics.get("eval_docs", {}).get("definition")), None),
+        "provenance": _fingerprint(runs),
+    }
+
+
+def _dedup_effect(rows: dict, diff) -> list[dict]:
+    """Rows equal in everything but dedup mode and dataset: global minus local, with its interval."""
+    by_key: dict[str, dict[str, str]] = defaultdict(dict)
+    for label, row in rows.items():
+        key = json.dumps([row.get(k) for k in CONFIG_KEYS if k not in ("dedup", "dataset")], default=str)
+        by_key[key][row["dedup"]] = label
     out = []
-    for mix, modes in sorted(by_mix.items()):
+    for modes in by_key.values():
         if "global" in modes and "local" in modes:
-            g, lo = modes["global"]["bpb"], modes["local"]["bpb"]
-            cols = [c for c in g if c in lo]
-            out.append({"mix": mix, "delta_bpb": {c: g[c]["mean"] - lo[c]["mean"] for c in cols},
-                        "seed_spread": {c: max(g[c]["std"], lo[c]["std"]) for c in cols}})
+            g, lo = modes["global"], modes["local"]
+            gb, lb = rows[g]["bpb"], rows[lo]["bpb"]
+            cols = [c for c in gb if c in lb]
+            d = diff(g, lo)
+            entry = {"mix": rows[g]["mix"], "global": g, "local": lo,
+                     "delta_bpb": {c: gb[c]["mean"] - lb[c]["mean"] for c in cols},
+                     "columns": d["columns"] if d else {}, "paired_docs": bool(d and d["paired_docs"]),
+                     "paired_seeds": bool(d and d["paired_seeds"])}
+            out.append(entry)
+    return sorted(out, key=lambda e: e["mix"])
+
+
+def _pairing(groups: dict[str, list[Run]], runs: list[Run]) -> dict:
+    """Which pairing the intervals could use, and whether a shared seed means shared init and data order."""
+    seed_sets = {tuple(sorted(str(r.seed) for r in rs)) for rs in groups.values()}
+    same_seeds = len(seed_sets) == 1
+    models = {(r.config.get("model"), r.metrics.get("n_params")) for r in runs}
+    n_seqs = set()
+    for r in runs:
+        cfg = _json(r.path / "config.json") if (r.path / "config.json").is_file() else {}
+        n_seqs.add(((cfg.get("mix") or {}).get("train") or {}).get("n_sequences"))
+    return {"same_seeds_in_every_row": same_seeds, "seeds": sorted(seed_sets)[0] if same_seeds else None,
+            "same_init": same_seeds and len(models) == 1 and len({r.tokenizer for r in runs}) == 1,
+            "same_data_order": same_seeds and len(n_seqs) == 1 and None not in n_seqs}
+
+
+def _missing_eval(runs: list[Run], cols: list[str]) -> dict[str, str]:
+    """Sources a mix trains on that have no evaluation figure, with the reason the mix recorded."""
+    out: dict[str, str] = {}
+    for r in runs:
+        for s, w in r.mix_weights.items():
+            if w <= 0 or s in cols or s in out:
+                continue
+            info = r.mix_manifest.get("eval", {})
+            info = info.get("validation", info) if isinstance(info, dict) else {}
+            entry = info.get(s) if isinstance(info, dict) else None
+            if isinstance(entry, dict) and entry.get("reason"):
+                out[s] = entry["reason"]
+            elif isinstance(entry, dict) and entry.get("written") is False:
+                out[s] = f"only {entry.get('tokens', 0)} evaluation tokens, less than one sequence"
+            else:
+                out[s] = "no evaluation documents for this source in the mix's evaluation set"
     return out
 
 
@@ -166,159 +334,14 @@ def _fingerprint(runs: list[Run]) -> str:
     return h.hexdigest()
 
 
-# ---------------------------------------------------------------------------------------------------- output
+def write_compare_report(run_dirs: list[str | Path], out: str | Path, replicates: int = 2000) -> dict:
+    from slimpipe.report.plots import comparison_plots
+    from slimpipe.report.render import render_markdown
 
-
-def _fmt(cell: dict | None) -> str:
-    if not cell:
-        return "–"
-    if cell["n"] > 1:
-        return f"{cell['mean']:.4f} ± {cell['std']:.4f}"
-    return f"{cell['mean']:.4f}"
-
-
-def render_markdown(r: dict, plots: list[str]) -> str:
-    cols = r["columns"] + ["total", "mean"]
-    lines = ["# Mix comparison", ""]
-    lines += _headline(r)
-    lines += ["", "## Bits per byte on each source's held-out set (lower is better)", ""]
-    if r["same_tokenizer"]:
-        lines.append("All runs share one tokenizer.")
-    else:
-        lines.append(f"Runs use {len(r['tokenizers'])} different tokenizers, so they are compared in **bits per byte "
-                     "only** (token-level loss is not comparable across tokenizers).")
-    lines += ["`total` pools every held-out token (sources weighted by size); `mean` is the unweighted mean "
-              "over sources. Several seeds: mean ± sample standard deviation. **Bold**: best in the column.", ""]
-    lines.append("| run | seeds | " + " | ".join(cols) + " |")
-    lines.append("|---|---:|" + "---:|" * len(cols))
-    for label, row in sorted(r["rows"].items(), key=lambda kv: kv[1]["bpb"].get("total", {}).get("mean", 9e9)):
-        cells = []
-        for c in cols:
-            s = _fmt(row["bpb"].get(c))
-            if r["winners"].get(c, {}).get("winner") == label:
-                s = f"**{s}**"
-            cells.append(s)
-        lines.append(f"| {label} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
-    lines += ["", "## Mixes", "", "| run | " + " | ".join(SOURCES) + " |", "|---|" + "---:|" * len(SOURCES)]
-    for label, row in sorted(r["rows"].items()):
-        w = row["weights"]
-        lines.append(f"| {label} | " + " | ".join(f"{100 * w.get(s, 0):.1f}%" for s in SOURCES) + " |")
-    lines += ["", "## Winners per column", ""]
-    for c, w in r["winners"].items():
-        note = ""
-        if w.get("within_seed_spread"):
-            note = f" — **within the seed spread** ({w['seed_spread']:.4f}) of {w['runner_up']}: not a real difference"
-        elif w.get("within_seed_spread") is False:
-            note = f" — ahead of {w['runner_up']} by {w['margin']:.4f}, more than the seed spread ({w['seed_spread']:.4f})"
-        elif "runner_up" in w:
-            note = f" — ahead of {w['runner_up']} by {w['margin']:.4f} (one seed each: spread unknown)"
-        lines.append(f"- `{c}`: {w['winner']} ({w['bpb']:.4f}){note}")
-    if r["dedup_effect"]:
-        lines += ["", "## Global vs local dedup (same mix, both datasets)", "",
-                  "Negative = the globally deduplicated data gives lower (better) bits per byte.", ""]
-        for e in r["dedup_effect"]:
-            d = e["delta_bpb"]
-            spread = e["seed_spread"].get("total", 0.0)
-            lines.append(f"- {e['mix']}: total {d.get('total', float('nan')):+.4f}, mean {d.get('mean', float('nan')):+.4f} "
-                         + (f"(seed spread {spread:.4f})" if spread > 0 else "(one seed each: spread unknown)"))
-    lines += ["", "## Provenance", "", "| run | seed(s) | dataset manifest | dedup | tokenizer | run folders |",
-              "|---|---|---|---|---|---|"]
-    for label, row in sorted(r["rows"].items()):
-        lines.append(f"| {label} | {', '.join(str(s) for s in row['seeds'])} | `{row['dataset'][:12]}` | {row['dedup']} | "
-                     f"`{row['tokenizer'][:12]}` | {', '.join(row['runs'])} |")
-    if plots:
-        lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots]
-    return "\n".join(lines) + "\n"
-
-
-def _headline(r: dict) -> list[str]:
-    w = r["winners"].get("total") or r["winners"].get("mean")
-    if not w:
-        return []
-    out = [f"**Best mix overall: {w['winner']}** — {w['bpb']:.4f} bits per byte over all held-out text."]
-    if w.get("within_seed_spread"):
-        out.append(f"Its lead over {w['runner_up']} ({w['margin']:.4f}) is within the seed spread: treat them as tied.")
-    for e in r["dedup_effect"]:
-        d = e["delta_bpb"].get("total")
-        if d is not None:
-            better = "global" if d < 0 else "local"
-            spread = e["seed_spread"].get("total", 0.0)
-            noise = (f"seed spread {spread:.4f}" + (": within it, so no real difference" if abs(d) <= spread else "")
-                     if spread > 0 else "one seed each, so the seed spread is unknown")
-            out.append(f"Global vs local dedup ({e['mix']} mix): {better} dedup is better by {abs(d):.4f} bpb ({noise}).")
-    if all(len(row["seeds"]) < 2 for row in r["rows"].values()):
-        out.append("Every mix was trained with one seed: differences this small may be noise (train with several "
-                   "seeds to see the spread).")
-    return out
-
-
-def _plots(out: Path, runs: list[Run], r: dict) -> list[str]:
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    made = []
-
-    def save(fig, name: str) -> None:
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
-        plt.close(fig)
-        atomic_write_bytes(out / "plots" / name, buf.getvalue())
-        made.append(f"plots/{name}")
-
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
-    for run in sorted(runs, key=lambda x: x.label):
-        tag = run.label + (f" s{run.seed}" if run.seed is not None else "")
-        if run.train_log:
-            a1.plot([x["tokens"] for x in run.train_log], [x["loss"] for x in run.train_log], label=tag, lw=1)
-        ev = [x for x in run.eval_log if x.get("total") and not x.get("final")]
-        fin = [x for x in run.eval_log if x.get("total") and x.get("final")]
-        line = None
-        if ev:
-            (line,) = a2.plot([x["tokens"] for x in ev], [x["total"]["bpb"] for x in ev], marker="o", label=tag, lw=1)
-        if fin:  # the final evaluation may cover more held-out text than the interval ones
-            a2.plot([x["tokens"] for x in fin], [x["total"]["bpb"] for x in fin], marker="*", ms=10, ls="none",
-                    color=line.get_color() if line else None, label=None if line else tag)
-    a1.set_xlabel("training tokens")
-    a1.set_ylabel("training loss (nats/token)")
-    a1.set_title("Training loss")
-    a2.set_xlabel("training tokens")
-    a2.set_ylabel("held-out bits per byte")
-    a2.set_title("Held-out bits per byte (★ final evaluation)")
-    a2.legend(fontsize=7)
-    fig.tight_layout()
-    save(fig, "curves.png")
-
-    labels = sorted(r["rows"])
-    cols = r["columns"]
-    if labels and cols:
-        import numpy as np
-
-        fig, ax = plt.subplots(figsize=(max(8, 1.2 * len(cols) * len(labels) / 3), 4))
-        width = 0.8 / len(labels)
-        x = np.arange(len(cols))
-        for i, label in enumerate(labels):
-            row = r["rows"][label]["bpb"]
-            vals = [row.get(c, {}).get("mean", np.nan) for c in cols]
-            errs = [row.get(c, {}).get("std", 0.0) for c in cols]
-            ax.bar(x + i * width, vals, width, yerr=errs, label=label)
-        ax.set_xticks(x + 0.4 - width / 2, cols, rotation=20)
-        ax.set_ylabel("bits per byte")
-        ax.set_title("Per-source held-out bits per byte by mix")
-        ax.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
-        save(fig, "per_source_bpb.png")
-    return made
-
-
-def write_compare_report(run_dirs: list[str | Path], out: str | Path) -> dict:
     runs = [load_run(p) for p in run_dirs]
-    r = compare(runs)
+    r = compare(runs, replicates=replicates)
     out = Path(out)
-    plots = _plots(out, runs, r)
+    plots = comparison_plots(out, runs, r)
     atomic_write_json(out / "report.json", r)
     atomic_write_bytes(out / "report.md", render_markdown(r, plots).encode())
     return r

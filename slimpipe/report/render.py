@@ -1,0 +1,164 @@
+"""``report.md`` of ``slimpipe compare``: every stated difference with its interval, sizes next to figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from slimpipe.report.stats import describe
+from slimpipe.sources import SOURCES
+
+
+def _fmt(cell: dict | None) -> str:
+    if not cell:
+        return "–"
+    if cell["n"] > 1:
+        return f"{cell['mean']:.4f} ± {cell['std']:.4f}"
+    return f"{cell['mean']:.4f}"
+
+
+def _k(n: float | None) -> str:
+    if n is None:
+        return "?"
+    return f"{n / 1000:.1f}k" if n >= 1000 else str(int(n))
+
+
+def _ci_text(col: dict | None) -> str:
+    if not col:
+        return "no interval (no per-document losses)"
+    return describe(col["diff"], col["ci95"])
+
+
+def headline(r: dict) -> list[str]:
+    """The report's first lines: warnings, global vs local with its interval, then the best mix."""
+    out = [f"**Warning: {w}.**" for w in r["warnings"]]
+    for e in r["dedup_effect"]:
+        c = e["columns"].get("total")
+        d = e["delta_bpb"].get("total")
+        if c and c["detectable"]:
+            better = "global" if c["diff"] < 0 else "local"
+            out.append(f"**Global vs local dedup ({e['mix']} mix): {better} dedup is better** — global − local = "
+                       f"{describe(c['diff'], c['ci95'])} (total bits per byte).")
+        elif c:
+            out.append(f"Global vs local dedup ({e['mix']} mix): {describe(c['diff'], c['ci95'])}, global − local "
+                       "(total bits per byte).")
+        elif d is not None:
+            out.append(f"Global vs local dedup ({e['mix']} mix): global − local = {d:+.4f} bpb; no interval "
+                       "(the runs saved no per-document losses), so no difference is claimed.")
+    w = r["winners"].get("total")
+    if w:
+        if w.get("detectable"):
+            out.append(f"**Best mix overall: {w['winner']}** — {w['bpb']:.4f} bits per byte; ahead of "
+                       f"{w['runner_up']} by {w['margin']:.4f} (95% CI [{w['ci95'][0]:+.4f}, {w['ci95'][1]:+.4f}]).")
+        elif "runner_up" in w:
+            why = (f"95% CI of the gap [{w['ci95'][0]:+.4f}, {w['ci95'][1]:+.4f}] covers 0" if w.get("ci95")
+                   else "no interval: the runs saved no per-document losses")
+            out.append(f"Best mix overall: no detectable difference — {w['winner']} ({w['bpb']:.4f}) leads "
+                       f"{w['runner_up']} by {w['margin']:.4f} ({why}).")
+        else:
+            out.append(f"Only one configuration: {w['winner']} ({w['bpb']:.4f} bits per byte).")
+    p = r["pairing"]
+    if p["same_seeds_in_every_row"]:
+        what = ["the same seeds"]
+        what += ["the same initial weights"] if p["same_init"] else []
+        what += ["the same data order"] if p["same_data_order"] else ["(data orders differ: different mix sizes)"]
+        out.append(f"Intervals are paired by evaluation document and by seed: every configuration ran with "
+                   f"{', '.join(what)}.")
+    else:
+        out.append("Configurations ran with different seeds, so intervals pair evaluation documents only.")
+    return out
+
+
+def render_markdown(r: dict, plots: list[str]) -> str:
+    lines = ["# Mix comparison", ""] + headline(r)
+    if r["same_tokenizer"]:
+        lines += ["", "All runs share one tokenizer."]
+    else:
+        lines += ["", f"Runs use {len(r['tokenizers'])} different tokenizers, so they are compared in **bits per "
+                  "byte only** (token-level loss is not comparable across tokenizers)."]
+    for t in r["tables"]:
+        lines += _table(r, t)
+    if r["missing_eval"]:
+        lines += ["", "**Sources without an evaluation figure:**", ""]
+        lines += [f"- {s}: {why}" for s, why in r["missing_eval"].items()]
+    lines += _differences(r)
+    lines += _mixes(r)
+    if r.get("bpb_definition"):
+        lines += ["", "## What bits per byte counts", "", r["bpb_definition"]]
+    lines += ["", "## Provenance", "", "| run | seed(s) | dataset manifest | eval set | dedup | tokenizer | model | "
+              "tokens | lr | run folders |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for label, row in sorted(r["rows"].items()):
+        lines.append(f"| {label} | {', '.join(str(s) for s in row['seeds'])} | `{str(row['dataset'])[:12]}` | "
+                     f"`{str(row['eval_set'])[:12]}` | {row['dedup']} | `{str(row['tokenizer'])[:12]}` | "
+                     f"{row['model']} | {row['tokens']} | {row['lr']} | {', '.join(row['runs'])} |")
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def _table(r: dict, t: dict) -> list[str]:
+    rows = r["rows"]
+    cols = [c for c in [*SOURCES, *sorted(set(r["columns"]) - set(SOURCES))]
+            if any(c in rows[lb]["bpb"] for lb in t["rows"])] + ["total", "mean"]
+    es = t["eval_set"]
+    lines = ["", f"## Bits per byte on evaluation set `{str(es)[:16]}` (lower is better)" if es
+             else "## Bits per byte on runs without a recorded evaluation set (lower is better)", ""]
+    lines += ["`total` pools every evaluation document (sources weighted by size); `mean` is the unweighted mean "
+              "over sources. Several seeds: mean ± sample standard deviation. **Bold**: best in the column *and* "
+              "its lead over the runner-up has a 95% interval that excludes 0; otherwise nothing is bold.", ""]
+    lines.append("| run | seeds | " + " | ".join(cols) + " |")
+    lines.append("|---|---:|" + "---:|" * len(cols))
+    ordered = sorted(t["rows"], key=lambda lb: rows[lb]["bpb"].get("total", {}).get("mean", 9e9))
+    for label in ordered:
+        row = rows[label]
+        cells = []
+        for c in cols:
+            s = _fmt(row["bpb"].get(c))
+            w = t["winners"].get(c, {})
+            if w.get("winner") == label and w.get("detectable"):
+                s = f"**{s}**"
+            cells.append(s)
+        lines.append(f"| {label} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
+    size = rows[ordered[0]]["eval_size"] if ordered else {}
+    sizes = [f"{_k(size[c].get('docs'))} docs / {_k(size[c].get('tokens'))} tok" if c in size else "–"
+             for c in cols[:-2]]
+    tot_docs = sum((v.get("docs") or 0) for v in size.values())
+    tot_tok = sum((v.get("tokens") or 0) for v in size.values())
+    lines.append("| *evaluation size* | | " + " | ".join(sizes) + f" | {_k(tot_docs)} docs / {_k(tot_tok)} tok | |")
+    return lines
+
+
+def _differences(r: dict) -> list[str]:
+    lines = ["", "## Differences, each with a paired bootstrap 95% interval", "",
+             "A − B in bits per byte (negative: A is better). \"no detectable difference\" = the interval covers 0."]
+    for e in r["dedup_effect"]:
+        lines += ["", f"**{e['global']} − {e['local']}** (global − local dedup; paired by document: "
+                  f"{'yes' if e['paired_docs'] else 'no'}, by seed: {'yes' if e['paired_seeds'] else 'no'}):", ""]
+        lines += [f"- {c}: {_ci_text(e['columns'].get(c))}" for c in ("total", "mean", *r["columns"])
+                  if c in e["delta_bpb"]]
+    for label, row in sorted(r["rows"].items()):
+        vb = row.get("vs_best")
+        if not vb:
+            continue
+        lines += ["", f"**{label} − {vb['against']}** (against the best in total):", ""]
+        if not vb["columns"]:
+            lines.append(f"- {vb.get('note', 'no interval')}")
+            continue
+        lines += [f"- {c}: {_ci_text(vb['columns'].get(c))}" for c in ("total", "mean", *r["columns"])
+                  if c in vb["columns"]]
+    return lines
+
+
+def _mixes(r: dict) -> list[str]:
+    srcs = [s for s in SOURCES if any(row["weights"].get(s) for row in r["rows"].values())]
+    lines = ["", "## Mixes", "", "Share of training tokens per source; ×N = epochs over that source's available "
+             "data (repetition when above 1).", "", "| run | " + " | ".join(srcs) + " |", "|---|" + "---:|" * len(srcs)]
+    for label, row in sorted(r["rows"].items()):
+        w, ep = row["weights"], row.get("epochs", {})
+        cells = []
+        for s in srcs:
+            cell = f"{100 * w.get(s, 0):.1f}%"
+            if ep.get(s):
+                cell += f" ×{ep[s]:.2f}" if ep[s] < 1 else f" **×{ep[s]:.2f}**" if ep[s] > 1.0001 else " ×1.00"
+            cells.append(cell)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
