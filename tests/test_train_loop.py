@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import sys
 import sysconfig
 from pathlib import Path
 from pydoc_data.topics import topics
@@ -17,9 +16,10 @@ from click.testing import CliRunner
 
 from slimpipe.mix.packed import PackedDataset, open_mix, write_mix
 from slimpipe.mix.tokenizer import train_bpe
+from slimpipe.train.checkpoint import load_model_state
 from slimpipe.train.command import parse_count, train_command
 from slimpipe.train.evaluate import bits_per_byte, evaluate_sets
-from slimpipe.train.export import SlimpipeLM, load_exported
+from slimpipe.train.export import load_exported
 from slimpipe.train.loop import LRSchedule, TrainConfig, checkpoints, train
 from slimpipe.train.model import GPT, ModelConfig
 
@@ -67,6 +67,17 @@ def cfg_for(mix: Path, out: Path, **kw) -> TrainConfig:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+
+
+def read_checkpoint(path: Path) -> dict:
+    """A sharded DCP checkpoint folder as one dict: model, optim (DCP's files) + trainer meta."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    flat = path.parent / f"{path.name}.flat.pt"
+    dcp_to_torch_save(str(path), str(flat))
+    state = torch.load(flat, weights_only=False)
+    flat.unlink()
+    return {**state, **torch.load(path / "trainer.pt", weights_only=False)}
 
 
 # ---------------------------------------------------------------------------------------------- schedule
@@ -156,9 +167,10 @@ def test_loss_falls_on_real_text(mix, tmp_path):
     assert steps[-1]["lr"] == 0.0 and max(s["lr"] for s in steps) == pytest.approx(3e-3)
     # the export reloads to the same function
     model, tok = load_exported(out / "model")
-    ckpt = torch.load(checkpoints(out)[-1], weights_only=False)
+    ckpt = read_checkpoint(checkpoints(out)[-1])
     ref = GPT(ModelConfig.from_dict(ckpt["plan"]["model"]))
     ref.load_state_dict(ckpt["model"])
+    assert all(torch.equal(v, ckpt["model"][k]) for k, v in load_model_state(checkpoints(out)[-1]).items())
     x = torch.from_numpy(open_mix(mix / "mix")[1]["github"][0][None, :-1])
     with torch.no_grad():
         assert torch.equal(model(x)[0], ref.eval()(x)[0])
@@ -171,22 +183,26 @@ def test_resume_equals_uninterrupted_run_bitwise(mix, tmp_path):
     kw = dict(max_steps=10, eval_interval=4, checkpoint_interval=4, keep_checkpoints=10, batch_size=16,
               micro_batch=8)
     train(cfg_for(mix, full, **kw))
-    assert [p.name for p in checkpoints(full)] == ["step_0000004.pt", "step_0000008.pt", "step_0000010.pt"]
-    # "kill" after step 8's checkpoint: keep what an interrupted run would have on disk, then resume
+    assert [p.name for p in checkpoints(full)] == ["step_0000004", "step_0000008", "step_0000010"]
+    assert (full / "checkpoints" / "step_0000004" / ".metadata").is_file()  # torch.distributed.checkpoint
+    # "kill" after step 8's checkpoint: keep what an interrupted run would have on disk, then resume;
+    # a half-written checkpoint (no trainer.pt, .tmp suffix) is ignored
     cut = tmp_path / "cut"
     shutil.copytree(full, cut)
-    (cut / "checkpoints" / "step_0000010.pt").unlink()
+    shutil.rmtree(cut / "checkpoints" / "step_0000010")
+    (cut / "checkpoints" / "step_0000009.tmp").mkdir()
     (cut / "metrics.json").unlink()
     with pytest.raises(FileExistsError):
         train(cfg_for(mix, cut, **kw))
     train(cfg_for(mix, cut, resume=True, **kw))
-    a = torch.load(full / "checkpoints" / "step_0000010.pt", weights_only=False)
-    b = torch.load(cut / "checkpoints" / "step_0000010.pt", weights_only=False)
+    a = read_checkpoint(full / "checkpoints" / "step_0000010")
+    b = read_checkpoint(cut / "checkpoints" / "step_0000010")
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
-    for pid, st in a["optimizer"]["state"].items():
+    assert a["optim"]["state"] and a["optim"]["state"].keys() == b["optim"]["state"].keys()
+    for pid, st in a["optim"]["state"].items():
         for k, v in st.items():
-            assert torch.equal(v, b["optimizer"]["state"][pid][k]), (pid, k)
+            assert torch.equal(v, b["optim"]["state"][pid][k]), (pid, k)
     assert a["scheduler"] == b["scheduler"] and a["sample_pos"] == b["sample_pos"] == 160
     strip = ("step_s", "tokens_per_s")
     la = [{k: v for k, v in r.items() if k not in strip} for r in read_jsonl(full / "train_log.jsonl")]
@@ -217,68 +233,3 @@ def test_cli_trains_and_reports(mix, tmp_path):
     assert (out / "model" / "model.safetensors").is_file() and (out / "model" / "tokenizer").is_dir()
     again = CliRunner().invoke(train_command, [str(mix / "mix"), "-o", str(out), "--max-steps", "3"])
     assert again.exit_code != 0 and "--resume" in again.output
-
-
-def test_lm_eval_adapter_scores_like_the_model(mix, tmp_path):
-    out = tmp_path / "run"
-    train(cfg_for(mix, out, max_steps=2, eval_interval=0, export=True))
-    lm = SlimpipeLM(str(out / "model"))
-    context, continuation = "The for statement is used", " to iterate over"
-    (ll, greedy), = lm.loglikelihood([(context, continuation)])
-    ids = [lm.tok.eos_id] + lm.tok.encode(context) + lm.tok.encode(continuation)
-    n = len(lm.tok.encode(continuation))
-    with torch.no_grad():
-        logits, _ = lm.model(torch.tensor([ids[:-1]]))
-    logp = torch.log_softmax(logits[0, -n:], -1)
-    expected = logp.gather(1, torch.tensor(ids[-n:])[:, None]).sum().item()
-    assert ll == pytest.approx(expected, rel=1e-5) and ll < 0
-    assert isinstance(greedy, bool)
-    rolling, = lm.loglikelihood_rolling([("def f(x):\n    return x\n" * 8,)])
-    assert rolling < 0
-    text, = lm.generate_until([("The", {"until": ["\n"], "max_gen_toks": 5})])
-    assert isinstance(text, str) and "\n" not in text
-
-
-def test_register_lm_eval_with_a_stand_in_harness(mix, tmp_path, monkeypatch):
-    """lm_eval is not a dependency: check the registration glue against a minimal stand-in of its API."""
-    import abc
-    import types
-
-    class LM(abc.ABC):
-        def __init__(self) -> None:
-            self.initialised = True
-
-        @abc.abstractmethod
-        def loglikelihood(self, requests): ...
-
-        @abc.abstractmethod
-        def loglikelihood_rolling(self, requests): ...
-
-        @abc.abstractmethod
-        def generate_until(self, requests): ...
-
-    registry: dict[str, type] = {}
-
-    def register_model(name):
-        def deco(cls):
-            registry[name] = cls
-            return cls
-        return deco
-
-    model_mod = types.ModuleType("lm_eval.api.model")
-    model_mod.LM = LM
-    registry_mod = types.ModuleType("lm_eval.api.registry")
-    registry_mod.register_model = register_model
-    for name, mod in {"lm_eval": types.ModuleType("lm_eval"), "lm_eval.api": types.ModuleType("lm_eval.api"),
-                      "lm_eval.api.model": model_mod, "lm_eval.api.registry": registry_mod}.items():
-        monkeypatch.setitem(sys.modules, name, mod)
-    from slimpipe.train.export import register_lm_eval
-
-    out = tmp_path / "run"
-    train(cfg_for(mix, out, max_steps=1, eval_interval=0, export=True))
-    register_lm_eval()
-    lm = registry["slimpipe"].create_from_arg_string(f"pretrained={out / 'model'},batch_size=4,max_length=32",
-                                                     {"device": "cpu"})
-    assert isinstance(lm, LM) and lm.initialised and lm.max_length == 32
-    (ll, _), = lm.loglikelihood([("print(", "1)")])
-    assert ll < 0

@@ -2,12 +2,19 @@
 
 * AdamW (0.9, 0.95, eps 1e-8), weight decay 0.1 on matrices, gradient clipping at 1.0.
 * Linear warmup, then linear decay to zero (default) or cosine to 10% (``schedule="cosine"``).
-* Gradient accumulation up to the preset's global batch (in sequences), split across DDP ranks.
+* The global batch (in sequences) is exact: micro-batch x accumulation x world size equals it, or the run
+  is refused with the nearest valid choices (:func:`split_batch`).
 * bf16 autocast on CUDA only; ``torch.compile`` by default on CUDA only (on CPU it costs minutes of
   compilation for little gain at these sizes; ``compile=True`` forces it).
-* Data order: one seeded permutation per epoch; the data position is simply ``step * global_batch``.
-* Checkpoints hold model, optimizer, scheduler, step/data position and every RNG state; resuming
-  reproduces the uninterrupted run bit for bit on CPU (tested).
+* Several processes: DDP (default) or FSDP2 (``parallel="fsdp"``: ``fully_shard`` per block, bf16
+  parameters, fp32 gradient reduction); optional activation checkpointing.
+* Data order: one seeded permutation per epoch; the data position is simply ``step * global_batch``;
+  a background thread reads the next batches ahead (:mod:`slimpipe.train.data`).
+* Checkpoints (:mod:`slimpipe.train.checkpoint`): sharded and asynchronous through
+  ``torch.distributed.checkpoint``, every 30 minutes of wall clock by default and at the end; they hold
+  model, optimizer, scheduler, step/data position and every RNG state, and resuming reproduces the
+  uninterrupted run bit for bit on CPU (tested).
+* The CUDA device is indexed per local rank (``LOCAL_RANK``), never a bare ``cuda``.
 
 Files written to the run directory (rank 0 only)::
 
@@ -15,7 +22,7 @@ Files written to the run directory (rank 0 only)::
     train_log.jsonl    one line per logged step: step, tokens, loss, lr, grad_norm, step_s, tokens_per_s
     eval_log.jsonl     one line per evaluation: step, tokens, per-source and total loss/bpb
     metrics.json       final: full held-out evaluation, parameter count, throughput, attention backend
-    checkpoints/       step_XXXXXXX.pt (the latest ``keep_checkpoints``)
+    checkpoints/       step_XXXXXXX/ (the latest ``keep_checkpoints``, see slimpipe.train.checkpoint)
     model/             exported safetensors + config.json + tokenizer (see :mod:`slimpipe.train.export`)
 """
 
@@ -37,14 +44,20 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from slimpipe.train import checkpoint as ckpt_io
+from slimpipe.train.checkpoint import CHECKPOINT_DIR, checkpoints  # noqa: F401  (re-exported)
+from slimpipe.train.data import PrefetchLoader
 from slimpipe.train.evaluate import evaluate_sets
-from slimpipe.train.model import GPT, ModelConfig, count_params_meta, training_flops_per_token
-from slimpipe.train.phases import open_training_data
+from slimpipe.train.model import (
+    GPT,
+    ModelConfig,
+    count_params_meta,
+    resolve_attention,
+    training_flops_per_token,
+)
 from slimpipe.train.presets import load_preset
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_DIR = "checkpoints"
 
 
 @dataclass
@@ -60,7 +73,9 @@ class TrainConfig:
     eval_sequences: int = 64  # per source at interval evaluations; the final evaluation uses every sequence
     eval_batch: int | None = None
     log_interval: int = 1
-    checkpoint_interval: int | None = None  # default: eval_interval
+    checkpoint_interval: int | None = None  # steps between checkpoints (default: only by wall clock)
+    checkpoint_minutes: float | None = 30.0  # wall-clock interval between checkpoints (None/0: off)
+    async_checkpoint: bool = True  # write checkpoints in the background (torch.distributed.checkpoint)
     keep_checkpoints: int = 2
     seed: int = 1337
     lr: float | None = None
@@ -78,6 +93,9 @@ class TrainConfig:
     compile: bool | None = None
     attention: str | None = None
     mup: bool | None = None
+    parallel: str = "ddp"  # with several processes: "ddp" | "fsdp" (FSDP2, bf16 params, fp32 reduce)
+    activation_checkpointing: bool = False
+    prefetch: int = 2  # batches read ahead by a background thread (0: read in the loop)
     device: str | None = None
     resume: bool = False
     export: bool = True
@@ -136,6 +154,7 @@ class Plan:
     attention: str
     tokens_per_step: int  # with phases: of the last one (seq_len too); data.tokens_at(step) is exact
     phases: list[dict] | None = None
+    parallel: str = "none"  # "none" (one process) | "ddp" | "fsdp"
 
 
 def _dist() -> tuple[int, int]:
@@ -144,12 +163,51 @@ def _dist() -> tuple[int, int]:
     return 0, 1
 
 
+def resolve_device(spec: torch.device | str | None, local_rank: int | None = None) -> torch.device:
+    """``spec`` (default: cuda if available, else cpu) with a CUDA index: a bare ``cuda`` becomes
+    ``cuda:LOCAL_RANK`` (this process's GPU on its node; ``torch.cuda.set_device`` rejects a bare one)."""
+    dev = torch.device(spec) if spec is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if dev.type == "cuda" and dev.index is None:
+        if local_rank is None:
+            env = os.environ.get("LOCAL_RANK")
+            local_rank = int(env) if env else (torch.cuda.current_device() if torch.cuda.is_available() else 0)
+        dev = torch.device("cuda", local_rank)
+    return dev
+
+
 def _resolve_device(cfg: TrainConfig, device: torch.device | str | None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    if cfg.device:
-        return torch.device(cfg.device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return resolve_device(device if device is not None else (cfg.device or None))
+
+
+def _near(values: list[int], target: int, n: int = 4) -> list[int]:
+    return sorted(sorted(set(values), key=lambda v: (abs(v - target), v))[:n])
+
+
+def split_batch(batch: int, world: int, micro: int | None = None, micro_cap: int | None = None) -> tuple[int, int]:
+    """``(micro, accum)`` with ``micro * accum * world == batch`` exactly.
+
+    ``micro`` (the user's ``--micro-batch``) must divide the per-worker share, else ValueError naming the
+    valid micro-batches nearest to it. Without it, the largest divisor of the share not above
+    ``micro_cap`` (the preset's micro-batch, a memory bound) is chosen. A batch that the world size does
+    not divide is refused with the nearest valid batch sizes.
+    """
+    if batch < 1 or world < 1:
+        raise ValueError(f"global batch {batch} and world size {world} must be positive")
+    if batch % world:
+        near = [b for b in (batch // world * world, -(-batch // world) * world) if b > 0]
+        raise ValueError(f"global batch {batch} is not divisible by {world} workers; nearest valid batches: "
+                         f"{', '.join(map(str, near))} (or a worker count dividing {batch})")
+    per = batch // world
+    divisors = [d for d in range(1, per + 1) if per % d == 0]
+    if micro is not None:
+        if micro < 1 or per % micro:
+            raise ValueError(f"micro-batch {micro} does not divide the {per} sequences per worker (batch {batch} / "
+                             f"{world} workers); nearest valid micro-batches: "
+                             f"{', '.join(map(str, _near(divisors, micro)))}")
+        return micro, per // micro
+    cap = max(1, micro_cap or per)
+    m = max(d for d in divisors if d <= cap)
+    return m, per // m
 
 
 def plan_run(cfg: TrainConfig, stored_seq_len: int, vocab_size: int, world: int, device: torch.device) -> Plan:
@@ -165,19 +223,17 @@ def plan_run(cfg: TrainConfig, stored_seq_len: int, vocab_size: int, world: int,
     mcfg = dataclasses.replace(preset.model, vocab_size=vocab_size, max_seq_len=max(seq_len, preset.model.max_seq_len))
     if cfg.attention:
         mcfg = dataclasses.replace(mcfg, attention=cfg.attention)
-    if mcfg.attention == "flex" and device.type != "cuda":
+    attention = resolve_attention(mcfg.attention, device)
+    if attention == "flex" and device.type != "cuda":
         raise ValueError("attention 'flex' trains on CUDA only (FlexAttention has no CPU backward); use 'sdpa'")
+    if cfg.parallel not in ("ddp", "fsdp"):
+        raise ValueError(f"parallel must be 'ddp' or 'fsdp', not {cfg.parallel!r}")
     if cfg.mup is not None:
         mcfg = dataclasses.replace(mcfg, mup=cfg.mup)
     n_params = count_params_meta(mcfg)
     batch = cfg.batch_size or t.get("batch_size") or 8
-    micro = cfg.micro_batch or t.get("micro_batch") or batch
-    micro = max(1, min(micro, math.ceil(batch / world)))
-    accum = max(1, math.ceil(batch / (micro * world)))
+    micro, accum = split_batch(batch, world, cfg.micro_batch, t.get("micro_batch"))
     global_batch = micro * accum * world
-    if global_batch != batch:
-        log.warning("global batch %d sequences (micro %d x accum %d x %d workers) instead of %d",
-                    global_batch, micro, accum, world, batch)
     tokens_per_step = global_batch * seq_len
     if cfg.max_steps:
         steps = int(cfg.max_steps)
@@ -189,12 +245,14 @@ def plan_run(cfg: TrainConfig, stored_seq_len: int, vocab_size: int, world: int,
     min_ratio = cfg.min_lr_ratio if cfg.min_lr_ratio is not None else t.get(
         "min_lr_ratio", 0.1 if schedule == "cosine" else 0.0)
     use_compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
+    # muP: the LR is the base model's LR (the standard preset LR would leave hidden layers ~30x too slow)
+    lr = cfg.lr or (mcfg.mup_base_lr if mcfg.mup else t.get("lr")) or 6e-4
     return Plan(preset=preset.name, model=mcfg.to_dict(), n_params=n_params, seq_len=seq_len,
                 micro_batch=micro, accum=accum, world_size=world, global_batch=global_batch,
-                total_steps=steps, warmup_steps=int(min(warmup, steps)), lr=float(cfg.lr or t.get("lr") or 6e-4),
+                total_steps=steps, warmup_steps=int(min(warmup, steps)), lr=float(lr),
                 schedule=schedule, min_lr_ratio=float(min_ratio), device=str(device),
                 autocast="bfloat16" if device.type == "cuda" else None, compile=bool(use_compile),
-                attention=mcfg.attention, tokens_per_step=tokens_per_step)
+                attention=attention, tokens_per_step=tokens_per_step, parallel=cfg.parallel if world > 1 else "none")
 
 
 def tune_cpu_malloc() -> bool:
@@ -243,47 +301,61 @@ def _write_json(path: Path, obj: dict) -> None:
     tmp.replace(path)
 
 
-def checkpoints(out_dir: str | Path) -> list[Path]:
-    """Checkpoint files of a run, oldest first."""
-    d = Path(out_dir) / CHECKPOINT_DIR
-    return sorted(d.glob("step_*.pt")) if d.is_dir() else []
+def _wrap(model: GPT, plan: Plan, dev: torch.device, world: int) -> torch.nn.Module:
+    """DDP or FSDP2 around ``model`` (FSDP2 shards ``model`` in place and returns it)."""
+    if plan.parallel == "fsdp":
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        for block in model.blocks:
+            fully_shard(block, mp_policy=mp)
+        fully_shard(model, mp_policy=mp)
+        return model
+    if world > 1:
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    return model
 
 
-def _rng_state(device: torch.device) -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
+@contextlib.contextmanager
+def _gathered(model: torch.nn.Module, plan: Plan):
+    """Under FSDP, hold every parameter unsharded (no per-layer all-gathers), so ranks may run different
+    numbers of evaluation batches without deadlocking; a no-op otherwise."""
+    if plan.parallel != "fsdp":
+        yield
+        return
+    mods = [m for m in model.modules() if hasattr(m, "unshard") and hasattr(m, "set_reshard_after_forward")]
+    for m in mods:
+        m.unshard()
+        m.set_reshard_after_forward(False, recurse=False)
+    try:
+        yield
+    finally:
+        for m in mods:
+            m.set_reshard_after_forward(True, recurse=False)
+            m.reshard()
 
 
-def _set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
+def _full_model(model: GPT, plan: Plan) -> GPT:
+    """An unsharded CPU copy of an FSDP model (a collective: every rank calls it); the model otherwise."""
+    if plan.parallel != "fsdp":
+        return model
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-
-def save_checkpoint(out_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler, plan: Plan, sample_pos: int,
-                    device: torch.device, keep: int) -> Path:
-    """Write ``checkpoints/step_N.pt`` atomically (temp name, then rename) and prune old ones."""
-    d = out_dir / CHECKPOINT_DIR
-    d.mkdir(parents=True, exist_ok=True)
-    path = d / f"step_{step:07d}.pt"
-    state = {"step": step, "sample_pos": sample_pos, "model": model.state_dict(),
-             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "rng": _rng_state(device), "plan": dataclasses.asdict(plan)}
-    tmp = path.with_suffix(".pt.tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
-    for old in checkpoints(out_dir)[:-keep] if keep > 0 else []:
-        old.unlink(missing_ok=True)
-    return path
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    full = GPT(ModelConfig.from_dict(plan.model))
+    full.load_state_dict(state)
+    return full
 
 
 _RESUME_KEYS = ("model", "seq_len", "global_batch", "total_steps", "warmup_steps", "lr", "schedule", "min_lr_ratio",
                "phases")
+
+
+def _comparable(key: str, value: object) -> object:
+    """A plan value as resume compares it: the attention kernel may change (same function)."""
+    if key == "model" and isinstance(value, dict):
+        return {k: v for k, v in value.items() if k != "attention"}
+    return value
 
 
 # ---------------------------------------------------------------------------------------------- loop
@@ -312,6 +384,8 @@ def _train(cfg: TrainConfig, device: torch.device | str | None, on_eval: Callabl
         torch.cuda.set_device(dev)
     else:
         tune_cpu_malloc()
+    from slimpipe.train.phases import open_training_data
+
     out = Path(cfg.out_dir).resolve()
     data, eval_sets, plan = open_training_data(cfg, world, dev)
     train_set = data.train_set
@@ -326,6 +400,8 @@ def _train(cfg: TrainConfig, device: torch.device | str | None, on_eval: Callabl
     np.random.seed(cfg.seed % 2**32)
     random.seed(cfg.seed)
     model = GPT(ModelConfig.from_dict(plan.model)).to(dev)
+    model.activation_checkpointing = cfg.activation_checkpointing
+    run_model = _wrap(model, plan, dev, world)  # before the optimizer: FSDP2 replaces the parameters
     optimizer = torch.optim.AdamW(model.param_groups(plan.lr, cfg.weight_decay), lr=plan.lr,
                                   betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
                                   fused=True if dev.type == "cuda" else None)
@@ -334,16 +410,11 @@ def _train(cfg: TrainConfig, device: torch.device | str | None, on_eval: Callabl
 
     step = 0
     if cfg.resume and existing:
-        ckpt = torch.load(existing[-1], map_location=dev, weights_only=False)
-        saved = ckpt["plan"]
-        mismatched = [k for k in _RESUME_KEYS if saved.get(k) != getattr(plan, k)]
+        saved = ckpt_io.read_meta(existing[-1])["plan"]
+        mismatched = [k for k in _RESUME_KEYS if _comparable(k, saved.get(k)) != _comparable(k, getattr(plan, k))]
         if mismatched:
             raise ValueError(f"cannot resume {existing[-1]}: {mismatched} differ from this run's settings")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        _set_rng_state(ckpt["rng"], dev)
-        step = int(ckpt["step"])
+        step = int(ckpt_io.load(existing[-1], model, optimizer, scheduler, dev)["step"])
         log.info("resumed from %s (step %d)", existing[-1], step)
     if rank == 0:
         for name in ("train_log.jsonl", "eval_log.jsonl"):
@@ -352,10 +423,6 @@ def _train(cfg: TrainConfig, device: torch.device | str | None, on_eval: Callabl
                                            "mix": {"train": train_set.index, "eval": list(eval_sets)},
                                            "phases": data.describe()})
 
-    run_model: torch.nn.Module = model
-    if world > 1:
-        run_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[dev.index] if dev.type == "cuda" else None)
     eval_model: torch.nn.Module = model
     if plan.compile:
         run_model = torch.compile(run_model)
@@ -363,11 +430,21 @@ def _train(cfg: TrainConfig, device: torch.device | str | None, on_eval: Callabl
     autocast_dtype = torch.bfloat16 if plan.autocast == "bfloat16" else None
     local_batch = plan.micro_batch * plan.accum
     eval_batch = cfg.eval_batch or plan.micro_batch
-    ckpt_every = cfg.checkpoint_interval or cfg.eval_interval
+    checkpointer = ckpt_io.Checkpointer(out, device=dev, keep=cfg.keep_checkpoints, every_steps=cfg.checkpoint_interval,
+                                        interval_s=(cfg.checkpoint_minutes or 0) * 60, async_save=cfg.async_checkpoint)
+    lo, hi = rank * local_batch, (rank + 1) * local_batch
+
+    def fetch(s: int) -> np.ndarray:
+        return data.batch(s)[lo:hi]
+
+    loader = (PrefetchLoader(fetch, start=step, stop=plan.total_steps, device=dev, depth=cfg.prefetch)
+              if cfg.prefetch > 0 else None)
+    batches = iter(loader) if loader is not None else None
 
     def run_eval(at_step: int, final: bool) -> dict:
-        res = evaluate_sets(eval_model, eval_sets, batch_size=eval_batch, device=dev,
-                            max_sequences=None if final else cfg.eval_sequences, autocast_dtype=autocast_dtype)
+        with _gathered(model, plan):
+            res = evaluate_sets(eval_model, eval_sets, batch_size=eval_batch, device=dev,
+                                max_sequences=None if final else cfg.eval_sequences, autocast_dtype=autocast_dtype)
         record = {"step": at_step, "tokens": data.tokens_at(at_step), "final": final, **res}
         if rank == 0:
             _append_jsonl(out / "eval_log.jsonl", record)
@@ -383,18 +460,26 @@ def _train(cfg: TrainConfig, device: torch.device | str | None, on_eval: Callabl
     while step < plan.total_steps:
         t0 = time.perf_counter()
         data.prepare_step(model, step)
-        rows = torch.from_numpy(data.batch(step)[rank * local_batch : (rank + 1) * local_batch]).to(dev)
+        if batches is not None:
+            got, rows = next(batches)
+            assert got == step, (got, step)
+        else:
+            rows = torch.from_numpy(fetch(step)).to(dev)
         loss_sum = torch.zeros((), device=dev)
         for a in range(plan.accum):
             chunk = rows[a * plan.micro_batch : (a + 1) * plan.micro_batch]
             sync = a == plan.accum - 1 or world == 1
-            ctx = run_model.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
+            if plan.parallel == "fsdp":
+                model.set_requires_gradient_sync(sync)
+            ctx = run_model.no_sync() if (plan.parallel == "ddp" and not sync) else contextlib.nullcontext()
             ac = torch.autocast(dev.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
             with ctx, ac:
                 _, loss = run_model(chunk[:, :-1], chunk[:, 1:])
             (loss / plan.accum).backward()
             loss_sum += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
+            grad_norm = grad_norm.full_tensor()
         lr_now = optimizer.param_groups[0]["lr"] / optimizer.param_groups[0].get("lr_scale", 1.0)
         optimizer.step()
         scheduler.step()
@@ -426,9 +511,12 @@ def _train(cfg: TrainConfig, device: torch.device | str | None, on_eval: Callabl
         is_last = step == plan.total_steps
         if cfg.eval_interval and step % cfg.eval_interval == 0 and not is_last and eval_sets:
             run_eval(step, final=False)
-        if rank == 0 and (is_last or (ckpt_every and step % ckpt_every == 0)):
-            save_checkpoint(out, step, model, optimizer, scheduler, plan, step * plan.global_batch, dev,
-                            cfg.keep_checkpoints)
+        if checkpointer.due(step, is_last):
+            checkpointer.save(step, model, optimizer, scheduler, plan=dataclasses.asdict(plan),
+                              sample_pos=step * plan.global_batch)
+    if loader is not None:
+        loader.close()
+    checkpointer.close()
 
     final = run_eval(step, final=True) if eval_sets else {"sources": {}, "total": {}}
     metrics = {
@@ -441,28 +529,34 @@ def _train(cfg: TrainConfig, device: torch.device | str | None, on_eval: Callabl
                 plan.n_params, plan.model["n_layer"], plan.model["d_model"], plan.seq_len),
             "steps_timed": max(0, step - first_step - 1) if plan.total_steps - first_step > 1 else 1,
             "train_seconds": train_time,
+            "peak_memory_gb": torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None,
         },
+        "parallel": plan.parallel, "activation_checkpointing": cfg.activation_checkpointing,
         "attention": plan.attention, "device": plan.device, "world_size": world, "compile": plan.compile,
         "autocast": plan.autocast, "phases": data.describe(),
     }
     if eval_sets:  # per-document bpb + eval_losses.npz + the eval set's identity (compare's inputs)
         from slimpipe.train.evaluate import final_document_eval
 
-        metrics.update(final_document_eval(eval_model, eval_sets, cfg.mix_dir, out, seq_len=plan.seq_len,
-                                           batch_size=eval_batch, device=dev, autocast_dtype=autocast_dtype,
-                                           write=rank == 0))
+        with _gathered(model, plan):
+            metrics.update(final_document_eval(eval_model, eval_sets, cfg.mix_dir, out, seq_len=plan.seq_len,
+                                               batch_size=eval_batch, device=dev, autocast_dtype=autocast_dtype,
+                                               write=rank == 0))
     if cfg.eval_seq_lens and eval_sets:  # ALiBi at other context lengths, with/without slope interpolation
         from slimpipe.train.interp import context_length_eval
 
-        metrics["context_length"] = context_length_eval(
-            model, eval_sets, cfg.eval_seq_lens, train_seq_len=plan.seq_len, mix_dir=cfg.mix_dir,
-            batch_size=eval_batch, device=dev, autocast_dtype=autocast_dtype, plot_dir=out if rank == 0 else None)
+        with _gathered(model, plan):
+            metrics["context_length"] = context_length_eval(
+                model, eval_sets, cfg.eval_seq_lens, train_seq_len=plan.seq_len, mix_dir=cfg.mix_dir,
+                batch_size=eval_batch, device=dev, autocast_dtype=autocast_dtype,
+                plot_dir=out if rank == 0 else None)
+    export_from = _full_model(model, plan) if cfg.export else model  # a collective under FSDP
     if rank == 0:
         _write_json(out / "metrics.json", metrics)
         if cfg.export:
             from slimpipe.train.export import export_model
 
-            export_model(model, out / "model", mix_dir=cfg.mix_dir, tokenizer_info=train_set.tokenizer)
+            export_model(export_from, out / "model", mix_dir=cfg.mix_dir, tokenizer_info=train_set.tokenizer)
     if world > 1:
         dist.barrier()
     return metrics

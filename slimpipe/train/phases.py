@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import yaml
 
 from slimpipe.mix.packed import INDEX, PackedDataset, ShuffledSampler, open_mix, train_path
 
@@ -55,6 +54,8 @@ def _count(value: Any, what: str) -> int:
 def load_phases(path: str | Path) -> list[dict]:
     """Read and check a phases YAML file (a list, or ``{phases: [...]}``); relative mix paths are taken
     relative to the file's folder. Returns plain dicts (what ``TrainConfig.phases`` holds)."""
+    import yaml  # here, not at import time: the trainer runs without PyYAML (benchmarks/bench_gpu.py)
+
     p = Path(path)
     try:
         data = yaml.safe_load(p.read_text())
