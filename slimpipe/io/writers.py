@@ -9,27 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from slimpipe import storage
-from slimpipe.sources import SET_NAMES
+from slimpipe.sources import set_name
 
 ZSTD_LEVEL = 3
 MANIFEST = "manifest.json"
-
-
-def _umask_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-# mkstemp creates 0600 files; published shards get the mode a plain open() would give.
-_FILE_MODE = _umask_mode()
 
 
 def shard_relpath(split: str, chunk: int, index: int) -> str:
@@ -39,7 +27,7 @@ def shard_relpath(split: str, chunk: int, index: int) -> str:
 
 def slimpajama_record(text: str, source: str) -> dict:
     """SlimPajama's output record: the text and only ``meta.redpajama_set_name``."""
-    return {"text": text, "meta": {"redpajama_set_name": SET_NAMES[source]}}
+    return {"text": text, "meta": {"redpajama_set_name": set_name(source)}}
 
 
 @dataclass
@@ -70,12 +58,10 @@ class JsonlZstWriter:
     def __init__(self, root: str | Path, relpath: str, level: int = ZSTD_LEVEL):
         import zstandard
 
-        self.root, self.relpath = Path(root), relpath
-        self.final = self.root / relpath
-        self.final.parent.mkdir(parents=True, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{self.final.name}.", suffix=".tmp", dir=self.final.parent)
-        os.fchmod(fd, _FILE_MODE)
-        self._raw = os.fdopen(fd, "wb")
+        self.root, self.relpath = root, relpath
+        self.final = storage.join(root, relpath)  # a path or a URI
+        self._out = storage.open_output(self.final)  # atomic: temp + fsync + rename, or one upload
+        self._raw = self._out.__enter__()
         self._sha = hashlib.sha256()
         self._hashing = _HashingFile(self._raw, self._sha)
         # Fixed parameters and no content size/checksum variance: same input -> same bytes.
@@ -100,11 +86,8 @@ class JsonlZstWriter:
             raise RuntimeError("writer already closed")
         self._z.flush(zstandard.FLUSH_FRAME)
         self._z.close()
-        self._raw.flush()
-        os.fsync(self._raw.fileno())
-        self._raw.close()
-        os.replace(self.tmp, self.final)
         self._closed = True
+        self._out.__exit__(None, None, None)  # publishes the file
         return ShardInfo(
             path=self.relpath,
             records=self.records,
@@ -117,10 +100,8 @@ class JsonlZstWriter:
     def abort(self) -> None:
         if not self._closed:
             self._closed = True
-            try:
-                self._raw.close()
-            finally:
-                Path(self.tmp).unlink(missing_ok=True)
+            exc = RuntimeError("shard writer aborted")
+            self._out.__exit__(RuntimeError, exc, None)  # discards the temporary file or spool
 
     def __enter__(self) -> JsonlZstWriter:
         return self
@@ -155,7 +136,7 @@ class ShardWriter:
 
     def __init__(self, root: str | Path, split: str = "train", chunk: int = 0, first_index: int = 0,
                  max_records: int | None = None, max_bytes: int = 256 << 20, level: int = ZSTD_LEVEL):
-        self.root, self.split, self.chunk = Path(root), split, chunk
+        self.root, self.split, self.chunk = root, split, chunk  # a path or a URI
         self.index = first_index
         self.max_records, self.max_bytes, self.level = max_records, max_bytes, level
         self._cur: JsonlZstWriter | None = None
@@ -216,7 +197,7 @@ def write_manifest(root: str | Path, shards: Iterable[ShardInfo], extra: dict | 
     }
     if extra:
         manifest.update(extra)
-    atomic_write_json(Path(root) / MANIFEST, manifest)
+    atomic_write_json(storage.join(root, MANIFEST), manifest)
     return manifest
 
 
