@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from slimpipe.mix.packed import PackedDataset, open_mix, write_mix
 from slimpipe.mix.tokenizer import train_bpe
-from slimpipe.train.checkpoint import load_model_state
+from slimpipe.train.checkpoint import load_model_state, read_checkpoint
 from slimpipe.train.command import parse_count, train_command
 from slimpipe.train.evaluate import bits_per_byte, evaluate_sets
 from slimpipe.train.export import load_exported
@@ -67,17 +67,6 @@ def cfg_for(mix: Path, out: Path, **kw) -> TrainConfig:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
-
-
-def read_checkpoint(path: Path) -> dict:
-    """A sharded DCP checkpoint folder as one dict: model, optim (DCP's files) + trainer meta."""
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-
-    flat = path.parent / f"{path.name}.flat.pt"
-    dcp_to_torch_save(str(path), str(flat))
-    state = torch.load(flat, weights_only=False)
-    flat.unlink()
-    return {**state, **torch.load(path / "trainer.pt", weights_only=False)}
 
 
 # ---------------------------------------------------------------------------------------------- schedule
@@ -199,10 +188,10 @@ def test_resume_equals_uninterrupted_run_bitwise(mix, tmp_path):
     b = read_checkpoint(cut / "checkpoints" / "step_0000010")
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
-    assert a["optim"]["state"] and a["optim"]["state"].keys() == b["optim"]["state"].keys()
-    for pid, st in a["optim"]["state"].items():
+    assert a["optimizer"]["state"] and a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+    for pid, st in a["optimizer"]["state"].items():
         for k, v in st.items():
-            assert torch.equal(v, b["optim"]["state"][pid][k]), (pid, k)
+            assert torch.equal(v, b["optimizer"]["state"][pid][k]), (pid, k)
     assert a["scheduler"] == b["scheduler"] and a["sample_pos"] == b["sample_pos"] == 160
     strip = ("step_s", "tokens_per_s")
     la = [{k: v for k, v in r.items() if k not in strip} for r in read_jsonl(full / "train_log.jsonl")]

@@ -184,3 +184,18 @@ def load_model_state(path: str | Path) -> dict[str, torch.Tensor]:
     state = {k: torch.empty_like(v, device="cpu") for k, v in model.state_dict().items()}
     dcp.load({"model": state}, checkpoint_id=str(path))
     return state
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """A whole checkpoint as one CPU dict, without a process group: ``model`` (full state dict),
+    ``optimizer`` (``{"state": {param name: {...}}, "param_groups": [...]}``) and the trainer meta
+    (step, sample_pos, plan, scheduler, world_size). For tests, inspection and conversion."""
+    import tempfile
+
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    with tempfile.TemporaryDirectory() as tmp:
+        flat = Path(tmp) / "flat.pt"
+        dcp_to_torch_save(str(path), str(flat))
+        state = torch.load(flat, map_location="cpu", weights_only=False)
+    return {"model": state["model"], "optimizer": state["optim"], **read_meta(path)}
