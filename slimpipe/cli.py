@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "compare": ("slimpipe.report.command:compare_command", "Compare trained runs in one report.", "#7"),
     "propose": ("slimpipe.propose.command:propose_command", "Propose the next mix from proxy runs (RegMix / mixing laws).", "#13"),
     "demo": ("slimpipe.demo:demo_command", "The whole mission end to end on the embedded sample.", "#7"),
+    "export": ("slimpipe.evaluation.command:export_command", "Export a run as a Hugging Face transformers folder.", "#11"),
+    "eval": ("slimpipe.evaluation.command:eval_command", "Score a run on lm-evaluation-harness tasks.", "#11"),
 }
 
 

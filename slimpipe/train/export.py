@@ -1,15 +1,9 @@
 """Export a trained model as ``model.safetensors`` + ``config.json`` + ``tokenizer/``, and load it back.
 
-The layout mirrors what evaluation tools expect of a HuggingFace-style folder, but the architecture is
-our own (ALiBi + SwiGLU), so loading goes through :func:`load_exported` rather than ``transformers``.
-:class:`SlimpipeLM` adapts a loaded model to lm-evaluation-harness' three request types
-(``loglikelihood``, ``loglikelihood_rolling``, ``generate_until``); :func:`register_lm_eval` registers
-it as ``--model slimpipe`` when ``lm_eval`` is installed (it is not a dependency)::
-
-    from slimpipe.train.export import register_lm_eval
-    import lm_eval
-    register_lm_eval()
-    lm_eval.simple_evaluate(model="slimpipe", model_args="pretrained=RUN/model", tasks=["hellaswag"])
+This is slimpipe's own folder (what ``train`` writes to ``RUN/model``); :func:`load_run` finds a model and
+its tokenizer in a run directory, an export folder or a run's latest checkpoint. The Hugging Face
+transformers folder (``slimpipe export RUN --format hf``) is built from it by :mod:`slimpipe.hf`, and
+lm-evaluation-harness runs on it through :mod:`slimpipe.evaluation`.
 """
 
 from __future__ import annotations
@@ -19,10 +13,8 @@ import logging
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from slimpipe.mix.tokenizer import Tokenizer, load_tokenizer
 from slimpipe.train.model import GPT, ModelConfig, alibi_slopes
@@ -109,88 +101,62 @@ def load_exported(path: str | Path, device: str | torch.device = "cpu",
     return model, tok
 
 
-class SlimpipeLM:
-    """lm-evaluation-harness' model interface over an exported model (batch of one; greedy decoding).
+class ExportError(ValueError):
+    """A run cannot be exported or evaluated; the message names what is missing."""
 
-    Requests are objects with ``.args`` (as lm-eval passes them) or plain tuples.
+
+def _latest_checkpoint(run: Path) -> Path | None:
+    from slimpipe.train.checkpoint import checkpoints
+
+    found = checkpoints(run)
+    return found[-1] if found else None
+
+
+def load_run(run: str | Path, *, tokenizer: str | Path | None = None, device: str | torch.device = "cpu",
+             require_tokenizer: bool = True) -> tuple[GPT, Tokenizer | None, dict]:
+    """The model and tokenizer of ``run``: a run directory (its ``model/`` export, else its latest
+    checkpoint and the mix's tokenizer) or an export folder itself. ``tokenizer`` (a spec for
+    :func:`load_tokenizer`) overrides the one found. Returns (model in eval mode, tokenizer, info).
+
+    Raises :class:`ExportError` with a one-line message when there is no model, or (with
+    ``require_tokenizer``) no tokenizer, saying what is missing and how to supply it.
     """
+    p = Path(run)
+    if not p.exists():
+        raise ExportError(f"{p}: no such run directory")
+    info: dict = {"run": str(p)}
+    tok: Tokenizer | None = None
+    if (p / CONFIG).is_file() and (p / WEIGHTS).is_file():
+        model, tok = load_exported(p, device=device)
+        info["source"] = str(p)
+    elif (p / "model" / CONFIG).is_file() and (p / "model" / WEIGHTS).is_file():
+        model, tok = load_exported(p / "model", device=device)
+        info["source"] = str(p / "model")
+    elif (ckpt_path := _latest_checkpoint(p)) is not None:
+        from slimpipe.train.checkpoint import load_model_state, read_meta
 
-    def __init__(self, pretrained: str, device: str = "cpu", max_length: int | None = None, **_: Any) -> None:
-        super().__init__()
-        self.model, tok = load_exported(pretrained, device=device)
-        if tok is None:
-            raise ValueError(f"{pretrained}: export has no tokenizer")
-        self.tok = tok
-        self.device = torch.device(device)
-        self.max_length = int(max_length or self.model.cfg.max_seq_len)
-
-    @staticmethod
-    def _args(req: Any) -> tuple:
-        return tuple(req.args) if hasattr(req, "args") else tuple(req)
-
-    @torch.no_grad()
-    def _score(self, context: list[int], continuation: list[int]) -> tuple[float, bool]:
-        ids = (context + continuation)[-(self.max_length + 1) :]
-        n = len(continuation)
-        x = torch.tensor([ids[:-1]], device=self.device)
-        logits, _ = self.model(x)
-        logp = F.log_softmax(logits[0, -n:].float(), dim=-1)
-        target = torch.tensor(ids[-n:], device=self.device)
-        ll = float(logp.gather(1, target[:, None]).sum())
-        greedy = bool((logp.argmax(-1) == target).all())
-        return ll, greedy
-
-    def loglikelihood(self, requests: list) -> list[tuple[float, bool]]:
-        out = []
-        for req in requests:
-            context, continuation = self._args(req)[:2]
-            ctx = self.tok.encode(context) if context else []
-            cont = self.tok.encode(continuation)
-            out.append(self._score([self.tok.eos_id] + ctx, cont))
-        return out
-
-    def loglikelihood_rolling(self, requests: list) -> list[float]:
-        """Whole-string log-likelihood in non-overlapping windows of ``max_length`` tokens."""
-        out = []
-        for req in requests:
-            ids = self.tok.encode(self._args(req)[0])
-            total, prefix = 0.0, [self.tok.eos_id]
-            for start in range(0, len(ids), self.max_length):
-                window = ids[start : start + self.max_length]
-                total += self._score(prefix, window)[0]
-                prefix = window[-1:]
-            out.append(total)
-        return out
-
-    def generate_until(self, requests: list) -> list[str]:
-        out = []
-        for req in requests:
-            context, kwargs = self._args(req)[:2]
-            kwargs = dict(kwargs or {})
-            until = kwargs.get("until") or []
-            until = [until] if isinstance(until, str) else list(until)
-            max_new = int(kwargs.get("max_gen_toks", 64))
-            ids = [self.tok.eos_id] + self.tok.encode(context)
-            idx = torch.tensor([ids[-self.max_length :]], device=self.device)
-            gen = self.model.generate(idx, max_new, eos_id=self.tok.eos_id)[0, idx.shape[1] :].tolist()
-            if self.tok.eos_id in gen:
-                gen = gen[: gen.index(self.tok.eos_id)]
-            text = self.tok.decode(gen)
-            for stop in until:
-                if stop and stop in text:
-                    text = text[: text.index(stop)]
-            out.append(text)
-        return out
-
-
-def register_lm_eval(name: str = "slimpipe") -> type:
-    """Register :class:`SlimpipeLM` with lm-evaluation-harness (``--model slimpipe``); needs ``lm_eval``."""
-    from lm_eval.api.model import LM
-    from lm_eval.api.registry import register_model
-
-    cls = type("SlimpipeLMEval", (SlimpipeLM, LM), {
-        "create_from_arg_string": classmethod(
-            lambda c, arg_string, additional_config=None: c(**dict(
-                kv.split("=", 1) for kv in arg_string.split(",") if kv),
-                **{k: v for k, v in (additional_config or {}).items() if k == "device" and v}))})
-    return register_model(name)(cls)
+        model = GPT(ModelConfig.from_dict(read_meta(ckpt_path)["plan"]["model"]))
+        model.load_state_dict(load_model_state(ckpt_path))
+        model.to(device).eval()
+        info["source"] = str(ckpt_path)
+        run_cfg = json.loads((p / CONFIG).read_text()) if (p / CONFIG).is_file() else {}
+        mix_dir = (run_cfg.get("train") or {}).get("mix_dir")
+        tok_info = ((run_cfg.get("mix") or {}).get("train") or {}).get("tokenizer")
+        if tokenizer is None:
+            tok = _find_tokenizer(mix_dir, tok_info)
+    else:
+        raise ExportError(f"{p}: no model found (expected {p / 'model' / WEIGHTS}, {p / WEIGHTS} "
+                          f"or checkpoints in {p / 'checkpoints'})")
+    if tokenizer is not None:
+        try:
+            tok = load_tokenizer(tokenizer)
+        except (OSError, ValueError, ModuleNotFoundError) as exc:
+            raise ExportError(f"tokenizer {tokenizer}: {exc}") from exc
+    if tok is None and require_tokenizer:
+        raise ExportError(f"{p}: no tokenizer: {info['source']} has no {TOKENIZER_DIR}/ and the mix's tokenizer "
+                          "is not found; pass --tokenizer (gpt2, a tokenizer.json, or a mix's tokenizer/ folder)")
+    if tok is not None and tok.vocab_size > model.cfg.vocab_size:
+        raise ExportError(f"tokenizer {tok.name} has {tok.vocab_size} ids but the model only "
+                          f"{model.cfg.vocab_size}: not the tokenizer this model was trained with")
+    info["tokenizer"] = tok.describe() if tok is not None else None
+    return model, tok, info
