@@ -401,6 +401,12 @@ def _train(cfg: TrainConfig, device: torch.device | str | None, on_eval: Callabl
     random.seed(cfg.seed)
     model = GPT(ModelConfig.from_dict(plan.model)).to(dev)
     model.activation_checkpointing = cfg.activation_checkpointing
+    init_info = None
+    if cfg.init_from:  # continual pretraining from another run's final weights (slimpipe.train.continual)
+        from slimpipe.train.continual import init_from_run
+
+        init_info = init_from_run(model, cfg.init_from, train_set, cfg.mix_dir, eval_sets,
+                                  batch_size=cfg.eval_batch or plan.micro_batch, device=dev)
     run_model = _wrap(model, plan, dev, world)  # before the optimizer: FSDP2 replaces the parameters
     optimizer = torch.optim.AdamW(model.param_groups(plan.lr, cfg.weight_decay), lr=plan.lr,
                                   betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
@@ -535,6 +541,10 @@ def _train(cfg: TrainConfig, device: torch.device | str | None, on_eval: Callabl
         "attention": plan.attention, "device": plan.device, "world_size": world, "compile": plan.compile,
         "autocast": plan.autocast, "phases": data.describe(),
     }
+    if init_info is not None:  # where the run started, and bits per byte per source before -> after
+        from slimpipe.train.continual import forgetting
+
+        metrics["init_from"] = {**init_info, "forgetting": forgetting(init_info.pop("eval_before"), final)}
     if eval_sets:  # per-document bpb + eval_losses.npz + the eval set's identity (compare's inputs)
         from slimpipe.train.evaluate import final_document_eval
 
