@@ -202,9 +202,9 @@ def test_clear_errors(docs, dc6, ray_session, tmp_path):
 
 def test_rerun_after_interruption_reuses_tokenized_shards(corpus, ray_session, tmp_path):
     out = tmp_path / "resume"
-    opt = _opt(30_000, keep_work=True)
+    opt = _opt(30_000, keep_work=True, token_cache=str(tmp_path / "cache"))
     build_mix(corpus.root, load_mix("dc3"), out, opt)
-    scratch = {p: p.stat().st_mtime_ns for p in (out / ".work").glob("train-*/*.arrow")}
+    scratch = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("train-*/*/*.arrow")}
     assert scratch
     before = _files_sha(out / "train")
     (out / "manifest.json").unlink()  # as if killed before the end
@@ -223,8 +223,13 @@ def test_command_line(corpus, ray_session, tmp_path):
     assert json.loads((out / "manifest.json").read_text())["tokens_requested"] == 30_000
     again = CliRunner().invoke(mix_command, args)
     assert again.exit_code != 0 and "--overwrite" in again.output
-    bad = CliRunner().invoke(mix_command, [args[0], "--config", "c4=1,reddit=1", *args[3:]])
-    assert bad.exit_code == 2 and "unknown source 'reddit'" in bad.output
+    bad = CliRunner().invoke(mix_command, [args[0], "--config", "c4=1,red/dit=1", *args[3:]])
+    assert bad.exit_code == 2 and "'red/dit' is not a source name" in bad.output
+    # any name is a source, which the input must then hold: one line naming it, before any work
+    absent = CliRunner().invoke(mix_command, [args[0], "--config", "c4=1,reddit=1", *args[3:5], "-o",
+                                              str(tmp_path / "absent"), *args[7:]])
+    assert absent.exit_code == 1 and "reddit (50.0%)" in absent.output and "no train documents" in absent.output
+    assert not (tmp_path / "absent").exists()
 
 
 def test_any_hf_tokenizer_json_and_an_input_without_index(docs, ray_session, tmp_path):

@@ -69,6 +69,15 @@ def test_custom_yaml_mix_normalised_with_source_aliases(tmp_path):
     assert mix.to_dict()["weights"]["common_crawl"] == 2.0
 
 
+def test_any_source_name_is_a_source():
+    """RedPajama's seven stay first (0 when unnamed); another name is a source of its own, after them."""
+    mix = MixConfig(name="x", weights={"arabic_web": 1, "cc": 3, "StarCoder": 1})
+    assert list(mix.weights) == [*SOURCES, "arabic_web", "starcoder"]
+    assert mix.active_sources == ["common_crawl", "arabic_web", "starcoder"]
+    assert mix.shares["arabic_web"] == 0.2 and mix.shares["c4"] == 0.0
+    assert "arabic_web" not in load_mix("dc6").weights  # presets give other sources nothing
+
+
 def test_inline_mix():
     mix = load_mix("cc=3, github=1")
     assert mix.shares["common_crawl"] == 0.75 and mix.shares["github"] == 0.25
@@ -76,7 +85,7 @@ def test_inline_mix():
 
 
 @pytest.mark.parametrize(("weights", "message"), [
-    ({"common_crawl": 1, "reddit": 1}, "unknown source 'reddit'"),
+    ({"common_crawl": 1, "red/dit": 1}, "'red/dit' is not a source name"),
     ({"common_crawl": 1, "github": -0.5}, "negative"),
     ({"common_crawl": 0, "github": 0.0}, "all weights are zero"),
     ({"common_crawl": "lots"}, "must be a number"),

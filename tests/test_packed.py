@@ -159,8 +159,9 @@ def test_shuffled_order_is_deterministic_and_covers_each_epoch(tmp_path):
 def test_eval_paths_use_canonical_source_names(tmp_path):
     assert eval_path(tmp_path, "cc").name == "common_crawl"
     assert eval_path(tmp_path, "RedPajamaGithub").name == "github"
+    assert eval_path(tmp_path, "arabic_web").name == "arabic_web"  # any source name is a source
     with pytest.raises(ValueError):
-        eval_path(tmp_path, "reddit")
+        eval_path(tmp_path, "../etc")
 
 
 def test_write_mix_with_real_text(tmp_path):

@@ -26,11 +26,13 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from slimpipe.io.writers import ShardInfo, atomic_write_json
 from slimpipe.mix import budget as B
+from slimpipe.mix.cache import TokenCache, default_cache_root
 from slimpipe.mix.common import (
     INPUT_INDEX,
     MANIFEST,
@@ -39,6 +41,7 @@ from slimpipe.mix.common import (
     MixBuildError,
     MixContext,
     MixOptions,
+    order_sources,
     read_input,
     run_ordered,
     work_key,
@@ -58,7 +61,7 @@ from slimpipe.mix.tokenize import (
     worker_tokenizer,
 )
 
-__all__ = ["MixBuildError", "MixOptions", "build_mix", "resolve_tokenizer", "shard_input", "tokenize_shard",
+__all__ = ["MixBuildError", "MixOptions", "build_mix", "fill_token_cache", "realise_mix", "resolve_tokenizer", "shard_input", "tokenize_shard",
            "worker_tokenizer", "run_ordered"]
 _run_ordered = run_ordered  # the name benchmarks/bench_tokenize.py imports
 
@@ -96,6 +99,16 @@ def _check_sources(root: Path, mix: MixConfig, train_shards: list) -> None:
                             + f" but {root} has no train documents of " + ("it" if len(missing) == 1 else "them"))
 
 
+def _cache_root(root: Path, opt: MixOptions) -> Path:
+    """The token cache's folder, created (and so checked writable) before any work."""
+    cache_root = Path(opt.token_cache) if opt.token_cache else default_cache_root(root)
+    try:
+        cache_root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MixBuildError(f"token cache {cache_root}: {exc.strerror or exc}; pass --token-cache DIR") from None
+    return cache_root
+
+
 def build_mix(slimpajama_dir: str | Path, mix: MixConfig, out: str | Path, opt: MixOptions) -> dict:
     """Build ``mix`` from a SlimPajama folder into ``out``; returns the manifest (also ``out/manifest.json``)."""
     from slimpipe.engine import ensure_ray
@@ -108,12 +121,14 @@ def build_mix(slimpajama_dir: str | Path, mix: MixConfig, out: str | Path, opt: 
         raise MixBuildError("the output folder must differ from the input folder")
     train_shards = splits["train"]
     _check_sources(root, mix, train_shards)
+    cache_root = _cache_root(root, opt)
     prepare_out(out, opt.overwrite)
     work = out / WORK
     work.mkdir(exist_ok=True)
     ensure_ray(opt.ray_address)
     tok = setup_tokenizer(root, out, splits, opt)
     ctx = MixContext(root=root, out=out, mix=mix, opt=opt, tok=tok, work=work, input_id=work_key(input_info))
+    ctx.cache = TokenCache(cache_root, tok.identity, ctx.input_id)
     if input_info["manifest_sha256"] is None:
         ctx.warn(f"{root} has no manifest.json: the mix manifest cannot pin the input by hash")
 
@@ -147,3 +162,39 @@ def build_mix(slimpajama_dir: str | Path, mix: MixConfig, out: str | Path, opt: 
         shutil.rmtree(sel.folder, ignore_errors=True)
     log.info("mix %s built in %.1fs", mix.name, time.monotonic() - t_start)
     return json.loads((out / MANIFEST).read_text())
+
+
+def realise_mix(slimpajama_dir: str | Path, weights: Mapping[str, float], tokens: int, out: str | Path, *,
+                name: str = "custom", **options: Any) -> dict:
+    """A mix from source weights and a token budget, drawn from the token cache: what a proposal tool
+    calls once per candidate. Nothing already in the cache is tokenized again; ``options`` are
+    :class:`MixOptions` fields (``seq_len``, ``seed``, ``tokenizer``, ``token_cache``, ...)."""
+    return build_mix(slimpajama_dir, MixConfig(name=name, weights=dict(weights)), out,
+                     MixOptions(tokens=tokens, **options))
+
+
+def fill_token_cache(slimpajama_dir: str | Path, sources: Sequence[str] | None = None, **options: Any) -> dict:
+    """Tokenize every train shard of ``sources`` (default: all in the input's index) and the holdout
+    into the token cache, so that later mixes of any weights and budget tokenize nothing.
+    ``options`` are :class:`MixOptions` fields; returns the cache's description with its hit counts."""
+    from slimpipe.engine import ensure_ray
+
+    root = Path(slimpajama_dir)
+    opt = MixOptions(tokens=1, **options)
+    opt.check()
+    splits, input_info = read_input(root)
+    if sources is None:
+        found = {s for sh in splits["train"] for s in (sh.counts or {})}
+        if not found:
+            raise MixBuildError(f"{root}: no {INPUT_INDEX} listing the sources; name them")
+        sources = order_sources(found)
+    mix = MixConfig(name="cache", weights=dict.fromkeys(sources, 1.0))
+    ensure_ray(opt.ray_address)
+    if opt.tokenizer == "train":
+        raise MixBuildError("fill the cache with a saved tokenizer (a tokenizer.json or a previous mix folder)")
+    tok = resolve_tokenizer(opt.tokenizer)
+    ctx = MixContext(root=root, out=root, mix=mix, opt=opt, tok=tok, work=root, input_id=work_key(input_info))
+    ctx.cache = TokenCache(_cache_root(root, opt), tok.identity, ctx.input_id)
+    _, _, holdout = holdout_stage(ctx, splits)
+    train_stage(ctx, splits["train"], holdout, dict.fromkeys(mix.active_sources, 1 << 62))
+    return ctx.cache.describe()

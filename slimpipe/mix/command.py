@@ -50,12 +50,16 @@ class TokenCount(click.ParamType):
               show_default=True, help="packed: token sets for `slimpipe train`; text: jsonl.zst in SlimPajama's layout.")
 @click.option("--eval-tokens", default="1M", show_default=True, type=TokenCount(allow_zero=True),
               help="Cap per source on each held-out set (0 = the whole holdout).")
+@click.option("--token-cache", "token_cache", default=None, metavar="DIR",
+              help="Per-source token cache shared by every mix of SLIMPAJAMA_DIR with the same tokenizer "
+                   "[default: SLIMPAJAMA_DIR/_cache/tokens].")
 @click.option("--overwrite", is_flag=True, help="Replace a finished mix in OUT.")
-@click.option("--keep-work", is_flag=True, help="Keep OUT/.work (tokenized scratch shards) for inspection.")
+@click.option("--keep-work", is_flag=True, help="Keep OUT/.work (the pieces selected per shard) for inspection.")
 @click.option("--ray-address", default=None, help="Attach to a Ray cluster (default: start a local one).")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 def mix_command(slimpajama_dir: Path, config: str, tokens: int, out: Path, tokenizer: str, vocab_size: int,
-                bpe_sample: int, seq_len: int, seed: int, output_format: str, eval_tokens: int, overwrite: bool,
+                bpe_sample: int, seq_len: int, seed: int, output_format: str, eval_tokens: int,
+                token_cache: str | None, overwrite: bool,
                 keep_work: bool, ray_address: str | None, quiet: bool) -> None:
     """Build a SlimPajama-DC (or custom) mix of SLIMPAJAMA_DIR into OUT.
 
@@ -77,7 +81,7 @@ def mix_command(slimpajama_dir: Path, config: str, tokens: int, out: Path, token
 
     opt = MixOptions(tokens=tokens, seq_len=seq_len, seed=seed, output_format=output_format, tokenizer=tokenizer,
                      vocab_size=vocab_size, bpe_sample_bytes=bpe_sample, eval_tokens=eval_tokens,
-                     overwrite=overwrite, keep_work=keep_work, ray_address=ray_address, quiet=quiet, warn=warn)
+                     token_cache=token_cache, overwrite=overwrite, keep_work=keep_work, ray_address=ray_address, quiet=quiet, warn=warn)
     try:
         manifest = build_mix(slimpajama_dir, mix, out, opt)
     except MixBuildError as exc:

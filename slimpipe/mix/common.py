@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,19 @@ OUTPUT_FORMATS = ("packed", "text")
 SHARD_ORDER, SELECT, BUCKET, SHUFFLE, EVAL, BPE_SAMPLE = 1, 2, 3, 4, 5, 6
 SEED_STREAMS = {"shard_order": SHARD_ORDER, "select": SELECT, "bucket": BUCKET, "shuffle": SHUFFLE,
                  "eval": EVAL, "bpe_sample": BPE_SAMPLE}
-CODE = {s: i for i, s in enumerate(SOURCES)}
+
+
+def source_key(source: str) -> int:
+    """A stable integer per source name for seeding: RedPajama's seven keep their index in
+    :data:`~slimpipe.sources.SOURCES` (so their draws never change); any other name gets a hash."""
+    if source in SOURCES:
+        return SOURCES.index(source)
+    return (1 << 32) + int.from_bytes(hashlib.sha1(source.encode()).digest()[:6], "little")
+
+
+def order_sources(names: Iterable[str]) -> list[str]:
+    """RedPajama's seven first in SlimPajama's order, then any other source alphabetically."""
+    return sorted(set(names), key=lambda s: (SOURCES.index(s) if s in SOURCES else len(SOURCES), s))
 
 
 class MixBuildError(RuntimeError):
@@ -59,6 +71,7 @@ class MixOptions:
     eval_tokens: int = 1_000_000  # per source and holdout split; 0 = the whole holdout
     bucket_tokens: int = 64 << 20  # shuffle-bucket size: bounds the memory of the second shuffle pass
     text_shard_bytes: int = 256 << 20  # uncompressed bytes per output jsonl.zst shard (text format)
+    token_cache: str | None = None  # default: SLIMPAJAMA_DIR/_cache/tokens
     overwrite: bool = False
     keep_work: bool = False
     ray_address: str | None = None
@@ -230,6 +243,7 @@ class MixContext:
     tok: Tokenizer
     work: Path
     input_id: str = ""  # hash of the input's manifest/index/path: scratch from another input is never reused
+    cache: Any = None  # the per-source token cache (:class:`slimpipe.mix.cache.TokenCache`)
     warnings: list[str] = field(default_factory=list)
 
     def warn(self, msg: str) -> None:

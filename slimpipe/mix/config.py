@@ -9,8 +9,9 @@ A mix file is plain data, so an experiment's proportions can be read, diffed and
 
 Weights are relative (percentages, counts, anything non-negative); they are normalised to shares that
 sum to 1. Source names go through :func:`slimpipe.sources.normalise_source`, so ``cc``, ``CommonCrawl``
-and ``RedPajamaCommonCrawl`` all mean ``common_crawl``. Mistakes are errors, never silently fixed: an
-unknown source, a negative or non-numeric weight, all-zero weights, a source named twice, unknown keys.
+and ``RedPajamaCommonCrawl`` all mean ``common_crawl``; any other name (``arabic_web``, ``starcoder``) is
+a source of its own, which the input must hold. Mistakes are errors, never silently fixed: a name that
+cannot be a source, a negative or non-numeric weight, all-zero weights, a source named twice, unknown keys.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ class MixConfig:
     """A named set of source weights; ``shares`` are the weights normalised to sum to 1.
 
     ``weights`` keeps the numbers as written (the paper's percentages for the presets) so a manifest can
-    show both what was asked and what it means. Both dicts list all seven sources in canonical order.
+    show both what was asked and what it means. Both dicts list RedPajama's seven sources in canonical
+    order (0 when unnamed), then any other named source alphabetically.
     """
 
     name: str
@@ -56,7 +58,7 @@ class MixConfig:
     @property
     def active_sources(self) -> list[str]:
         """Sources with a positive share, in canonical order: the ones a build must read and tokenize."""
-        return [s for s in SOURCES if self.shares[s] > 0]
+        return [s for s in self.shares if self.shares[s] > 0]
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "path": self.path,
@@ -77,7 +79,8 @@ class MixConfig:
 
 
 def _validate_weights(raw: Any, name: str) -> dict[str, float]:
-    """Canonical source -> float weight for all seven sources; raises :class:`MixConfigError` on any mistake."""
+    """Source -> float weight: the seven (0 when unnamed), then other named sources; raises
+    :class:`MixConfigError` on any mistake."""
     if not isinstance(raw, dict) or not raw:
         raise MixConfigError(f"mix {name!r}: `weights` must be a non-empty mapping of source -> weight")
     out = dict.fromkeys(SOURCES, 0.0)
@@ -85,7 +88,8 @@ def _validate_weights(raw: Any, name: str) -> dict[str, float]:
     for key, value in raw.items():
         source = normalise_source(str(key))
         if source is None:
-            raise MixConfigError(f"mix {name!r}: unknown source {key!r}; expected one of {', '.join(SOURCES)}")
+            raise MixConfigError(f"mix {name!r}: {key!r} is not a source name (letters, digits, _ - . ; "
+                                 f"RedPajama's are {', '.join(SOURCES)})")
         if source in seen:
             raise MixConfigError(f"mix {name!r}: source {source!r} given twice (as {seen[source]!r} and {key!r})")
         seen[source] = str(key)
@@ -100,6 +104,7 @@ def _validate_weights(raw: Any, name: str) -> dict[str, float]:
         if weight < 0:
             raise MixConfigError(f"mix {name!r}: weight of {key!r} is negative ({weight})")
         out[source] = weight
+    out = {**{s: out[s] for s in SOURCES}, **{s: out[s] for s in sorted(set(out) - set(SOURCES))}}
     if math.fsum(out.values()) <= 0:
         raise MixConfigError(f"mix {name!r}: all weights are zero; at least one source needs a positive weight")
     return out

@@ -10,25 +10,33 @@ import pyarrow as pa
 
 from slimpipe.io.writers import ShardInfo, ShardWriter, slimpajama_record
 from slimpipe.mix import budget as B
-from slimpipe.mix.common import CODE, EVAL, HOLDOUT_SPLITS, InputShard, MixContext, list_parts, read_arrow
+from slimpipe.mix.common import (
+    EVAL,
+    HOLDOUT_SPLITS,
+    InputShard,
+    MixContext,
+    list_parts,
+    order_sources,
+    read_arrow,
+    source_key,
+)
 from slimpipe.mix.packed import INDEX, PackedWriter, apportion_bytes, eval_path
 from slimpipe.mix.select import cut_text, read_texts
-from slimpipe.sources import SOURCES
 
 
 def eval_selection(ctx: MixContext, tables: list[pa.Table], split_idx: int) -> dict[str, list[tuple[int, int, int]]]:
     """Per source: ``(shard, row, piece)`` for a seeded sample capped at ``eval_tokens``; ``piece`` is the
     cost of a truncated last document, 0 for whole ones. Depends on the holdout only, never on the mix."""
     picks: dict[str, list[tuple[int, int, int]]] = {}
-    for s in SOURCES:
-        code = CODE[s]
-        parts = [(k, np.flatnonzero(t.column("source").to_numpy() == code)) for k, t in enumerate(tables)]
+    names = [t.column("source").to_numpy(zero_copy_only=False) for t in tables]
+    for s in order_sources(x for n in names for x in set(n.tolist())):
+        parts = [(k, np.flatnonzero(n == s)) for k, n in enumerate(names)]
         shard_of = np.concatenate([np.full(r.size, k) for k, r in parts]) if parts else np.zeros(0, np.int64)
         row_of = np.concatenate([r for _, r in parts]) if parts else np.zeros(0, np.int64)
         if row_of.size == 0:
             continue
         costs = np.concatenate([t.column("ntok").to_numpy()[r] + 1 for t, (_, r) in zip(tables, parts, strict=True)])
-        order = np.random.default_rng([ctx.opt.seed, EVAL, split_idx, code]).permutation(row_of.size)
+        order = np.random.default_rng([ctx.opt.seed, EVAL, split_idx, source_key(s)]).permutation(row_of.size)
         if ctx.opt.eval_tokens:
             taken, piece = B.select_documents(costs, order, ctx.opt.eval_tokens)
         else:

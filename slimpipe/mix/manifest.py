@@ -10,7 +10,6 @@ from slimpipe.io.writers import ShardInfo, atomic_write_json, write_manifest
 from slimpipe.mix import budget as B
 from slimpipe.mix.common import FORMAT, MANIFEST, SEED_STREAMS, TOKENIZER_DIR, VERSION, MixContext
 from slimpipe.mix.select import Selection
-from slimpipe.sources import SOURCES
 
 
 def _input_warnings(ctx: MixContext, read_results: list[dict], holdout_dropped: dict[str, int]
@@ -34,8 +33,8 @@ def source_entries(ctx: MixContext, sel: Selection, res: list[dict], realised: d
                    ) -> tuple[dict[str, dict], dict[str, float], dict[str, float], bool]:
     """Per source: weight, target and realised share, availability, epochs, pieces; plus the share check."""
     mix = ctx.mix
-    target_shares = {s: mix.shares[s] for s in SOURCES}
-    shares = B.realised_shares({s: realised.get(s, 0) for s in SOURCES})
+    target_shares = dict(mix.shares)
+    shares = B.realised_shares({s: realised.get(s, 0) for s in mix.shares})
     errors = B.share_errors_pp(target_shares, shares)
     ok = B.within_tolerance(target_shares, shares)
     if not ok:
@@ -43,7 +42,7 @@ def source_entries(ctx: MixContext, sel: Selection, res: list[dict], realised: d
         ctx.warn(f"realised share of {worst} is {errors[worst]:+.2f} percentage points off its target "
                  f"(tolerance {B.TOLERANCE_PP}); the budget is probably too small for whole sequences")
     sources: dict[str, dict] = {}
-    for s in SOURCES:
+    for s in mix.shares:
         entry: dict[str, Any] = {"weight": mix.weights[s], "share_target": target_shares[s],
                                  "tokens_realised": int(realised.get(s, 0)), "share_realised": shares[s],
                                  "share_error_pp": errors[s]}
@@ -100,7 +99,9 @@ def write_mix_manifest(ctx: MixContext, *, input_info: dict[str, Any], n_train_s
         "within_tolerance": ok,
         "eval": eval_info,
         "eval_tokens_per_source": opt.eval_tokens,
-        "options": {k: v for k, v in asdict(opt).items() if k not in ("warn", "quiet", "ray_address", "overwrite")},
+        "options": {k: v for k, v in asdict(opt).items()
+                    if k not in ("warn", "quiet", "ray_address", "overwrite", "token_cache")},
+        "token_cache": ctx.cache.describe(),
         "warnings": ctx.warnings,
         **extra,
     }

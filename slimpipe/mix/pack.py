@@ -17,7 +17,6 @@ from slimpipe.mix import budget as B
 from slimpipe.mix.common import SHUFFLE, MixContext, list_parts, run_ordered
 from slimpipe.mix.packed import INDEX, PackedWriter, apportion_bytes, train_path
 from slimpipe.progress import Progress
-from slimpipe.sources import SOURCES
 
 # ------------------------------------------------------------------------------- stage 5: shuffle
 
@@ -48,7 +47,7 @@ def write_text_bucket(job: dict[str, Any]) -> dict[str, Any]:
     per_shard: dict[str, dict[str, dict[str, int]]] = {}
     with ShardWriter(job["root"], "train", chunk=b + 1, max_bytes=job["shard_bytes"]) as w:
         for i in perm.tolist():
-            source = SOURCES[src[i]]
+            source = job["sources"][src[i]]
             text = texts[i]
             record = slimpajama_record(text, source)
             sid = ids[i]
@@ -102,7 +101,7 @@ def pack_train(ctx: MixContext, files: list[str], n_buckets: int) -> tuple[dict,
                 else:
                     nb = int(apportion_bytes(int(doc_nbytes[i]), int(doc_ntok[i]))[: ids.size].sum())
                 w.add(ids, nb, tb)
-                source = SOURCES[src[i]]
+                source = ctx.mix.active_sources[src[i]]
                 cost = ids.size + 1
                 counts[source] += cost
                 docs[source] += 1
@@ -122,7 +121,7 @@ def write_text_train(ctx: MixContext, files: list[str], n_buckets: int
     """Stage *pack*, text format: one Ray task per bucket writes its ``train/chunk{b+1}/`` shards."""
     active = ctx.mix.active_sources
     bjobs = [{"bucket": b, "files": files, "seed": ctx.opt.seed, "root": str(ctx.out),
-              "shard_bytes": ctx.opt.text_shard_bytes} for b in range(n_buckets)]
+              "shard_bytes": ctx.opt.text_shard_bytes, "sources": active} for b in range(n_buckets)]
     written = run_ordered(write_text_bucket, bjobs, label="mix: write", quiet=ctx.opt.quiet, unit="buckets")
     realised = dict.fromkeys(active, 0)
     docs_packed = dict.fromkeys(active, 0)

@@ -60,10 +60,11 @@ def train_path(mix_dir: str | Path) -> Path:
 
 
 def eval_path(mix_dir: str | Path, source: str) -> Path:
-    """``MIX_DIR/eval/<canonical source>``; rejects names that are not one of the seven sources."""
+    """``MIX_DIR/eval/<source>`` (RedPajama's seven by their canonical names, any other by its own);
+    rejects what cannot be a source name (a path, an empty string)."""
     canonical = normalise_source(source)
     if canonical is None:
-        raise ValueError(f"unknown source {source!r}; expected one of {SOURCES}")
+        raise ValueError(f"{source!r} is not a source name")
     return Path(mix_dir) / "eval" / canonical
 
 
@@ -372,8 +373,6 @@ def open_mix(mix_dir: str | Path, seq_len: int | None = None) -> tuple[PackedDat
         names = sorted(p.name for p in eval_root.iterdir() if (p / INDEX).is_file())
         names.sort(key=lambda n: (SOURCES.index(n) if n in SOURCES else len(SOURCES), n))
         for name in names:
-            if name not in SOURCES:
-                log.warning("%s: eval set %r is not a canonical source name", root, name)
             evals[name] = PackedDataset(eval_root / name, seq_len)
     for name, ds in evals.items():
         if ds.vocab_size != train.vocab_size or ds.eos_id != train.eos_id or (

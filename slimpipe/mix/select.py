@@ -17,7 +17,6 @@ from slimpipe.io.readers import read_batches
 from slimpipe.mix import budget as B
 from slimpipe.mix.common import (
     BUCKET,
-    CODE,
     SELECT,
     InputShard,
     MixBuildError,
@@ -27,6 +26,7 @@ from slimpipe.mix.common import (
     list_parts,
     read_arrow,
     run_ordered,
+    source_key,
     write_arrow_atomic,
 )
 from slimpipe.mix.tokenize import shard_input, worker_tokenizer
@@ -67,8 +67,7 @@ def _choose_pieces(table: pa.Table, plan: dict[str, tuple[int, int]], seed: int,
     src = table.column("source").to_numpy()
     ntok = table.column("ntok").to_numpy()
     rows, epoch, length, trunc, source = [], [], [], [], []
-    for s, (full, quota) in plan.items():
-        code = CODE[s]
+    for code, (s, (full, quota)) in enumerate(plan.items()):
         idx = np.flatnonzero(src == code)
         if idx.size == 0:
             continue
@@ -80,7 +79,7 @@ def _choose_pieces(table: pa.Table, plan: dict[str, tuple[int, int]], seed: int,
             source.append(np.full(idx.size, code, np.int8))
         if quota <= 0:
             continue
-        order = np.random.default_rng([seed, SELECT, key, code]).permutation(idx.size)
+        order = np.random.default_rng([seed, SELECT, key, source_key(s)]).permutation(idx.size)
         taken, piece = B.select_documents(ntok[idx] + 1, order, quota)
         picked = idx[taken]
         rows.append(picked)
@@ -135,9 +134,18 @@ def read_texts(file: str, lines: set[int]) -> dict[int, tuple[str, str | None]]:
     return out
 
 
+def _shard_table(files: dict[str, str]) -> pa.Table:
+    """One shard's cached sources as one table, in the plan's order; ``source`` is the position in it."""
+    parts = []
+    for code, path in enumerate(files.values()):
+        t = read_arrow(path)
+        parts.append(t.append_column("source", pa.array(np.full(t.num_rows, code, np.int8))))
+    return pa.concat_tables(parts) if parts else pa.table({})
+
+
 def select_shard(job: dict[str, Any]) -> dict[str, Any]:
     """Ray task: choose one shard's pieces and write them grouped by bucket (one record batch each)."""
-    table = read_arrow(job["pass1"])
+    table = _shard_table(job["pass1"])
     pieces = _choose_pieces(table, job["plan"], job["seed"], job["key"])
     text = job["format"] == "text"
     n_buckets = int(job["buckets"])
@@ -177,8 +185,8 @@ def select_shard(job: dict[str, Any]) -> dict[str, Any]:
                                           schema=schema) for b in range(n_buckets)]
     write_arrow_atomic(Path(job["out"]), schema, batches)
     per_source: dict[str, dict[str, int]] = {}
-    for s in job["plan"]:
-        m = pieces["source"] == CODE[s]
+    for code, s in enumerate(job["plan"]):
+        m = pieces["source"] == code
         per_source[s] = {"pieces": int(m.sum()), "tokens": int((pieces["ntok"][m] + 1).sum()),
                          "truncated": int(pieces["truncated"][m].sum())}
     return {"path": job["path"], "buckets": np.bincount(bucket, minlength=n_buckets).tolist(), "sources": per_source}
@@ -224,7 +232,7 @@ def plan_and_select(ctx: MixContext, train_shards: list[InputShard], used: list[
         plan = {s: (plans[s].full_epochs, q.get(s, 0)) for s in active}
         if not any(full or quota for full, quota in plan.values()):
             continue
-        jobs.append({"pass1": r["out"], "path": shard.path, "file": str(ctx.root / shard.path), "key": shard.key,
+        jobs.append({"pass1": {s: r["out"][s] for s in active}, "path": shard.path, "file": str(ctx.root / shard.path), "key": shard.key,
                      "plan": plan, "seed": opt.seed, "buckets": n_buckets, "format": opt.output_format,
                      "vocab_size": ctx.tok.vocab_size, "tokenizer": ctx.tok.spec, "identity": ctx.tok.identity,
                      "out": str(sel_dir / f"{flat_name(shard.path)}.arrow")})

@@ -4,7 +4,6 @@ task per shard that tokenizes its documents into a scratch Arrow file; the holdo
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import time
@@ -17,9 +16,9 @@ import pyarrow as pa
 
 from slimpipe.io.readers import InputFile, file_format, read_batches
 from slimpipe.io.writers import atomic_write_json
+from slimpipe.mix.cache import TokenCache
 from slimpipe.mix.common import (
     BPE_SAMPLE,
-    CODE,
     HOLDOUT_SPLITS,
     INPUT_INDEX,
     SHARD_ORDER,
@@ -30,14 +29,13 @@ from slimpipe.mix.common import (
     MixOptions,
     arrow_token_type,
     flat_name,
+    order_sources,
     run_ordered,
     tokens_array,
-    work_key,
     write_arrow_atomic,
 )
 from slimpipe.mix.packed import token_dtype
 from slimpipe.mix.tokenizer import Tokenizer, load_tokenizer, train_bpe
-from slimpipe.sources import SOURCES
 
 log = logging.getLogger(__name__)
 
@@ -94,31 +92,34 @@ def _doc_hashes(texts: Sequence[str]) -> np.ndarray:
                     dtype=np.uint64)
 
 
-# --------------------------------------------------------------------- stage 1 + 2: tokenize a shard
+# --------------------------------------------------------------------------------- tokenize a shard
 
 
-def _pass1_schema(keep_tokens: bool, vocab_size: int) -> pa.Schema:
-    fields = [("line", pa.int64()), ("source", pa.int8()), ("ntok", pa.int64()), ("nbytes", pa.int64())]
-    if keep_tokens:
-        fields.append(("tokens", pa.large_list(arrow_token_type(vocab_size))))
+def _schema(vocab_size: int, with_source: bool) -> pa.Schema:
+    fields = [("line", pa.int64()), ("ntok", pa.int64()), ("nbytes", pa.int64())]
+    if with_source:
+        fields.insert(1, ("source", pa.string()))
+    fields.append(("tokens", pa.large_list(arrow_token_type(vocab_size))))
     return pa.schema(fields)
 
 
 def tokenize_shard(job: dict[str, Any], holdout: np.ndarray | None = None) -> dict[str, Any]:
-    """Ray task: tokenize one shard's documents of ``job["sources"]`` into a scratch Arrow file.
+    """Ray task: tokenize one shard's documents into the token cache.
 
-    Documents whose text hash is in ``holdout`` are dropped (counted per source). Returns per-source
-    ``docs``/``tokens`` (cost: tokens + 1 EOS)/``bytes``, rejects, and with ``want_hashes`` every text hash.
-    The result is also saved next to the scratch file, which lets a rerun skip this shard.
+    ``job["sources"]`` None (the holdout pass): every document, into one file ``job["out"]`` with a
+    ``source`` column, plus every text hash. A list (the train pass): only those sources, one file per
+    source under ``job["out_dir"]/<source>/`` (written even when empty, so the cache knows it is done),
+    dropping documents whose text hash is in ``holdout`` (counted). Each file's stats (``docs``,
+    ``tokens`` = cost: tokens + 1 EOS, ``bytes``, ``empty``, ``holdout_dropped``, and the shard's
+    ``rejected``/``status``/``error``) are saved next to it, which is what a later build finds.
     """
     tok = worker_tokenizer(job["tokenizer"], job["identity"])
     dtype = token_dtype(tok.vocab_size)
-    keep = {CODE[s] for s in job["sources"]}
-    schema = _pass1_schema(job["keep_tokens"], tok.vocab_size)
-    stats = {s: {"docs": 0, "tokens": 0, "bytes": 0} for s in job["sources"]}
-    dropped = dict.fromkeys(job["sources"], 0)
-    batches, hashes, rejected, empty = [], [], 0, 0
-    status, error = "ok", None
+    wanted = None if job["sources"] is None else set(job["sources"])
+    cols: dict[str, dict[str, list]] = {}  # source -> column -> values (lists of arrays)
+    stats: dict[str, dict[str, int]] = {s: _zero_stats() for s in (job["sources"] or ())}
+    hashes: list[np.ndarray] = []
+    rejected, status, error = 0, "ok", None
     for docs, rejects, fstats in read_batches(shard_input(job["file"])):
         if rejects is not None:
             rejected += rejects.num_rows
@@ -127,59 +128,69 @@ def tokenize_shard(job: dict[str, Any], holdout: np.ndarray | None = None) -> di
         if docs is None or docs.num_rows == 0:
             continue
         srcs = docs.column("source").to_pylist()
-        rows = [i for i, s in enumerate(srcs) if s in CODE and CODE[s] in keep]
+        rows = [i for i, s in enumerate(srcs) if s is not None and (wanted is None or s in wanted)]
         texts_all = docs.column("text").to_pylist()
-        if job["want_hashes"]:
-            hashes.append(_doc_hashes([texts_all[i] for i in rows]))
-        if holdout is not None and holdout.size and rows:
-            h = hashes[-1] if job["want_hashes"] else _doc_hashes([texts_all[i] for i in rows])
+        h = _doc_hashes([texts_all[i] for i in rows]) if rows else np.zeros(0, np.uint64)
+        if wanted is None:
+            hashes.append(h)
+        elif holdout is not None and holdout.size and rows:
             clean = ~np.isin(h, holdout)
             for i, ok in zip(rows, clean, strict=True):
                 if not ok:
-                    dropped[srcs[i]] += 1
+                    stats[srcs[i]]["holdout_dropped"] += 1
             rows = [i for i, ok in zip(rows, clean, strict=True) if ok]
         if not rows:
             continue
-        texts = [texts_all[i] for i in rows]
-        ids = tok.encode_batch(texts)
+        ids = tok.encode_batch([texts_all[i] for i in rows])
         lines = docs.column("line").to_numpy()
         nbytes = docs.column("nbytes").to_numpy()
-        sel = [k for k, x in enumerate(ids) if x]  # a document without tokens contributes nothing
-        empty += len(ids) - len(sel)
-        cols: dict[str, Any] = {
-            "line": pa.array(lines[[rows[k] for k in sel]] if sel else [], pa.int64()),
-            "source": pa.array([CODE[srcs[rows[k]]] for k in sel], pa.int8()),
-            "ntok": pa.array([len(ids[k]) for k in sel], pa.int64()),
-            "nbytes": pa.array(nbytes[[rows[k] for k in sel]] if sel else [], pa.int64()),
-        }
-        if job["keep_tokens"]:
-            cols["tokens"] = tokens_array([ids[k] for k in sel], dtype).cast(schema.field("tokens").type)
-        for k in sel:
-            st = stats[srcs[rows[k]]]
+        for k, i in enumerate(rows):
+            st = stats.setdefault(srcs[i], _zero_stats())
+            if not ids[k]:  # a document without tokens contributes nothing
+                st["empty"] += 1
+                continue
+            c = cols.setdefault(srcs[i], {"line": [], "ntok": [], "nbytes": [], "tokens": []})
+            c["line"].append(int(lines[i]))
+            c["ntok"].append(len(ids[k]))
+            c["nbytes"].append(int(nbytes[i]))
+            c["tokens"].append(ids[k])
             st["docs"] += 1
             st["tokens"] += len(ids[k]) + 1
-            st["bytes"] += int(nbytes[rows[k]])
-        batches.append(pa.RecordBatch.from_pydict(cols, schema=schema))
-    out = Path(job["out"])
-    write_arrow_atomic(out, schema, batches)
-    result = {"path": job["path"], "stats": stats, "rejected": rejected, "empty": empty,
-              "holdout_dropped": dropped, "status": status, "error": error}
-    if job["want_hashes"]:
-        h = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
-        np.save(out.with_suffix(".hashes.npy"), h)
-    atomic_write_json(out.with_suffix(".json"), result)
-    return result
+            st["bytes"] += int(nbytes[i])
+    shard = {"rejected": rejected, "status": status, "error": error}
+
+    def table(sources: list[str], with_source: bool) -> tuple[pa.Schema, list[pa.RecordBatch]]:
+        schema = _schema(tok.vocab_size, with_source)
+        batches = []
+        for s in sources:
+            c = cols.get(s)
+            if not c:
+                continue
+            arrays: dict[str, Any] = {"line": pa.array(c["line"], pa.int64()), "ntok": pa.array(c["ntok"], pa.int64()),
+                                      "nbytes": pa.array(c["nbytes"], pa.int64()),
+                                      "tokens": tokens_array(c["tokens"], dtype).cast(schema.field("tokens").type)}
+            if with_source:
+                arrays["source"] = pa.array([s] * len(c["line"]), pa.string())
+            batches.append(pa.RecordBatch.from_pydict(arrays, schema=schema))
+        return schema, batches
+
+    if wanted is None:  # holdout: one file, rows grouped by source
+        out = Path(job["out"])
+        write_arrow_atomic(out, *table(order_sources(cols), True))
+        np.save(out.with_suffix(".hashes.tmp.npy"), np.concatenate(hashes) if hashes else np.zeros(0, np.uint64))
+        os.replace(out.with_suffix(".hashes.tmp.npy"), out.with_suffix(".hashes.npy"))
+        result = {"path": job["path"], "stats": stats, **shard}
+        atomic_write_json(out.with_suffix(".json"), result)
+        return result
+    for s in job["sources"]:
+        out = Path(job["out_dir"]) / s / f"{job['flat']}.arrow"
+        write_arrow_atomic(out, *table([s], False))
+        atomic_write_json(out.with_suffix(".json"), {**stats[s], **shard})
+    return {"path": job["path"], "sources": {s: {**stats[s], **shard} for s in job["sources"]}}
 
 
-def _load_pass1_result(out: Path, want_hashes: bool) -> dict[str, Any] | None:
-    """A previous run's result for this shard, if it completed (resume)."""
-    res = out.with_suffix(".json")
-    if not (res.is_file() and out.is_file()) or (want_hashes and not out.with_suffix(".hashes.npy").is_file()):
-        return None
-    try:
-        return json.loads(res.read_text())
-    except ValueError:
-        return None
+def _zero_stats() -> dict[str, int]:
+    return {"docs": 0, "tokens": 0, "bytes": 0, "empty": 0, "holdout_dropped": 0}
 
 
 def _bpe_texts(root: Path, shards: Sequence[InputShard], seed: int, limit: int) -> Iterator[str]:
@@ -210,29 +221,28 @@ def setup_tokenizer(root: Path, out: Path, splits: dict[str, list[InputShard]], 
     return resolve_tokenizer(opt.tokenizer)
 
 
-def _pass1_jobs(ctx: MixContext, shards: Sequence[InputShard], sources: Sequence[str], keep_tokens: bool,
-                want_hashes: bool, folder: Path) -> tuple[list[dict], list]:
-    jobs, cached = [], []
-    for s in shards:
-        out = folder / f"{flat_name(s.path)}.arrow"
-        jobs.append({"file": str(ctx.root / s.path), "path": s.path, "out": str(out), "sources": list(sources),
-                     "tokenizer": ctx.tok.spec, "identity": ctx.tok.identity, "keep_tokens": keep_tokens,
-                     "want_hashes": want_hashes})
-        cached.append(_load_pass1_result(out, want_hashes))
-    return jobs, cached
+
+def _job(ctx: MixContext, shard: InputShard, **kw: Any) -> dict[str, Any]:
+    return {"file": str(ctx.root / shard.path), "path": shard.path, "flat": flat_name(shard.path),
+            "tokenizer": ctx.tok.spec, "identity": ctx.tok.identity, **kw}
 
 
 def holdout_stage(ctx: MixContext, splits: dict[str, list[InputShard]]) -> tuple[dict[str, list[InputShard]],
                                                                              dict[str, list[dict]], np.ndarray]:
-    """Tokenize every held-out shard (all sources) and collect the hashes of its texts."""
-    keep_tokens = ctx.opt.output_format == "packed"
-    folder = ctx.work / f"holdout-{work_key(ctx.input_id, ctx.tok.identity, keep_tokens)}"
+    """Tokenize every held-out shard (all sources; cached) and collect the hashes of its texts."""
     present = {sp: splits[sp] for sp in HOLDOUT_SPLITS if splits.get(sp)}
     if not present:
         ctx.warn("the input has no validation or test split: the mix gets no evaluation sets")
         return {}, {}, np.zeros(0, np.uint64)
+    folder = ctx.cache.holdout_dir()
     flat = [s for sp in present for s in present[sp]]
-    jobs, cached = _pass1_jobs(ctx, flat, SOURCES, keep_tokens, True, folder)
+    jobs, cached = [], []
+    for s in flat:
+        out = folder / f"{flat_name(s.path)}.arrow"
+        jobs.append(_job(ctx, s, sources=None, out=str(out)))
+        cached.append(TokenCache.load(out.with_suffix(".json"), out, out.with_suffix(".hashes.npy")))
+    ctx.cache.holdout_hits += sum(c is not None for c in cached)
+    ctx.cache.holdout_tokenized += sum(c is None for c in cached)
     results = run_ordered(tokenize_shard, jobs, cached=cached, label="mix: holdout", quiet=ctx.opt.quiet)
     hashes = [np.load(Path(j["out"]).with_suffix(".hashes.npy")) for j in jobs]
     by_split: dict[str, list[dict]] = {}
@@ -244,9 +254,23 @@ def holdout_stage(ctx: MixContext, splits: dict[str, list[InputShard]]) -> tuple
     return present, by_split, all_h
 
 
+def _merge(path: str, per_source: dict[str, dict], folder: Path, flat: str) -> dict[str, Any]:
+    """One shard's result in the form the later stages read: per-source stats and files, shard counts."""
+    any_entry = next(iter(per_source.values()))
+    return {"path": path, "stats": {s: {k: e[k] for k in ("docs", "tokens", "bytes")} for s, e in per_source.items()},
+            "holdout_dropped": {s: e["holdout_dropped"] for s, e in per_source.items()},
+            "empty": sum(e["empty"] for e in per_source.values()), "rejected": any_entry["rejected"],
+            "status": any_entry["status"], "error": any_entry["error"],
+            "out": {s: str(folder / s / f"{flat}.arrow") for s in per_source}}
+
+
 def train_stage(ctx: MixContext, shards: list[InputShard], holdout: np.ndarray,
-                 targets: dict[str, int]) -> tuple[list[InputShard], list[dict], int]:
-    """Tokenize train shards in a seeded order until a prefix covers every target (or all are done)."""
+                targets: dict[str, int]) -> tuple[list[InputShard], list[dict], int]:
+    """Tokenize train shards in a seeded order until a prefix covers every target (or all are done).
+
+    Only the (shard, source) entries the token cache lacks are tokenized; a shard whose sources are all
+    cached costs nothing.
+    """
     import ray
 
     active = ctx.mix.active_sources
@@ -255,18 +279,32 @@ def train_stage(ctx: MixContext, shards: list[InputShard], holdout: np.ndarray,
         raise MixBuildError(f"no train shard holds documents of {', '.join(active)} (per {INPUT_INDEX})")
     order = np.random.default_rng([ctx.opt.seed, SHARD_ORDER]).permutation(len(eligible))
     ordered = [eligible[i] for i in order.tolist()]
-    keep_tokens = ctx.opt.output_format == "packed"
-    digest = hashlib.sha256(holdout.tobytes()).hexdigest()
-    folder = ctx.work / f"train-{work_key(ctx.input_id, ctx.tok.identity, keep_tokens, active, digest)}"
-    jobs, cached = _pass1_jobs(ctx, ordered, active, keep_tokens, False, folder)
+    folder = ctx.cache.train_dir(hashlib.sha256(holdout.tobytes()).hexdigest())
+    jobs, cached, found = [], [], []
+    for shard in ordered:
+        flat = flat_name(shard.path)
+        have = {}
+        for s in active:
+            out = folder / s / f"{flat}.arrow"
+            entry = TokenCache.load(out.with_suffix(".json"), out)
+            if entry is not None:
+                have[s] = entry
+        missing = [s for s in active if s not in have]
+        jobs.append(_job(ctx, shard, sources=missing, out_dir=str(folder)))
+        cached.append(None if missing else {"path": shard.path, "sources": {}})
+        found.append(have)
     need = {s: t for s, t in targets.items() if t > 0}
     state: dict[str, Any] = {"done": 0, "have": dict.fromkeys(need, 0), "k": None}
+
+    def merged(i: int, result: dict) -> dict:
+        return _merge(ordered[i].path, {s: {**found[i], **result["sources"]}[s] for s in active}, folder,
+                      jobs[i]["flat"])
 
     def covered(results: list) -> bool:
         """Extend the finished prefix shard by shard; the first length that covers every target is the
         minimal prefix (same answer as :func:`budget.minimal_prefix`, in linear time)."""
         while state["k"] is None and state["done"] < len(results) and results[state["done"]] is not None:
-            stats = results[state["done"]]["stats"]
+            stats = merged(state["done"], results[state["done"]])["stats"]
             for s in need:
                 state["have"][s] += stats[s]["tokens"]
             state["done"] += 1
@@ -275,7 +313,8 @@ def train_stage(ctx: MixContext, shards: list[InputShard], holdout: np.ndarray,
         return state["k"] is not None
 
     results = run_ordered(tokenize_shard, jobs, (ray.put(holdout),), cached=cached, stop=covered,
-                           label="mix: tokenize", quiet=ctx.opt.quiet)
+                          label="mix: tokenize", quiet=ctx.opt.quiet)
     k = state["k"] if state["k"] is not None else len(ordered)
-    used = [dict(results[i], out=jobs[i]["out"]) for i in range(k)]
-    return ordered[:k], used, len(eligible)
+    ctx.cache.hits += sum(len(found[i]) for i in range(k))
+    ctx.cache.tokenized += sum(len(jobs[i]["sources"]) for i, r in enumerate(results) if r is not None and cached[i] is None)
+    return ordered[:k], [merged(i, results[i]) for i in range(k)], len(eligible)

@@ -1,0 +1,69 @@
+"""The per-source token cache: each source's documents are tokenized once per tokenizer and input, and
+every mix (``slimpipe mix``, ``slimpipe propose``'s proxies) draws from the same files.
+
+Layout under the cache root (``SLIMPAJAMA_DIR/_cache/tokens`` unless ``--token-cache`` says otherwise)::
+
+    <tokenizer id>/<input id>/holdout/<shard>.arrow          every held-out document (all sources)
+                                     <shard>.json           its stats; <shard>.hashes.npy: text hashes
+    <tokenizer id>/<input id>/train-<holdout id>/<source>/<shard>.arrow   one source of one train shard
+                                                 <source>/<shard>.json    its stats
+
+The tokenizer id is the tokenizer's identity (a hash of its files), the input id a hash of the input's
+``manifest.json`` / ``index.json`` / location, and the holdout id a hash of the held-out text hashes
+(train documents identical to a held-out one are dropped while tokenizing). A file is published by
+rename after it is complete, and its ``.json`` after it, so a reader never sees a partial entry and two
+builds sharing the cache at once at worst tokenize a shard twice. A mix needing a source the cache lacks
+tokenizes just that source of just the shards it reads.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CACHE_DIR = ("_cache", "tokens")
+
+
+def default_cache_root(slimpajama_dir: str | Path) -> Path:
+    return Path(slimpajama_dir).joinpath(*CACHE_DIR)
+
+
+@dataclass
+class TokenCache:
+    """Where one (tokenizer, input) pair keeps its tokenized shards, and how often it was hit."""
+
+    root: Path
+    tokenizer_id: str
+    input_id: str
+    hits: int = 0  # (shard, source) entries found
+    tokenized: int = 0  # (shard, source) entries written by this build
+    holdout_hits: int = 0
+    holdout_tokenized: int = 0
+    _made: set = field(default_factory=set)
+
+    @property
+    def base(self) -> Path:
+        return self.root / self.tokenizer_id[:16] / self.input_id
+
+    def holdout_dir(self) -> Path:
+        return self.base / "holdout"
+
+    def train_dir(self, holdout_id: str) -> Path:
+        return self.base / f"train-{holdout_id[:16]}"
+
+    @staticmethod
+    def load(result_json: Path, data: Path, *extra: Path) -> dict[str, Any] | None:
+        """A complete entry's stats, or None (missing, or any of its files absent or unreadable)."""
+        if not (result_json.is_file() and data.is_file() and all(p.is_file() for p in extra)):
+            return None
+        try:
+            return json.loads(result_json.read_text())
+        except ValueError:
+            return None
+
+    def describe(self) -> dict[str, Any]:
+        return {"path": str(self.base), "tokenizer_id": self.tokenizer_id[:16], "input_id": self.input_id,
+                "train_entries_hit": self.hits, "train_entries_tokenized": self.tokenized,
+                "holdout_shards_hit": self.holdout_hits, "holdout_shards_tokenized": self.holdout_tokenized}
