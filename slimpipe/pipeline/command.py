@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from slimpipe.dedup.command import dedup_options, params_from_options
+from slimpipe.evalset.command import evalset_options, options_from
 from slimpipe.io.readers import InputError
 
 
@@ -23,15 +24,26 @@ from slimpipe.io.readers import InputError
               help="Text per chunk; one chunk is shuffled in memory by one task.")
 @click.option("--shard-mb", type=float, default=256, show_default=True, help="Uncompressed JSON lines per shard.")
 @click.option("--shard-records", type=int, default=None, help="At most this many records per shard.")
+@click.option("--eval-set", "eval_set", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
+              help="Reuse this `slimpipe evalset` folder (copied to OUT/eval) instead of drawing one.")
+@click.option("--no-eval-set", "no_eval_set", is_flag=True,
+              help="SlimPajama as published: no evaluation set, exact-SHA holdout decontamination only.")
+@evalset_options
 @click.option("--quiet", is_flag=True, help="No progress output.")
 def slimpajama_command(sources, out, preset, mode, threshold, num_perm, ngram, unit, bands, rows, min_chars, verify,
                        keep, source_priority, force_source, partitions, max_edges_in_memory, ray_address,
-                       holdout_fraction, seed, split_seed, chunks, chunk_mb, shard_mb, shard_records, quiet) -> None:
+                       holdout_fraction, seed, split_seed, chunks, chunk_mb, shard_mb, shard_records, eval_set, no_eval_set,
+                       eval_seed, eval_min_tokens, eval_min_seqs, eval_seq_len, eval_max_fraction, quiet) -> None:
     """Run SlimPajama's recipe on SOURCES: NFC → short filter → MinHash dedup → interleave and shuffle →
     train/holdout split → decontaminate → jsonl.zst shards in SlimPajama's layout, with a report.
 
+    Before dedup, an evaluation set is drawn from the raw SOURCES into OUT/eval (or --eval-set EVAL is
+    copied there); every training document that is an evaluation document, an exact copy of one or a
+    near-duplicate (J >= --threshold) is removed and counted per source. --no-eval-set skips this.
+
     Re-running the same command after an interruption resumes where it stopped.
     """
+    from slimpipe.evalset.build import EvalSetError
     from slimpipe.pipeline.job import PipelineOptions, run_slimpajama
 
     params = params_from_options(preset, mode=mode, threshold=threshold, num_perm=num_perm, ngram=ngram, unit=unit,
@@ -43,14 +55,22 @@ def slimpajama_command(sources, out, preset, mode, threshold, num_perm, ngram, u
                                shard_records=shard_records)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
+    evaluation = None if no_eval_set else {"reuse": eval_set} if eval_set else {"options": options_from(
+        eval_seed, eval_min_tokens, eval_min_seqs, eval_seq_len, eval_max_fraction)}
     try:
         report = run_slimpajama(list(sources), out, params, opts, source=force_source, partitions=partitions,
-                                max_edges_in_memory=max_edges_in_memory, progress=not quiet, ray_address=ray_address)
-    except InputError as exc:
+                                max_edges_in_memory=max_edges_in_memory, progress=not quiet, ray_address=ray_address,
+                                eval_set=evaluation)
+    except (InputError, EvalSetError) as exc:
         raise click.ClickException(str(exc)) from exc
     t = report["total"]
     click.echo(f"{t['lines_read']:,} lines read → train {t['train']['docs']:,} docs ({t['train']['bytes'] / 1e6:.1f} MB), "
                f"validation {t['validation']['docs']:,}, test {t['test']['docs']:,}; short {t['short_docs']:,}, "
                f"duplicates {t['exact_duplicates'] + t['near_duplicates']:,}, decontaminated {t['decontaminated_docs']:,}, "
                f"rejected {t['rejected']:,}")
+    e = report.get("eval_decontamination")
+    if e:
+        gone = sum(n for r in e["removed"].values() for n, _ in r.values())
+        click.echo(f"evaluation set {e['eval_set'][:12]} ({e['eval_docs']:,} docs, OUT/eval): {gone:,} training "
+                   "documents removed as copies or near-copies of it")
     click.echo(f"report: {out / 'report.md'}")

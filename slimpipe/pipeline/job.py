@@ -118,7 +118,7 @@ def _scatter(root: str, t: int, task: dict, opts: dict, chunks: int) -> dict:
     return result
 
 
-def _gather(root: str, chunk: int, opts: dict, holdout: list[str]) -> dict:
+def _gather(root: str, chunk: int, opts: dict, holdout: list[str], decon=None) -> dict:
     wd = WorkDir(Path(root).parent)
     out = wd.out
     marker = wd.path("gather", f"c{chunk:05d}.json")
@@ -136,13 +136,19 @@ def _gather(root: str, chunk: int, opts: dict, holdout: list[str]) -> dict:
     index: dict[str, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(lambda: {"docs": 0, "bytes": 0, "words": 0}))
     decontaminated: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     srcs, splits, shas, texts = (table.column(k).to_pylist() for k in ("source", "split", "sha256", "text"))
+    from slimpipe.evalset.decontaminate import REASONS, train_codes
+
+    eval_codes, eval_removed = train_codes(decon, order.tolist(), splits, ids, texts, TRAIN), {}
     try:
         for i in order.tolist():
             src, split, text = srcs[i], splits[i], texts[i]
             nbytes = len(text.encode("utf-8"))
-            if split == TRAIN and shas[i] in holdout_set:
+            if (split == TRAIN and shas[i] in holdout_set) or i in eval_codes:
                 decontaminated[src][0] += 1
                 decontaminated[src][1] += nbytes
+                if i in eval_codes:  # against the evaluation set (exact, near or the document itself)
+                    e = eval_removed.setdefault(src, {}).setdefault(REASONS[eval_codes[i]], [0, 0])
+                    e[0], e[1] = e[0] + 1, e[1] + nbytes
                 continue
             w = writers[split]
             path = shard_relpath(SPLITS[split], chunk + 1, w.index)
@@ -157,7 +163,7 @@ def _gather(root: str, chunk: int, opts: dict, holdout: list[str]) -> dict:
             w.abort()
         raise
     result = {"shards": shards, "index": {p: dict(v) for p, v in index.items()},
-              "decontaminated": dict(decontaminated)}
+              "decontaminated": dict(decontaminated), "eval_decontaminated": eval_removed}
     atomic_write_json(marker, result)
     return result
 
@@ -166,19 +172,26 @@ class SlimPajamaJob:
     """``SlimPajamaJob(paths, out, dedup_params, options).run()`` → the pipeline report (dict)."""
 
     def __init__(self, paths: list, out: str | Path, dedup_params: DedupParams, options: PipelineOptions,
-                 source: str | None = None, progress: bool = True, **dedup_kwargs):
+                 source: str | None = None, progress: bool = True, eval_set: dict | None = None, **dedup_kwargs):
         self.paths, self.out = paths, Path(out)
+        self.eval_set = eval_set  # {"reuse": EVAL} or {"options": EvalSetOptions}: OUT/eval + decontamination
         self.params, self.opts = dedup_params, options
         self.source, self.progress, self.dedup_kwargs = source, progress, dedup_kwargs
         self.wd = WorkDir(self.out)
         self.runner = StageRunner(self.wd, "slimpajama", progress)
-        plan = {"options": asdict(options), "dedup": dedup_params.to_dict()}
+        plan = {"options": asdict(options), "dedup": dedup_params.to_dict(), "eval_set": repr(eval_set)}
         plan_path = self.wd.path("pipeline_plan.json")
         if plan_path.exists() and json.loads(plan_path.read_text()) != plan:
             raise RuntimeError(f"{self.out} holds a pipeline run with other options; use a new output folder")
         atomic_write_json(plan_path, plan)
 
     def run(self) -> dict:
+        decon = None
+        if self.eval_set is not None:  # drawn from the raw sources before any dedup
+            from slimpipe.evalset.decontaminate import prepare_eval_set
+
+            decon = prepare_eval_set(self.paths, self.out, self.params, source=self.source, progress=self.progress,
+                                     **self.eval_set)
         dedup = DedupJob(self.paths, self.out / "dedup", self.params, source=self.source, progress=self.progress,
                          **self.dedup_kwargs)
         dedup_report = dedup.run()
@@ -192,16 +205,24 @@ class SlimPajamaJob:
 
         # one copy in the object store, shared by every gather task (0.17% of documents, 32 bytes each)
         holdout = ray.put(sorted({h for s in scattered for h in s["holdout_sha256"]}))
-        gathered = self.runner.run("gather", _gather, [(root, c, opts, holdout) for c in range(chunks)], "chunks")
+        decon_ref = ray.put(decon)
+        gathered = self.runner.run("gather", _gather, [(root, c, opts, holdout, decon_ref) for c in range(chunks)],
+                                   "chunks")
         from slimpipe.pipeline.report import build_report, write_report
 
         shards = [s for g in gathered for s in g["shards"]]
         manifest = write_manifest(self.out, [_shard(s) for s in shards],
                                   extra={"kind": "slimpipe-slimpajama", "options": opts, "chunks": chunks,
-                                         "dedup": self.params.to_dict()})
+                                         "dedup": self.params.to_dict(),
+                                         "eval_set": decon.eval_set if decon else None})
         index = _index(gathered)
         atomic_write_json(self.out / "index.json", index)
         report = build_report(dedup_report, gathered, index, self.opts, chunks, self.runner.timings, manifest)
+        if decon is not None:
+            from slimpipe.evalset.decontaminate import merge_counts
+
+            report["eval_decontamination"] = {**decon.describe(), "removed": merge_counts(
+                [g.get("eval_decontaminated") for g in gathered])}
         write_report(self.out, report)
         remove_temporaries(self.out)
         return report

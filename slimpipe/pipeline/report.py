@@ -148,5 +148,26 @@ def render_markdown(r: dict) -> str:
                  f"{t['train']['words']:,} | 100% | 100% | 100% | 100% |")
     lines += ["", "## Stage timings (seconds)", "", "| stage | seconds |", "|---|---:|"]
     lines += [f"| {k} | {v:.2f} |" for k, v in r["timings"].items()]
+    lines += _eval_lines(r.get("eval_decontamination"))
     lines += ["", "The dedup stage's own report, with plots and sample clusters: [dedup/report.md](dedup/report.md)."]
     return "\n".join(lines) + "\n"
+
+
+def _eval_lines(e: dict | None) -> list[str]:
+    """The decontamination against the evaluation set (``OUT/eval``), per source and reason."""
+    if not e:
+        return ["", "No evaluation set (`--no-eval-set`): training splits were decontaminated against the "
+                "holdout only (SlimPajama's exact SHA-256 rule)."]
+    lines = ["", "## Decontamination against the evaluation set", "",
+             f"Evaluation set `{e['eval_set']}` ({e['eval_docs']:,} documents, [eval/report.md](eval/report.md)). "
+             f"Removed from train: the evaluation documents themselves, exact copies (full-text SHA-256 or cleaned "
+             f"text), and near-duplicates ({e['shingles']}, MinHash-LSH {e['bands']}x{e['rows']}, recall "
+             f"{e['recall_at_threshold']:.2%} at J = {e['threshold']}, each candidate verified by exact Jaccard "
+             f">= {e['threshold']}). These are part of the decontaminated column above.", "",
+             "| source | evaluation document | exact copy | near-duplicate |", "|---|---:|---:|---:|"]
+    for src, reasons in sorted(e["removed"].items()):
+        cells = [f"{reasons.get(k, [0, 0])[0]:,}" for k in ("evaluation document", "exact copy", "near-duplicate")]
+        lines.append(f"| {src} | " + " | ".join(cells) + " |")
+    if not e["removed"]:
+        lines.append("| (none) | 0 | 0 | 0 |")
+    return lines

@@ -1,0 +1,69 @@
+"""``slimpipe evalset SOURCES... -o EVAL``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from slimpipe.io.readers import InputError
+
+
+def evalset_options(f):
+    """The options that size an evaluation set (shared with ``slimpipe slimpajama``)."""
+    for opt in reversed([
+        click.option("--eval-seed", "eval_seed", type=int, default=1234, show_default=True,
+                     help="Seed of the evaluation draw (documents are ordered by a hash of seed and id)."),
+        click.option("--eval-min-tokens", "eval_min_tokens", type=int, default=None,
+                     help="GPT-2 tokens per source (default: --eval-min-seqs x --eval-seq-len)."),
+        click.option("--eval-min-seqs", "eval_min_seqs", type=int, default=64, show_default=True,
+                     help="Sequences of --eval-seq-len tokens per source, where the source has that much."),
+        click.option("--eval-seq-len", "eval_seq_len", type=int, default=2048, show_default=True,
+                     help="The model's sequence length (sizes the default target)."),
+        click.option("--eval-max-fraction", "eval_max_fraction", type=float, default=0.1, show_default=True,
+                     help="Never hold out more than this share of a source's text (smaller sources are flagged)."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def options_from(eval_seed: int, eval_min_tokens: int | None, eval_min_seqs: int, eval_seq_len: int,
+                 eval_max_fraction: float):
+    from slimpipe.evalset.build import EvalSetError, EvalSetOptions
+
+    try:
+        return EvalSetOptions(seed=eval_seed, min_tokens=eval_min_tokens, min_seqs=eval_min_seqs,
+                              seq_len=eval_seq_len, max_fraction=eval_max_fraction)
+    except EvalSetError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+@click.command("evalset")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
+              help="Folder of the evaluation set (EVAL/manifest.json, EVAL/<source>/*.jsonl.zst).")
+@evalset_options
+@click.option("--source", "force_source", default=None, help="Treat every input as this source.")
+@click.option("--ray-address", default=None, help="Attach to this Ray cluster instead of starting a private one.")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+def evalset_command(sources, out, eval_seed, eval_min_tokens, eval_min_seqs, eval_seq_len, eval_max_fraction,
+                    force_source, ray_address, quiet) -> None:
+    """Draw one evaluation set from the raw SOURCES (before any dedup), stratified per source, with a
+    minimum size per source; every run and mix built from these sources should be scored on it
+    (`slimpipe slimpajama --eval-set EVAL`). Too-small sources are flagged in the manifest and report."""
+    from slimpipe.engine import ensure_ray
+    from slimpipe.evalset.build import EvalSetError, build_eval_set
+
+    opts = options_from(eval_seed, eval_min_tokens, eval_min_seqs, eval_seq_len, eval_max_fraction)
+    try:
+        from slimpipe.io.readers import discover_files
+
+        discover_files(list(sources), source=force_source)  # a missing input fails before Ray starts
+        ensure_ray(ray_address)
+        m = build_eval_set(list(sources), out, opts, source=force_source, progress=not quiet)
+    except (InputError, EvalSetError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    for src, v in m["sources"].items():
+        flag = "  TOO SMALL" if v["too_small"] else ""
+        click.echo(f"{src}: {v['docs']:,} docs, {v['tokens']:,} GPT-2 tokens{flag}")
+    click.echo(f"eval_set {m['eval_set']}: {out / 'manifest.json'}")
