@@ -1,7 +1,8 @@
-"""Ray Train launch: two CPU workers with gloo (DDP) train the same model a single process would."""
+"""Ray Train launch: two CPU workers with gloo (DDP, FSDP2) train the same model a single process would."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from pydoc_data.topics import topics
@@ -9,10 +10,11 @@ from pydoc_data.topics import topics
 import pytest
 import torch
 
-from slimpipe.mix.packed import write_mix
+from slimpipe.mix.packed import open_mix, write_mix
 from slimpipe.mix.tokenizer import train_bpe
+from slimpipe.train.checkpoint import load_model_state
 from slimpipe.train.launch import launch, launch_ray
-from slimpipe.train.loop import TrainConfig
+from slimpipe.train.loop import TrainConfig, checkpoints
 
 MICRO_YAML = """\
 name: micro
@@ -46,7 +48,7 @@ def test_two_gloo_workers_match_a_single_process(ray_session, mix, tmp_path):
     assert metrics["world_size"] == 2 and metrics["steps"] == 4
     config = json.loads((ray_run / "config.json").read_text())
     assert config["plan"]["world_size"] == 2 and config["plan"]["accum"] == 2  # 8 = 2 micro x 2 accum x 2
-    assert (ray_run / "checkpoints" / "step_0000004.pt").is_file()
+    assert [p.name for p in checkpoints(ray_run)] == ["step_0000004"]
     evals = [json.loads(ln) for ln in (ray_run / "eval_log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in evals] == [2, 4]
     # the same global batches, split over two ranks with gradients all-reduced, give the same training
@@ -55,7 +57,19 @@ def test_two_gloo_workers_match_a_single_process(ray_session, mix, tmp_path):
     assert _losses(ray_run) == pytest.approx(_losses(local_run), rel=1e-4)
     assert metrics["eval"]["total"]["bpb"] == pytest.approx(local["eval"]["total"]["bpb"], rel=1e-4)
     assert metrics["eval"]["total"]["tokens"] == local["eval"]["total"]["tokens"]
-    a = torch.load(ray_run / "checkpoints" / "step_0000004.pt", weights_only=False)["model"]
-    b = torch.load(local_run / "checkpoints" / "step_0000004.pt", weights_only=False)["model"]
+    a = load_model_state(ray_run / "checkpoints" / "step_0000004")
+    b = load_model_state(local_run / "checkpoints" / "step_0000004")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-5)
+    # FSDP2 (bf16 parameters, fp32 reduction) on the same two ranks: sharded checkpoint, eval shards of
+    # unequal size (an odd-sized set: no deadlock), and the fp32 run's training within bf16 precision
+    assert any(len(ds) % 2 for ds in open_mix(mix / "mix")[1].values())
+    fsdp_run = tmp_path / "fsdp"
+    fsdp = launch_ray(dataclasses.replace(_cfg(mix, fsdp_run), parallel="fsdp"), num_workers=2, use_gpu=False)
+    assert fsdp["parallel"] == "fsdp" and fsdp["steps"] == 4
+    ckpt = ray_run.parent / "fsdp" / "checkpoints" / "step_0000004"
+    assert sorted(p.name for p in ckpt.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]  # one shard each
+    assert _losses(fsdp_run) == pytest.approx(_losses(local_run), rel=3e-2)
+    assert fsdp["eval"]["total"]["bpb"] == pytest.approx(local["eval"]["total"]["bpb"], rel=3e-2)
+    c = load_model_state(ckpt)
+    assert c.keys() == b.keys() and all(c[k].shape == b[k].shape for k in b)
