@@ -222,7 +222,9 @@ def render_markdown(r: dict, plots: list[str]) -> str:
         lines.append(f"| {src} | {lo['exact_docs'] + lo['near_docs']:,} | {lo['kept_docs']:,} | "
                      f"{gl['exact_docs'] + gl['near_docs']:,} | {gl['kept_docs']:,} | {on_top:,} |")
     lines += ["", "## Cross-source duplicates (global)", "",
-              "Rows: source of the removed document; columns: source of the document kept for it.", ""]
+              "Rows: source of the removed document; columns: source of the document kept for it."
+              + ("" if mode == "global" else f" This run is **{mode}**: it kept both copies of each pair below; the "
+                 "matrix shows what global dedup removes from the same pass."), ""]
     cross = r["cross_source_duplicates"]
     if cross:
         cols = sorted({b for a in cross.values() for b in a})
@@ -286,7 +288,7 @@ def _plots(out: Path, r: dict) -> list[str]:
         ax.bar(srcs, vals, bottom=bottoms, label="short")
         ax.set_ylabel("MB")
         ax.set_title(f"What {mode} dedup did per source")
-        ax.legend()
+        ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)  # outside: covers no bar
         plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
         fig.tight_layout()
         made.append(_save(fig, out, "per_source.png"))
@@ -302,20 +304,31 @@ def _plots(out: Path, r: dict) -> list[str]:
         ax.set_ylabel("removed from")
         for i in range(len(names)):
             for j in range(len(names)):
-                ax.text(j, i, str(mat[i, j]), ha="center", va="center", color="w")
-        fig.colorbar(im)
-        ax.set_title("Cross-source duplicates")
+                ax.text(j, i, str(mat[i, j]), ha="center", va="center",
+                        color="black" if mat[i, j] > 0.6 * max(1, mat.max()) else "white")
+        fig.colorbar(im, label="documents")
+        # the matrix always comes from the global components: say which dedup it shows
+        ax.set_title("Cross-source duplicates removed by global dedup" if mode == "global" else
+                     f"Cross-source duplicates (global view)\n{mode} dedup kept both copies of each", fontsize=10)
         fig.tight_layout()
         made.append(_save(fig, out, "cross_source.png"))
     hist = r["cluster_sizes"].get(mode, {})
     if hist:
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        ks = [int(k) for k in hist]
-        ax.bar([str(k) for k in ks], [hist[str(k)] for k in ks])
+        ks = sorted(int(k) for k in hist)
+        counts = [hist[str(k)] for k in ks]
+        # points on log-log axes: a size seen once is as visible as one seen a thousand times
+        ax.plot(ks, counts, "o-", lw=1)
+        for k, c in zip(ks, counts, strict=True):
+            ax.annotate(f"{c:,}", (k, c), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
+        ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("cluster size (documents)")
-        ax.set_ylabel("clusters")
-        ax.set_title("Cluster sizes")
+        ax.set_xticks(ks, [str(k) for k in ks], fontsize=8)
+        ax.minorticks_off()
+        ax.set_ylim(0.5, max(counts) * 3)
+        ax.set_xlabel("cluster size (documents, log scale)")
+        ax.set_ylabel("clusters (log scale)")
+        ax.set_title(f"Cluster sizes ({mode} dedup)")
         fig.tight_layout()
         made.append(_save(fig, out, "cluster_sizes.png"))
     return made
