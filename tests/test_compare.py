@@ -160,10 +160,14 @@ def test_sources_without_evaluation_are_named_and_tokenizers_flagged(tmp_path: P
     w = {"common_crawl": 0.5, "arxiv": 0.5}
     runs = [_run(tmp_path, _mix(tmp_path, "dc1", g, "tok-a", weights=w), 1, {"common_crawl": 1.5}),
             _run(tmp_path, _mix(tmp_path, "dc6", g, "tok-b", weights=w), 1, {"common_crawl": 1.4})]
+    (runs[0] / "lm_eval.json").write_text(json.dumps({"results": {"arc_easy": {"acc,none": 0.41, "acc_norm,none": 0.4,
+                                                                              "acc_stderr,none": 0.01}}}))
     r = write_compare_report(runs, tmp_path / "report", replicates=200)
     assert not r["same_tokenizer"] and "arxiv" in r["missing_eval"]
     md = (tmp_path / "report" / "report.md").read_text()
     assert "compared in **bits per byte only**" in md and "- arxiv: no evaluation documents" in md
+    assert r["rows"]["dc1 (global)"]["tasks"]["arc_easy"] == {"metric": "acc_norm", "mean": 0.4, "n": 1}
+    assert "| dc1 (global) | 1.4" in md.split("## Downstream tasks")[1] and "0.400 (acc_norm)" in md
 
 
 def test_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path: Path) -> None:

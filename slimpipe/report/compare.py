@@ -54,6 +54,7 @@ class Run:
     losses: dict | None = None  # per source {"nll", "tokens", "bytes"} arrays, when the run saved them
     eval_log: list[dict] = field(default_factory=list)
     train_log: list[dict] = field(default_factory=list)
+    tasks: dict = field(default_factory=dict)  # lm-eval task -> (metric, value), from RUN/lm_eval.json
 
     @property
     def eval(self) -> dict:
@@ -116,7 +117,20 @@ def load_run(path: str | Path) -> Run:
     return Run(path=path, label=f"{name} ({dedup})", mix=name, dedup=dedup, seed=train_cfg.get("seed"),
                tokenizer=str(tokenizer), dataset=str(dataset), mix_weights=weights, metrics=metrics, config=cfg,
                mix_manifest=mix_manifest, losses=losses, eval_log=_read_jsonl(path / "eval_log.jsonl"),
-               train_log=_read_jsonl(path / "train_log.jsonl"))
+               train_log=_read_jsonl(path / "train_log.jsonl"), tasks=_tasks(path / "lm_eval.json"))
+
+
+def _tasks(path: Path) -> dict:
+    """``slimpipe eval``'s results (lm-eval's dict): each task's accuracy (normalised when lm-eval has it)."""
+    if not path.is_file():
+        return {}
+    out = {}
+    for task, res in (json.loads(path.read_text()).get("results") or {}).items():
+        for metric in ("acc_norm,none", "acc,none", "exact_match,strict-match", "exact_match,none"):
+            if isinstance(res.get(metric), int | float):
+                out[task] = (metric.split(",")[0], float(res[metric]))
+                break
+    return out
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:
@@ -211,6 +225,9 @@ def compare(runs: list[Run], replicates: int = 2000) -> dict:
             if vals:
                 m, sd = _mean_std(vals)
                 row["bpb"][col] = {"mean": m, "std": sd, "n": len(vals), "values": vals}
+        tasks = sorted({t for r in rs for t in r.tasks})
+        row["tasks"] = {t: {"metric": rs[0].tasks.get(t, ("?",))[0], "mean": float(np.mean(vals)), "n": len(vals)}
+                        for t in tasks if (vals := [r.tasks[t][1] for r in rs if t in r.tasks])}
         rows[label] = row
         losses[label] = _row_losses(rs)
     cache: dict[tuple[str, str], dict | None] = {}

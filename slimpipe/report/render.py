@@ -80,6 +80,7 @@ def render_markdown(r: dict, plots: list[str]) -> str:
     if r["missing_eval"]:
         lines += ["", "**Sources without an evaluation figure:**", ""]
         lines += [f"- {s}: {why}" for s, why in r["missing_eval"].items()]
+    lines += _tasks(r)
     lines += _differences(r)
     lines += _mixes(r)
     if r.get("bpb_definition"):
@@ -161,4 +162,19 @@ def _mixes(r: dict) -> list[str]:
                 cell += f" ×{ep[s]:.2f}" if ep[s] < 1 else f" **×{ep[s]:.2f}**" if ep[s] > 1.0001 else " ×1.00"
             cells.append(cell)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _tasks(r: dict) -> list[str]:
+    """Downstream accuracy (``slimpipe eval``, lm-evaluation-harness) next to bits per byte, when present."""
+    tasks = sorted({t for row in r["rows"].values() for t in row.get("tasks", {})})
+    if not tasks:
+        return []
+    lines = ["", "## Downstream tasks (lm-evaluation-harness, `slimpipe eval`)", "",
+             "Accuracy (higher is better), mean over the seeds that have it; no interval is claimed here.", "",
+             "| run | total bpb | " + " | ".join(tasks) + " |", "|---|---:|" + "---:|" * len(tasks)]
+    for label, row in sorted(r["rows"].items()):
+        cells = [f"{row['tasks'][t]['mean']:.3f} ({row['tasks'][t]['metric']})" if t in row.get("tasks", {}) else "–"
+                 for t in tasks]
+        lines.append(f"| {label} | {_fmt(row['bpb'].get('total'))} | " + " | ".join(cells) + " |")
     return lines
