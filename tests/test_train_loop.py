@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -222,3 +223,143 @@ def test_cli_trains_and_reports(mix, tmp_path):
     assert (out / "model" / "model.safetensors").is_file() and (out / "model" / "tokenizer").is_dir()
     again = CliRunner().invoke(train_command, [str(mix / "mix"), "-o", str(out), "--max-steps", "3"])
     assert again.exit_code != 0 and "--resume" in again.output
+
+
+# ---------------------------------------------------------------------------------------------- GPU-path logic on CPU
+
+def test_global_batch_is_exact_or_refused_with_the_nearest_choices():
+    from slimpipe.train.loop import split_batch
+
+    assert split_batch(528, 8, micro_cap=4) == (3, 22)  # 1.3B on 8 GPUs: 3 x 22 x 8 = 528, not 544
+    assert split_batch(528, 1, micro_cap=4) == (4, 132)
+    assert split_batch(120, 8, micro_cap=8) == (5, 3)
+    assert split_batch(16, 2, micro=4) == (4, 2)
+    for batch, world, micro_cap in [(528, 8, 4), (120, 3, 7), (264, 8, 4), (7, 7, None)]:
+        m, a = split_batch(batch, world, micro_cap=micro_cap)
+        assert m * a * world == batch and m <= (micro_cap or batch)
+    with pytest.raises(ValueError, match=r"micro-batch 4 does not divide the 66 sequences per worker .*: 1, 2, 3, 6$"):
+        split_batch(528, 8, micro=4)
+    with pytest.raises(ValueError, match=r"global batch 528 is not divisible by 5 workers; nearest valid batches: 525, 530"):
+        split_batch(528, 5)
+
+
+def test_exact_batch_refusal_is_one_line_on_the_cli(mix, tmp_path):
+    result = CliRunner().invoke(train_command, [str(mix / "mix"), "--model", str(mix / "micro.yaml"), "-o",
+                                                str(tmp_path / "r"), "--max-steps", "1", "--micro-batch", "5"])
+    assert result.exit_code != 0
+    assert "micro-batch 5 does not divide the 16 sequences per worker" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_cuda_device_gets_the_local_rank_index(monkeypatch):
+    from slimpipe.train.loop import resolve_device
+
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert resolve_device("cuda") == torch.device("cuda", 3)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)  # an explicit index wins
+    assert resolve_device("cuda", local_rank=2) == torch.device("cuda", 2)
+    assert resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.delenv("LOCAL_RANK")
+    if not torch.cuda.is_available():
+        assert resolve_device("cuda") == torch.device("cuda", 0)
+        assert resolve_device(None) == torch.device("cpu")
+
+
+def test_mup_uses_its_base_learning_rate(mix):
+    from slimpipe.train.loop import plan_run
+
+    cfg = cfg_for(mix, mix / "unused")
+    cpu = torch.device("cpu")
+    assert plan_run(cfg, 64, 512, 1, cpu).lr == 3e-3  # the preset's standard LR
+    assert plan_run(dataclasses.replace(cfg, mup=True), 64, 512, 1, cpu).lr == 6e-3  # muP's base LR
+    assert plan_run(dataclasses.replace(cfg, mup=True, lr=1e-2), 64, 512, 1, cpu).lr == 1e-2
+    plan = plan_run(cfg, 64, 512, 1, cpu)
+    assert plan.attention == "sdpa" and plan.parallel == "none"
+    with pytest.raises(ValueError, match="flex' trains on CUDA only"):
+        plan_run(dataclasses.replace(cfg, attention="flex"), 64, 512, 1, cpu)
+    with pytest.raises(ValueError, match="fsdp' needs a torch.distributed process group"):
+        plan_run(dataclasses.replace(cfg, parallel="fsdp"), 64, 512, 1, cpu)
+
+
+def test_prefetch_loader_order_and_errors():
+    from slimpipe.train.data import PrefetchLoader
+
+    def fetch(step):
+        if step == 5:
+            raise OSError("disk gone")
+        return np.full((2, 3), step, dtype=np.uint16)
+
+    with PrefetchLoader(fetch, start=2, stop=5, device=torch.device("cpu"), depth=2) as loader:
+        got = [(s, r) for s, r in loader]
+    assert [s for s, _ in got] == [2, 3, 4] and all(r.dtype == torch.int64 and int(r[0, 0]) == s for s, r in got)
+    with PrefetchLoader(fetch, start=4, stop=7, device=torch.device("cpu")) as loader, \
+            pytest.raises(OSError, match="disk gone"):
+        list(loader)
+    with PrefetchLoader(fetch, start=0, stop=1000, device=torch.device("cpu"), depth=1) as loader:
+        assert next(iter(loader))[0] == 0  # closing mid-way stops the thread
+    assert not loader._thread.is_alive()
+
+
+def test_checkpoints_follow_the_wall_clock(mix, tmp_path, monkeypatch):
+    from slimpipe.train import checkpoint as ckpt_io
+
+    clock = {"t": 0.0}
+    monkeypatch.setattr(ckpt_io.time, "monotonic", lambda: clock["t"])
+    cp = ckpt_io.Checkpointer(tmp_path, device=torch.device("cpu"), interval_s=60.0)
+    assert not cp.due(1, False)
+    clock["t"] = 59.0
+    assert not cp.due(2, False)
+    clock["t"] = 61.0
+    assert cp.due(3, False) and cp.due(4, True)
+    assert ckpt_io.Checkpointer(tmp_path, device=torch.device("cpu"), interval_s=None, every_steps=5).due(10, False)
+    # a run with the default 30-minute interval writes only its final checkpoint
+    out = tmp_path / "run"
+    train(cfg_for(mix, out, max_steps=3, eval_interval=0))
+    assert [p.name for p in checkpoints(out)] == ["step_0000003"]
+
+
+@pytest.fixture
+def gloo_world_of_one():
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fsdp2_sharded_async_checkpoint_resumes_bitwise(mix, tmp_path, gloo_world_of_one):
+    """FSDP2 (fully_shard, bf16 params, fp32 reduce) under a gloo process group, with activation
+    checkpointing and asynchronous DCP checkpoints: a resumed run equals the uninterrupted one."""
+    kw = dict(max_steps=6, eval_interval=3, checkpoint_interval=3, keep_checkpoints=5, parallel="fsdp",
+              activation_checkpointing=True, async_checkpoint=True)
+    full = tmp_path / "full"
+    metrics = train(cfg_for(mix, full, **kw))
+    assert metrics["parallel"] == "fsdp" and metrics["activation_checkpointing"] and metrics["world_size"] == 1
+    assert [p.name for p in checkpoints(full)] == ["step_0000003", "step_0000006"]
+    a = read_checkpoint(full / "checkpoints" / "step_0000006")
+    assert a["model"]["wte.weight"].dtype == torch.float32  # fp32 master weights; bf16 only in compute
+    cut = tmp_path / "cut"
+    shutil.copytree(full, cut)
+    shutil.rmtree(cut / "checkpoints" / "step_0000006")
+    (cut / "metrics.json").unlink()
+    train(cfg_for(mix, cut, resume=True, **kw))
+    b = read_checkpoint(cut / "checkpoints" / "step_0000006")
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    for pid, st in a["optimizer"]["state"].items():
+        for k, v in st.items():
+            assert torch.equal(v, b["optimizer"]["state"][pid][k]), (pid, k)
+    strip = ("step_s", "tokens_per_s")
+    la = [{k: v for k, v in r.items() if k not in strip} for r in read_jsonl(full / "train_log.jsonl")]
+    lb = [{k: v for k, v in r.items() if k not in strip} for r in read_jsonl(cut / "train_log.jsonl")]
+    assert la == lb and len(la) == 6
+    # the loss is the fp32 run's within bf16 precision
+    ref = train(cfg_for(mix, tmp_path / "fp32", max_steps=6, eval_interval=0))
+    assert metrics["final_train_loss"] == pytest.approx(ref["final_train_loss"], rel=3e-2)

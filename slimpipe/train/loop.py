@@ -228,6 +228,9 @@ def plan_run(cfg: TrainConfig, stored_seq_len: int, vocab_size: int, world: int,
         raise ValueError("attention 'flex' trains on CUDA only (FlexAttention has no CPU backward); use 'sdpa'")
     if cfg.parallel not in ("ddp", "fsdp"):
         raise ValueError(f"parallel must be 'ddp' or 'fsdp', not {cfg.parallel!r}")
+    if cfg.parallel == "fsdp" and not (dist.is_available() and dist.is_initialized()):
+        raise ValueError("parallel 'fsdp' needs a torch.distributed process group (Ray Train workers or torchrun)")
+    parallel = "fsdp" if cfg.parallel == "fsdp" else ("ddp" if world > 1 else "none")
     if cfg.mup is not None:
         mcfg = dataclasses.replace(mcfg, mup=cfg.mup)
     n_params = count_params_meta(mcfg)
@@ -252,7 +255,7 @@ def plan_run(cfg: TrainConfig, stored_seq_len: int, vocab_size: int, world: int,
                 total_steps=steps, warmup_steps=int(min(warmup, steps)), lr=float(lr),
                 schedule=schedule, min_lr_ratio=float(min_ratio), device=str(device),
                 autocast="bfloat16" if device.type == "cuda" else None, compile=bool(use_compile),
-                attention=attention, tokens_per_step=tokens_per_step, parallel=cfg.parallel if world > 1 else "none")
+                attention=attention, tokens_per_step=tokens_per_step, parallel=parallel)
 
 
 def tune_cpu_malloc() -> bool:
