@@ -47,9 +47,20 @@ def parse_count(text: str | None) -> int | None:
 @click.option("--batch-size", type=int, help="Global batch in sequences (default: the preset's).")
 @click.option("--micro-batch", type=int, help="Sequences per forward pass; accumulation makes up the batch.")
 @click.option("--seq-len", type=int, help="Context length; must divide the mix's packed sequence length.")
-@click.option("--attention", type=click.Choice(["sdpa", "flex"]), help="Attention kernel (default sdpa).")
-@click.option("--mup/--no-mup", default=None, help="Cerebras-GPT-muP parametrisation (default: the preset's).")
-@click.option("--checkpoint-interval", type=int, help="Steps between checkpoints (default: --eval-interval).")
+@click.option("--attention", type=click.Choice(["auto", "sdpa", "flex", "flash"]),
+              help="ALiBi attention kernel. auto (default): flash-attn if installed, else FlexAttention on CUDA; "
+                   "SDPA on CPU.")
+@click.option("--mup/--no-mup", default=None,
+              help="Cerebras-GPT-muP parametrisation (default: the preset's); the peak LR is then muP's base LR "
+                   "(6e-3, the model config's mup_base_lr) unless --lr is given.")
+@click.option("--checkpoint-interval", type=int,
+              help="Also checkpoint every N steps (default: only by --checkpoint-minutes and at the end).")
+@click.option("--checkpoint-minutes", type=float, default=30.0, show_default=True,
+              help="Wall-clock minutes between (sharded, asynchronous) checkpoints; 0 turns the timer off.")
+@click.option("--parallel", type=click.Choice(["ddp", "fsdp"]), default="ddp", show_default=True,
+              help="With several workers: DDP, or FSDP2 (sharded bf16 parameters, fp32 gradient reduction).")
+@click.option("--activation-checkpointing", is_flag=True,
+              help="Recompute each block's activations in the backward pass (less memory, ~30% more compute).")
 @click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available).")
 @click.option("--ray-address", help="Run on this Ray cluster through Ray Train (DDP).")
 @click.option("--num-workers", type=int, default=1, show_default=True,
@@ -70,7 +81,8 @@ def train_command(mix_dir: str | None, model: str, output: str, max_steps: int |
                   eval_interval: int, eval_sequences: int, seed: int, lr: float | None, schedule: str | None,
                   warmup_steps: int | None, batch_size: int | None, micro_batch: int | None,
                   seq_len: int | None, attention: str | None, mup: bool | None,
-                  checkpoint_interval: int | None, device: str | None, ray_address: str | None,
+                  checkpoint_interval: int | None, checkpoint_minutes: float, parallel: str,
+                  activation_checkpointing: bool, device: str | None, ray_address: str | None,
                   num_workers: int, cpus_per_worker: int | None, use_gpu: bool, resume: bool,
                   compile_: bool | None, threads: int | None, phases_file: str | None = None,
                   init_from: str | None = None, eval_seq_lens: str | None = None) -> None:
@@ -92,6 +104,8 @@ def train_command(mix_dir: str | None, model: str, output: str, max_steps: int |
                       eval_interval=eval_interval, eval_sequences=eval_sequences, seed=seed, lr=lr,
                       schedule=schedule, warmup_steps=warmup_steps, batch_size=batch_size, micro_batch=micro_batch,
                       seq_len=seq_len, attention=attention, mup=mup, checkpoint_interval=checkpoint_interval,
+                      checkpoint_minutes=checkpoint_minutes, parallel=parallel,
+                      activation_checkpointing=activation_checkpointing,
                       device=device, resume=resume, compile=compile_, threads=threads,
                       phases=phases, init_from=init_from, eval_seq_lens=seq_lens)
     try:
