@@ -84,9 +84,16 @@ def _train_proxy(mix_dir: str, run_dir: str, model: str, tokens: int, seed: int,
                           eval_interval=1_000_000, eval_sequences=1_000_000, export=False, device=device,
                           resume=Path(run_dir, "checkpoints").is_dir())
         metrics = train(cfg)
-        return {"ok": True, "metrics": {"eval": metrics["eval"]}}
+        return {"ok": True, "metrics": {k: metrics[k] for k in ("eval", "eval_docs") if k in metrics}}
     except Exception as exc:  # a proxy's failure is data for the report, not a crash of the job
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc(limit=5)}
+
+
+def scores(metrics: dict) -> dict[str, dict]:
+    """Per-source figures a proxy is judged on: per-document bits per byte (lm-eval's definition) when
+    the run recorded them, else the packed-window figures."""
+    docs = metrics.get("eval_docs") or {}
+    return docs["sources"] if docs.get("sources") else metrics["eval"]["sources"]
 
 
 def _train_all(jobs: list[tuple], use_gpu: bool, quiet: bool) -> list[dict]:
@@ -178,7 +185,7 @@ def run_propose(slimpajama_dir: str | Path, out: str | Path, opt: ProposeOptions
         results[i] = r
 
     # 5. fit
-    targets = [s for s in present if all(r["ok"] and s in r["metrics"]["eval"]["sources"] for r in results if r["ok"])]
+    targets = [s for s in present if all(s in scores(r["metrics"]) for r in results if r["ok"])]
     ok = [i for i, r in enumerate(results) if r["ok"]]
     failed = [{"proxy": mix_dirs[i].name, "error": results[i]["error"]} for i in range(len(results))
               if not results[i]["ok"]]
@@ -189,8 +196,8 @@ def run_propose(slimpajama_dir: str | Path, out: str | Path, opt: ProposeOptions
     if not targets:
         raise ProposalError("no source has an evaluation set in every proxy; see the mixes' manifests")
     X = np.array([[mixtures[i][s] for s in present] for i in ok])
-    Y = np.array([[results[i]["metrics"]["eval"]["sources"][s]["bpb"] for s in targets] for i in ok])
-    eval_bytes = {s: int(results[ok[0]]["metrics"]["eval"]["sources"][s].get("bytes", 0)) for s in targets}
+    Y = np.array([[scores(results[i]["metrics"])[s]["bpb"] for s in targets] for i in ok])
+    eval_bytes = {s: int(scores(results[ok[0]]["metrics"])[s].get("bytes", 0)) for s in targets}
     desc, w = parse_objective(opt.objective, targets, eval_bytes)
     obj = objective_fn(w)
     cv = [cross_validate(f, X, Y, obj, seed=opt.seed) for f in opt.families]
@@ -224,7 +231,7 @@ def run_propose(slimpajama_dir: str | Path, out: str | Path, opt: ProposeOptions
                                                                "weights": dict(zip(targets, w.tolist(), strict=True))},
         "available_tokens": available, "bounds": bounds, "max_epochs": opt.max_epochs,
         "proxies": [{"name": mix_dirs[i].name, "shares": mixtures[i], "ok": results[i]["ok"],
-                     "bpb": ({s: results[i]["metrics"]["eval"]["sources"][s]["bpb"] for s in targets}
+                     "bpb": ({s: scores(results[i]["metrics"])[s]["bpb"] for s in targets}
                              if results[i]["ok"] else None),
                      "error": results[i].get("error")} for i in range(len(results))],
         "failed": failed,
