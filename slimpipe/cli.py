@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "slimpajama": ("slimpipe.pipeline.command:slimpajama_command", "RedPajama sources in, SlimPajama shards out.", "#4"),
     "mix": ("slimpipe.mix.command:mix_command", "Build a SlimPajama-DC (or custom) mix, tokenized and packed.", "#5"),
     "train": ("slimpipe.train.command:train_command", "Train one model on one mix and evaluate it per source.", "#6"),
+    "tune": ("slimpipe.train.tune:tune_command", "Sweep LR/init std on muP proxies; write the best as a preset.", "#14"),
+    "extend-tokenizer": ("slimpipe.train.continual:extend_tokenizer_command", "Add BPE tokens from new data to a tokenizer.", "#14"),
     "compare": ("slimpipe.report.command:compare_command", "Compare trained runs in one report.", "#7"),
     "propose": ("slimpipe.propose.command:propose_command", "Propose the next mix from proxy runs (RegMix / mixing laws).", "#13"),
     "demo": ("slimpipe.demo:demo_command", "The whole mission end to end on the embedded sample.", "#7"),
