@@ -145,6 +145,7 @@ def build_mix(slimpajama_dir: str | Path, mix: MixConfig, out: str | Path, opt: 
         train_index, realised, docs_packed = pack_train(ctx, sel.files, sel.n_buckets)
         extra["train"] = {k: train_index[k] for k in ("n_sequences", "n_tokens", "seq_len", "dropped_tokens",
                                                       "n_documents", "total_bytes", "bytes_exact")}
+        extra["train"]["parts"] = len(train_index["parts"])
         eval_info, _, _ = eval_stage(ctx, holdout_shards, holdout_res)
     else:
         realised, docs_packed, text_shards, train_items = write_text_train(ctx, sel.files, sel.n_buckets)

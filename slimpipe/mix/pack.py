@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-import json
 from collections import deque
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,8 +15,8 @@ import pyarrow.ipc as ipc
 from slimpipe.io.writers import ShardInfo, ShardWriter, slimpajama_record
 from slimpipe.mix import budget as B
 from slimpipe.mix.common import SHUFFLE, MixContext, list_parts, run_ordered
-from slimpipe.mix.packed import INDEX, PackedWriter, apportion_bytes, train_path
-from slimpipe.progress import Progress
+from slimpipe.mix.packed import PackedWriter, apportion_bytes, train_path, write_parts_index
+from slimpipe.mix.tokenize import worker_tokenizer
 
 # ------------------------------------------------------------------------------- stage 5: shuffle
 
@@ -65,54 +65,110 @@ def write_text_bucket(job: dict[str, Any]) -> dict[str, Any]:
             "index": [{"path": s.path, "sources": per_shard.get(s.path, {})} for s in shards]}
 
 
-def pack_train(ctx: MixContext, files: list[str], n_buckets: int) -> tuple[dict, dict[str, int], dict[str, int]]:
-    """Stage 5, packed: shuffle each bucket and stream it into one PackedWriter; count tokens per source."""
-    tok = ctx.tok
+def _tail_runs(tail: deque[tuple[int, int]], n: int) -> list[tuple[int, int]]:
+    """``(source code, tokens)`` runs of the last ``n`` tokens of a stream, oldest first."""
+    runs: list[tuple[int, int]] = []
+    left = n
+    for code, cost in reversed(tail):
+        if left <= 0:
+            break
+        take = min(left, cost)
+        runs.append((code, take))
+        left -= take
+    if left > 0:
+        raise ValueError(f"a tail of {n} tokens exceeds the documents kept for it")
+    return runs[::-1]
+
+
+def pack_bucket(job: dict[str, Any]) -> dict[str, Any]:
+    """Ray task: shuffle one bucket (seeded) and pack it into its own part ``train/part-<b>``.
+
+    Returns the part's sequence count, tokens and documents per source (code), and the *tail* the part
+    could not fill into a whole sequence: its ids, per-token bytes and source runs, which the driver
+    packs into the set's last part so no token is dropped but the very last < seq_len.
+    """
+    b = int(job["bucket"])
+    table = bucket_table(job["files"], b)
+    n_sources = len(job["sources"])
+    counts, docs = [0] * n_sources, [0] * n_sources
+    if table is None:
+        return {"bucket": b, "part": None, "counts": counts, "docs": docs,
+                "tail": (np.zeros(0, np.int64), np.zeros(0, np.int64), [])}
+    tok = worker_tokenizer(job["tokenizer"], job["identity"])
     table_bl = tok.byte_lengths
-    counts = dict.fromkeys(ctx.mix.active_sources, 0)
-    docs = dict.fromkeys(ctx.mix.active_sources, 0)
-    tail: deque[tuple[str, int]] = deque()
+    L = int(job["seq_len"])
+    perm = np.random.default_rng([job["seed"], SHUFFLE, b]).permutation(table.num_rows)
+    offsets, values = list_parts(table.column("tokens"))
+    src = table.column("source").to_numpy()
+    doc_ntok = table.column("doc_ntok").to_numpy()
+    doc_nbytes = table.column("doc_nbytes").to_numpy()
+    truncated = np.asarray(table.column("truncated").to_pylist(), dtype=bool)
+    tail: deque[tuple[int, int]] = deque()
     tail_sum = 0
+    name = f"part-{b:05d}"
+    with PackedWriter(Path(job["train"]) / name, L, vocab_size=tok.vocab_size, eos_id=tok.eos_id, tokenizer=tok,
+                      meta={**job["meta"], "part": name}, overwrite=True, warn_empty=False) as w:
+        for i in perm.tolist():
+            ids = values[offsets[i] : offsets[i + 1]].astype(np.int64)
+            tb = table_bl[ids] if table_bl is not None else None
+            if not truncated[i]:
+                nb = int(doc_nbytes[i])
+                if tb is not None and int(tb.sum()) != nb:
+                    tb = None  # e.g. a normaliser changed the text: apportion instead
+            elif tb is not None:
+                nb = int(tb.sum())
+            else:
+                nb = int(apportion_bytes(int(doc_nbytes[i]), int(doc_ntok[i]))[: ids.size].sum())
+            w.add(ids, nb, tb)
+            code = int(src[i])
+            cost = ids.size + 1
+            counts[code] += cost
+            docs[code] += 1
+            tail.append((code, cost))
+            tail_sum += cost
+            while len(tail) > 1 and tail_sum - tail[0][1] >= L + 1:
+                tail_sum -= tail.popleft()[1]
+    tail_ids, tail_bytes = w.dropped
+    runs = _tail_runs(tail, tail_ids.size)
+    for code, n in runs:
+        counts[code] -= n
+    return {"bucket": b, "part": name, "n_sequences": w.n_sequences, "counts": counts, "docs": docs,
+            "tail": (tail_ids, tail_bytes, runs)}
+
+
+def pack_train(ctx: MixContext, files: list[str], n_buckets: int) -> tuple[dict, dict[str, int], dict[str, int]]:
+    """Stage *pack*: one Ray task per bucket writes its own part of ``train/``; the driver packs the
+    parts' tails (each shorter than a sequence) into one last part and writes the set's index."""
+    tok = ctx.tok
+    active = ctx.mix.active_sources
     L = ctx.opt.seq_len
+    train = train_path(ctx.out)
+    train.mkdir(parents=True, exist_ok=True)
     meta = {"set": "train", "mix": ctx.mix.name, "seed": ctx.opt.seed}
-    with PackedWriter(train_path(ctx.out), L, vocab_size=tok.vocab_size, eos_id=tok.eos_id, tokenizer=tok,
-                      meta=meta, overwrite=True) as w, \
-            Progress("mix: pack", total=n_buckets, unit="buckets", enabled=not ctx.opt.quiet) as bar:
-        for b in range(n_buckets):
-            table = bucket_table(files, b)
-            bar.update(1)
-            if table is None:
-                continue
-            perm = np.random.default_rng([ctx.opt.seed, SHUFFLE, b]).permutation(table.num_rows)
-            offsets, values = list_parts(table.column("tokens"))
-            src = table.column("source").to_numpy()
-            doc_ntok = table.column("doc_ntok").to_numpy()
-            doc_nbytes = table.column("doc_nbytes").to_numpy()
-            truncated = np.asarray(table.column("truncated").to_pylist(), dtype=bool)
-            for i in perm.tolist():
-                ids = values[offsets[i] : offsets[i + 1]].astype(np.int64)
-                tb = table_bl[ids] if table_bl is not None else None
-                if not truncated[i]:
-                    nb = int(doc_nbytes[i])
-                    if tb is not None and int(tb.sum()) != nb:
-                        tb = None  # e.g. a normaliser changed the text: apportion instead
-                elif tb is not None:
-                    nb = int(tb.sum())
-                else:
-                    nb = int(apportion_bytes(int(doc_nbytes[i]), int(doc_ntok[i]))[: ids.size].sum())
-                w.add(ids, nb, tb)
-                source = ctx.mix.active_sources[src[i]]
-                cost = ids.size + 1
-                counts[source] += cost
-                docs[source] += 1
-                tail.append((source, cost))
-                tail_sum += cost
-                while len(tail) > 1 and tail_sum - tail[0][1] >= L + 1:
-                    tail_sum -= tail.popleft()[1]
-    index = json.loads((train_path(ctx.out) / INDEX).read_text())
-    back = B.attribute_dropped([s for s, _ in tail], [c for _, c in tail], index["dropped_tokens"])
+    jobs = [{"bucket": b, "files": files, "seed": ctx.opt.seed, "seq_len": L, "train": str(train),
+             "tokenizer": tok.spec, "identity": tok.identity, "sources": active, "meta": meta}
+            for b in range(n_buckets)]
+    results = run_ordered(pack_bucket, jobs, label="mix: pack", quiet=ctx.opt.quiet, unit="buckets")
+    counts = dict.fromkeys(active, 0)
+    docs = dict.fromkeys(active, 0)
+    for r in results:
+        for code, s in enumerate(active):
+            counts[s] += r["counts"][code]
+            docs[s] += r["docs"][code]
+    runs: list[tuple[int, int]] = []
+    with PackedWriter(train / "part-tails", L, vocab_size=tok.vocab_size, eos_id=tok.eos_id, tokenizer=tok,
+                      meta={**meta, "part": "tails"}, overwrite=True, warn_empty=False) as w:
+        for r in results:
+            ids, blen, r_runs = r["tail"]
+            w.add_raw(ids, blen)
+            runs += r_runs
+    for code, n in runs:
+        counts[active[code]] += n
+    back = B.attribute_dropped([active[c] for c, _ in runs], [n for _, n in runs], w.dropped[0].size)
     for s, n in back.items():
         counts[s] -= n
+    parts = [r["part"] for r in results if r["part"] is not None] + ["part-tails"]
+    index = write_parts_index(train, parts, meta=meta)
     return index, counts, docs
 
 

@@ -86,7 +86,7 @@ class PackedWriter:
 
     def __init__(self, path: str | Path, seq_len: int, *, vocab_size: int, eos_id: int,
                  tokenizer: Any = None, meta: dict | None = None, overwrite: bool = False,
-                 flush_tokens: int = 1 << 20) -> None:
+                 flush_tokens: int = 1 << 20, warn_empty: bool = True) -> None:
         if seq_len < 1:
             raise ValueError("seq_len must be >= 1")
         if not 0 <= eos_id < vocab_size:
@@ -102,6 +102,7 @@ class PackedWriter:
         self.meta = dict(meta or {})
         self.overwrite = overwrite
         self.flush_tokens = int(flush_tokens)
+        self.warn_empty = warn_empty
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = self.path.parent / f".{self.path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._tmp.mkdir()
@@ -159,6 +160,24 @@ class PackedWriter:
         if self._pending >= self.flush_tokens:
             self._flush()
 
+    def add_raw(self, ids: np.ndarray, token_bytes: np.ndarray, n_documents: int = 0) -> None:
+        """Append a stretch of stream as it is (no EOS added): the carried-over tails of other parts."""
+        if self._done:
+            raise RuntimeError("writer already finalized")
+        ids = np.asarray(ids, dtype=np.int64)
+        blen = np.asarray(token_bytes, dtype=np.int64)
+        if ids.shape != blen.shape or ids.ndim != 1:
+            raise ValueError("ids and token_bytes must be one-dimensional and of one length")
+        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
+            raise ValueError(f"token id outside [0, {self.vocab_size})")
+        self._ids.append(ids)
+        self._blen.append(blen)
+        self._pending += ids.size
+        self.n_documents += n_documents
+        self.total_bytes += int(blen.sum())
+        if self._pending >= self.flush_tokens:
+            self._flush()
+
     def add_texts(self, texts: Iterable[str], tokenizer: Any) -> None:
         """Tokenize and append documents; per-token byte lengths are used when the tokenizer's are exact."""
         texts = list(texts)
@@ -195,6 +214,7 @@ class PackedWriter:
             tail_ids[:1].astype(self.dtype).tofile(self._tok_f)  # the last sequence's final target
         dropped_tokens = int(tail_ids.size - 1)
         dropped_bytes = int(tail_bytes[1:].sum())
+        self.dropped = (tail_ids[1:].copy(), tail_bytes[1:].copy())  # what a parallel packer carries over
         self._tok_f.close()
         self._bytes_f.close()
         n = self.n_sequences
@@ -231,7 +251,7 @@ class PackedWriter:
         else:
             self._tmp.rename(self.path)
         self._done = True
-        if n == 0:
+        if n == 0 and self.warn_empty:
             log.warning("%s: no full sequence of %d tokens (%d tokens dropped)", self.path, self.seq_len,
                         dropped_tokens)
         return index
@@ -245,36 +265,16 @@ class PackedWriter:
         self._done = True
 
 
-class PackedDataset:
-    """Memory-mapped reader of one packed set; ``ds[i]`` is ``seq_len + 1`` token ids (int64).
+class _Part:
+    """The memory-mapped files of one packed stream (a single-stream set, or one part of a multi-part one)."""
 
-    ``seq_len`` may be smaller than the stored length if it divides it: each stored sequence is then
-    read as ``stored // seq_len`` shorter ones (the stream is contiguous, so nothing is copied and
-    byte counts stay exact over whole stored sequences).
-    """
-
-    def __init__(self, path: str | Path, seq_len: int | None = None) -> None:
-        self.path = Path(path)
-        index_file = self.path / INDEX
-        if not index_file.is_file():
-            raise FileNotFoundError(f"{self.path}: no {INDEX} (not a packed set, or not finalized)")
-        self.index: dict = json.loads(index_file.read_text())
-        if self.index.get("format") != FORMAT:
-            raise ValueError(f"{self.path}: format {self.index.get('format')!r}, expected {FORMAT!r}")
-        self.stored_seq_len = int(self.index["seq_len"])
-        self.seq_len = int(seq_len or self.stored_seq_len)
-        if self.seq_len > self.stored_seq_len or self.stored_seq_len % self.seq_len:
-            raise ValueError(f"seq_len {self.seq_len} must divide the stored seq_len {self.stored_seq_len}")
-        self.group = self.stored_seq_len // self.seq_len
-        self.n_stored = int(self.index["n_sequences"])
-        self.vocab_size = int(self.index["vocab_size"])
-        self.eos_id = int(self.index["eos_id"])
-        self.tokenizer: dict = self.index.get("tokenizer") or {}
-        files = self.index.get("files", {})
-        dtype = np.dtype(self.index["dtype"])
-        n_tokens = int(self.index["n_tokens"])
-        tok_file = self.path / files.get("tokens", TOKENS)
-        bytes_file = self.path / files.get("seq_bytes", SEQ_BYTES)
+    def __init__(self, path: Path, index: dict) -> None:
+        files = index.get("files", {})
+        dtype = np.dtype(index["dtype"])
+        self.n_stored = int(index["n_sequences"])
+        n_tokens = int(index["n_tokens"])
+        tok_file = path / files.get("tokens", TOKENS)
+        bytes_file = path / files.get("seq_bytes", SEQ_BYTES)
         expect = n_tokens * dtype.itemsize
         if tok_file.stat().st_size != expect:
             raise ValueError(f"{tok_file}: {tok_file.stat().st_size} bytes, index says {expect}")
@@ -285,12 +285,79 @@ class PackedDataset:
         self.seq_bytes = (np.memmap(bytes_file, dtype=bdt, mode="r", shape=(self.n_stored,)) if self.n_stored
                           else np.zeros(0, dtype=bdt))
 
+
+def _read_index(path: Path) -> dict:
+    index_file = path / INDEX
+    if not index_file.is_file():
+        raise FileNotFoundError(f"{path}: no {INDEX} (not a packed set, or not finalized)")
+    index: dict = json.loads(index_file.read_text())
+    if index.get("format") != FORMAT:
+        raise ValueError(f"{path}: format {index.get('format')!r}, expected {FORMAT!r}")
+    return index
+
+
+class PackedDataset:
+    """Memory-mapped reader of one packed set; ``ds[i]`` is ``seq_len + 1`` token ids (int64).
+
+    A set is one stream, or (``slimpipe mix``'s training set, packed in parallel) several *parts*, each
+    its own stream in a subfolder listed by the set's ``index.json``; sequences never cross parts and
+    are numbered part after part.
+
+    ``seq_len`` may be smaller than the stored length if it divides it: each stored sequence is then
+    read as ``stored // seq_len`` shorter ones (the stream is contiguous, so nothing is copied and
+    byte counts stay exact over whole stored sequences).
+    """
+
+    def __init__(self, path: str | Path, seq_len: int | None = None) -> None:
+        self.path = Path(path)
+        self.index: dict = _read_index(self.path)
+        self.stored_seq_len = int(self.index["seq_len"])
+        self.seq_len = int(seq_len or self.stored_seq_len)
+        if self.seq_len > self.stored_seq_len or self.stored_seq_len % self.seq_len:
+            raise ValueError(f"seq_len {self.seq_len} must divide the stored seq_len {self.stored_seq_len}")
+        self.group = self.stored_seq_len // self.seq_len
+        self.vocab_size = int(self.index["vocab_size"])
+        self.eos_id = int(self.index["eos_id"])
+        self.tokenizer: dict = self.index.get("tokenizer") or {}
+        if "parts" in self.index:
+            self._parts = []
+            for item in self.index["parts"]:
+                sub = self.path / item["path"]
+                part_index = _read_index(sub)
+                if int(part_index["seq_len"]) != self.stored_seq_len or part_index["dtype"] != self.index["dtype"]:
+                    raise ValueError(f"{sub}: part differs from its set ({self.path}) in seq_len or dtype")
+                self._parts.append(_Part(sub, part_index))
+        else:
+            self._parts = [_Part(self.path, self.index)]
+        counts = np.array([p.n_stored for p in self._parts], dtype=np.int64)
+        self._starts = np.concatenate([[0], np.cumsum(counts)])
+        self.n_stored = int(self._starts[-1])
+        if self.n_stored != int(self.index["n_sequences"]):
+            raise ValueError(f"{self.path}: parts hold {self.n_stored} sequences, index says {self.index['n_sequences']}")
+        self._seq_bytes: np.ndarray | None = None
+
+    @property
+    def n_parts(self) -> int:
+        return len(self._parts)
+
+    @property
+    def tokens(self) -> np.ndarray:
+        """The token stream (a memory map for a one-stream set; the parts concatenated, a copy, otherwise)."""
+        if len(self._parts) == 1:
+            return self._parts[0].tokens
+        return np.concatenate([p.tokens for p in self._parts])
+
+    @property
+    def seq_bytes(self) -> np.ndarray:
+        """UTF-8 bytes covered by each stored sequence's targets, in sequence order."""
+        if len(self._parts) == 1:
+            return self._parts[0].seq_bytes
+        if self._seq_bytes is None:
+            self._seq_bytes = np.concatenate([p.seq_bytes for p in self._parts])
+        return self._seq_bytes
+
     def __len__(self) -> int:
         return self.n_stored * self.group
-
-    def _offset(self, i: int) -> int:
-        s, k = divmod(i, self.group)
-        return s * self.stored_seq_len + k * self.seq_len
 
     def __getitem__(self, i: int) -> np.ndarray:
         n = len(self)
@@ -298,8 +365,7 @@ class PackedDataset:
             i += n
         if not 0 <= i < n:
             raise IndexError(i)
-        o = self._offset(i)
-        return np.asarray(self.tokens[o : o + self.seq_len + 1], dtype=np.int64)
+        return self.get_batch(np.array([i]))[0]
 
     def get_batch(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """Rows ``indices`` as an int64 array ``(len(indices), seq_len + 1)``."""
@@ -307,8 +373,17 @@ class PackedDataset:
         if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
             raise IndexError("batch index out of range")
         s, k = np.divmod(idx, self.group)
-        offsets = s * self.stored_seq_len + k * self.seq_len
-        return np.asarray(self.tokens[offsets[:, None] + np.arange(self.seq_len + 1)], dtype=np.int64)
+        window = np.arange(self.seq_len + 1)
+        if len(self._parts) == 1:
+            offsets = s * self.stored_seq_len + k * self.seq_len
+            return np.asarray(self._parts[0].tokens[offsets[:, None] + window], dtype=np.int64)
+        out = np.empty((idx.size, self.seq_len + 1), dtype=np.int64)
+        part = np.searchsorted(self._starts, s, side="right") - 1
+        for p in np.unique(part).tolist():
+            m = part == p
+            offsets = (s[m] - self._starts[p]) * self.stored_seq_len + k[m] * self.seq_len
+            out[m] = self._parts[p].tokens[offsets[:, None] + window]
+        return out
 
     @property
     def total_bytes(self) -> int:
@@ -329,7 +404,41 @@ class PackedDataset:
 
     def __repr__(self) -> str:
         return (f"PackedDataset({str(self.path)!r}, sequences={len(self)}, seq_len={self.seq_len}, "
-                f"vocab={self.vocab_size}, tokenizer={self.tokenizer.get('name')!r})")
+                f"vocab={self.vocab_size}, tokenizer={self.tokenizer.get('name')!r}, parts={self.n_parts})")
+
+
+def write_parts_index(path: str | Path, parts: Sequence[str], *, meta: dict | None = None) -> dict:
+    """Make ``path`` a multi-part set of the finished sets ``path/<part>`` (written last: it marks the set
+    complete). All parts must share seq_len, dtype, vocabulary and tokenizer."""
+    root = Path(path)
+    indices = [_read_index(root / p) for p in parts]
+    if not indices:
+        raise ValueError("a packed set needs at least one part")
+    first = indices[0]
+    for p, ix in zip(parts, indices, strict=True):
+        for key in ("seq_len", "dtype", "vocab_size", "eos_id"):
+            if ix[key] != first[key]:
+                raise ValueError(f"{root / p}: {key} {ix[key]!r} differs from {first[key]!r}")
+        if (ix.get("tokenizer") or {}).get("identity") != (first.get("tokenizer") or {}).get("identity"):
+            raise ValueError(f"{root / p}: tokenized differently from {root / parts[0]}")
+    index = {
+        "format": FORMAT, "version": VERSION, "dtype": first["dtype"], "seq_len": first["seq_len"],
+        "n_sequences": sum(ix["n_sequences"] for ix in indices),
+        "n_tokens": sum(ix["n_sequences"] for ix in indices) * first["seq_len"],
+        "vocab_size": first["vocab_size"], "eos_id": first["eos_id"], "tokenizer": first.get("tokenizer") or {},
+        "n_documents": sum(ix["n_documents"] for ix in indices),
+        "total_bytes": sum(ix["total_bytes"] for ix in indices),
+        "dropped_tokens": indices[-1]["dropped_tokens"], "dropped_bytes": indices[-1]["dropped_bytes"],
+        "bytes_exact": all(ix["bytes_exact"] for ix in indices),
+        "parts": [{"path": p, "n_sequences": ix["n_sequences"]} for p, ix in zip(parts, indices, strict=True)],
+        "meta": dict(meta or {}),
+    }
+    tmp = root / f".{INDEX}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(index, indent=1) + "\n")
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, root / INDEX)
+    return index
 
 
 class ShuffledSampler:
