@@ -21,14 +21,12 @@ from slimpipe.io.readers import InputError
 def inspect_command(sources: tuple[Path, ...], force_source: str | None, rejects_out: Path | None,
                     as_json: bool, ray_address: str | None) -> None:
     """Read SOURCES (files or folders) and count documents, bytes and rejects per source."""
-    from slimpipe.engine import ensure_ray
     from slimpipe.io.scan import scan
 
-    ensure_ray(ray_address)
     try:
-        result = scan(list(sources), source=force_source)
+        result = scan(list(sources), source=force_source, ray_address=ray_address)
     except InputError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.BadParameter(str(exc), param_hint="SOURCES") from exc
     rejects = result.pop("rejects")
     if rejects_out:
         import pyarrow.parquet as pq

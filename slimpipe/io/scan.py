@@ -35,14 +35,18 @@ def _scan_one(f: InputFile) -> tuple[dict, pa.Table, dict[str, list[int]]]:
     return stats.to_dict(), pa.Table.from_batches([rejects], schema=REJECT_SCHEMA), dict(per_source)
 
 
-def scan(paths: list[str | Path], source: str | None = None, progress: bool = True) -> dict:
-    """Count documents, bytes and rejects per source and per file, reading files in parallel on Ray."""
+def scan(paths: list[str | Path], source: str | None = None, progress: bool = True,
+         ray_address: str | None = None) -> dict:
+    """Count documents, bytes and rejects per source and per file, reading files in parallel on Ray.
+
+    Inputs are listed before Ray starts, so a missing path fails at once.
+    """
     import ray
 
     from slimpipe.engine import ensure_ray
 
-    ensure_ray()
     files = split_ranges(discover_files(paths, source=source))
+    ensure_ray(ray_address)
     task = ray.remote(_scan_one)
     refs = [task.remote(f) for f in files]
     per_file: dict[str, FileStats] = {}

@@ -1,0 +1,120 @@
+"""Ray isolation (#15 item 3, #10 attach): a run starts its own loopback Ray unless told to attach.
+
+A second Ray cluster is started on this machine by the test (``ray start --head`` in a subprocess, stopped
+in teardown by the ids of the processes it started), and ``slimpipe`` runs as subprocesses, because the
+test session's own Ray already lives in the pytest process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RAY = Path(sys.executable).with_name("ray")
+LONG = "A sentence long enough to be a document of its own, repeated a few times. " * 4
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "SLIMPIPE_RAY_ADDRESS")}
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def other_cluster():
+    """Another user's Ray on this machine: a head node with one CPU, on loopback."""
+    psutil = pytest.importorskip("psutil")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [str(RAY), "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
+         "--node-ip-address=127.0.0.1", "--block", "--disable-usage-stats"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=_env(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0"))
+    seen = []
+    deadline = time.monotonic() + 120
+    for line in proc.stdout:  # blocks on the child's output, no sleeping
+        seen.append(line)
+        if "Ray runtime started" in line or time.monotonic() > deadline:
+            break
+    try:
+        if proc.poll() is not None or not any("Ray runtime started" in x for x in seen):
+            pytest.fail("could not start a second Ray cluster:\n" + "".join(seen[-20:]))
+        yield f"127.0.0.1:{port}"
+    finally:
+        started = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        for child in started:  # only what this fixture's `ray start` launched, by id
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                pass
+
+
+def _inspect(corpus: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "slimpipe.cli", "-v", "inspect", str(corpus), "--json", *args],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+
+
+def _gcs(stderr: str) -> str:
+    lines = [x for x in stderr.splitlines() if x.startswith("ray: ")]
+    assert lines, stderr[-2000:]
+    return lines[0].rsplit("(gcs ", 1)[1].rstrip(")")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("corpus")
+    (d / "c4_sample.jsonl").write_text("".join(json.dumps({"text": f"{i} {LONG}"}) + "\n" for i in range(7)))
+    return d
+
+
+def test_a_local_run_never_attaches_to_another_cluster_on_the_machine(other_cluster: str, corpus: Path) -> None:
+    r = _inspect(corpus, _env())
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout)["accepted"] == 7
+    gcs = _gcs(r.stderr)
+    assert "started a private local Ray" in r.stderr
+    assert gcs != other_cluster and gcs.startswith("127.0.0.1:")  # its own Ray, on loopback
+
+
+def test_ray_address_attaches_without_local_resource_arguments(other_cluster: str, corpus: Path) -> None:
+    # a `ray job submit` driver inherits RAY_AUTH_MODE=token from the cluster; a user's shell must set it
+    for env, args in ((_env(RAY_ADDRESS=other_cluster, RAY_AUTH_MODE="token"), ()),
+                      (_env(RAY_AUTH_MODE="token"), ("--ray-address", other_cluster))):
+        r = _inspect(corpus, env, *args)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert json.loads(r.stdout)["accepted"] == 7
+        assert "attached to the Ray cluster" in r.stderr and _gcs(r.stderr) == other_cluster
+
+
+def test_without_v_ray_start_up_is_silent(corpus: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "slimpipe.cli", "inspect", str(corpus), "--json"],
+                       capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for noise in ("Token authentication", "Started a local Ray instance", "ray: "):
+        assert noise not in r.stderr, r.stderr
+
+
+def test_an_unreachable_address_is_one_line(corpus: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "slimpipe.cli", "inspect", str(corpus), "--ray-address",
+                        f"127.0.0.1:{_free_port()}"], capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=300)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [f"Error: cannot reach the Ray cluster at {r.args[-1]}: Connection refused"]
