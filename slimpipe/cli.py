@@ -63,6 +63,17 @@ class _LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         return _load(cmd_name) if cmd_name in COMMANDS else None
 
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except click.ClickException:
+            raise
+        except Exception as exc:
+            err = _user_error(exc)
+            if err is None or _verbose():
+                raise  # a bug, or -v: the traceback helps
+            raise err from exc
+
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = []
         for name, (_, help_text, issue) in COMMANDS.items():
@@ -71,10 +82,57 @@ class _LazyGroup(click.Group):
             formatter.write_dl(rows)
 
 
+class UsageProblem(click.ClickException):
+    """A user error about the command's arguments: one line on stderr, exit code 2."""
+
+    exit_code = 2
+
+
+def _verbose() -> bool:
+    from slimpipe.engine import verbose
+
+    return verbose()
+
+
+def _user_error(exc: Exception) -> click.ClickException | None:
+    """The one-line message for an error the user caused (bad input, output folder, cluster, storage)."""
+    from slimpipe.engine import RayConnectError
+    from slimpipe.io.readers import InputError
+
+    usage: list[type] = [InputError]
+    runtime: list[type] = [RayConnectError, OSError]
+    for module, name, kinds in (("slimpipe.outdir", "OutputError", usage),
+                                ("slimpipe.storage", "StorageError", runtime)):
+        try:
+            kinds.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            pass
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, tuple(usage)):
+        return UsageProblem(text)
+    if isinstance(exc, tuple(runtime)):
+        return click.ClickException(text)
+    return None
+
+
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="slimpipe")
-def main() -> None:
-    """slimpipe: RedPajama-style sources -> SlimPajama-like shards -> data mixes -> small models -> comparison."""
+@click.option("-v", "--verbose", is_flag=True,
+              help="Show Ray's start-up lines, worker logs and warnings, and tracebacks of errors.")
+def main(verbose: bool) -> None:
+    """slimpipe: RedPajama-style sources -> SlimPajama-like shards -> data mixes -> small models -> comparison.
+
+    Without --ray-address or RAY_ADDRESS every command starts its own private Ray on 127.0.0.1; with
+    either (or under `ray job submit`) it attaches to that cluster.
+    """
+    if verbose:
+        import logging
+        import os
+
+        from slimpipe.engine import VERBOSE_ENV
+
+        os.environ[VERBOSE_ENV] = "1"
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 if __name__ == "__main__":
