@@ -62,7 +62,11 @@ def run_tasks(run: str, tasks: dict[str, int | None], *, include_path: str | Non
     from slimpipe.evaluation.lm import SlimpipeLM
 
     lm = SlimpipeLM(run, device=device, batch_size=batch_size, tokenizer=tokenizer)
-    manager = TaskManager(include_path=include_path) if include_path else TaskManager()
+    manager = None
+    if include_path:  # indexing lm-eval's ~10k built-in task files takes tens of seconds: skip when unneeded
+        local = TaskManager(include_path=include_path, include_defaults=False)
+        manager = local if all(t in local.all_tasks for t in tasks) else None
+    manager = manager or TaskManager(include_path=include_path)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         hint = f" under {include_path}" if include_path else " (pass --include-path DIR for local tasks)"
