@@ -265,6 +265,14 @@ def test_cuda_device_gets_the_local_rank_index(monkeypatch):
         assert resolve_device(None) == torch.device("cpu")
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_cuda_requested_without_a_gpu_is_one_line(mix, tmp_path):
+    result = CliRunner().invoke(train_command, [str(mix / "mix"), "--model", str(mix / "micro.yaml"), "-o",
+                                                str(tmp_path / "r"), "--max-steps", "1", "--device", "cuda"])
+    assert result.exit_code != 0 and "cuda:0 requested (--device/--use-gpu) but torch" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
 def test_mup_uses_its_base_learning_rate(mix):
     from slimpipe.train.loop import plan_run
 

@@ -384,6 +384,8 @@ def _train(cfg: TrainConfig, device: torch.device | str | None, on_eval: Callabl
     rank, world = _dist()
     dev = _resolve_device(cfg, device)
     if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{dev} requested (--device/--use-gpu) but torch {torch.__version__} sees no CUDA GPU")
         torch.cuda.set_device(dev)
     else:
         tune_cpu_malloc()
