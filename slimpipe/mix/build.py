@@ -146,10 +146,10 @@ def build_mix(slimpajama_dir: str | Path, mix: MixConfig, out: str | Path, opt: 
         extra["train"] = {k: train_index[k] for k in ("n_sequences", "n_tokens", "seq_len", "dropped_tokens",
                                                       "n_documents", "total_bytes", "bytes_exact")}
         extra["train"]["parts"] = len(train_index["parts"])
-        eval_info, _, _ = eval_stage(ctx, holdout_shards, holdout_res)
+        eval_info, _, _ = eval_stage(ctx, holdout_shards, holdout_res, input_info.get("eval_set"))
     else:
         realised, docs_packed, text_shards, train_items = write_text_train(ctx, sel.files, sel.n_buckets)
-        eval_info, eval_shards, eval_items = eval_stage(ctx, holdout_shards, holdout_res)
+        eval_info, eval_shards, eval_items = eval_stage(ctx, holdout_shards, holdout_res, input_info.get("eval_set"))
         text_shards += eval_shards
         atomic_write_json(out / INPUT_INDEX, {"splits": {"train": train_items, **eval_items}})
     # 5. manifest

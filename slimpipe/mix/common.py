@@ -33,6 +33,8 @@ INPUT_INDEX = "index.json"
 WORK = ".work"
 TOKENIZER_DIR = "tokenizer"
 HOLDOUT_SPLITS = ("validation", "test")
+EVAL_SET_DIR = "eval"  # SLIMPAJAMA_DIR/eval: the one evaluation set of `slimpipe evalset`, when present
+EVAL_SET_SPLIT = "evalset"
 OUTPUT_FORMATS = ("packed", "text")
 # Seed streams: every random choice draws from np.random.default_rng([seed, STREAM, key...]).
 SHARD_ORDER, SELECT, BUCKET, SHUFFLE, EVAL, BPE_SAMPLE = 1, 2, 3, 4, 5, 6
@@ -149,7 +151,36 @@ def read_input(root: str | Path) -> tuple[dict[str, list[InputShard]], dict[str,
     if not splits.get("train"):
         raise MixBuildError(f"{root}: no train shards (expected train/chunk*/example_train_*.jsonl.zst "
                             f"listed in {INPUT_INDEX})")
+    evalset = read_eval_set(root)
+    if evalset is not None:
+        info["eval_set"] = evalset["info"]
+        splits[EVAL_SET_SPLIT] = evalset["shards"]
     return splits, info
+
+
+def read_eval_set(root: Path) -> dict[str, Any] | None:
+    """``SLIMPAJAMA_DIR/eval/`` (``slimpipe evalset``'s format) when present: its files as shards, and
+    what identifies it (``eval_set``, the content hash) with each source's size and too-small flag."""
+    manifest = root / EVAL_SET_DIR / MANIFEST
+    if not manifest.is_file():
+        return None
+    raw = manifest.read_bytes()
+    try:
+        m = json.loads(raw)
+        if m.get("format") != "slimpipe-evalset":
+            raise ValueError(f"format {m.get('format')!r}, expected 'slimpipe-evalset'")
+        sources = {str(s): dict(v) for s, v in m["sources"].items()}
+        shards = [InputShard(EVAL_SET_SPLIT, f"{EVAL_SET_DIR}/{rel}") for v in sources.values() for rel in v["files"]]
+        info = {"eval_set": str(m["eval_set"]), "manifest_sha256": hashlib.sha256(raw).hexdigest(),
+                "seed": m.get("seed"),
+                "sources": {s: {k: v.get(k) for k in ("docs", "tokens", "bytes", "too_small", "reason")}
+                            for s, v in sources.items()}}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise MixBuildError(f"{manifest}: not an evaluation set ({type(exc).__name__}: {exc})") from None
+    for sh in shards:
+        if not (root / sh.path).is_file():
+            raise MixBuildError(f"{manifest} lists {sh.path}, which is missing")
+    return {"info": info, "shards": shards}
 
 
 def arrow_token_type(vocab_size: int) -> pa.DataType:

@@ -4,6 +4,7 @@ for every mix sharing seed, tokenizer and input."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -12,6 +13,7 @@ from slimpipe.io.writers import ShardInfo, ShardWriter, slimpajama_record
 from slimpipe.mix import budget as B
 from slimpipe.mix.common import (
     EVAL,
+    EVAL_SET_SPLIT,
     HOLDOUT_SPLITS,
     InputShard,
     MixContext,
@@ -131,18 +133,35 @@ def write_eval_text(ctx: MixContext, split: str, split_idx: int, shards: list[In
     return stats, w.shards, index_items
 
 
-def eval_stage(ctx: MixContext, holdout_shards: dict[str, list[InputShard]], holdout_res: dict[str, list[dict]]
-               ) -> tuple[dict[str, dict], list[ShardInfo], dict[str, list[dict]]]:
-    """Every held-out split's per-source sets: packed ``eval/``+``test/``, or text shards plus their index."""
+def eval_stage(ctx: MixContext, holdout_shards: dict[str, list[InputShard]], holdout_res: dict[str, list[dict]],
+               eval_set: dict[str, Any] | None = None) -> tuple[dict[str, dict], list[ShardInfo], dict[str, list[dict]]]:
+    """Every held-out split's per-source sets: packed ``eval/``+``test/``, or text shards plus their index.
+
+    With an evaluation set (``SLIMPAJAMA_DIR/eval``), ``eval/<source>`` (text: ``validation/``) is drawn
+    from it instead of the validation split, so every mix and dataset built from it is scored on the
+    same documents; ``test/`` stays the holdout's.
+    """
     info: dict[str, dict] = {}
     shards: list[ShardInfo] = []
     index: dict[str, list[dict]] = {}
     for i, sp in enumerate(HOLDOUT_SPLITS):
-        if sp not in holdout_res:
+        src = EVAL_SET_SPLIT if (sp == "validation" and eval_set is not None) else sp
+        if src not in holdout_res:
             continue
         if ctx.opt.output_format == "packed":
-            info[sp] = write_eval_packed(ctx, sp, i, holdout_res[sp])
+            info[sp] = write_eval_packed(ctx, sp, i, holdout_res[src])
         else:
-            info[sp], infos, index[sp] = write_eval_text(ctx, sp, i, holdout_shards[sp], holdout_res[sp])
+            info[sp], infos, index[sp] = write_eval_text(ctx, sp, i, holdout_shards[src], holdout_res[src])
             shards += infos
+    if eval_set is not None and "validation" in info:
+        for s, v in eval_set["sources"].items():
+            entry = info["validation"].setdefault(s, {"docs": 0, "tokens": 0, "written": False})
+            entry.update(from_eval_set=True, too_small=bool(v.get("too_small")), reason=v.get("reason"))
+            if v.get("too_small"):
+                ctx.warn(f"evaluation set for {s} is too small: {v.get('reason')}")
+    written = {s for s, v in info.get("validation", {}).items() if v.get("written", v.get("docs", 0) > 0)}
+    missing = [s for s in ctx.mix.active_sources if s not in written]
+    if info and missing:
+        ctx.warn("no evaluation set for " + ", ".join(missing) + " (a source of the mix): its bits per byte "
+                 "cannot be scored")
     return info, shards, index

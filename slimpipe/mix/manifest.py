@@ -98,6 +98,10 @@ def write_mix_manifest(ctx: MixContext, *, input_info: dict[str, Any], n_train_s
         "max_share_error_pp": max(abs(e) for e in errors.values()),
         "within_tolerance": ok,
         "eval": eval_info,
+        "eval_set": (input_info.get("eval_set") or {}).get("eval_set"),
+        "eval_source": ("the evaluation set SLIMPAJAMA_DIR/eval (test/: the holdout's test split)"
+                        if input_info.get("eval_set") else "the holdout's validation (eval/) and test (test/) splits"),
+        "epochs": {s: e["epochs"] for s, e in sources.items() if e.get("tokens_target")},
         "eval_tokens_per_source": opt.eval_tokens,
         "options": {k: v for k, v in asdict(opt).items()
                     if k not in ("warn", "quiet", "ray_address", "overwrite", "token_cache")},

@@ -19,6 +19,7 @@ from slimpipe.io.writers import atomic_write_json
 from slimpipe.mix.cache import TokenCache
 from slimpipe.mix.common import (
     BPE_SAMPLE,
+    EVAL_SET_SPLIT,
     HOLDOUT_SPLITS,
     INPUT_INDEX,
     SHARD_ORDER,
@@ -229,8 +230,9 @@ def _job(ctx: MixContext, shard: InputShard, **kw: Any) -> dict[str, Any]:
 
 def holdout_stage(ctx: MixContext, splits: dict[str, list[InputShard]]) -> tuple[dict[str, list[InputShard]],
                                                                              dict[str, list[dict]], np.ndarray]:
-    """Tokenize every held-out shard (all sources; cached) and collect the hashes of its texts."""
-    present = {sp: splits[sp] for sp in HOLDOUT_SPLITS if splits.get(sp)}
+    """Tokenize every held-out shard (all sources; cached) and collect the hashes of its texts; the
+    evaluation set's files (``SLIMPAJAMA_DIR/eval``) count as held out too."""
+    present = {sp: splits[sp] for sp in (*HOLDOUT_SPLITS, EVAL_SET_SPLIT) if splits.get(sp)}
     if not present:
         ctx.warn("the input has no validation or test split: the mix gets no evaluation sets")
         return {}, {}, np.zeros(0, np.uint64)

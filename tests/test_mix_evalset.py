@@ -1,0 +1,79 @@
+"""A mix of a SlimPajama folder that holds the one evaluation set (``SLIMPAJAMA_DIR/eval``, drawn by the
+real ``slimpipe evalset``): every mix is scored on it, records its identity, and trains on none of it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+from mix_fixtures import build_slimpajama_dir, sample_documents
+
+from slimpipe.evalset.build import EvalSetOptions, build_eval_set, read_eval_documents
+from slimpipe.mix.build import MixBuildError, MixOptions, build_mix, resolve_tokenizer
+from slimpipe.mix.config import load_mix
+from slimpipe.mix.packed import PackedDataset, open_mix
+from slimpipe.sample import FILES
+
+SEQ = 64
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, ray_session):
+    sample = tmp_path_factory.mktemp("sample")
+    docs = sample_documents(sample, size=0.25)
+    fx = build_slimpajama_dir(tmp_path_factory.mktemp("slimpajama"), docs)
+    build_eval_set([sample / f for f in FILES], fx.root / "eval",
+                   EvalSetOptions(seed=3, min_tokens=1500, max_fraction=0.3), progress=False)
+    return fx
+
+
+def _opt(tokens: int, **kw) -> MixOptions:
+    return MixOptions(tokens=tokens, seq_len=SEQ, eval_tokens=0, **kw)
+
+
+def test_every_mix_is_scored_on_the_eval_set_and_trains_on_none_of_it(corpus, tmp_path):
+    manifest = json.loads((corpus.root / "eval" / "manifest.json").read_text())
+    warnings: list[str] = []
+    a = build_mix(corpus.root, load_mix("dc1"), tmp_path / "a", _opt(20_000, warn=warnings.append))
+    b = build_mix(corpus.root, load_mix("dc6"), tmp_path / "b", _opt(20_000))
+    assert a["eval_set"] == b["eval_set"] == manifest["eval_set"]
+    assert a["input"]["eval_set"]["eval_set"] == manifest["eval_set"]
+    assert "evaluation set" in a["eval_source"]
+    assert set(b["epochs"]) == set(load_mix("dc6").active_sources)
+
+    # eval/<source> holds the evaluation set's documents, the same bytes for every mix
+    with_docs = {s for s, v in manifest["sources"].items() if v["docs"] and v["tokens"] + v["docs"] >= SEQ}
+    _, evals_a = open_mix(tmp_path / "a")
+    _, evals_b = open_mix(tmp_path / "b")
+    assert set(evals_a) == set(evals_b) == with_docs
+    for s in with_docs:
+        assert (hashlib.sha256((tmp_path / "a" / "eval" / s / "tokens.bin").read_bytes()).digest()
+                == hashlib.sha256((tmp_path / "b" / "eval" / s / "tokens.bin").read_bytes()).digest())
+        assert a["eval"]["validation"][s]["from_eval_set"]
+    tok = resolve_tokenizer("gpt2")
+    eval_docs = read_eval_documents(corpus.root / "eval")
+    cc = [t for s, _, t in eval_docs if s == "common_crawl"]
+    stream = np.asarray(evals_a["common_crawl"].tokens)
+    first = tok.encode(cc[0])[:32]
+    assert any(np.array_equal(stream[i : i + len(first)], first) for i in np.flatnonzero(stream == first[0]))
+
+    # the evaluation documents were drawn from the raw sources, so train holds copies: all dropped
+    in_train = {t for texts in corpus.train.values() for t in texts}
+    planted = sum(1 for s, _, t in eval_docs if t in in_train and s in load_mix("dc6").active_sources)
+    assert planted > 0 and sum(e.get("holdout_overlap_dropped", 0) for e in b["sources"].values()) > 0
+    train = np.asarray(PackedDataset(tmp_path / "b" / "train").tokens)
+    for _, _, text in eval_docs:
+        ids = np.array([tok.eos_id, *tok.encode(text)[:48]])
+        hits = np.flatnonzero(train == tok.eos_id)
+        assert not any(np.array_equal(train[i : i + ids.size], ids) for i in hits), text[:60]
+
+
+def test_a_broken_eval_set_is_one_clear_error(corpus, tmp_path):
+    broken = build_slimpajama_dir(tmp_path / "sp", sample_documents(tmp_path / "s", size=0.1))
+    (broken.root / "eval").mkdir()
+    (broken.root / "eval" / "manifest.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(MixBuildError, match=r"eval/manifest.json: not an evaluation set"):
+        build_mix(broken.root, load_mix("dc1"), tmp_path / "x", _opt(5_000))
+    assert not (tmp_path / "x").exists()
