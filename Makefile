@@ -1,4 +1,4 @@
-# Two commands for a fresh machine (Python 3.10+, no GPU): `make demo` and `make test`.
+# Two commands for a fresh machine (Python 3.10+, no GPU needed): `make demo` and `make test`.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
@@ -6,11 +6,19 @@ OUT    ?= demo-out
 
 .PHONY: demo test lint bench-signatures bench-dedup bench-train clean
 
+# torch is installed first. On Linux, PyPI's `torch` wheel is the CUDA build (17 nvidia-* packages, several
+# GB); a machine whose pip is pointed at a local CPU wheel (like this project's CI) gets that instead.
+# CPU-only users: `TORCH_INDEX=cpu make test` installs the CPU wheel from download.pytorch.org/whl/cpu
+# (any other value is used as the index URL itself). `TORCH_VERSION=` (empty) keeps any torch >= 2.6.
+TORCH_VERSION ?= 2.13.0
+TORCH_INDEX   ?=
+TORCH_PIP_ARGS = $(if $(filter cpu,$(TORCH_INDEX)),--index-url https://download.pytorch.org/whl/cpu,$(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)))
+TORCH_SPEC     = $(if $(TORCH_VERSION),torch==$(TORCH_VERSION),'torch>=2.6')
+
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	# The CPU build of torch first, so nothing later pulls a CUDA wheel.
-	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q $(TORCH_PIP_ARGS) $(TORCH_SPEC)
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 
