@@ -75,6 +75,11 @@ def test_hf_export_loads_offline_with_equal_logits_ids_and_generations(run, tmp_
     with torch.no_grad():
         row = hf_model(torch.cat([ids[:1], padded]), attention_mask=torch.cat([torch.ones_like(mask), mask])).logits
     torch.testing.assert_close(row[1, 24:], ref(short[None])[0][0], atol=1e-4, rtol=0)
+    # slimpipe reads the transformers folder back (slimpipe eval RUN_HF works too)
+    again, again_tok, _ = load_run(out)
+    with torch.no_grad():
+        torch.testing.assert_close(again(ids)[0], expected, atol=1e-4, rtol=0)
+    assert again_tok.encode(TEXTS[2]) == tok.encode(TEXTS[2])
     # greedy generation equals slimpipe's own
     prompt = ids[:1, :10]
     with torch.no_grad():

@@ -27,6 +27,10 @@ TOKENIZER_DIR = "tokenizer"
 MODEL_TYPE = "slimpipe-alibi-swiglu"
 
 
+class ExportError(ValueError):
+    """A run cannot be exported or evaluated; the message names what is missing."""
+
+
 def _find_tokenizer(mix_dir: str | Path | None, info: dict | None) -> Tokenizer | None:
     """The mix's own tokenizer files if present, else its spec, accepted only if the identity matches."""
     info = info or {}
@@ -88,7 +92,7 @@ def load_exported(path: str | Path, device: str | torch.device = "cpu",
     p = Path(path)
     config = json.loads((p / CONFIG).read_text())
     if config.get("model_type") != MODEL_TYPE:
-        raise ValueError(f"{p}: model_type {config.get('model_type')!r}, expected {MODEL_TYPE!r}")
+        raise ExportError(f"{p}: model_type {config.get('model_type')!r}, expected {MODEL_TYPE!r}")
     with torch.device("meta"):
         model = GPT(ModelConfig.from_dict(config["model"]))
     state = load_file(str(p / WEIGHTS), device=str(device))
@@ -101,15 +105,34 @@ def load_exported(path: str | Path, device: str | torch.device = "cpu",
     return model, tok
 
 
-class ExportError(ValueError):
-    """A run cannot be exported or evaluated; the message names what is missing."""
-
-
 def _latest_checkpoint(run: Path) -> Path | None:
     from slimpipe.train.checkpoint import checkpoints
 
     found = checkpoints(run)
     return found[-1] if found else None
+
+
+HF_MODEL_TYPE = "slimpipe"  # what `slimpipe export --format hf` writes (see slimpipe.hf.export)
+
+
+def _model_type(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / CONFIG).read_text()).get("model_type")
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"{folder / CONFIG}: not readable JSON ({exc})") from exc
+
+
+def _load_hf_folder(folder: Path, device: str | torch.device) -> tuple[GPT, Tokenizer | None]:
+    """The slimpipe model inside a transformers export (weights under ``model.``), without transformers."""
+    from safetensors.torch import load_file
+
+    config = json.loads((folder / CONFIG).read_text())
+    model = GPT(ModelConfig.from_dict(config["slimpipe_model"]))
+    state = load_file(str(folder / WEIGHTS), device=str(device))
+    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
+    model.to(device).eval()
+    tok = load_tokenizer(folder / "tokenizer.json") if (folder / "tokenizer.json").is_file() else None
+    return model, tok
 
 
 def load_run(run: str | Path, *, tokenizer: str | Path | None = None, device: str | torch.device = "cpu",
@@ -126,7 +149,10 @@ def load_run(run: str | Path, *, tokenizer: str | Path | None = None, device: st
         raise ExportError(f"{p}: no such run directory")
     info: dict = {"run": str(p)}
     tok: Tokenizer | None = None
-    if (p / CONFIG).is_file() and (p / WEIGHTS).is_file():
+    if (p / CONFIG).is_file() and (p / WEIGHTS).is_file() and _model_type(p) == HF_MODEL_TYPE:
+        model, tok = _load_hf_folder(p, device)
+        info["source"] = str(p)
+    elif (p / CONFIG).is_file() and (p / WEIGHTS).is_file():
         model, tok = load_exported(p, device=device)
         info["source"] = str(p)
     elif (p / "model" / CONFIG).is_file() and (p / "model" / WEIGHTS).is_file():
