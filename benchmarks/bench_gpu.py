@@ -10,7 +10,8 @@ It builds a synthetic packed mix (random token ids, GPT-2 vocabulary), then runs
 (:func:`slimpipe.train.loop.train`: bf16 autocast, ``torch.compile``, fused AdamW, gradient accumulation)
 for a few steps per (model, backend) and prints tokens/s (first, compiling step excluded), MFU against the
 GPU's dense bf16 peak (a table of known GPUs, else a measured large matmul), and peak memory. It ends with
-a 3-step train -> checkpoint -> resume equality check and appends everything to benchmarks/RESULTS.md.
+a 3-step train -> checkpoint -> resume equality check and appends everything to benchmarks/RESULTS.md
+(and the rows to benchmarks/bench_gpu.json, which pipelines/slimpajama-dc.sh reads for its cost estimate).
 Without a GPU (and without ``--cpu-smoke``) it says so and exits 0.
 
 MFU counts ``6 N + 12 L d T`` FLOPs per token (:func:`slimpipe.train.model.training_flops_per_token`; N
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import shutil
 import sys
 import tempfile
@@ -162,10 +164,8 @@ def resume_check(mix: Path, work: Path, model: str, micro: int, device: torch.de
     b = read_checkpoint(cut / "checkpoints" / "step_0000003")
     diff = max(float((a["model"][k].float() - b["model"][k].float()).abs().max()) for k in a["model"])
     bitwise = all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    la = [ln for ln in (full / "train_log.jsonl").read_text().splitlines()]
-    lb = [ln for ln in (cut / "train_log.jsonl").read_text().splitlines()]
-    import json
-
+    la = (full / "train_log.jsonl").read_text().splitlines()
+    lb = (cut / "train_log.jsonl").read_text().splitlines()
     loss_a = [json.loads(x)["loss"] for x in la]
     loss_b = [json.loads(x)["loss"] for x in lb]
     for d in (full, cut):
@@ -263,6 +263,10 @@ def main(argv: list[str] | None = None) -> int:
              f"MFU = tokens/s x (6N + 12 L d T) / {tflops(peak)} ({peak_src}); "
              f"large-matmul measured {tflops(measured)}",
              resume_line, f"torch {torch.__version__}; flash-attn {'installed' if flash_attn_available() else 'absent'}"]
+    if not args.cpu_smoke and not args.no_append:  # read by pipelines/slimpajama-dc.sh's cost estimate
+        (ROOT / "benchmarks" / "bench_gpu.json").write_text(json.dumps({
+            "gpu": name, "peak_flops": peak, "peak_source": peak_src, "torch": torch.__version__,
+            "rows": [dataclasses.asdict(r) for r in rows], "resume_ok": res["ok"]}, indent=2) + "\n")
     publish("GPU trainer (bench_gpu.py)" + (" — CPU smoke" if args.cpu_smoke else ""),
             [machine_line(), f"device: {name}", ""], [lines], notes, headline, append=not args.no_append)
     print(f"total {time.perf_counter() - start:.0f} s")

@@ -6,10 +6,15 @@
 # Every step is resumable: re-running skips finished mixes and runs and resumes unfinished runs
 # from their last checkpoint. DATA, MIXES and RUNS must be on storage every Ray node sees.
 #
-# Cost per run (1.3B parameters, 6·N FLOPs per token, bf16 on H100 at the 40% MFU target; no GPU
-# was available to measure it, see benchmarks/RESULTS.md for CPU figures):
-#   paper budget 330B tokens: 2.6e21 FLOPs ≈ 1,800 H100-hours (≈ 28 h on 64 H100s) per mix
-#   compute-optimal 26.3B tokens (Cerebras-GPT 1.3B, 20 tokens/param): ≈ 145 H100-hours per mix
+# Cost per run, printed before anything starts (cost_estimate below): training FLOPs per token are
+# 6N + 12·L·d·T (weights forward and backward, plus attention scores and weighted values at context T),
+# N counting the tied, padded embedding once. For 1.3b at T=2048: 7.85e9 + 1.21e9 = 9.06e9 FLOPs/token
+# (attention adds 15% to 6N). GPU time = tokens × FLOPs/token / (MFU × the GPU's dense bf16 peak).
+# MFU is, in this order: $MFU if set; the figure benchmarks/bench_gpu.py measured (it writes
+# benchmarks/bench_gpu.json); else an ASSUMED 40% (llm-foundry's MPT-1B reaches 41.8% on 8×H100 at 2048),
+# which the estimate then says. At 40% of an H100/H200's 989 TFLOP/s:
+#   paper budget 330B tokens: 2.99e21 FLOPs ≈ 2,100 GPU-hours (≈ 33 h on 64 GPUs) per mix
+#   compute-optimal 26.3B tokens (Cerebras-GPT 1.3B, 20 tokens/param): 2.38e20 FLOPs ≈ 167 GPU-hours per mix
 # Seven runs (six DC mixes + baseline) cost seven times that.
 set -euo pipefail
 
@@ -20,6 +25,41 @@ MODEL=${MODEL:-1.3b}            # 111m / 256m / 590m for cheaper ablations
 SEEDS=${SEEDS:-1}               # >1 gives mean ± spread per mix in the report
 WORKERS=${WORKERS:-8}           # Ray Train workers, one GPU each
 RAY=${RAY_ADDRESS:?set RAY_ADDRESS to your Ray cluster}
+GPU_TFLOPS=${GPU_TFLOPS:-989}   # dense bf16 peak per GPU (H100 SXM / H200: 989; A100: 312)
+HERE=$(cd "$(dirname "$0")/.." && pwd)
+
+cost_estimate() {  # prints FLOPs and GPU-hours per run, and which MFU it used
+  python3 - "$MODEL" "$TOKENS" "${MFU:-}" "$GPU_TFLOPS" "$HERE/benchmarks/bench_gpu.json" "$WORKERS" <<'PY'
+import dataclasses, json, sys
+from pathlib import Path
+from slimpipe.train.command import parse_count
+from slimpipe.train.model import count_params_meta, training_flops_per_token
+from slimpipe.train.presets import load_preset
+model, tokens, mfu, tflops, bench, workers = sys.argv[1:]
+p = load_preset(model)
+cfg = dataclasses.replace(p.model, vocab_size=50257)
+n = count_params_meta(cfg)
+T = p.train.get("seq_len", 2048)
+per_token = training_flops_per_token(n, cfg.n_layer, cfg.d_model, T)
+flops = parse_count(tokens) * per_token
+if mfu:
+    mfu, source = float(mfu), "MFU from $MFU"
+else:
+    measured = None
+    if Path(bench).is_file():
+        rows = [r for r in json.loads(Path(bench).read_text()).get("rows", []) if r.get("model") == model and r.get("mfu")]
+        measured = max(rows, key=lambda r: r["mfu"]) if rows else None
+    if measured:
+        mfu, source = measured["mfu"], f"MFU measured by bench_gpu.py ({measured['backend']}, one GPU)"
+    else:
+        mfu, source = 0.40, "ASSUMED 40% MFU (no measurement: run benchmarks/bench_gpu.py on a GPU)"
+hours = flops / (mfu * float(tflops) * 1e12) / 3600
+print(f"cost per run: {model} ({n / 1e9:.2f}B params), {per_token:.3g} FLOPs/token (6N + 12LdT, T={T}), "
+      f"{tokens} tokens = {flops:.3g} FLOPs = {hours:,.0f} GPU-hours at {100 * mfu:.1f}% of {tflops} TFLOP/s "
+      f"(~{hours / int(workers):,.1f} h on {workers} GPUs); {source}")
+PY
+}
+cost_estimate
 
 DATA_GLOBAL=$WORK/slimpajama-global
 DATA_LOCAL=$WORK/slimpajama-local
