@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -9,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from export_fixtures import OFFLINE, make_run, real_texts
+from export_fixtures import OFFLINE, TASKS_DIR, make_run, real_texts
 
-from slimpipe.evaluation.command import export_command
+from slimpipe.evaluation.command import eval_command, export_command
 from slimpipe.hf.export import export_hf
 from slimpipe.mix.tokenizer import GPT2Tokenizer
 from slimpipe.train import model as model_module
@@ -116,6 +117,11 @@ def test_export_without_a_tokenizer_says_what_is_missing(run, tmp_path):
     message = result.output.strip().splitlines()
     assert len(message) == 1 and "no tokenizer" in message[0] and "--tokenizer" in message[0], result.output
     assert not (tmp_path / "hf").exists()
+    if importlib.util.find_spec("lm_eval") is not None:  # slimpipe eval says the same, before any task work
+        scored = CliRunner().invoke(eval_command, [str(tmp_path / "bare"), "--tasks", "slimpipe_mc",
+                                                   "--include-path", str(TASKS_DIR), "-o", str(tmp_path / "r.json")])
+        assert scored.exit_code != 0 and "no tokenizer" in scored.output
+        assert len(scored.output.strip().splitlines()) == 1, scored.output
     ok = CliRunner().invoke(export_command, [str(tmp_path / "bare"), "-o", str(tmp_path / "hf"),
                                              "--tokenizer", str(run.parent / "bpe")])
     assert ok.exit_code == 0, ok.output
