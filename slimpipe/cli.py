@@ -70,8 +70,12 @@ class _LazyGroup(click.Group):
             raise
         except Exception as exc:
             err = _user_error(exc)
-            if err is None or _verbose():
-                raise  # a bug, or -v: the traceback helps
+            if err is None:
+                raise  # a bug: the traceback helps
+            if _verbose():
+                import traceback
+
+                traceback.print_exc()  # -v: where it came from, then the same one-line error and exit code
             raise err from exc
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:

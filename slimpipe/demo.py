@@ -26,7 +26,8 @@ def _invoke(cmd: click.Command, args: list[str]) -> None:
 
 
 @click.command("demo")
-@click.option("-o", "--output", "out", type=click.Path(path_type=Path), default=Path("demo-out"), show_default=True)
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path), default=Path("demo-out"), show_default=True,
+              help="Output folder; re-running resumes the stages already done.")
 @click.option("--size", type=float, default=1.0, show_default=True, help="Sample size multiplier (1 ≈ 4 MB of text).")
 @click.option("--tokens", default="1M", show_default=True, help="Token budget of each mix.")
 @click.option("--train-tokens", default=None, help="Tokens each model trains on (default: the tiny preset's budget).")
@@ -35,11 +36,13 @@ def _invoke(cmd: click.Command, args: list[str]) -> None:
 @click.option("--seeds", type=int, default=1, show_default=True, help="Training seeds per mix (mean ± spread).")
 @click.option("--eval-tokens", default="32k", show_default=True,
               help="Held-out tokens per source, evaluated at every interval and at the end.")
-@click.option("--model", default="tiny", show_default=True)
+@click.option("--model", default="tiny", show_default=True, help="Model preset trained on every mix.")
 @click.option("--corpus", type=click.Path(path_type=Path, exists=True), default=None,
               help="Use this RedPajama-style corpus instead of writing the embedded sample.")
-@click.option("--quiet", is_flag=True)
-@click.option("--ray-address", default=None)
+@click.option("--quiet", is_flag=True, help="No progress output.")
+@click.option("--ray-address", default=None,
+              help="Attach to this Ray cluster (host:port or auto; RAY_ADDRESS works too). Default: a private "
+                   "local Ray on 127.0.0.1.")
 def demo_command(out: Path, size: float, tokens: str, train_tokens: str | None, vocab_size: int, seeds: int,
                  eval_tokens: str, model: str, corpus: Path | None, quiet: bool, ray_address: str | None) -> None:
     """sample → SlimPajama (global and local dedup) → DC-1..DC-6 + RedPajama mixes → a model per mix →

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from slimpipe.io.readers import InputError
+from slimpipe.io.readers import InputError, discover_files
 
 
 def dedup_options(fn):
@@ -17,31 +17,75 @@ def dedup_options(fn):
         click.option("--mode", type=click.Choice(["global", "local"]), default=None,
                      help="global: within and across sources; local: within each source. Default: the preset's."),
         click.option("--threshold", type=float, default=None, help="Jaccard threshold; alone, it re-derives bands/rows."),
-        click.option("--num-perm", type=int, default=None),
-        click.option("--ngram", type=int, default=None),
-        click.option("--unit", type=click.Choice(["char", "word"]), default=None),
-        click.option("--bands", type=int, default=None),
-        click.option("--rows", type=int, default=None),
+        click.option("--num-perm", type=int, default=None,
+                     help="MinHash permutations per document (default: the preset's, 128 for slimpajama)."),
+        click.option("--ngram", type=int, default=None,
+                     help="Shingle length in --unit units (default: the preset's, 13 for slimpajama)."),
+        click.option("--unit", type=click.Choice(["char", "word"]), default=None,
+                     help="Shingle unit: char n-grams of the cleaned text, or word n-grams. Default: the preset's."),
+        click.option("--bands", type=int, default=None,
+                     help="LSH bands; alone, rows become num_perm // bands. Default: the preset's."),
+        click.option("--rows", type=int, default=None,
+                     help="LSH rows per band; alone, bands become num_perm // rows. Default: the preset's."),
         click.option("--min-chars", type=int, default=None, help="Short filter: cleaned chars below this are dropped."),
         click.option("--verify/--no-verify", default=None, help="Check candidate pairs with the exact Jaccard."),
-        click.option("--keep", type=click.Choice(["smallest-id", "source-priority", "longest"]), default=None),
-        click.option("--source-priority", default=None, help="Comma-separated sources for --keep source-priority."),
-        click.option("--source", "force_source", default=None, help="Treat every input as this source."),
+        click.option("--keep", type=click.Choice(["smallest-id", "source-priority", "longest"]), default=None,
+                     help="Which document of a duplicate cluster is kept. Default: the preset's (smallest-id)."),
+        click.option("--source-priority", default=None,
+                     help="Comma-separated source names for --keep source-priority, most preferred first."),
+        click.option("--source", "force_source", default=None,
+                     help="Treat every input as this source (any name; RedPajama's aliases such as cc map to theirs)."),
         click.option("--partitions", type=int, default=None, help="Hash partitions for shuffles (default: by size)."),
         click.option("--max-edges-in-memory", type=int, default=50_000_000, show_default=True,
                      help="Above this many edges, connected components run distributed on Ray."),
-        click.option("--ray-address", default=None, help="Attach to a Ray cluster (default: start a local one)."),
+        click.option("--ray-address", default=None,
+                     help="Attach to this Ray cluster (host:port or auto; RAY_ADDRESS works too). Default: a private "
+                          "local Ray on 127.0.0.1."),
+        click.option("--force", is_flag=True,
+                     help="Write into a non-empty OUT that is not a slimpipe output (refused if a file there would "
+                          "be overwritten)."),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
     return fn
 
 
+def check_inputs(sources, force_source: str | None) -> None:
+    """List the inputs before anything else (and before Ray starts): a missing one fails now, leaving nothing."""
+    discover_files(list(sources), source=force_source)
+
+
+def claim_out(job: str, sources, out, force: bool, force_source: str | None, **options) -> None:
+    """Check and claim OUT (:mod:`slimpipe.outdir`): never a SOURCE, never a folder of other files or another job."""
+    from slimpipe.outdir import claim, identity, input_identity
+
+    claim(out, job, identity(inputs=input_identity(sources), source=force_source, **options), sources=sources,
+          force=force)
+
+
+def echo_not_read(files: list[dict]) -> None:
+    """Name every file that was not read, or not completely, with its reason, on stderr."""
+    for f in files:
+        if f.get("status") in ("unreadable", "truncated"):
+            click.echo(f"error: {f['status']}: {f['file']}: {f.get('error')}", err=True)
+        elif f.get("status") == "skipped":
+            click.echo(f"skipped: {f['file']}: {f.get('error')}", err=True)
+
+
 def params_from_options(preset: str, **kw):
     from slimpipe.dedup.params import load_preset
 
     if kw.get("source_priority"):
-        kw["source_priority"] = tuple(s.strip() for s in kw["source_priority"].split(",") if s.strip())
+        from slimpipe.sources import normalise_source
+
+        names = []
+        for raw in (s.strip() for s in kw["source_priority"].split(",") if s.strip()):
+            name = normalise_source(raw)
+            if name is None:
+                raise click.BadParameter(f"{raw!r} is not a source name (letters, digits, _ - . only)",
+                                         param_hint="--source-priority")
+            names.append(name)
+        kw["source_priority"] = tuple(names)
     try:
         return load_preset(preset).with_overrides(**kw)
     except (ValueError, TypeError, FileNotFoundError) as exc:
@@ -54,18 +98,21 @@ def params_from_options(preset: str, **kw):
 @dedup_options
 @click.option("--quiet", is_flag=True, help="No progress output.")
 def dedup_command(sources, out, preset, mode, threshold, num_perm, ngram, unit, bands, rows, min_chars, verify,
-                  keep, source_priority, force_source, partitions, max_edges_in_memory, ray_address, quiet) -> None:
+                  keep, source_priority, force_source, partitions, max_edges_in_memory, ray_address, force,
+                  quiet) -> None:
     """Deduplicate SOURCES (RedPajama-style files or folders) into OUT.
 
     OUT gets kept/<source>/*.jsonl.zst, removed/*.parquet (id, source, reason, cluster, duplicate_of),
     rejects.parquet, manifest.json, report.json, report.md and plots/. Re-running the same command
     after an interruption resumes where it stopped.
     """
-    from slimpipe.dedup.job import run_dedup
-
     params = params_from_options(preset, mode=mode, threshold=threshold, num_perm=num_perm, ngram=ngram, unit=unit,
                                  bands=bands, rows=rows, min_chars=min_chars, verify=verify, keep=keep,
                                  source_priority=source_priority)
+    check_inputs(sources, force_source)
+    claim_out("dedup", sources, out, force, force_source, params=params.to_dict(), partitions=partitions)
+    from slimpipe.dedup.job import run_dedup  # heavy imports only once the inputs and OUT are known good
+
     try:
         report = run_dedup(list(sources), out, params, source=force_source, partitions=partitions,
                            max_edges_in_memory=max_edges_in_memory, progress=not quiet, ray_address=ray_address)
@@ -77,6 +124,4 @@ def dedup_command(sources, out, preset, mode, threshold, num_perm, ngram, unit, 
                f"exact duplicates {m['exact_docs']:,}, near duplicates {m['near_docs']:,}, rejected lines {t['rejected']:,}")
     click.echo(f"byte duplication rate {100 * m['byte_duplication_rate']:.2f}% ({params.mode}); "
                f"report: {out / 'report.md'}")
-    for f in report["files"]:
-        if f["status"] == "unreadable":
-            click.echo(f"error: cannot read {f['file']}: {f['error']}", err=True)
+    echo_not_read(report["files"])

@@ -82,6 +82,9 @@ def mix_command(slimpajama_dir: Path, config: str, tokens: int, out: Path, token
     opt = MixOptions(tokens=tokens, seq_len=seq_len, seed=seed, output_format=output_format, tokenizer=tokenizer,
                      vocab_size=vocab_size, bpe_sample_bytes=bpe_sample, eval_tokens=eval_tokens,
                      token_cache=token_cache, overwrite=overwrite, keep_work=keep_work, ray_address=ray_address, quiet=quiet, warn=warn)
+    from slimpipe.outdir import check_not_in_sources
+
+    check_not_in_sources(out, [slimpajama_dir])  # the other output-folder rules are build_mix's own
     try:
         manifest = build_mix(slimpajama_dir, mix, out, opt)
     except MixBuildError as exc:

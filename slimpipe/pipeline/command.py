@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from slimpipe.dedup.command import dedup_options, params_from_options
+from slimpipe.dedup.command import check_inputs, claim_out, dedup_options, echo_not_read, params_from_options
 from slimpipe.evalset.command import evalset_options, options_from
 from slimpipe.io.readers import InputError
 
@@ -31,7 +31,7 @@ from slimpipe.io.readers import InputError
 @evalset_options
 @click.option("--quiet", is_flag=True, help="No progress output.")
 def slimpajama_command(sources, out, preset, mode, threshold, num_perm, ngram, unit, bands, rows, min_chars, verify,
-                       keep, source_priority, force_source, partitions, max_edges_in_memory, ray_address,
+                       keep, source_priority, force_source, partitions, max_edges_in_memory, ray_address, force,
                        holdout_fraction, seed, split_seed, chunks, chunk_mb, shard_mb, shard_records, eval_set, no_eval_set,
                        eval_seed, eval_min_tokens, eval_min_seqs, eval_seq_len, eval_max_fraction, quiet) -> None:
     """Run SlimPajama's recipe on SOURCES: NFC → short filter → MinHash dedup → interleave and shuffle →
@@ -44,11 +44,13 @@ def slimpajama_command(sources, out, preset, mode, threshold, num_perm, ngram, u
     Re-running the same command after an interruption resumes where it stopped.
     """
     from slimpipe.evalset.build import EvalSetError
-    from slimpipe.pipeline.job import PipelineOptions, run_slimpajama
 
     params = params_from_options(preset, mode=mode, threshold=threshold, num_perm=num_perm, ngram=ngram, unit=unit,
                                  bands=bands, rows=rows, min_chars=min_chars, verify=verify, keep=keep,
                                  source_priority=source_priority)
+    check_inputs(sources, force_source)
+    from slimpipe.pipeline.job import PipelineOptions, run_slimpajama  # heavy imports once the inputs exist
+
     try:
         opts = PipelineOptions(holdout_fraction=holdout_fraction, seed=seed, split_seed=split_seed, chunks=chunks,
                                chunk_bytes=int(chunk_mb * 2**20), shard_bytes=int(shard_mb * 2**20),
@@ -57,6 +59,8 @@ def slimpajama_command(sources, out, preset, mode, threshold, num_perm, ngram, u
         raise click.BadParameter(str(exc)) from exc
     evaluation = None if no_eval_set else {"reuse": eval_set} if eval_set else {"options": options_from(
         eval_seed, eval_min_tokens, eval_min_seqs, eval_seq_len, eval_max_fraction)}
+    claim_out("slimpajama", sources, out, force, force_source, params=params.to_dict(), options=repr(opts),
+              partitions=partitions, eval_set=repr(evaluation))
     try:
         report = run_slimpajama(list(sources), out, params, opts, source=force_source, partitions=partitions,
                                 max_edges_in_memory=max_edges_in_memory, progress=not quiet, ray_address=ray_address,
@@ -73,4 +77,5 @@ def slimpajama_command(sources, out, preset, mode, threshold, num_perm, ngram, u
         gone = sum(n for r in e["removed"].values() for n, _ in r.values())
         click.echo(f"evaluation set {e['eval_set'][:12]} ({e['eval_docs']:,} docs, OUT/eval): {gone:,} training "
                    "documents removed as copies or near-copies of it")
+    echo_not_read(report.get("files_not_read", []))
     click.echo(f"report: {out / 'report.md'}")

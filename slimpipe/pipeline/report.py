@@ -11,7 +11,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from slimpipe.io.writers import atomic_write_bytes, atomic_write_json
-from slimpipe.sources import SOURCES
+from slimpipe.sources import sort_sources
 
 # SlimPajama-627B card (REFERENCE.md): final token shares, and RedPajama's for comparison.
 SLIMPAJAMA_SHARE = {"common_crawl": 0.522, "c4": 0.267, "github": 0.052, "book": 0.042, "arxiv": 0.046,
@@ -40,7 +40,7 @@ def build_report(dedup: dict, gathered: list[dict], index: dict, opts, chunks: i
             decon[src][1] += nb
     sources = {}
     problems = []
-    for src in [s for s in SOURCES if s in dedup["sources"]]:
+    for src in sort_sources(dedup["sources"]):
         d = dedup["sources"][src]
         m = d[mode]
         row = {
@@ -72,8 +72,8 @@ def build_report(dedup: dict, gathered: list[dict], index: dict, opts, chunks: i
     for src, r in sources.items():
         r["share_words"] = r["train"]["words"] / train_words
         r["share_bytes"] = r["train"]["bytes"] / train_bytes
-        r["slimpajama_share"] = SLIMPAJAMA_SHARE[src]
-        r["redpajama_share"] = REDPAJAMA_SHARE[src]
+        r["slimpajama_share"] = SLIMPAJAMA_SHARE.get(src)  # None: not one of RedPajama's seven
+        r["redpajama_share"] = REDPAJAMA_SHARE.get(src)
     total = {k: sum(r[k] for r in sources.values()) for k in
              ("lines_read", "rejected", "docs_in", "bytes_in", "short_docs", "short_bytes", "exact_duplicates",
               "near_duplicates", "duplicate_bytes", "after_dedup_docs", "after_dedup_bytes", "decontaminated_docs",
@@ -95,6 +95,9 @@ def build_report(dedup: dict, gathered: list[dict], index: dict, opts, chunks: i
         "chunks": chunks,
         "sources": sources,
         "total": total,
+        # files (or parts of files) that were not read: the accounting above covers only what was read
+        "files_not_read": [{k: f.get(k) for k in ("file", "status", "error")} for f in dedup.get("files", [])
+                           if f.get("status") in ("unreadable", "truncated", "skipped")],
         "output": manifest["totals"],
         "timings": {**{f"dedup.{k}": v for k, v in dedup["timings"].items()}, **timings},
     }
@@ -106,8 +109,8 @@ def write_report(out: str | Path, r: dict) -> None:
     atomic_write_bytes(out / "report.md", render_markdown(r).encode())
 
 
-def _p(x: float) -> str:
-    return f"{100 * x:.2f}%"
+def _p(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.2f}%"
 
 
 def render_markdown(r: dict) -> str:
@@ -130,10 +133,10 @@ def render_markdown(r: dict) -> str:
         lines.append(f"| {src} | {s['lines_read']:,} | {s['rejected']:,} | {s['short_docs']:,} | {s['exact_duplicates']:,} | "
                      f"{s['near_duplicates']:,} | {s['decontaminated_docs']:,} | {s['train']['docs']:,} | "
                      f"{s['validation']['docs']:,} | {s['test']['docs']:,} |")
+    lines += ["", "Every line read is accounted for: read = train + validation + test + short + duplicates + "
+              "decontaminated + rejected, per source."]
+    lines += _not_read_lines(r.get("files_not_read", []))
     lines += [
-        "",
-        "Every line read is accounted for: read = train + validation + test + short + duplicates + "
-        "decontaminated + rejected, per source.",
         "",
         "## SlimPajama's table",
         "",
@@ -151,6 +154,22 @@ def render_markdown(r: dict) -> str:
     lines += _eval_lines(r.get("eval_decontamination"))
     lines += ["", "The dedup stage's own report, with plots and sample clusters: [dedup/report.md](dedup/report.md)."]
     return "\n".join(lines) + "\n"
+
+
+def _not_read_lines(files: list[dict]) -> list[str]:
+    """Files the counts above do not cover, named with their reason: the report never claims more than it read."""
+    bad = [f for f in files if f["status"] != "skipped"]
+    lines = []
+    if bad:
+        lines += ["", f"**Not complete: {len(bad)} input file(s) could not be read, or only in part. Their unread "
+                  "lines are in no count above.**", "", "| file | status | reason |", "|---|---|---|"]
+        lines += [f"| {f['file']} | {f['status']} | {f['error'] or ''} |" for f in bad]
+    skipped = [f for f in files if f["status"] == "skipped"]
+    if skipped:
+        lines += ["", f"Skipped, not data ({len(skipped)}): "
+                  + "; ".join(f"{f['file']} ({f['error']})" for f in skipped[:20])
+                  + (f"; and {len(skipped) - 20} more" if len(skipped) > 20 else "") + "."]
+    return lines
 
 
 def _eval_lines(e: dict | None) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from slimpipe.report.stats import describe
-from slimpipe.sources import SOURCES
+from slimpipe.sources import SOURCES, sort_sources
 
 
 def _fmt(cell: dict | None) -> str:
@@ -150,7 +150,8 @@ def _differences(r: dict) -> list[str]:
 
 
 def _mixes(r: dict) -> list[str]:
-    srcs = [s for s in SOURCES if any(row["weights"].get(s) for row in r["rows"].values())]
+    srcs = [s for s in sort_sources({k for row in r["rows"].values() for k in row["weights"]})
+            if any(row["weights"].get(s) for row in r["rows"].values())]  # any source name, the seven first
     lines = ["", "## Mixes", "", "Share of training tokens per source; ×N = epochs over that source's available "
              "data (repetition when above 1).", "", "| run | " + " | ".join(srcs) + " |", "|---|" + "---:|" * len(srcs)]
     for label, row in sorted(r["rows"].items()):

@@ -39,7 +39,7 @@ def parse_count(text: str | None) -> int | None:
 @click.option("--eval-interval", type=int, default=50, show_default=True, help="Steps between evaluations.")
 @click.option("--eval-sequences", type=int, default=64, show_default=True,
               help="Sequences per source at interval evaluations (the final one uses all).")
-@click.option("--seed", type=int, default=1337, show_default=True)
+@click.option("--seed", type=int, default=1337, show_default=True, help="Seed of initialisation and data order.")
 @click.option("--lr", type=float, help="Peak learning rate (default: the preset's).")
 @click.option("--schedule", type=click.Choice(["linear", "cosine"]),
               help="linear: decay to zero (default); cosine: to 10%.")
@@ -77,6 +77,8 @@ def parse_count(text: str | None) -> int | None:
               help="Continual pretraining: start from this run's final checkpoint (fresh optimizer and schedule).")
 @click.option("--eval-seq-lens", help="Also report final per-source bits per byte at these context lengths, "
                                       "with and without ALiBi slope interpolation, e.g. 128,256,512.")
+@click.option("--force", is_flag=True, help="Write into a non-empty RUN folder that is not a slimpipe output "
+                                            "(refused if a file there would be overwritten).")
 def train_command(mix_dir: str | None, model: str, output: str, max_steps: int | None, tokens: str | None,
                   eval_interval: int, eval_sequences: int, seed: int, lr: float | None, schedule: str | None,
                   warmup_steps: int | None, batch_size: int | None, micro_batch: int | None,
@@ -85,7 +87,7 @@ def train_command(mix_dir: str | None, model: str, output: str, max_steps: int |
                   activation_checkpointing: bool, device: str | None, ray_address: str | None,
                   num_workers: int, cpus_per_worker: int | None, use_gpu: bool, resume: bool,
                   compile_: bool | None, threads: int | None, phases_file: str | None = None,
-                  init_from: str | None = None, eval_seq_lens: str | None = None) -> None:
+                  init_from: str | None = None, eval_seq_lens: str | None = None, force: bool = False) -> None:
     """Train MIX_DIR's model preset, evaluating loss and bits per byte on each source's held-out set.
 
     Writes RUN/train_log.jsonl, RUN/eval_log.jsonl, RUN/metrics.json, RUN/checkpoints/ and RUN/model/.
@@ -108,6 +110,9 @@ def train_command(mix_dir: str | None, model: str, output: str, max_steps: int |
                       activation_checkpointing=activation_checkpointing,
                       device=device, resume=resume, compile=compile_, threads=threads,
                       phases=phases, init_from=init_from, eval_seq_lens=seq_lens)
+    from slimpipe.outdir import claim
+
+    claim(output, "train", "run", sources=[mix_dir] if mix_dir else [], force=force)  # never into the mix or a user's folder
     try:
         metrics = launch(cfg, ray_address=ray_address, num_workers=num_workers, use_gpu=use_gpu,
                          cpus_per_worker=cpus_per_worker)

@@ -1,0 +1,148 @@
+"""Output-folder rules, checked by every command before any heavy work (and before Ray starts).
+
+1. OUT may not be a SOURCE, nor lie inside one: its outputs would be read back as inputs next time.
+2. A new or empty OUT is claimed: ``OUT/_slimpipe.json`` records which job writes there.
+3. An OUT claimed by the same job (same command, inputs and options) is resumed or left as it is.
+4. An OUT claimed by another job, or by the same command with other inputs or options, is refused with
+   one line naming that job.
+5. A non-empty OUT that is not a slimpipe output is refused with one line naming what is there.
+   ``--force`` writes into it anyway, but only when none of the names the job writes exist there: a
+   user's file is never overwritten.
+
+Paths may be local or URIs (``s3://``, ``gs://``, ``hdfs://``, ``file://``), through :mod:`slimpipe.storage`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from slimpipe import storage
+
+MARKER = "_slimpipe.json"
+_SHOWN = 3  # entries named in a message before "and N more"
+
+# The top-level names each job writes in OUT (besides the marker), so --force never overwrites a user's file.
+JOB_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "dedup": ("kept", "removed", "rejects.parquet", "manifest.json", "report.json", "report.md", "plots", "_work"),
+    "slimpajama": ("train", "validation", "test", "dedup", "eval", "manifest.json", "index.json", "report.json",
+                   "report.md", "plots", "_work"),
+    "mix": ("train", "eval", "test", "tokenizer", "manifest.json", ".work", "report.md"),
+    "train": ("train_log.jsonl", "eval_log.jsonl", "metrics.json", "checkpoints", "model", "config.json"),
+    "compare": ("report.md", "report.json", "plots"),
+    "evalset": ("manifest.json", "report.md", "_work"),  # plus one folder per source
+    "demo": ("sample", "eval", "slimpajama-global", "slimpajama-local", "mixes", "runs", "report"),
+}
+
+
+class OutputError(RuntimeError):
+    """OUT cannot be used as asked (one line naming the folder and what is in the way)."""
+
+
+def identity(**parts) -> str:
+    """A stable fingerprint of a job's inputs and options (what makes a re-run "the same job")."""
+    blob = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def canonical(p: str | os.PathLike) -> str:
+    """A path made absolute with symlinks resolved, or a URI with a trailing ``/`` dropped."""
+    s = os.fspath(p)
+    if storage.is_remote(s):
+        return s.rstrip("/")
+    if storage.scheme_of(s):  # file://
+        fs, s = storage.resolve(s)
+    return os.path.realpath(os.path.expanduser(s))
+
+
+def _inside(child: str, parent: str) -> bool:
+    if child == parent:
+        return True
+    sep = "/" if storage.is_remote(parent) else os.sep
+    return child.startswith(parent.rstrip(sep) + sep)
+
+
+def check_not_in_sources(out: str | os.PathLike, sources: Iterable[str | os.PathLike]) -> None:
+    """Raise :class:`OutputError` when OUT equals or lies inside a SOURCE."""
+    o = canonical(out)
+    for src in sources:
+        s = canonical(src)
+        if _inside(o, s):
+            where = "is" if o == s else "lies inside"
+            raise OutputError(f"output folder {storage.display(out)} {where} the input {storage.display(src)}: "
+                              "its outputs would be read back as inputs; choose a folder outside the inputs")
+
+
+def _entries(out: str) -> list[str] | None:
+    """Top-level names in OUT (sorted), or None when OUT does not exist. Raises OutputError if OUT is a file."""
+    import pyarrow.fs as pafs
+
+    fs, path = storage.resolve(out)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        return None
+    if info.type != pafs.FileType.Directory:
+        raise OutputError(f"output folder {storage.display(out)} is a file, not a folder")
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True))
+    return sorted(i.base_name for i in infos)
+
+
+def _some(names: list[str]) -> str:
+    shown = ", ".join(names[:_SHOWN])
+    return shown + (f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
+
+
+def claim(out: str | os.PathLike, job: str, ident: str, sources: Iterable[str | os.PathLike] = (),
+          force: bool = False, outputs: Iterable[str] | None = None) -> bool:
+    """Check OUT against the rules above and claim it for ``job``; True when OUT already held this job.
+
+    ``ident`` is :func:`identity` of the job's inputs and options. Nothing is written unless every
+    check passes, so a refused command leaves OUT as it found it.
+    """
+    out = os.fspath(out)
+    check_not_in_sources(out, sources)
+    names = _entries(out)
+    marker = storage.join(out, MARKER)
+    if names and MARKER in names:
+        try:
+            held = storage.read_json(marker)
+        except (OSError, ValueError, storage.StorageError) as exc:
+            raise OutputError(f"output folder {storage.display(out)} has an unreadable {MARKER} ({exc}); "
+                              "delete it or choose another folder") from exc
+        if held.get("job") != job:
+            raise OutputError(f"output folder {storage.display(out)} holds the output of `slimpipe {held.get('job')}`"
+                              f", not `slimpipe {job}`; choose another folder")
+        if held.get("identity") != ident:
+            raise OutputError(f"output folder {storage.display(out)} holds a `slimpipe {job}` run with other inputs "
+                              "or options; choose a new folder, or delete this one to start over")
+        return True
+    if names:
+        if not force:
+            raise OutputError(f"output folder {storage.display(out)} is not empty and is not a slimpipe output "
+                              f"(it holds {_some(names)}); choose an empty or new folder, or pass --force to "
+                              "write into it")
+        clash = sorted(set(names) & set(outputs if outputs is not None else JOB_OUTPUTS.get(job, ())))
+        if clash:
+            raise OutputError(f"--force: output folder {storage.display(out)} already holds {_some(clash)}, which "
+                              f"`slimpipe {job}` would overwrite; move them away or choose another folder")
+    storage.write_json_atomic(marker, {"job": job, "identity": ident, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                       "command": " ".join(["slimpipe", *sys.argv[1:]])[:2000]})
+    return False
+
+
+def input_identity(sources: Iterable[str | os.PathLike]) -> list[str]:
+    """The inputs as they enter a job's identity: canonical paths or URIs, in the order given."""
+    return [canonical(s) for s in sources]
+
+
+def local_path(p: str | os.PathLike) -> Path | None:
+    """``Path`` for a local path or file:// URI; None for a remote URI."""
+    s = os.fspath(p)
+    if storage.is_remote(s):
+        return None
+    return Path(canonical(s))
