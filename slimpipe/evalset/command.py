@@ -45,9 +45,11 @@ def options_from(eval_seed: int, eval_min_tokens: int | None, eval_min_seqs: int
 @evalset_options
 @click.option("--source", "force_source", default=None, help="Treat every input as this source.")
 @click.option("--ray-address", default=None, help="Attach to this Ray cluster instead of starting a private one.")
+@click.option("--force", is_flag=True, help="Write into a non-empty folder that is not a slimpipe output "
+                                            "(refused if a file there would be overwritten).")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 def evalset_command(sources, out, eval_seed, eval_min_tokens, eval_min_seqs, eval_seq_len, eval_max_fraction,
-                    force_source, ray_address, quiet) -> None:
+                    force_source, ray_address, quiet, force: bool = False) -> None:
     """Draw one evaluation set from the raw SOURCES (before any dedup), stratified per source, with a
     minimum size per source; every run and mix built from these sources should be scored on it
     (`slimpipe slimpajama --eval-set EVAL`). Too-small sources are flagged in the manifest and report."""
@@ -59,6 +61,10 @@ def evalset_command(sources, out, eval_seed, eval_min_tokens, eval_min_seqs, eva
         from slimpipe.io.readers import discover_files
 
         discover_files(list(sources), source=force_source)  # a missing input fails before Ray starts
+        from slimpipe.outdir import claim, identity, input_identity
+
+        claim(out, "evalset", identity(inputs=input_identity(sources), source=force_source, options=repr(opts)),
+              sources=sources, force=force)
         ensure_ray(ray_address)
         m = build_eval_set(list(sources), out, opts, source=force_source, progress=not quiet)
     except (InputError, EvalSetError) as exc:
