@@ -66,6 +66,9 @@ class _LazyGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:  # one line, not click's usage block: "Error: ... (see `slimpipe x -h`)"
+            where = exc.ctx.command_path if exc.ctx is not None else "slimpipe"
+            raise UsageProblem(f"{' '.join(exc.format_message().split())} (see `{where} -h`)") from exc
         except click.ClickException:
             raise
         except Exception as exc:

@@ -90,7 +90,14 @@ def test_missing_input_fails_before_ray_starts_and_leaves_nothing(tmp_path: Path
 def test_user_errors_are_one_line_with_exit_code_2(tmp_path: Path) -> None:
     src = _corpus(tmp_path / "src")
     r = _run("dedup", str(src), "-o", str(tmp_path / "o"), "--source-priority", "c4,http://x/y")
-    assert r.exit_code == 2 and "is not a source name" in r.output
+    assert r.exit_code == 2 and "is not a source name" in _one_error_line(r)
+    for args, says in ((["dedup"], "Missing argument 'SOURCES...'"),
+                       (["dedup", str(src), "-o", "x", "--mode", "foo"], "'foo' is not one of 'global', 'local'"),
+                       (["mix", str(tmp_path / "nope"), "--config", "dc1", "--tokens", "5M", "-o", "x"],
+                        "does not exist"),
+                       (["nosuch"], "No such command 'nosuch'")):
+        r = _run(*args)
+        assert r.exit_code == 2 and says in _one_error_line(r) and "-h`)" in r.output
     r = _run("dedup", str(src), "-o", str(tmp_path / "o"), "--source", "a/b")
     assert r.exit_code == 2 and "not a source name" in _one_error_line(r)
     assert not (tmp_path / "o").exists()
