@@ -388,6 +388,13 @@ def test_compression_comes_from_magic_bytes_not_the_name(tmp_path: Path) -> None
     assert rejects.num_rows == 0, rejects.to_pylist()
     assert {s.file: s.accepted for s in stats} == {"c4_sample.jsonl.zst": 4, "github_sample.jsonl": 4,
                                                    "book_sample.jsonl.zst": 4, "arxiv_sample.jsonl": 4}
+    # a truncated gzip stream keeps its complete lines and says it is truncated
+    whole = gzip.compress(b"".join((json.dumps({"text": f"{i} {LONG}"}) + "\n").encode() for i in range(300)))
+    cut = tmp_path / "cut" / "c4_sample.jsonl.gz"
+    cut.parent.mkdir()
+    cut.write_bytes(whole[: len(whole) // 2])
+    docs, rejects, (s,) = read_all([cut])
+    assert s.status == "truncated" and 0 < docs.num_rows < 300 and s.read == s.accepted + s.rejected
     # a zstd file named .jsonl is not cut into byte ranges as if it were plain text
     big = split_ranges(discover_files([tmp_path / "github_sample.jsonl"]), target_bytes=16)
     assert len(big) == 1

@@ -11,6 +11,7 @@ them in parallel, one task per file or per byte range of a plain ``.jsonl`` file
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -178,7 +179,7 @@ def _walk(d: Path, root: Path, chain: set[str], seen: set[str]) -> Iterator[tupl
             st = os.stat(path)  # follows symlinks
         except OSError as exc:
             target = os.readlink(path) if path.is_symlink() else ""
-            why = "symlink loop" if exc.errno == 40 else "broken symlink" if target else "unreadable"
+            why = "symlink loop" if exc.errno == errno.ELOOP else "broken symlink" if target else "unreadable"
             yield path, rel, f"{why}: {rel}" + (f" -> {target}" if target else "") + f" ({exc.strerror})"
             continue
         if stat.S_ISDIR(st.st_mode):
