@@ -77,23 +77,34 @@ def s3_server():
                 os.environ[k] = v
 
 
-@pytest.fixture(scope="session")
+RAY_CLUSTER_NODE = {"num_cpus": 1, "object_store_memory": 80 << 20, "include_dashboard": False}
+
+
+@pytest.fixture(scope="module")
 def ray_cluster(s3_server):
     """A 3-node Ray cluster on this machine (head + 2 workers, 1 CPU and a small object store each).
 
     It is a separate cluster from this process's own Ray (``ray_session``): run slimpipe against it in a
     subprocess with ``--ray-address <cluster.address>``. Its nodes start after ``s3_server`` has set the
     AWS environment, so tasks on every node reach the S3 server as a real cluster's nodes would. Yields
-    the ``ray.cluster_utils.Cluster``; ``cluster.worker_nodes`` are the two removable nodes.
+    the ``ray.cluster_utils.Cluster``; ``cluster.worker_nodes`` are the removable nodes (add one back
+    with ``cluster.add_node(**RAY_CLUSTER_NODE)``). Module-scoped: it is gone before other modules run,
+    and Ray's "current cluster" file (which ``ray.init(address="auto")`` reads) is restored.
     """
+    from ray._private.utils import get_ray_address_file
     from ray.cluster_utils import Cluster
 
-    node = {"num_cpus": 1, "object_store_memory": 80 << 20, "include_dashboard": False}
-    cluster = Cluster(initialize_head=True, head_node_args={**node, "resources": {"head": 1}})
+    address_file = Path(get_ray_address_file(None))
+    previous = address_file.read_text() if address_file.exists() else None
+    cluster = Cluster(initialize_head=True, head_node_args={**RAY_CLUSTER_NODE, "resources": {"head": 1}})
     try:
         for _ in range(2):
-            cluster.add_node(**node)
+            cluster.add_node(**RAY_CLUSTER_NODE)
         cluster.wait_for_nodes(timeout=120)
         yield cluster
     finally:
         cluster.shutdown()
+        if previous is None:
+            address_file.unlink(missing_ok=True)
+        else:
+            address_file.write_text(previous)
