@@ -288,3 +288,22 @@ def test_context_longer_than_trained_is_refused():
     model = GPT(small_cfg(max_seq_len=8))
     with pytest.raises(ValueError):
         model(torch.zeros(1, 9, dtype=torch.long))
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "flex"])
+def test_compiled_model_has_one_graph_break_and_the_same_loss(attention):
+    """Mask caches are built in AlibiBias.prepare, outside the graph: torch.compile traces every layer in
+    one graph (the single break is prepare itself). Flex is checked without gradients (no CPU backward)."""
+    import torch._dynamo as dynamo
+
+    torch.manual_seed(0)
+    model = GPT(small_cfg(attention=attention))
+    x = torch.randint(0, 97, (2, 17))
+    with torch.set_grad_enabled(attention == "sdpa"):
+        explained = dynamo.explain(model)(x[:, :-1], x[:, 1:])
+        assert explained.graph_break_count == 1, [str(r.reason)[:200] for r in explained.break_reasons]
+        dynamo.reset()
+        ref = model(x[:, :-1], x[:, 1:])[1]
+        got = torch.compile(model, backend="aot_eager")(x[:, :-1], x[:, 1:])[1]
+    assert got.item() == pytest.approx(ref.item(), rel=1e-6)
+    dynamo.reset()

@@ -147,7 +147,7 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, alibi: AlibiBias) -> torch.Tensor:
         B, T, C = x.shape
         qkv = self.qkv(x).view(B, T, 3, self.cfg.n_head, self.cfg.head_dim)
-        backend = alibi.backend(self.cfg.attention, x.device)
+        backend = alibi.active
         if backend == "flash":  # flash-attn wants (B, T, H, D)
             from flash_attn import flash_attn_func
 
@@ -198,12 +198,23 @@ class AlibiBias(nn.Module):
         self._block_masks: dict[tuple, object] = {}  # one entry: (T, device) -> BlockMask
         self._backends: dict[tuple, str] = {}
         self._flex_fn = None
+        self.active = "sdpa"  # the backend of the current forward pass, set by prepare()
 
     def backend(self, name: str, device: torch.device) -> str:
         key = (name, device.type)
         if key not in self._backends:
             self._backends[key] = resolve_attention(name, device)
         return self._backends[key]
+
+    @torch.compiler.disable
+    def prepare(self, name: str, T: int, dtype: torch.dtype, device: torch.device) -> None:
+        """Resolve the backend and build its mask before the layers run, outside any compiled graph (one
+        graph break per forward pass instead of cache updates traced inside every layer)."""
+        self.active = self.backend(name, device)
+        if self.active == "sdpa":
+            self.mask(T, dtype, device)
+        elif self.active == "flex":
+            self.block_mask(T, device)
 
     def mask(self, T: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """The ``(1, H, T, T)`` additive mask: a slice of one cached max-length mask (rebuilt only when the
@@ -214,29 +225,35 @@ class AlibiBias(nn.Module):
             self._masks[key] = alibi_causal_bias(self.slopes, self.max_seq_len, dtype, device)[None]
         return self._masks[key][:, :, :T, :T]
 
-    def flex(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    def block_mask(self, T: int, device: torch.device) -> object:
+        """The causal BlockMask for length ``T`` (one cached), and the (compiled on CUDA) Flex function."""
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-        T = q.shape[-2]
-        key = (T, q.device)
+        key = (T, device)
         if key not in self._block_masks:
             self._block_masks.clear()
-            self._block_masks[key] = create_block_mask(_causal, None, None, T, T, device=q.device)
+            self._block_masks[key] = create_block_mask(_causal, None, None, T, T, device=device)
         if self._flex_fn is None:
             # Eager Flex materialises the score matrix (slow, but exact); compiled it is fused.
-            self._flex_fn = torch.compile(flex_attention) if q.is_cuda else flex_attention
+            self._flex_fn = torch.compile(flex_attention) if device.type == "cuda" else flex_attention
+        return self._block_masks[key]
+
+    def flex(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        block_mask = self.block_mask(q.shape[-2], q.device)
         slopes = self.slopes
 
         def score_mod(score, b, h, qi, ki):
             return score + slopes[h] * (ki - qi).to(score.dtype)
 
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
-            return self._flex_fn(q, k, v, score_mod=score_mod, block_mask=self._block_masks[key], scale=scale)
+        return self._flex_fn(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)
 
 
 def _causal(b, h, qi, ki):  # FlexAttention mask_mod
     return qi >= ki
+
+
+# Eager FlexAttention (CPU forward, tests) is exact but slow; torch says so on every call.
+warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
 
 
 class GPT(nn.Module):
@@ -286,6 +303,9 @@ class GPT(nn.Module):
         x = self.wte(idx)
         if self.embed_mult != 1.0:
             x = x * self.embed_mult
+        kind = x.device.type
+        dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+        self.alibi.prepare(self.cfg.attention, idx.shape[1], dtype, x.device)
         recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
             if recompute:
