@@ -118,3 +118,16 @@ def test_an_unreachable_address_is_one_line(corpus: Path) -> None:
                         f"127.0.0.1:{_free_port()}"], capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=300)
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [f"Error: cannot reach the Ray cluster at {r.args[-1]}: Connection refused"]
+
+
+def test_the_private_ray_listens_on_loopback_only(ray_session) -> None:
+    """Every port of this session's own Ray (GCS, raylet, workers, agents) is bound to 127.0.0.1."""
+    psutil = pytest.importorskip("psutil")
+    import ray
+
+    ray.get(ray.remote(lambda: 0).remote())  # at least one worker up
+    ours = {p.pid for p in psutil.Process().children(recursive=True)}
+    listening = [(c.pid, c.laddr.ip, c.laddr.port) for c in psutil.net_connections(kind="inet")
+                 if c.status == psutil.CONN_LISTEN and c.pid in ours]
+    assert listening, "found no listening socket of this session's Ray"
+    assert all(ip in ("127.0.0.1", "::ffff:127.0.0.1") for _, ip, _ in listening), listening
