@@ -244,3 +244,31 @@ def test_a_set_of_parts_reads_as_one_and_tails_carry_over(tmp_path):
     half = PackedDataset(tmp_path / "set", L // 2)
     np.testing.assert_array_equal(half.get_batch([2 * len(singles[0]) + 1])[0],
                                   singles[1][0][L // 2 :])
+
+
+def test_a_mix_on_s3_is_read_through_a_local_cache(s3_server, tmp_path):
+    """The trainer's opener takes a URI: the mix is copied once to local disk (memory-mappable), only
+    missing files are fetched again, and a URI without a finished mix is one clear error."""
+    from slimpipe import storage
+    from slimpipe.mix.packed import local_mix
+
+    texts = [topics[k] for k in sorted(topics)]
+    tok = load_tokenizer("gpt2")
+    write_mix(tmp_path / "mix", texts[:-4], {"book": texts[-4:]}, tok, 64)
+    (tmp_path / "mix" / "manifest.json").write_text("{}\n")
+    uri = f"{s3_server['url']}/mixes/m1"
+    storage.upload_tree(tmp_path / "mix", uri)
+    cache = tmp_path / "cache"
+    train, evals = open_mix(uri, cache_dir=cache)
+    local, _ = open_mix(tmp_path / "mix")
+    assert isinstance(train.tokens, np.memmap) and train.path.is_relative_to(cache)
+    np.testing.assert_array_equal(train.get_batch(np.arange(len(train))), local.get_batch(np.arange(len(local))))
+    assert list(evals) == ["book"] and evals["book"].total_bytes > 0
+    copy = local_mix(uri, cache)
+    stamp = (copy / "train" / "tokens.bin").stat().st_mtime_ns
+    (copy / "eval" / "book" / "tokens.bin").unlink()
+    assert local_mix(uri, cache) == copy  # the missing file is fetched, the others are kept
+    assert (copy / "eval" / "book" / "tokens.bin").is_file()
+    assert (copy / "train" / "tokens.bin").stat().st_mtime_ns == stamp
+    with pytest.raises(FileNotFoundError, match=r"mixes/none: no manifest.json"):
+        open_mix(f"{s3_server['url']}/mixes/none", cache_dir=cache)

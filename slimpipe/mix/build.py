@@ -132,26 +132,40 @@ def build_mix(slimpajama_dir: str | Path, mix: MixConfig, out: str | Path, opt: 
     if input_info["manifest_sha256"] is None:
         ctx.warn(f"{root} has no manifest.json: the mix manifest cannot pin the input by hash")
 
+    timings: dict[str, float] = {}
+    clock = [time.monotonic()]
+
+    def lap(stage: str) -> None:
+        now = time.monotonic()
+        timings[stage] = round(now - clock[0], 3)
+        clock[0] = now
+
     # 1. tokenize: the holdout (all sources), then train shards until a prefix covers every target
     holdout_shards, holdout_res, holdout_hashes = holdout_stage(ctx, splits)
     targets = B.source_targets(opt.tokens, {s: mix.shares[s] for s in mix.active_sources})
     used, res, n_eligible = train_stage(ctx, train_shards, holdout_hashes, targets)
+    lap("tokenize")
     # 2. select
     sel = plan_and_select(ctx, train_shards, used, res, n_eligible)
+    lap("select")
     # 3. pack, 4. eval sets
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"timings_s": timings}
     text_shards: list[ShardInfo] = []
     if opt.output_format == "packed":
         train_index, realised, docs_packed = pack_train(ctx, sel.files, sel.n_buckets)
         extra["train"] = {k: train_index[k] for k in ("n_sequences", "n_tokens", "seq_len", "dropped_tokens",
                                                       "n_documents", "total_bytes", "bytes_exact")}
         extra["train"]["parts"] = len(train_index["parts"])
+        lap("pack")
         eval_info, _, _ = eval_stage(ctx, holdout_shards, holdout_res, input_info.get("eval_set"))
     else:
         realised, docs_packed, text_shards, train_items = write_text_train(ctx, sel.files, sel.n_buckets)
+        lap("pack")
         eval_info, eval_shards, eval_items = eval_stage(ctx, holdout_shards, holdout_res, input_info.get("eval_set"))
         text_shards += eval_shards
         atomic_write_json(out / INPUT_INDEX, {"splits": {"train": train_items, **eval_items}})
+    lap("evalsets")
+    timings["total"] = round(time.monotonic() - t_start, 3)
     # 5. manifest
     write_mix_manifest(ctx, input_info=input_info, n_train_shards=len(train_shards), n_eligible=n_eligible,
                        used=used, res=res, holdout_res=holdout_res, holdout_docs=int(holdout_hashes.size),

@@ -16,7 +16,6 @@ from slimpipe.io.writers import ShardInfo, ShardWriter, slimpajama_record
 from slimpipe.mix import budget as B
 from slimpipe.mix.common import SHUFFLE, MixContext, list_parts, run_ordered
 from slimpipe.mix.packed import PackedWriter, apportion_bytes, train_path, write_parts_index
-from slimpipe.mix.tokenize import worker_tokenizer
 
 # ------------------------------------------------------------------------------- stage 5: shuffle
 
@@ -80,7 +79,7 @@ def _tail_runs(tail: deque[tuple[int, int]], n: int) -> list[tuple[int, int]]:
     return runs[::-1]
 
 
-def pack_bucket(job: dict[str, Any]) -> dict[str, Any]:
+def pack_bucket(job: dict[str, Any], byte_lengths: np.ndarray | None = None) -> dict[str, Any]:
     """Ray task: shuffle one bucket (seeded) and pack it into its own part ``train/part-<b>``.
 
     Returns the part's sequence count, tokens and documents per source (code), and the *tail* the part
@@ -94,8 +93,7 @@ def pack_bucket(job: dict[str, Any]) -> dict[str, Any]:
     if table is None:
         return {"bucket": b, "part": None, "counts": counts, "docs": docs,
                 "tail": (np.zeros(0, np.int64), np.zeros(0, np.int64), [])}
-    tok = worker_tokenizer(job["tokenizer"], job["identity"])
-    table_bl = tok.byte_lengths
+    table_bl = byte_lengths  # per-id UTF-8 bytes when exact (byte-level BPE); the tokenizer is not loaded
     L = int(job["seq_len"])
     perm = np.random.default_rng([job["seed"], SHUFFLE, b]).permutation(table.num_rows)
     offsets, values = list_parts(table.column("tokens"))
@@ -106,8 +104,10 @@ def pack_bucket(job: dict[str, Any]) -> dict[str, Any]:
     tail: deque[tuple[int, int]] = deque()
     tail_sum = 0
     name = f"part-{b:05d}"
-    with PackedWriter(Path(job["train"]) / name, L, vocab_size=tok.vocab_size, eos_id=tok.eos_id, tokenizer=tok,
-                      meta={**job["meta"], "part": name}, overwrite=True, warn_empty=False) as w:
+    tok = job["tokenizer"]
+    with PackedWriter(Path(job["train"]) / name, L, vocab_size=tok["vocab_size"], eos_id=tok["eos_id"],
+                      tokenizer=tok["describe"], meta={**job["meta"], "part": name}, overwrite=True,
+                      warn_empty=False) as w:
         for i in perm.tolist():
             ids = values[offsets[i] : offsets[i + 1]].astype(np.int64)
             tb = table_bl[ids] if table_bl is not None else None
@@ -145,10 +145,13 @@ def pack_train(ctx: MixContext, files: list[str], n_buckets: int) -> tuple[dict,
     train = train_path(ctx.out)
     train.mkdir(parents=True, exist_ok=True)
     meta = {"set": "train", "mix": ctx.mix.name, "seed": ctx.opt.seed}
+    import ray
+
+    info = {"vocab_size": tok.vocab_size, "eos_id": tok.eos_id, "describe": tok.describe()}
     jobs = [{"bucket": b, "files": files, "seed": ctx.opt.seed, "seq_len": L, "train": str(train),
-             "tokenizer": tok.spec, "identity": tok.identity, "sources": active, "meta": meta}
-            for b in range(n_buckets)]
-    results = run_ordered(pack_bucket, jobs, label="mix: pack", quiet=ctx.opt.quiet, unit="buckets")
+             "tokenizer": info, "sources": active, "meta": meta} for b in range(n_buckets)]
+    results = run_ordered(pack_bucket, jobs, (ray.put(tok.byte_lengths),), label="mix: pack", quiet=ctx.opt.quiet,
+                          unit="buckets")
     counts = dict.fromkeys(active, 0)
     docs = dict.fromkeys(active, 0)
     for r in results:

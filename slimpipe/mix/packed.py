@@ -472,9 +472,57 @@ class ShuffledSampler:
         return out
 
 
-def open_mix(mix_dir: str | Path, seq_len: int | None = None) -> tuple[PackedDataset, dict[str, PackedDataset]]:
-    """The training set and the per-source eval sets of a mix, checked to share one tokenizer."""
-    root = Path(mix_dir)
+def default_mix_cache() -> Path:
+    """Where mixes read from a URI are kept on local disk: ``$SLIMPIPE_CACHE/mixes`` or
+    ``~/.cache/slimpipe/mixes``."""
+    base = os.environ.get("SLIMPIPE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "slimpipe")
+    return Path(base) / "mixes"
+
+
+def local_mix(mix_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
+    """A local folder holding the mix at ``mix_dir``: the folder itself for a path or ``file://`` URI; for
+    ``s3://``, ``gs://``, ``hdfs://``... a copy under ``cache_dir`` (default :func:`default_mix_cache`),
+    one folder per URI, so the trainer can memory-map it.
+
+    Only files missing locally, or of another size, are downloaded, each atomically (several ranks may
+    ask at once); ``manifest.json`` (the mark of a finished mix) comes last. A URI without one fails
+    with one line naming it.
+    """
+    import hashlib
+
+    from slimpipe import storage
+
+    if not storage.is_remote(mix_dir):
+        return Path(storage.join(mix_dir))
+    uri = os.fspath(mix_dir).rstrip("/")
+    manifest = storage.join(uri, "manifest.json")
+    try:
+        if not storage.exists(manifest):
+            raise FileNotFoundError(f"{uri}: no manifest.json (not a finished `slimpipe mix` output)")
+        files = [f for f in storage.list_files(uri) if not f[len(uri) + 1 :].startswith((".work/", "."))]
+    except OSError as exc:
+        raise FileNotFoundError(f"{uri}: cannot read the mix ({type(exc).__name__}: {exc})") from None
+    dest = Path(cache_dir or default_mix_cache()) / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    files.sort(key=lambda f: f == manifest)  # the manifest last
+    for f in files:
+        target = dest / f[len(uri) + 1 :]
+        if target.is_file() and target.stat().st_size == storage.size(f):
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        with storage.open_input(f) as src, open(tmp, "wb") as out:
+            shutil.copyfileobj(src, out, 8 << 20)
+        os.replace(tmp, target)
+    (dest / ".slimpipe-source-uri").write_text(uri + "\n")
+    log.info("mix %s cached at %s", uri, dest)
+    return dest
+
+
+def open_mix(mix_dir: str | os.PathLike, seq_len: int | None = None, *, cache_dir: str | os.PathLike | None = None
+             ) -> tuple[PackedDataset, dict[str, PackedDataset]]:
+    """The training set and the per-source eval sets of a mix (a path or a URI, see :func:`local_mix`),
+    checked to share one tokenizer."""
+    root = local_mix(mix_dir, cache_dir)
     train = PackedDataset(train_path(root), seq_len)
     evals: dict[str, PackedDataset] = {}
     eval_root = root / "eval"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 
 import click
 
@@ -29,8 +30,17 @@ def parse_count(text: str | None) -> int | None:
     return int(value)
 
 
+def _mix_location(value: str | None) -> str | None:
+    """MIX_DIR: a local folder that exists, or a URI (s3://, gs://, ...) the trainer caches locally."""
+    from slimpipe import storage
+
+    if value and not storage.is_remote(value) and not os.path.isdir(storage.join(value)):
+        raise click.BadParameter(f"{value!r}: no such folder", param_hint="MIX_DIR")
+    return value
+
+
 @click.command(name="train")
-@click.argument("mix_dir", required=False, type=click.Path(exists=True, file_okay=False))
+@click.argument("mix_dir", required=False, callback=lambda ctx, param, v: _mix_location(v))
 @click.option("--model", "model", default="tiny", show_default=True,
               help="Preset (tiny, 111m, 256m, 590m, 1.3b) or a YAML file shaped like conf/models/*.yaml.")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Run directory.")

@@ -389,8 +389,11 @@ def _train(cfg: TrainConfig, device: torch.device | str | None, on_eval: Callabl
         torch.cuda.set_device(dev)
     else:
         tune_cpu_malloc()
+    from slimpipe.mix.packed import local_mix
     from slimpipe.train.phases import open_training_data
 
+    if cfg.mix_dir:  # a mix URI (s3://, gs://, ...) is copied once to this node's disk and memory-mapped there
+        cfg = dataclasses.replace(cfg, mix_dir=str(local_mix(cfg.mix_dir)))
     out = Path(cfg.out_dir).resolve()
     data, eval_sets, plan = open_training_data(cfg, world, dev)
     train_set = data.train_set
@@ -435,9 +438,8 @@ def _train(cfg: TrainConfig, device: torch.device | str | None, on_eval: Callabl
                                            "phases": data.describe()})
 
     eval_model: torch.nn.Module = model
-    if plan.compile:
-        run_model = torch.compile(run_model)
-        eval_model = torch.compile(model)
+    if plan.compile:  # each block + the output head: compiles in about one layer's time (GPT.compile_regions)
+        model.compile_regions()
     autocast_dtype = torch.bfloat16 if plan.autocast == "bfloat16" else None
     local_batch = plan.micro_batch * plan.accum
     eval_batch = cfg.eval_batch or plan.micro_batch

@@ -1,0 +1,46 @@
+"""The trainer reads a packed mix from object storage (a real S3-compatible server on loopback): the mix
+is cached on local disk once and training on it is the same as training on the local folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from pydoc_data.topics import topics
+
+import pytest
+
+from slimpipe import storage
+from slimpipe.mix.packed import write_mix
+from slimpipe.mix.tokenizer import train_bpe
+
+MICRO = """\
+name: micro
+model: {n_layer: 1, d_model: 32, n_head: 2, d_ff: 96, max_seq_len: 32}
+train: {seq_len: 32, batch_size: 8, micro_batch: 8, lr: 3.0e-3, warmup_fraction: 0.1, schedule: linear}
+"""
+
+
+def test_train_from_a_mix_uri_equals_training_from_the_folder(s3_server, tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch")
+    from slimpipe.train.loop import TrainConfig, train
+
+    texts = [topics[k] for k in sorted(topics)]
+    tok = train_bpe(texts, vocab_size=300, out=tmp_path / "bpe")
+    write_mix(tmp_path / "mix", texts[:-6], {"book": texts[-6:]}, tok, 32)
+    (tmp_path / "mix" / "manifest.json").write_text(json.dumps({"eval_set": "abc123"}) + "\n")
+    (tmp_path / "micro.yaml").write_text(MICRO)
+    uri = f"{s3_server['url']}/mixes/micro"
+    storage.upload_tree(tmp_path / "mix", uri)
+    monkeypatch.setenv("SLIMPIPE_CACHE", str(tmp_path / "cache"))
+    torch.set_num_threads(1)
+    for name, mix in (("local", str(tmp_path / "mix")), ("s3", uri)):
+        cfg = TrainConfig(mix_dir=mix, out_dir=str(tmp_path / name), model=str(tmp_path / "micro.yaml"),
+                          max_steps=3, eval_interval=3, eval_sequences=4, export=False, seed=1)
+        train(cfg)
+    local = json.loads((tmp_path / "local" / "metrics.json").read_text())
+    remote = json.loads((tmp_path / "s3" / "metrics.json").read_text())
+    assert remote["steps"] == local["steps"] == 3 and remote["tokens"] == local["tokens"]
+    assert remote["final_train_loss"] == local["final_train_loss"]
+    assert remote["eval"] == local["eval"] and "book" in json.dumps(remote["eval"])
+    assert remote.get("eval_set") == local.get("eval_set") == "abc123"
+    assert any(Path(tmp_path / "cache").rglob("tokens.bin"))
