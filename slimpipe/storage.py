@@ -405,3 +405,16 @@ def local_copy(p: str | os.PathLike, cache_dir: str | os.PathLike) -> Path:
     with open_input(s) as src, open_output(dest) as out:
         shutil.copyfileobj(src, out, _CHUNK)
     return dest
+
+
+def upload_tree(local_dir: str | os.PathLike, dest: str | os.PathLike) -> list[str]:
+    """Copy every file under a local folder to ``dest`` (a path or URI), each committed atomically."""
+    root = Path(local_dir)
+    out = []
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            target = join(dest, p.relative_to(root).as_posix())
+            with open(p, "rb") as src, open_output(target) as fh:
+                shutil.copyfileobj(src, fh, _CHUNK)
+            out.append(target)
+    return out

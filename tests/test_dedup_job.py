@@ -208,7 +208,7 @@ def test_kill_minus_9_then_resume_is_byte_identical(corpus, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     subprocess.run([c.replace("{}", str(ref)) for c in cmd], check=True, env=env, capture_output=True)
     work = out / "_work"
-    for reached in (lambda: (work / "prepass.done.json").exists(),
+    for reached in (lambda: (work / "read.done.json").exists(),
                     lambda: (work / "write").is_dir() and any((work / "write").iterdir())):
         proc = subprocess.Popen([c.replace("{}", str(out)) for c in cmd], env=env, start_new_session=True,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -151,7 +151,8 @@ def test_kill_minus_9_then_resume_is_byte_identical(sample, global_run, tmp_path
     out_ref, _ = global_run
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "slimpipe.cli", "slimpajama", str(sample[0]), "-o", str(out), "--preset", "recall",
-           "--holdout-fraction", "0.05", "--chunks", "3", "--shard-records", "200", "--quiet"]
+           "--holdout-fraction", "0.05", "--chunks", "3", "--shard-records", "200", "--quiet",
+           "--no-eval-set"]  # the reference run (global_run) has no evaluation set either
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     marker = out / "_work" / "scatter.done.json"

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import numpy as np
 
-EDGE_DTYPE = np.dtype([("u", "<i8"), ("v", "<i8"), ("su", "i1"), ("sv", "i1")])
+EDGE_DTYPE = np.dtype([("u", "<i8"), ("v", "<i8"), ("su", "<i2"), ("sv", "<i2")])  # su, sv: source codes
 
 
 def star_edges(keys: np.ndarray, nodes: np.ndarray, sources: np.ndarray) -> np.ndarray:
     """Source-aware star edges (``u < v``) for rows grouped by ``keys``; duplicates removed.
 
-    ``keys`` uint64 bucket keys, ``nodes`` int64 ids, ``sources`` int8 source indices, one row each.
+    ``keys`` uint64 bucket keys, ``nodes`` int64 ids, ``sources`` int16 source codes, one row each.
     """
     n = len(keys)
     if n < 2:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from slimpipe.io.writers import atomic_write_bytes, atomic_write_json
-from slimpipe.sources import SOURCES
+from slimpipe.sources import sort_sources
 
 if TYPE_CHECKING:
     from slimpipe.dedup.job import DedupJob
@@ -58,7 +58,7 @@ def build_report(job: DedupJob, pre: list[dict], near: list[dict], verify: list[
             kept[src][0] += n
             kept[src][1] += nb
     problems = []
-    for src in [s for s in SOURCES if s in inputs or s in rejected]:
+    for src in [s for s in sort_sources(set(inputs) | set(rejected)) if s != "unknown"]:  # any source name
         docs, nbytes, short, short_bytes = inputs.get(src, [0, 0, 0, 0])
         row: dict = {"docs_in": docs, "bytes_in": nbytes, "short_docs": short, "short_bytes": short_bytes,
                      "rejected": rejected.get(src, 0)}
@@ -141,7 +141,7 @@ def _sample_clusters(job: DedupJob, keep_results: list[dict], n: int = 5) -> lis
     """The largest clusters, with each member's estimated (MinHash) and exact Jaccard to the keeper."""
     import ray
 
-    from slimpipe.dedup.job import _sample_texts
+    from slimpipe.dedup.steps.write import sample_texts as _sample_texts
 
     tops = sorted((c for r in keep_results for c in r["top"]), key=lambda c: (-c["size"], c["label"]))[:n]
     if not tops:

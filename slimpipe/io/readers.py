@@ -207,12 +207,14 @@ def _input_file(path: Path, rel: str, forced: str | None, skip: str | None = Non
                      fmt=file_format(path) or "", forced=forced is not None)
 
 
-def split_ranges(files: list[InputFile], target_bytes: int = 256 << 20) -> list[InputFile]:
+def split_ranges(files: list[InputFile], target_bytes: int = 256 << 20, count_lines: bool = True) -> list[InputFile]:
     """Split large plain-``.jsonl`` files into byte ranges aligned to lines, for more read parallelism.
 
     Compressed files cannot be split without decompressing, so they stay one task each. Line numbers of
     each range are found by counting newlines up to its start (a fast scan), so ids stay the same as an
-    unsplit read.
+    unsplit read. With ``count_lines=False`` there is no scan, only one seek per cut: every range
+    starts at ``first_line = 0`` and the caller sets the real value once the ranges have been read
+    (the dedup job learns each range's line count from its read task).
     """
     out: list[InputFile] = []
     for f in files:
@@ -229,6 +231,9 @@ def split_ranges(files: list[InputFile], target_bytes: int = 256 << 20) -> list[
                     fh.readline()  # move to the next line start
                     cut = fh.tell()
                 out.append(InputFile(f.path, f.rel, f.source, f.fmt, start, cut, line, f.forced))
+                if not count_lines:
+                    start = cut
+                    continue
                 fh.seek(start)
                 remaining, lines = cut - start, 0
                 while remaining > 0:

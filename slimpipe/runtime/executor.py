@@ -22,6 +22,7 @@ The executor runs each step once:
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,8 +56,9 @@ def _run_task(ws: Workspace, step: str, index: int, fn: Callable[..., dict], arg
     ws.files_written = ws.bytes_written = 0
     result = dict(fn(TaskContext(ws, step, index), *args))
     result["_io"] = {"files": ws.files_written, "bytes": ws.bytes_written}
-    storage.write_json_atomic(marker, result)
-    return result
+    data = storage.dumps_json(result)
+    storage.write_bytes_atomic(marker, data)
+    return json.loads(data)  # the same types whether the task ran now or in an earlier, killed run
 
 
 class Executor:

@@ -23,6 +23,8 @@ import pyarrow.parquet as pq
 
 from slimpipe import storage
 
+_INPUTS: dict[tuple[str, str], object] = {}
+
 
 class Workspace:
     """``Workspace(out)`` → intermediates under ``OUT/_work``; ``Workspace(out, scratch)`` → under scratch."""
@@ -59,6 +61,18 @@ class Workspace:
 
     def commit(self, step: str, manifest: dict) -> None:
         storage.write_json_atomic(self.manifest_path(step), manifest)
+
+    def put_inputs(self, name: str, obj) -> str:
+        """Commit a step's input list (e.g. every map task's shuffle file) once, for all its tasks to read."""
+        storage.write_json_atomic(self.path("inputs", f"{name}.json"), obj)
+        return name
+
+    def inputs(self, name: str):
+        """A committed input list (cached per process: a worker runs many tasks of one step)."""
+        key = (self.root, name)
+        if key not in _INPUTS:
+            _INPUTS[key] = storage.read_json(self.path("inputs", f"{name}.json"))
+        return _INPUTS[key]
 
     def delete(self) -> None:
         """Remove every intermediate (the job succeeded and nobody asked to keep them)."""
