@@ -307,3 +307,25 @@ def test_compiled_model_has_one_graph_break_and_the_same_loss(attention):
         got = torch.compile(model, backend="aot_eager")(x[:, :-1], x[:, 1:])[1]
     assert got.item() == pytest.approx(ref.item(), rel=1e-6)
     dynamo.reset()
+
+
+def test_regional_compilation_matches_eager_forward_and_backward():
+    import torch._dynamo as dynamo
+
+    torch.manual_seed(0)
+    eager = GPT(small_cfg(attention="sdpa", n_layer=3))
+    compiled = GPT(small_cfg(attention="sdpa", n_layer=3))
+    compiled.load_state_dict(eager.state_dict())
+    compiled.compile_regions(backend="aot_eager")
+    x = torch.randint(0, 97, (2, 17))
+    losses = []
+    for m in (eager, compiled):
+        logits, loss = m(x[:, :-1], x[:, 1:])
+        loss.backward()
+        losses.append(loss.item())
+        assert torch.all(logits[..., 97:] == float("-inf"))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    for (name, p), q in zip(eager.named_parameters(), compiled.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-7, msg=name)
+    assert set(compiled.state_dict()) == set(eager.state_dict())  # compiling does not rename weights
+    dynamo.reset()
