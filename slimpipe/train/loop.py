@@ -389,8 +389,11 @@ def _train(cfg: TrainConfig, device: torch.device | str | None, on_eval: Callabl
         torch.cuda.set_device(dev)
     else:
         tune_cpu_malloc()
+    from slimpipe.mix.packed import local_mix
     from slimpipe.train.phases import open_training_data
 
+    if cfg.mix_dir:  # a mix URI (s3://, gs://, ...) is copied once to this node's disk and memory-mapped there
+        cfg = dataclasses.replace(cfg, mix_dir=str(local_mix(cfg.mix_dir)))
     out = Path(cfg.out_dir).resolve()
     data, eval_sets, plan = open_training_data(cfg, world, dev)
     train_set = data.train_set
