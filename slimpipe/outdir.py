@@ -135,6 +135,16 @@ def claim(out: str | os.PathLike, job: str, ident: str, sources: Iterable[str | 
     return False
 
 
+def release(out: str | os.PathLike) -> None:
+    """Undo a fresh :func:`claim` after the job refused its inputs: drop the marker, and OUT if it is empty."""
+    out = os.fspath(out)
+    marker = storage.join(out, MARKER)
+    if storage.exists(marker):
+        storage.delete_file(marker)
+    if not storage.is_remote(out) and _entries(out) == []:
+        os.rmdir(canonical(out))
+
+
 def input_identity(sources: Iterable[str | os.PathLike]) -> list[str]:
     """The inputs as they enter a job's identity: canonical paths or URIs, in the order given."""
     return [canonical(s) for s in sources]

@@ -187,3 +187,11 @@ def test_slimpajama_names_unreadable_files_and_claims_no_completeness(tmp_path: 
     md = (out / "report.md").read_text()
     assert "Not complete: 1 input file(s) could not be read" in md and "github_sample.jsonl.zst" in md
     assert report["sources"]["perturbed"]["lines_read"] == 6  # any source name, through to the report
+
+
+def test_a_refused_compare_leaves_no_folder_behind(tmp_path: Path) -> None:
+    not_a_run = tmp_path / "run"
+    not_a_run.mkdir()
+    r = _run("compare", str(not_a_run), "-o", str(tmp_path / "report"))
+    assert r.exit_code == 1 and "missing metrics.json" in _one_error_line(r)
+    assert not (tmp_path / "report").exists()

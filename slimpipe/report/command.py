@@ -16,13 +16,15 @@ def compare_command(runs: tuple[Path, ...], out: Path, force: bool) -> None:
     """Compare trained runs (``slimpipe train`` outputs): per-source bits per byte, rows keyed by the full
     training configuration (seeds inside a row), a paired bootstrap 95% interval on every difference,
     curves, provenance. Runs on different evaluation sets are never ranked together."""
-    from slimpipe.outdir import claim
+    from slimpipe.outdir import claim, release
     from slimpipe.report.compare import CompareError, write_compare_report
 
-    claim(out, "compare", "report", sources=runs, force=force)  # a report folder is rewritten by each compare
+    held = claim(out, "compare", "report", sources=runs, force=force)  # each compare rewrites its report folder
     try:
         report = write_compare_report(list(runs), out)
     except CompareError as exc:
+        if not held:
+            release(out)  # refused runs leave no folder behind
         raise click.ClickException(str(exc)) from exc
     for warning in report["warnings"]:
         click.echo(f"warning: {warning}", err=True)
