@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import click
+import pytest
 import zstandard
 from click.testing import CliRunner
 
@@ -195,3 +196,30 @@ def test_a_refused_compare_leaves_no_folder_behind(tmp_path: Path) -> None:
     r = _run("compare", str(not_a_run), "-o", str(tmp_path / "report"))
     assert r.exit_code == 1 and "missing metrics.json" in _one_error_line(r)
     assert not (tmp_path / "report").exists()
+
+
+def test_output_folder_rules_hold_on_object_storage(s3_server: dict) -> None:
+    """The same rules for an s3:// OUT on a real S3-compatible server (moto's, on loopback)."""
+    import uuid
+
+    from slimpipe import storage
+    from slimpipe.outdir import MARKER, OutputError, check_not_in_sources, claim
+
+    base = f"{s3_server['url']}/outdir-{uuid.uuid4().hex[:8]}"
+    out = f"{base}/dedup-out"
+    assert claim(out, "dedup", "id1", sources=[f"{base}/raw"]) is False  # new: claimed
+    assert storage.read_json(f"{out}/{MARKER}")["job"] == "dedup"
+    assert claim(out, "dedup", "id1") is True  # the same job again
+    with pytest.raises(OutputError, match="with other inputs or options"):
+        claim(out, "dedup", "id2")
+    with pytest.raises(OutputError, match="holds the output of `slimpipe dedup`, not `slimpipe compare`"):
+        claim(out, "compare", "report")
+    mine = f"{base}/mine"
+    storage.write_bytes_atomic(f"{mine}/report.md", b"my notes")
+    with pytest.raises(OutputError, match=r"not a slimpipe output \(it holds report.md\)"):
+        claim(mine, "compare", "report")
+    with pytest.raises(OutputError, match="already holds report.md"):
+        claim(mine, "compare", "report", force=True)
+    assert storage.read_bytes(f"{mine}/report.md") == b"my notes"
+    with pytest.raises(OutputError, match="read back as inputs"):
+        check_not_in_sources(f"{base}/raw/out/", [f"{base}/raw"])
