@@ -174,6 +174,9 @@ def test_force_dedup_any_source_name_and_the_same_job_with_other_options(tmp_pat
     r = _run(*args, "--threshold", "0.5")
     assert r.exit_code == 2
     assert "holds a `slimpipe dedup` run with other inputs or options" in _one_error_line(r)
+    (src / "c4_more.jsonl").write_text(json.dumps({"text": _text(99, "web")}) + "\n")  # the inputs changed on disk
+    r = _run(*args)
+    assert r.exit_code == 2 and "holds a dedup job with other inputs or parameters" in _one_error_line(r)
 
 
 def test_slimpajama_names_unreadable_files_and_claims_no_completeness(tmp_path: Path, ray_session) -> None:

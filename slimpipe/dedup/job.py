@@ -34,6 +34,7 @@ from slimpipe.dedup.steps import buckets, components, keep, read, verify, write
 from slimpipe.dedup.steps.common import CATALOG, MODES, REMAP
 from slimpipe.io.readers import REJECT_SCHEMA, InputFile, discover_files, split_ranges
 from slimpipe.io.writers import ShardInfo, write_manifest
+from slimpipe.outdir import OutputError
 from slimpipe.runtime import Executor, Step, Workspace
 from slimpipe.runtime.workspace import remove_temporaries
 from slimpipe.sources import sort_sources
@@ -112,13 +113,13 @@ class DedupJob:
         plan_path = self.ws.path("plan.json")
         if storage.exists(plan_path):
             if storage.read_json(plan_path) != plan:
-                raise RuntimeError(self._other_job())
+                raise OutputError(self._other_job())  # one line on the CLI
         else:
             report_path = storage.join(self.out, "report.json")
             if storage.exists(report_path):
                 done = storage.read_json(report_path)
                 if done.get("plan_sha256") != self.plan_sha256:
-                    raise RuntimeError(self._other_job())
+                    raise OutputError(self._other_job())  # one line on the CLI
                 self.finished = done  # the same job already finished: nothing to do
             else:
                 storage.write_json_atomic(plan_path, plan)

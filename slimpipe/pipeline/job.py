@@ -42,6 +42,7 @@ from slimpipe import storage
 from slimpipe.dedup.job import DedupJob
 from slimpipe.dedup.params import DedupParams
 from slimpipe.io.writers import ShardInfo, ShardWriter, atomic_write_json, shard_relpath, write_manifest
+from slimpipe.outdir import OutputError
 from slimpipe.runtime import Executor, Step, TaskContext, Workspace, read_table_partition
 from slimpipe.runtime.shuffle import write_table_partitioned
 from slimpipe.runtime.workspace import remove_temporaries
@@ -225,11 +226,11 @@ class SlimPajamaJob:
         plan_path = self.ws.path("pipeline_plan.json")
         if storage.exists(plan_path):
             if storage.read_json(plan_path) != self.plan:
-                raise RuntimeError(f"{self.out} holds a pipeline run with other options; use a new output folder")
+                raise OutputError(f"{self.out} holds a pipeline run with other options; use a new output folder")
         elif storage.exists(storage.join(self.out, "report.json")):
             done = storage.read_json(storage.join(self.out, "report.json"))
             if done.get("plan_sha256") != self.plan_sha256:
-                raise RuntimeError(f"{self.out} holds a pipeline run with other options; use a new output folder")
+                raise OutputError(f"{self.out} holds a pipeline run with other options; use a new output folder")
             self.finished = done
         else:
             storage.write_json_atomic(plan_path, self.plan)
