@@ -226,3 +226,14 @@ def test_output_folder_rules_hold_on_object_storage(s3_server: dict) -> None:
     assert storage.read_bytes(f"{mine}/report.md") == b"my notes"
     with pytest.raises(OutputError, match="read back as inputs"):
         check_not_in_sources(f"{base}/raw/out/", [f"{base}/raw"])
+
+
+def test_sample_never_overwrites_a_users_file(tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "arxiv_sample.jsonl.zst").write_bytes(b"the user's own arxiv sample")
+    r = _run("sample", "-o", str(out), "--size", "0.05")
+    assert r.exit_code == 2 and "not a slimpipe output (it holds arxiv_sample.jsonl.zst)" in _one_error_line(r)
+    r = _run("sample", "-o", str(out), "--size", "0.05", "--force")
+    assert r.exit_code == 2 and "already holds arxiv_sample.jsonl.zst" in _one_error_line(r)
+    assert (out / "arxiv_sample.jsonl.zst").read_bytes() == b"the user's own arxiv sample"
