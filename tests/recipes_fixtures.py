@@ -48,6 +48,10 @@ def build_mixes(root: Path, vocab_size: int = 384, seq_len: int = 64) -> dict[st
     write_mix(root / "code", code_train, {**evals_code, "c4": held["c4"]}, tok, seq_len)
     other = train_bpe(code_train[:30], vocab_size=300, out=root / "bpe-other")
     write_mix(root / "other-tok", code_train, evals_code, other, seq_len)
+    for name, t, sources in (("web", tok, WEB), ("code", tok, CODE), ("other-tok", other, CODE)):
+        # the part of `slimpipe mix`'s manifest that compare reads (name, weights, tokenizer)
+        manifest = {"mix": {"name": name, "weights": {s: 1.0 for s in sources}}, "tokenizer": t.describe()}
+        (root / name / "manifest.json").write_text(json.dumps(manifest))
     (root / "micro.yaml").write_text(MICRO_YAML)
     return {"web": root / "web", "code": root / "code", "other": root / "other-tok",
             "model": root / "micro.yaml", "bpe": root / "bpe"}

@@ -147,3 +147,32 @@ def test_cli_phases_with_relative_mix_paths(mixes, tmp_path):
     assert [p["steps"] for p in metrics["phases"]] == [2, 1] and metrics["tokens"] == 2 * 256 + 512
     config = json.loads((out / "config.json").read_text())
     assert config["train"]["mix_dir"] == str(mixes["code"]) and len(config["phases"]) == 2
+
+
+def test_compare_marks_phase_boundaries_on_the_curves(mixes, tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from slimpipe.report.compare import write_compare_report
+    from slimpipe.train import phases as phases_mod
+
+    phases = load_phases(write_phases(tmp_path / "p.yaml", [
+        {"mix": str(mixes["web"]), "steps": 2, "seq_len": 32, "name": "short"},
+        {"mix": str(mixes["code"]), "steps": 1, "name": "long"}]))
+    run = tmp_path / "run"
+    metrics = train(cfg(mixes, run, phases))
+    fig, ax = plt.subplots()
+    phases_mod.draw_phase_boundaries(ax, metrics)
+    assert [tuple(line.get_xdata()) for line in ax.lines] == [(512.0, 512.0)]
+    assert [t.get_text() for t in ax.texts] == ["long"]
+    plt.close(fig)
+    drawn: list[float] = []
+    real = phases_mod.draw_phase_boundaries
+    monkeypatch.setattr(phases_mod, "draw_phase_boundaries",
+                        lambda ax, m, color=None: (drawn.extend(t for t, _ in phases_mod.phase_boundaries(m)),
+                                                   real(ax, m, color)))
+    write_compare_report([run], tmp_path / "report")
+    assert (tmp_path / "report" / "plots" / "curves.png").is_file()
+    assert drawn == [512.0, 512.0]  # training-loss and bits-per-byte panels

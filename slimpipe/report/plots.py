@@ -50,6 +50,11 @@ def comparison_plots(out: Path, runs: list, r: dict) -> list[str]:
             a2.plot(xs, ys, color=c, lw=1, marker="o", ms=3)
             if ev[-1].get("final"):
                 a2.plot(xs[-1:], ys[-1:], color=c, marker="*", ms=11, ls="none")
+        if len(run.metrics.get("phases") or []) > 1:  # multi-phase runs: dashed line where each phase starts
+            from slimpipe.train.phases import draw_phase_boundaries
+
+            for ax in (a1, a2):
+                draw_phase_boundaries(ax, run.metrics, color=c)
     _label_ends(a2, runs, colors)
     a1.set_xlabel("training tokens")
     a1.set_ylabel("training loss (nats/token)")
