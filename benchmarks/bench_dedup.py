@@ -1,4 +1,5 @@
-"""End-to-end dedup: ``slimpipe dedup`` (SlimPajama preset) against datatrove's four MinHash stages.
+"""End-to-end dedup, side by side in one run: ``slimpipe dedup`` (SlimPajama preset) against
+data-juicer's Ray MinHash deduplicator and datatrove's four MinHash stages, on the same corpus and CPUs.
 
     .venv/bin/python benchmarks/bench_dedup.py [--corpus ../shared/corpus/redpajama-mini] [--dt-tasks 2]
 
@@ -7,9 +8,16 @@ RSS, summed PSS and the largest single process; sampled every 0.2 s with psutil,
 workers and datatrove's worker pool included), for
 
 * ``slimpipe dedup CORPUS -o OUT --preset slimpajama`` in a fresh process, so it starts its own local
-  Ray with ``num_cpus = os.cpu_count()`` (2 here): read, NFC, clean, short filter, exact pre-pass,
-  signatures, buckets, components for global *and* local scope, keep, kept shards (``jsonl.zst``),
-  removed table, report with plots;
+  Ray with ``num_cpus = os.cpu_count()`` (2 here): one read (parse, NFC, clean, short filter, exact hash,
+  signatures), buckets, components for global *and* local scope, keep, kept shards (``jsonl.zst``),
+  removed table, report with plots. Its progress lines time each stage, and the driver's memory is
+  taken per stage; a second run (``--keep-intermediates --max-edges-in-memory 0``) counts the files and
+  bytes each stage writes on the distributed path 1 TB would take (see ``_dedup_stages.py``), projected
+  to 1 TB of input;
+* data-juicer's ``ray_bts_minhash_deduplicator`` (py-data-juicer 1.6.1, ``dj-process`` with
+  ``executor_type: ray`` on a local Ray with every CPU) set to the same definition: character
+  13-grams, lowercase, ASCII punctuation removed through ``ignore_pattern``, 128 permutations, 9 bands
+  x 13 rows. Its own virtualenv (``benchmarks/_venvs/data-juicer``), see ``_datajuicer.py``;
 * datatrove's ``MinhashDedupSignature → MinhashDedupBuckets → MinhashDedupCluster → MinhashDedupFilter``
   (JsonlReader on the same ``*.jsonl.zst`` files, JsonlWriter to ``jsonl.zst``), each stage a
   ``LocalPipelineExecutor`` with ``workers=2``: ``tasks=2`` for signature and filter (``--dt-tasks``),
@@ -22,43 +30,62 @@ tokenizer's tokens). Two configurations are run:
 * ``char13``, closest to SlimPajama: a tokenizer that returns the characters of the text, so its
   5-gram machinery makes character 13-grams; 9 buckets x 13 hashes (SlimPajama's LSH), seed 1, 32-bit
   xxhash, text normalisation = lowercase + punctuation to space + whitespace collapsed (numbers and
-  diacritics kept, as SlimPajama's cleaning does). This is the headline peer.
+  diacritics kept, as SlimPajama's cleaning does).
 * ``word5``, datatrove's own default shingling: spaCy English word 5-grams, default TextNormConfig,
   default 64-bit xxhash, with 9 buckets x 13 hashes. (Whitespace words if spaCy cannot be installed.)
 
-Neither datatrove run has SlimPajama's short-document filter, NFC step, exact pre-pass, or a report,
-so its "docs removed" counts differ; they are printed for orientation only. Results are printed and
-appended to ``benchmarks/RESULTS.md``. Run time on the 2-core VM when otherwise idle: about 8 minutes,
-nearly all of it datatrove (about 3 min char13, 4.5 min word5; ``--skip-word`` drops the latter).
+Neither peer has SlimPajama's short-document filter or NFC step, nor slimpipe's exact pre-pass, local
+scope or report, so their "docs removed" counts differ; they are printed for orientation only.
+
+Targets (issue #10): >= 25x data-juicer's wall time and >= 20x datatrove's; end-to-end >= 15 MB/s per
+core of raw text; fixed cost (wall time outside the job's stages: process and Ray start, planning,
+report, plots) <= 8 s; peak tree memory <= 0.5x data-juicer's and <= datatrove word5's (judged on PSS,
+which counts shared pages once; RSS is printed too). Results are printed and appended to
+``benchmarks/RESULTS.md``. Run time on the 2-core VM: about 20 minutes, nearly all of it the peers
+(``--skip-word`` and ``--skip-datajuicer`` drop the slowest).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (
+from _common import (  # noqa: E402
     DEFAULT_CORPUS,
-    DT_TOKENIZERS,  # noqa: E402
+    DT_TOKENIZERS,
     MB,
     WORK,
     Measured,
     corpus_files,
+    corpus_text_mb,
     ensure_datatrove_venv,
+    fmt,
     has_module,
     loadavg,
     machine_line,
     publish,
     run_measured,
-    slimpipe_dedup,
     slimpipe_report,
     table,
     try_install,
+)
+from _datajuicer import DJ_VERSION, ensure_datajuicer_venv, prepare_input, run_datajuicer  # noqa: E402
+from _dedup_stages import (  # noqa: E402
+    PARTITION_BYTES,
+    PROJECTION_HEADER,
+    PY_OBJECTS_PER_JSON_BYTE,
+    RANGE_BYTES,
+    listed_intermediates,
+    manifest_bytes,
+    projection_rows,
+    run_staged,
+    supports,
 )
 
 DT_SCRIPT = r'''
@@ -156,40 +183,71 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     ap.add_argument("--dt-tasks", type=int, default=2, help="datatrove tasks for signature/filter (default 2)")
-    ap.add_argument("--skip-datatrove", action="store_true", help="only run slimpipe")
+    ap.add_argument("--skip-datatrove", action="store_true", help="do not run datatrove")
     ap.add_argument("--skip-word", action="store_true", help="skip datatrove's word 5-gram configuration")
+    ap.add_argument("--skip-datajuicer", action="store_true", help="do not run data-juicer")
     ap.add_argument("--no-append", action="store_true", help="do not append to benchmarks/RESULTS.md")
     args = ap.parse_args(argv)
     corpus = args.corpus.resolve()
     files = corpus_files(corpus)
+    cpus = os.cpu_count() or 1
+    input_bytes = sum(f.stat().st_size for f in files)
     load_start = loadavg()
-    print(f"corpus {corpus}: {len(files)} files, {sum(f.stat().st_size for f in files) / MB:.1f} MB compressed; "
-          f"load average {load_start}", flush=True)
+    text_mb = corpus_text_mb(corpus)
+    print(f"corpus {corpus}: {len(files)} files, {input_bytes / MB:.1f} MB compressed, {text_mb:.1f} MB of text; "
+          f"{cpus} CPUs; load average {load_start}", flush=True)
 
     rows: list[list[str]] = []
     notes: list[str] = []
-    print("running slimpipe dedup (slimpajama preset) ...", flush=True)
-    sp = slimpipe_dedup([corpus], WORK / "dedup" / "slimpipe", "--preset", "slimpajama")
-    sp_removed = None
-    if sp.ok:
-        rep = slimpipe_report(WORK / "dedup" / "slimpipe")
-        t = rep["total"]
-        g = t["global"]
-        sp_removed = g["exact_docs"] + g["near_docs"]
-        stages = ", ".join(f"{k} {v:.1f}" for k, v in rep["timings"].items())
-        rows.append(_row("slimpipe dedup --preset slimpajama", "char 13-gram, 9x13, Ray num_cpus=2", sp,
-                         f"{sp_removed:,} (+{t['short_docs']:,} short)"))
-        notes.append(f"slimpipe stage seconds (inside the wall time): {stages}")
-    else:
-        rows.append(["slimpipe dedup --preset slimpajama", "", f"failed: {sp.error()}", "-", "-", "-", "-", "-"])
+    runs: dict[str, Measured] = {}
 
-    dt_runs: dict[str, Measured] = {}
-    if args.skip_datatrove:
-        rows.append(["datatrove", "", "unavailable: skipped (--skip-datatrove)", "-", "-", "-", "-", "-"])
+    print("running slimpipe dedup (slimpajama preset) ...", flush=True)
+    staged = run_staged([corpus], WORK / "dedup" / "slimpipe", "--preset", "slimpajama")
+    sp = staged.measured
+    fixed = None
+    inter: dict = {}
+    if sp.ok:
+        runs["slimpipe"] = sp
+        rep = slimpipe_report(WORK / "dedup" / "slimpipe")
+        t, g = rep["total"], rep["total"]["global"]
+        fixed = sp.seconds - sum(rep["timings"].values())
+        inter = rep.get("intermediates") or {}
+        rows.append(_row("slimpipe dedup --preset slimpajama", "char 13-gram, 9x13, Ray", sp, text_mb, cpus,
+                         f"{g['exact_docs'] + g['near_docs']:,} (+{t['short_docs']:,} short)"))
+        notes.append("slimpipe stage seconds (inside the wall time): "
+                     + ", ".join(f"{k} {v:.1f}" for k, v in rep["timings"].items())
+                     + f"; fixed cost (wall minus stages) {fixed:.1f} s" + _fixed_split(staged, rep["timings"]))
     else:
+        rows.append(["slimpipe dedup --preset slimpajama", "", f"failed: {sp.error()}", *["-"] * 6])
+
+    print("running slimpipe dedup again for its intermediates (distributed components, kept) ...", flush=True)
+    keep = ["--keep-intermediates"] if supports("--keep-intermediates") else []
+    out2 = WORK / "dedup" / "slimpipe_intermediates"
+    sp2 = run_staged([corpus], out2, "--preset", "slimpajama", "--max-edges-in-memory", "0", "--quiet", *keep)
+    inter_dist = (slimpipe_report(out2).get("intermediates") or listed_intermediates(out2)) if sp2.measured.ok else {}
+
+    if not args.skip_datajuicer:
+        py, reason = ensure_datajuicer_venv()
+        label = f"data-juicer {DJ_VERSION} ray_bts_minhash_deduplicator"
+        shingle = "char 13-gram, 9x13 (128 perm), Ray"
+        if py is None:
+            rows.append([label, shingle, f"unavailable: {reason}", *["-"] * 6])
+        else:
+            dj_input, dj_docs = prepare_input(files, WORK / "dedup" / "datajuicer_input")
+            print("running data-juicer (ray_bts_minhash_deduplicator) ...", flush=True)
+            m, info = run_datajuicer(py, dj_input, WORK / "dedup" / "datajuicer", cpus)
+            if m.ok:
+                runs["data-juicer"] = m
+                rows.append(_row(label, shingle, m, text_mb, cpus, f"{dj_docs - info['kept']:,}"))
+                notes.append("data-juicer seconds inside its op (from its log): "
+                             + ", ".join(f"{k} {v:.1f}" for k, v in info["phases"].items()))
+            else:
+                rows.append([label, shingle, f"failed: {m.error()}", *["-"] * 6])
+
+    if not args.skip_datatrove:
         py, reason = ensure_datatrove_venv()
         if py is None:
-            rows.append(["datatrove (4 MinHash stages)", "", f"unavailable: {reason}", "-", "-", "-", "-", "-"])
+            rows.append(["datatrove (4 MinHash stages)", "", f"unavailable: {reason}", *["-"] * 6])
         else:
             variants = [("char13", "char 13-gram (char tokenizer), 9x13, 32-bit xxhash")]
             if not args.skip_word:
@@ -201,49 +259,106 @@ def main(argv: list[str] | None = None) -> int:
                 m = run_datatrove(py, corpus, variant, args.dt_tasks, variant == "word5" and space)
                 label = f"datatrove 4 stages ({variant})"
                 if not m.ok:
-                    rows.append([label, shingle, f"unavailable: {m.error()}", "-", "-", "-", "-", "-"])
+                    rows.append([label, shingle, f"failed: {m.error()}", *["-"] * 6])
                     continue
                 res = json.loads(m.stdout.strip().splitlines()[-1])
-                dt_runs[variant] = m
-                rows.append(_row(label, shingle, m, f"{res['removed']:,}"))
+                runs[f"datatrove {variant}"] = m
+                rows.append(_row(label, shingle, m, text_mb, cpus, f"{res['removed']:,}"))
                 notes.append(f"datatrove {res['version']} {variant} stage seconds: "
                              + ", ".join(f"{k} {v:.1f}" for k, v in res["times"].items())
                              + f" (signature seconds per task: {res['per_rank']})")
 
-    header = ["system", "shingles / LSH", "wall s", "peak tree RSS MB", "peak tree PSS MB",
+    header = ["system", "shingles / LSH", "wall s", "MB/s/core", "peak tree RSS MB", "peak tree PSS MB",
               "peak single-process MB", "largest process", "docs removed (dups)"]
-    lines = table(header, rows, "llrrrrlr")
-    headline = _headline(sp, dt_runs)
+    main_table = table(header, rows, "llrrrrrlr")
+    target_rows, met, total = _targets(runs, text_mb, cpus, fixed)
+    target_table = table(["target", "measured", "goal", "met"], target_rows, "lrrl")
+    basis = inter_dist or inter
+    proj = table(PROJECTION_HEADER, projection_rows(basis, staged.driver_peak, manifest_bytes(out2), input_bytes),
+                 "lrrrrrrrr") if basis else ["(no intermediates stats: the slimpipe runs failed)"]
     notes += [
         f"datatrove tasks: signature/filter {args.dt_tasks} (files are split between tasks whole, "
-        f"{len(files)} files), buckets 9, cluster 1; workers 2. slimpipe: one Ray task per input file, 2 CPUs.",
+        f"{len(files)} files), buckets 9, cluster 1; workers 2. data-juicer: its Ray executor on a local Ray "
+        f"with {cpus} CPUs; slimpipe: its local Ray with {cpus} CPUs.",
+        "data-juicer reads a copy of the corpus with each record's meta as one JSON string (same text, "
+        "jsonl.zst): its Ray reader fails on RedPajama's per-source meta schemas otherwise.",
+        "MB/s/core = raw text (UTF-8 bytes of every record's text) / wall seconds / CPUs.",
         "Docs removed are not comparable: slimpipe drops short docs (< 200 cleaned chars) before MinHash and "
-        "counts exact copies by hash; datatrove has no short filter, so it also signs and clusters tiny docs.",
+        "counts exact copies by hash; the peers have no short filter, so they also sign and cluster tiny docs.",
         "RSS sums count memory shared between processes (libraries, Ray's object store) once per process; "
         "PSS splits shared pages among the processes sharing them.",
+        f"Intermediates: files and bytes per step from the job's own stats, on the run with "
+        f"--max-edges-in-memory 0 {' '.join(keep)} (the distributed path); driver peak from the timed run. "
+        f"1 TB = 1e12 bytes of input files; map steps {RANGE_BYTES >> 20} MB ranges, partition steps "
+        f"{PARTITION_BYTES >> 20} MB each; bytes scale with input; driver at 1 TB = measured peak + "
+        f"{PY_OBJECTS_PER_JSON_BYTE} x the step manifest per task x tasks.",
     ]
     head = [f"Machine: {machine_line()} | load average at start {load_start}, at end {loadavg()}  ",
-            f"Corpus: {corpus} ({len(files)} files)\n"]
-    publish("bench_dedup", head, [lines], notes, headline, append=not args.no_append)
+            f"Corpus: {corpus} ({len(files)} files, {input_bytes / MB:.1f} MB compressed, {text_mb:.1f} MB text)\n"]
+    headline = _headline(target_rows, met, total)
+    publish("bench_dedup", head, [main_table, target_table, proj], notes, headline, append=not args.no_append)
     return 0
 
 
-def _row(label: str, shingle: str, m: Measured, removed: str) -> list[str]:
+def _fixed_split(staged, timings: dict[str, float]) -> str:
+    """Where the fixed cost goes: before the first stage starts, and after the last one ends."""
+    starts = staged.stage_start
+    if not starts:
+        return ""
+    last = max(starts, key=starts.get)
+    before = min(starts.values())
+    after = staged.measured.seconds - starts[last] - timings.get(last, 0.0)
+    return (f" = {before:.1f} s before the first stage (process start, imports, Ray start, planning) + "
+            f"{after:.1f} s after the last (report, plots, Ray shutdown, exit)")
+
+
+def _row(label: str, shingle: str, m: Measured, text_mb: float, cpus: int, removed: str) -> list[str]:
     p = m.peaks
-    return [label, shingle, f"{m.seconds:.1f}", f"{p.tree_rss / MB:,.0f}", f"{p.tree_pss / MB:,.0f}",
-            f"{p.single_rss / MB:,.0f}", p.single_name, removed]
+    return [label, shingle, f"{m.seconds:.1f}", f"{text_mb / m.seconds / cpus:.2f}", f"{p.tree_rss / MB:,.0f}",
+            f"{p.tree_pss / MB:,.0f}", f"{p.single_rss / MB:,.0f}", p.single_name, removed]
 
 
-def _headline(sp: Measured, dt: dict[str, Measured]) -> str:
-    if not sp.ok or not dt:
-        return "HEADLINE: no ratio (a run failed or was skipped); targets: >= 3x faster, <= 1.0x peak memory"
-    parts = []
-    for variant, m in dt.items():
-        parts.append(f"vs datatrove {variant}: datatrove time / slimpipe time = {m.seconds / sp.seconds:.2f}x "
-                     f"(target >= 3), slimpipe peak / datatrove peak = tree RSS "
-                     f"{sp.peaks.tree_rss / m.peaks.tree_rss:.2f}x, tree PSS {sp.peaks.tree_pss / m.peaks.tree_pss:.2f}x, "
-                     f"single process {sp.peaks.single_rss / m.peaks.single_rss:.2f}x (target <= 1)")
-    return "HEADLINE: " + "; ".join(parts)
+def _targets(runs: dict[str, Measured], text_mb: float, cpus: int,
+             fixed: float | None) -> tuple[list[list[str]], int, int]:
+    """Issue #10's targets: (rows, met, judged)."""
+    sp = runs.get("slimpipe")
+    rows: list[list[str]] = []
+    met = total = 0
+
+    def judge(name: str, value: float | None, goal: str, ok: bool | None, fmt_: str = ".2f") -> None:
+        nonlocal met, total
+        if value is None:
+            rows.append([name, "-", goal, "not measured"])
+            return
+        total += 1
+        met += bool(ok)
+        rows.append([name, format(value, fmt_), goal, "yes" if ok else "**no**"])
+
+    for peer, goal in (("data-juicer", 25.0), ("datatrove char13", 20.0), ("datatrove word5", 20.0)):
+        r = runs[peer].seconds / sp.seconds if sp and peer in runs else None
+        judge(f"wall time: {peer} / slimpipe", r, f">= {goal:g}x", r is not None and r >= goal)
+    mbs = text_mb / sp.seconds / cpus if sp else None
+    judge("end-to-end MB/s per core of raw text", mbs, ">= 15", mbs is not None and mbs >= 15)
+    judge("fixed cost s (wall minus stages)", fixed, "<= 8", fixed is not None and fixed <= 8, ".1f")
+    for peer, goal in (("data-juicer", 0.5), ("datatrove word5", 1.0)):
+        for kind in ("tree_pss", "tree_rss"):
+            r = (getattr(sp.peaks, kind) / getattr(runs[peer].peaks, kind)) if sp and peer in runs else None
+            name = f"peak tree {kind[5:].upper()}: slimpipe / {peer}"
+            if kind == "tree_pss":
+                judge(name, r, f"<= {goal:g}x", r is not None and r <= goal)
+            else:
+                rows.append([name, fmt(r, ".2f"), f"(<= {goal:g}x)", "info"])
+    return rows, met, total
+
+
+def _headline(rows: list[list[str]], met: int, total: int) -> str:
+    got = {r[0]: r[1] for r in rows}
+    return ("HEADLINE: slimpipe vs data-juicer "
+            f"{got['wall time: data-juicer / slimpipe']}x faster (target >= 25), vs datatrove char13 "
+            f"{got['wall time: datatrove char13 / slimpipe']}x / word5 {got['wall time: datatrove word5 / slimpipe']}x "
+            f"(>= 20), {got['end-to-end MB/s per core of raw text']} MB/s/core (>= 15), fixed cost "
+            f"{got['fixed cost s (wall minus stages)']} s (<= 8), peak tree PSS "
+            f"{got['peak tree PSS: slimpipe / data-juicer']}x data-juicer's (<= 0.5); {met} of {total} targets met")
 
 
 if __name__ == "__main__":
