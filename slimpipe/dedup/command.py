@@ -125,3 +125,6 @@ def dedup_command(sources, out, preset, mode, threshold, num_perm, ngram, unit, 
     click.echo(f"byte duplication rate {100 * m['byte_duplication_rate']:.2f}% ({params.mode}); "
                f"report: {out / 'report.md'}")
     echo_not_read(report["files"])
+    absent = [s for s in params.source_priority if s not in report.get("sources", {})]
+    if absent:
+        click.echo(f"warning: --source-priority names sources not in the input: {', '.join(absent)}", err=True)
