@@ -290,7 +290,7 @@ def open_output(p: str | os.PathLike) -> Iterator[IO[bytes]]:
         tmp = f"{parent}/.{path.rsplit('/', 1)[-1]}.{uuid.uuid4().hex}.tmp"
         fs.create_dir(parent, recursive=True)
         try:
-            with fs.open_output_stream(tmp) as fh:
+            with fs.open_output_stream(tmp, compression=None) as fh:
                 yield fh
             fs.move(tmp, path)
         except BaseException:
@@ -303,7 +303,7 @@ def open_output(p: str | os.PathLike) -> Iterator[IO[bytes]]:
         yield spool
         spool.flush()
         spool.seek(0)
-        with fs.open_output_stream(path) as out:
+        with fs.open_output_stream(path, compression=None) as out:
             shutil.copyfileobj(spool, out, _CHUNK)
 
 

@@ -37,6 +37,11 @@ def _roundtrip(base: str) -> None:
     with storage.open_input(g) as fh:  # byte ranges are read by seeking
         fh.seek(9995)
         assert fh.read() == b"56789"
+    # bytes are stored as given: no compression guessed from a name such as .zst or .gz
+    z = storage.join(base, "a", "d.jsonl.zst")
+    storage.write_bytes_atomic(z, b"not zstd at all")
+    assert storage.read_bytes(z) == b"not zstd at all"
+    storage.delete_file(z)
     storage.write_bytes_atomic(storage.join(base, "top.txt"), b"t")
     files = storage.list_files(base)
     assert files == sorted([storage.join(base, "a", "b.json"), storage.join(base, "a", "c.bin"),

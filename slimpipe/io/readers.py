@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from slimpipe import storage
 from slimpipe.sources import normalise_source, source_from_filename, source_from_record
 
 DOC_SCHEMA = pa.schema(
@@ -73,7 +74,7 @@ class InputFile:
     @property
     def size(self) -> int:
         try:
-            return os.path.getsize(self.path)
+            return storage.size(self.path) if storage.is_remote(self.path) else os.path.getsize(self.path)
         except OSError:
             return 0
 
@@ -114,7 +115,7 @@ def sniff_format(path: str, fallback: str) -> str:
     """The format from a file's first bytes (zstd ``28 B5 2F FD``, Parquet ``PAR1``, gzip ``1F 8B``), else
     plain JSON lines; ``fallback`` (the name's) for an empty or unopenable file, whose error comes later."""
     try:
-        with open(path, "rb") as fh:
+        with storage.open_input(path) as fh:
             head = fh.read(4)
     except OSError:
         return fallback
@@ -141,6 +142,9 @@ def discover_files(paths: list[str | Path], source: str | None = None) -> list[I
             raise InputError(f"--source {source!r} is not a source name (letters, digits, _ - . only)")
     found: dict[str, InputFile] = {}
     for raw in paths:
+        if storage.is_remote(raw):
+            _discover_remote(os.fspath(raw), forced, found)
+            continue
         p = Path(raw)
         if not p.exists():
             why = "broken symlink" if p.is_symlink() else "input not found"
@@ -157,6 +161,36 @@ def discover_files(paths: list[str | Path], source: str | None = None) -> list[I
                 raise InputError(f"unsupported file type: {p} (expected {', '.join(SUPPORTED_SUFFIXES)})")
             found.setdefault(str(p.resolve()), _input_file(p, p.name, forced))
     return sorted(found.values(), key=lambda f: (f.rel, f.path))
+
+
+def _discover_remote(uri: str, forced: str | None, found: dict[str, InputFile]) -> None:
+    """:func:`discover_files` for a URI (``s3://``, ``gs://``...): a file, or every data file under a prefix.
+
+    An unreachable or unauthenticated store raises :class:`slimpipe.storage.StorageError` (one line).
+    """
+    uri = uri.rstrip("/")
+    storage.check_access(uri)
+    name = uri.rsplit("/", 1)[-1]
+    if not storage.is_dir(uri):
+        if file_format(uri) is None:
+            raise InputError(f"unsupported file type: {uri} (expected {', '.join(SUPPORTED_SUFFIXES)})")
+        found.setdefault(uri, InputFile(path=uri, rel=name, source=forced or source_from_filename(name),
+                                        fmt=file_format(uri) or "", forced=forced is not None))
+        return
+    n = 0
+    for f in storage.list_files(uri):
+        rel = f[len(uri) + 1:]
+        if any(part.startswith((".", "_")) for part in rel.split("/")):
+            continue
+        if file_format(f) is None:
+            found.setdefault(f, InputFile(path=f, rel=rel, source=forced, fmt="", forced=forced is not None,
+                                          skip="not a data file (.jsonl, .jsonl.zst, .jsonl.gz, .parquet)"))
+            continue
+        n += 1
+        found.setdefault(f, InputFile(path=f, rel=rel, source=forced or source_from_filename(rel),
+                                      fmt=file_format(f) or "", forced=forced is not None))
+    if not n:
+        raise InputError(f"no .jsonl, .jsonl.zst or .parquet files under {uri}")
 
 
 def _walk(d: Path, root: Path, chain: set[str], seen: set[str]) -> Iterator[tuple[Path, str, str | None]]:
@@ -222,7 +256,7 @@ def split_ranges(files: list[InputFile], target_bytes: int = 256 << 20, count_li
         if f.fmt != "jsonl" or f.skip or size <= target_bytes or sniff_format(f.path, f.fmt) != "jsonl":
             out.append(f)
             continue
-        with open(f.path, "rb") as fh:
+        with storage.open_input(f.path) as fh:
             start, line = 0, 0
             while start < size:
                 cut = min(start + target_bytes, size)
@@ -265,7 +299,7 @@ def _raw_lines(f: InputFile, fmt: str) -> Iterator[bytes]:
     longer than :data:`MAX_RECORD_BYTES` is not held in memory: it comes out as a :class:`_TooLong`.
     """
     limit = MAX_RECORD_BYTES
-    with open(f.path, "rb") as fh:
+    with storage.open_input(f.path) as fh:
         if fmt == "jsonl.zst":
             chunks = _zstd_chunks(fh)
         elif fmt == "jsonl.gz":
@@ -530,7 +564,7 @@ def _jsonl_records(f: InputFile, b: _BatchBuilder, fmt: str) -> Iterator[pa.Reco
 def _parquet_records(f: InputFile, b: _BatchBuilder) -> Iterator[pa.RecordBatch]:
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(f.path)
+    pf = pq.ParquetFile(storage.open_input(f.path) if storage.is_remote(f.path) else f.path)
     groups = list(range(pf.num_row_groups))[f.start : f.end]
     row = sum(pf.metadata.row_group(i).num_rows for i in range(f.start))
     for batch in pf.iter_batches(batch_size=1024, row_groups=groups):
