@@ -1,6 +1,6 @@
 """muP transfer: does the best learning rate stay put as the model gets wider?
 
-One command: ``.venv/bin/python benchmarks/bench_mup.py`` (a few minutes on two cores; ``--steps``,
+One command: ``.venv/bin/python benchmarks/bench_mup.py`` (36 proxy runs: 836 s on two shared, busy cores; ``--steps``,
 ``--widths`` and ``--lrs`` resize it).
 
 1. Data: the embedded sample (``slimpipe sample``), a byte-level BPE of 512 ids trained on it, packed into
