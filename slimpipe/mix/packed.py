@@ -490,6 +490,8 @@ def local_mix(mix_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = 
     """
     import hashlib
 
+    if "://" not in os.fspath(mix_dir):  # a plain path needs no storage layer (bench_gpu.py runs without pyarrow)
+        return Path(mix_dir)
     from slimpipe import storage
 
     if not storage.is_remote(mix_dir):
