@@ -106,6 +106,8 @@ def claim(out: str | os.PathLike, job: str, ident: str, sources: Iterable[str | 
     """
     out = os.fspath(out)
     check_not_in_sources(out, sources)
+    if storage.is_remote(out):
+        storage.check_access(out, write=True)  # endpoint, credentials, bucket: one line naming the URI, now
     names = _entries(out)
     marker = storage.join(out, MARKER)
     if names and MARKER in names:

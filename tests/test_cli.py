@@ -226,6 +226,8 @@ def test_output_folder_rules_hold_on_object_storage(s3_server: dict) -> None:
     assert storage.read_bytes(f"{mine}/report.md") == b"my notes"
     with pytest.raises(OutputError, match="read back as inputs"):
         check_not_in_sources(f"{base}/raw/out/", [f"{base}/raw"])
+    with pytest.raises(storage.StorageError, match="s3://no-such-bucket-x/out: cannot write"):
+        claim("s3://no-such-bucket-x/out", "dedup", "id1")  # a missing bucket: one line, before any work
 
 
 def test_sample_never_overwrites_a_users_file(tmp_path: Path) -> None:
