@@ -12,8 +12,9 @@ Two Ray stages over the input files (one task per file or byte range; the driver
    {"redpajama_set_name", "slimpipe_id"}}``), counting GPT-2 tokens with the project's offline tokenizer.
 
 The target per source is ``--min-tokens`` or ``--min-seqs x --seq-len`` GPT-2 tokens (default 64
-sequences of 2048). Selection estimates tokens as UTF-8 bytes / 4 (``BYTES_PER_TOKEN``); the manifest
-records the exact GPT-2 count. A source whose target needs more than ``max_fraction`` of its text is
+sequences of 2048). Selection estimates tokens as UTF-8 bytes / 4 (``BYTES_PER_TOKEN``) and takes 20%
+more (``MARGIN``); the manifest records the exact GPT-2 count, and a source still under the target is
+flagged too small. A source whose target needs more than ``max_fraction`` of its text is
 **too small**: it gets that fraction instead, flagged with the reason in the manifest, the report and on
 stderr. ``EVAL/manifest.json`` holds ``eval_set``: the SHA-256 of the sorted ``source, id, SHA-256(text)``
 lines, so two sets with the same documents have the same identity whatever the file layout.
@@ -41,6 +42,7 @@ FORMAT = "slimpipe-evalset"
 VERSION = 1
 MANIFEST = "manifest.json"
 BYTES_PER_TOKEN = 4.0  # GPT-2 BPE on English prose averages ~4 UTF-8 bytes per token
+MARGIN = 1.2  # select 20% more bytes than the estimate needs: code, LaTeX and non-English text run 4-5 bytes per token
 
 
 class EvalSetError(ValueError):
@@ -102,7 +104,7 @@ def _scan(root: str, t: int, task: dict, seed: int, target_bytes: int) -> dict:
 
 def plan_selection(scanned: list[dict], opts: EvalSetOptions) -> dict[str, dict]:
     """Per source: the key threshold, the bytes it selects, and whether the source is too small."""
-    target_bytes = int(opts.target_tokens * BYTES_PER_TOKEN)
+    target_bytes = int(opts.target_tokens * BYTES_PER_TOKEN * MARGIN)
     totals: dict[str, dict[str, int]] = {}
     cands: dict[str, list[list[int]]] = {}
     for s in scanned:
@@ -202,7 +204,7 @@ def build_eval_set(paths: list, out: str | Path, opts: EvalSetOptions, *, source
     wd = WorkDir(out)
     runner = StageRunner(wd, "evalset", progress)
     root = str(wd.root)
-    target_bytes = int(opts.target_tokens * BYTES_PER_TOKEN)
+    target_bytes = int(opts.target_tokens * BYTES_PER_TOKEN * MARGIN)
     scanned = runner.run("scan", _scan, [(root, t, asdict(f), opts.seed, target_bytes) for t, f in enumerate(files)])
     plan = plan_selection(scanned, opts)
     thresholds = {s: p["threshold"] for s, p in plan.items()}
@@ -213,8 +215,17 @@ def build_eval_set(paths: list, out: str | Path, opts: EvalSetOptions, *, source
     for src, p in plan.items():
         parts = [w[src] for w in written if src in w]
         lines += [ln for part in parts for ln in part["lines"]]
+        tokens = sum(x["tokens"] for x in parts)
+        # the exact count decides; the reason says whether the source or the byte estimate fell short
+        budget_limited = p["too_small"]
+        p["too_small"] = tokens < opts.target_tokens
+        if not p["too_small"]:
+            p["reason"] = None
+        elif not budget_limited:
+            p["reason"] = (f"{src}: the documents drawn by the byte estimate hold {tokens:,} GPT-2 tokens, under "
+                           f"the target of {opts.target_tokens:,}")
         sources[src] = {"docs": sum(x["docs"] for x in parts), "bytes": sum(x["bytes"] for x in parts),
-                        "tokens": sum(x["tokens"] for x in parts), "too_small": p["too_small"],
+                        "tokens": tokens, "too_small": p["too_small"],
                         "reason": p["reason"], "files": sorted(x["file"] for x in parts),
                         "source_docs": p["source_docs"], "source_bytes": p["source_bytes"]}
     stats = [s["stats"] for s in scanned if s.get("stats")]
@@ -222,7 +233,7 @@ def build_eval_set(paths: list, out: str | Path, opts: EvalSetOptions, *, source
     manifest = {"format": FORMAT, "version": VERSION, "eval_set": content_hash(lines), "seed": opts.seed,
                 "target_tokens_per_source": opts.target_tokens, "max_fraction": opts.max_fraction,
                 "token_count": "GPT-2 BPE tokens (offline tokenizer) of each selected document; selection "
-                               f"estimated tokens as UTF-8 bytes / {BYTES_PER_TOKEN:g}",
+                               f"estimated tokens as UTF-8 bytes / {BYTES_PER_TOKEN:g} with a {MARGIN:g}x margin",
                 "sources": sources, "inputs": {"files": len(stats), "unread": unread,
                                                "rejected_lines": sum(s.get("rejected", 0) for s in stats)},
                 "plan": plan_key}
