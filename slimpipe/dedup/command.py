@@ -51,7 +51,15 @@ def dedup_options(fn):
 
 
 def check_inputs(sources, force_source: str | None) -> None:
-    """List the inputs before anything else (and before Ray starts): a missing one fails now, leaving nothing."""
+    """List the inputs before anything else (and before Ray starts): a missing one fails now, leaving nothing.
+
+    A URI is first checked for access (endpoint, credentials, bucket), so that failure is one line naming it.
+    """
+    from slimpipe import storage
+
+    for s in sources:
+        if storage.is_remote(s):
+            storage.check_access(s)
     discover_files(list(sources), source=force_source)
 
 
