@@ -85,7 +85,7 @@ def _removed(out: Path) -> dict[str, dict]:
 
 
 def _run(corpus_dir: Path, out: Path, **over) -> dict:
-    kw = {k: over.pop(k) for k in ("partitions", "max_edges_in_memory") if k in over}
+    kw = {k: over.pop(k) for k in ("partitions", "max_edges_in_memory", "keep_intermediates") if k in over}
     params = load_preset(over.pop("preset", "slimpajama")).with_overrides(**over)
     return DedupJob([corpus_dir], out, params, progress=False, **kw).run()
 
@@ -126,13 +126,17 @@ def test_global_dedup_removes_planted_duplicates_and_accounts_for_everything(cor
     assert report["verify"]["candidates"] >= 5
     for name in ("report.md", "report.json", "manifest.json", "plots/per_source.png", "plots/cross_source.png"):
         assert (tmp_path / "g" / name).is_file(), name
+    assert not (tmp_path / "g" / "_work").exists()  # intermediates are deleted after success
+    files, nbytes = report["intermediates"]["read"]["files"], report["intermediates"]["read"]["bytes"]
+    assert files >= 3 and nbytes > 0  # per-step intermediates are recorded
     md = (tmp_path / "g" / "report.md").read_text()
     assert "Global vs local" in md and "byte duplication rate" in md
 
 
 def test_local_mode_keeps_cross_source_copies(corpus, tmp_path, ray_session):
     src, planted = corpus
-    report = _run(src, tmp_path / "l", mode="local")
+    report = _run(src, tmp_path / "l", mode="local", keep_intermediates=True)
+    assert (tmp_path / "l" / "_work" / "read.done.json").is_file()
     removed = _removed(tmp_path / "l")
     for a, b in planted["cross"]:
         assert a not in removed and b not in removed

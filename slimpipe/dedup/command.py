@@ -6,7 +6,20 @@ from pathlib import Path
 
 import click
 
+from slimpipe import storage
 from slimpipe.io.readers import InputError, discover_files
+
+
+class _PathOrUri(click.ParamType):
+    """A local path (expanded as given) or a storage URI (``s3://``, ``gs://``, ``hdfs://``, ``file://``), kept as text."""
+
+    name = "PATH|URI"
+
+    def convert(self, value, param, ctx):
+        return value if storage.is_remote(value) else Path(value)
+
+
+PATH_OR_URI = _PathOrUri()
 
 
 def dedup_options(fn):
@@ -41,6 +54,10 @@ def dedup_options(fn):
         click.option("--ray-address", default=None,
                      help="Attach to this Ray cluster (host:port or auto; RAY_ADDRESS works too). Default: a private "
                           "local Ray on 127.0.0.1."),
+        click.option("--scratch", default=None,
+                     help="Where intermediates live while the job runs (a path or URI; default OUT/_work)."),
+        click.option("--keep-intermediates", is_flag=True,
+                     help="Keep the intermediates after success (default: deleted once the job has finished)."),
         click.option("--force", is_flag=True,
                      help="Write into a non-empty OUT that is not a slimpipe output (refused if a file there would "
                           "be overwritten)."),
@@ -101,12 +118,14 @@ def params_from_options(preset: str, **kw):
 
 
 @click.command("dedup")
-@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.argument("sources", nargs=-1, required=True, type=PATH_OR_URI)
+@click.option("-o", "--output", "out", required=True, type=PATH_OR_URI,
+              help="Output folder: a path or a URI (s3://, gs://, hdfs://, file://).")
 @dedup_options
 @click.option("--quiet", is_flag=True, help="No progress output.")
 def dedup_command(sources, out, preset, mode, threshold, num_perm, ngram, unit, bands, rows, min_chars, verify,
                   keep, source_priority, force_source, partitions, max_edges_in_memory, ray_address, force,
+                  scratch, keep_intermediates,
                   quiet) -> None:
     """Deduplicate SOURCES (RedPajama-style files or folders) into OUT.
 
@@ -123,7 +142,8 @@ def dedup_command(sources, out, preset, mode, threshold, num_perm, ngram, unit, 
 
     try:
         report = run_dedup(list(sources), out, params, source=force_source, partitions=partitions,
-                           max_edges_in_memory=max_edges_in_memory, progress=not quiet, ray_address=ray_address)
+                           max_edges_in_memory=max_edges_in_memory, progress=not quiet, ray_address=ray_address,
+                           scratch=scratch, keep_intermediates=keep_intermediates)
     except InputError as exc:
         raise click.ClickException(str(exc)) from exc
     t = report["total"]
@@ -131,7 +151,7 @@ def dedup_command(sources, out, preset, mode, threshold, num_perm, ngram, unit, 
     click.echo(f"{t['docs_in']:,} docs in: kept {t['kept_docs']:,}, short {t['short_docs']:,}, "
                f"exact duplicates {m['exact_docs']:,}, near duplicates {m['near_docs']:,}, rejected lines {t['rejected']:,}")
     click.echo(f"byte duplication rate {100 * m['byte_duplication_rate']:.2f}% ({params.mode}); "
-               f"report: {out / 'report.md'}")
+               f"report: {storage.join(out, 'report.md')}")
     echo_not_read(report["files"])
     absent = [s for s in params.source_priority if s not in report.get("sources", {})]
     if absent:

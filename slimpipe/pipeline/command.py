@@ -6,14 +6,23 @@ from pathlib import Path
 
 import click
 
-from slimpipe.dedup.command import check_inputs, claim_out, dedup_options, echo_not_read, params_from_options
+from slimpipe import storage
+from slimpipe.dedup.command import (
+    PATH_OR_URI,
+    check_inputs,
+    claim_out,
+    dedup_options,
+    echo_not_read,
+    params_from_options,
+)
 from slimpipe.evalset.command import evalset_options, options_from
 from slimpipe.io.readers import InputError
 
 
 @click.command("slimpajama")
-@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.argument("sources", nargs=-1, required=True, type=PATH_OR_URI)
+@click.option("-o", "--output", "out", required=True, type=PATH_OR_URI,
+              help="Output folder: a path or a URI (s3://, gs://, hdfs://, file://).")
 @dedup_options
 @click.option("--holdout-fraction", type=float, default=0.0017, show_default=True,
               help="Share of documents held out (then split half/half into validation and test).")
@@ -32,6 +41,7 @@ from slimpipe.io.readers import InputError
 @click.option("--quiet", is_flag=True, help="No progress output.")
 def slimpajama_command(sources, out, preset, mode, threshold, num_perm, ngram, unit, bands, rows, min_chars, verify,
                        keep, source_priority, force_source, partitions, max_edges_in_memory, ray_address, force,
+                       scratch, keep_intermediates,
                        holdout_fraction, seed, split_seed, chunks, chunk_mb, shard_mb, shard_records, eval_set, no_eval_set,
                        eval_seed, eval_min_tokens, eval_min_seqs, eval_seq_len, eval_max_fraction, quiet) -> None:
     """Run SlimPajama's recipe on SOURCES: NFC → short filter → MinHash dedup → interleave and shuffle →
@@ -64,6 +74,7 @@ def slimpajama_command(sources, out, preset, mode, threshold, num_perm, ngram, u
     try:
         report = run_slimpajama(list(sources), out, params, opts, source=force_source, partitions=partitions,
                                 max_edges_in_memory=max_edges_in_memory, progress=not quiet, ray_address=ray_address,
+                                scratch=scratch, keep_intermediates=keep_intermediates,
                                 eval_set=evaluation)
     except (InputError, EvalSetError) as exc:
         raise click.ClickException(str(exc)) from exc
@@ -78,4 +89,4 @@ def slimpajama_command(sources, out, preset, mode, threshold, num_perm, ngram, u
         click.echo(f"evaluation set {e['eval_set'][:12]} ({e['eval_docs']:,} docs, OUT/eval): {gone:,} training "
                    "documents removed as copies or near-copies of it")
     echo_not_read(report.get("files_not_read", []))
-    click.echo(f"report: {out / 'report.md'}")
+    click.echo(f"report: {storage.join(out, 'report.md')}")
