@@ -21,7 +21,7 @@ from slimpipe.train.continual import (
 )
 from slimpipe.train.loop import TrainConfig, checkpoints, train
 from slimpipe.train.model import GPT, ModelConfig
-from slimpipe.train.phases import open_training_data
+from slimpipe.train.phases import open_training_data, recipe_summary
 from tests.recipes_fixtures import CODE, build_mixes, load_bpe, split_sample
 
 
@@ -67,6 +67,8 @@ def test_init_from_continues_the_run_and_reports_forgetting(setup, tmp_path):
         assert v["delta"] == pytest.approx(v["after"] - v["before"])
     # training on the code-heavy mix helps the code sources from where the base run left them
     assert fg["github"]["delta"] < 0
+    lines = recipe_summary(m)
+    assert "(+ = forgotten)" in lines[0] and any(ln.strip().startswith("github") for ln in lines)
     # its own schedule: warmup from zero again, decay to zero
     lrs = [json.loads(ln)["lr"] for ln in (out / "train_log.jsonl").read_text().splitlines()]
     assert lrs[0] == pytest.approx(3e-3) and lrs[-1] == 0.0 and len(lrs) == 6

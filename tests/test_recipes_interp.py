@@ -69,5 +69,6 @@ def test_eval_seq_lens_reports_bpb_per_length_plain_and_interpolated(mixes, tmp_
     # at the training length this is exactly the final per-document evaluation
     assert plain["total"][1] == pytest.approx(m["eval_docs"]["total"]["bpb"], rel=1e-9)
     assert (out / "context_length.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "by context length (trained at 32)" in res.output and "    128" in res.output
     bad = CliRunner().invoke(train_command, [str(mixes["web"]), "-o", str(tmp_path / "x"), "--eval-seq-lens", "a,b"])
     assert bad.exit_code != 0 and "--eval-seq-lens" in bad.output

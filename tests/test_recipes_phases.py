@@ -145,6 +145,7 @@ def test_cli_phases_with_relative_mix_paths(mixes, tmp_path):
     assert res.exit_code == 0, res.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert [p["steps"] for p in metrics["phases"]] == [2, 1] and metrics["tokens"] == 2 * 256 + 512
+    assert "phases: phase1 (2 steps, seq_len 32) -> phase2 (1 steps, seq_len 64)" in res.output
     config = json.loads((out / "config.json").read_text())
     assert config["train"]["mix_dir"] == str(mixes["code"]) and len(config["phases"]) == 2
 

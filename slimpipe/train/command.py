@@ -136,4 +136,8 @@ def train_command(mix_dir: str | None, model: str, output: str, max_steps: int |
         click.echo(f"{name:<16}{s['loss']:>9.4f}{s['bpb']:>9.4f}{s['tokens']:>12,}")
     if ev["total"]:
         click.echo(f"{'total':<16}{ev['total']['loss']:>9.4f}{ev['total']['bpb']:>9.4f}{ev['total']['tokens']:>12,}")
+    from slimpipe.train.phases import recipe_summary
+
+    for line in recipe_summary(metrics):
+        click.echo(line)
     click.echo(f"wrote {output}/metrics.json")

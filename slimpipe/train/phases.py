@@ -281,3 +281,24 @@ def recipe_inputs(mix_dir: str | None, phases_file: str | None, eval_seq_lens: s
         if not lengths or lengths[0] < 1:
             raise ValueError(f"--eval-seq-lens: expected positive lengths, got {eval_seq_lens!r}")
     return (phases[-1]["mix"] if phases else str(mix_dir)), phases, lengths
+
+
+def recipe_summary(metrics: dict) -> list[str]:
+    """Lines ``slimpipe train`` prints for the recipes: phases, forgetting after --init-from, and bits
+    per byte per context length after --eval-seq-lens."""
+    lines = []
+    if len(metrics.get("phases") or []) > 1:
+        lines.append("phases: " + " -> ".join(f"{p['name']} ({p['steps']} steps, seq_len {p['seq_len']}"
+                                                f"{', embeddings only' if p['train'] == 'embeddings' else ''})"
+                                                for p in metrics["phases"]))
+    init = metrics.get("init_from")
+    if init:
+        lines.append(f"from {init['run']} step {init['step']}: bits per byte before -> after (+ = forgotten)")
+        for name, f in init.get("forgetting", {}).items():
+            lines.append(f"  {name:<14}{f['before']:>9.4f} ->{f['after']:>8.4f}  {f['delta']:+.4f}")
+    cl = metrics.get("context_length")
+    if cl:
+        lines.append(f"total bits per byte by context length (trained at {cl['train_seq_len']}): plain / interpolated")
+        for i, n in enumerate(cl["lengths"]):
+            lines.append(f"  {n:>7}{cl['bpb']['plain']['total'][i]:>9.4f} /{cl['bpb']['interpolated']['total'][i]:>8.4f}")
+    return lines
