@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "inspect": ("slimpipe.io.command:inspect_command", "Read sources and count documents/rejects per source.", "#2"),
     "dedup": ("slimpipe.dedup.command:dedup_command", "MinHash-LSH near-duplicate removal, global or local.", "#3"),
     "slimpajama": ("slimpipe.pipeline.command:slimpajama_command", "RedPajama sources in, SlimPajama shards out.", "#4"),
+    "evalset": ("slimpipe.evalset.command:evalset_command", "Draw one evaluation set from raw sources, per source.", "#11"),
     "mix": ("slimpipe.mix.command:mix_command", "Build a SlimPajama-DC (or custom) mix, tokenized and packed.", "#5"),
     "train": ("slimpipe.train.command:train_command", "Train one model on one mix and evaluate it per source.", "#6"),
     "tune": ("slimpipe.train.tune:tune_command", "Sweep LR/init std on muP proxies; write the best as a preset.", "#14"),
