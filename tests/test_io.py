@@ -209,21 +209,6 @@ def test_byte_ranges_give_the_same_documents_and_ids(tmp_path: Path) -> None:
     assert split.column("text").to_pylist() == whole.column("text").to_pylist()
 
 
-def test_ray_data_reads_in_parallel_with_side_outputs(tmp_path: Path, ray_session) -> None:
-    from slimpipe.io.ray_source import collect_side_outputs, read_documents
-
-    _write_jsonl(tmp_path / "arxiv_sample.jsonl", _records(20))
-    _write_jsonl(tmp_path / "github_sample.jsonl.zst", _records(30, "github"), zst=True)
-    (tmp_path / "c4_sample.jsonl").write_text('{"text": 1}\n' + json.dumps({"text": LONG}) + "\n")
-    side = tmp_path / "side"
-    ds = read_documents([str(tmp_path)], side_dir=str(side))
-    rows = ds.take_all()
-    assert len(rows) == 51
-    assert sorted({r["source"] for r in rows}) == ["arxiv", "c4", "github"]
-    rejects, stats = collect_side_outputs(side)
-    assert rejects.num_rows == 1 and sum(s.read for s in stats) == 52
-
-
 def test_scan_counts_per_source(tmp_path: Path, ray_session) -> None:
     from slimpipe.io.scan import scan
 

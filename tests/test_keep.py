@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from slimpipe.dedup.keep import choose_keep, keep_mask, representatives, source_ranks
+from slimpipe.dedup.keep import choose_keep, representatives, source_ranks
 
 LABELS = np.array([0, 0, 0, 3, 3, 5])
 IDS = np.array([0, 1, 2, 3, 4, 5])
@@ -13,7 +13,7 @@ IDS = np.array([0, 1, 2, 3, 4, 5])
 
 def test_smallest_id_default():
     assert choose_keep(LABELS, IDS).tolist() == [0, 0, 0, 3, 3, 5]
-    assert keep_mask(LABELS, IDS).tolist() == [True, False, False, True, False, True]
+    assert (choose_keep(LABELS, IDS) == IDS).tolist() == [True, False, False, True, False, True]
 
 
 def test_longest_ties_by_smallest_id():
@@ -67,8 +67,7 @@ def test_random_against_python_reference(policy):
         else:
             best = min(members, key=lambda i: (rank.get(source[i], len(priority)), ids[i]))
         assert (kept[members] == ids[best]).all()
-    mask = keep_mask(labels, ids, policy, source=source, length=length, source_priority=priority)
-    assert mask.sum() == np.unique(labels).size
+    assert (kept == ids).sum() == np.unique(labels).size  # exactly one kept per component
 
 
 def test_errors_and_empty():
@@ -81,4 +80,4 @@ def test_errors_and_empty():
     with pytest.raises(ValueError):
         choose_keep(LABELS, IDS[:3])
     empty = np.array([], np.int64)
-    assert choose_keep(empty, empty).size == 0 and keep_mask(empty, empty).size == 0
+    assert choose_keep(empty, empty).size == 0

@@ -6,20 +6,14 @@ the first") a comparison ``label == id``, and makes every path below produce ide
 * :func:`union_find`: one process, numba, path halving with the smaller root always winning. Use it
   whenever the edges fit in memory (16 bytes per edge: 100M edges = 1.6 GB).
 * Distributed building blocks, each a pure function of one edge partition, for when they do not fit.
-  Two algorithms; both converge to exactly the labels of :func:`union_find`
-  (:func:`contract_components` runs either one over hash partitions and is the reference for the Ray
-  runner):
+  Large-star / small-star converges to exactly the labels of :func:`union_find`
+  (:func:`contract_components` runs it over hash partitions and is the reference for the Ray runner):
 
-  - **Large-star / small-star** (Kiveris et al. 2014, "Connected Components in MapReduce and Beyond";
-    recommended). The state is only an edge list. A round is two shuffles: partition the output of
+  - **Large-star / small-star** (Kiveris et al. 2014, "Connected Components in MapReduce and Beyond"). The state is only an edge list. A round is two shuffles: partition the output of
     :func:`large_star_map` by key and apply :func:`large_star` to each partition, then the same with
     :func:`small_star_map` / :func:`small_star`. Stop when both report 0 changed edges; the edges then
     form one star per component around its smallest id, and :func:`star_labels` reads the labels off.
     O(log^2 n) rounds proven, about log n in practice (a 100,000-node chain takes ~20).
-  - **Min-label contraction**: :func:`local_min_labels` on each partition, :func:`min_by_node` to
-    combine, :func:`pointer_jump` (repeated :func:`apply_mapping`, a join) to collapse parent chains,
-    then :func:`relabel` the edges onto their new labels and repeat until no edge is left. Needs a node
-    -> label table next to the edges, which is why the star version is simpler to distribute.
 
 All functions take and return int64 numpy arrays (global document indices); nothing is modified in place.
 """
@@ -32,11 +26,7 @@ from numba import njit
 __all__ = [
     "union_find",
     "hash_partition",
-    "local_min_labels",
-    "min_by_node",
     "apply_mapping",
-    "pointer_jump",
-    "relabel",
     "large_star_map",
     "large_star",
     "small_star_map",
@@ -148,24 +138,7 @@ def _canonical(u: np.ndarray, v: np.ndarray) -> Edges:
     return _unique_pairs(lo[keep], hi[keep])
 
 
-# --------------------------------------------------------------------------- min-label contraction
-def local_min_labels(u: np.ndarray, v: np.ndarray) -> Mapping:
-    """For one edge partition: every endpoint and min(itself, its neighbours in this partition).
-
-    Partitions may split a node's edges; combine their outputs with :func:`min_by_node`.
-    """
-    u, v = _i64(u), _i64(v)
-    nodes = np.concatenate([u, v])
-    nbrs = np.concatenate([v, u])
-    keys, mins = _group_min(nodes, nbrs)
-    return keys, np.minimum(keys, mins)
-
-
-def min_by_node(nodes: np.ndarray, labels: np.ndarray) -> Mapping:
-    """Combine partial (node, label) results: unique nodes, smallest label each."""
-    return _group_min(_i64(nodes), _i64(labels))
-
-
+# --------------------------------------------------------------------------- mappings
 def apply_mapping(x: np.ndarray, mapping: Mapping) -> np.ndarray:
     """``mapping[x]`` elementwise; ``mapping`` is (sorted unique keys, values); absent keys map to themselves."""
     x = _i64(x)
@@ -176,31 +149,6 @@ def apply_mapping(x: np.ndarray, mapping: Mapping) -> np.ndarray:
     pos_c = np.minimum(pos, keys.size - 1)
     found = keys[pos_c] == x
     return np.where(found, vals[pos_c], x)
-
-
-def pointer_jump(mapping: Mapping) -> Mapping:
-    """Follow node -> label -> label ... to the end (labels only decrease, so it terminates).
-
-    Doubling: each pass composes the mapping with itself, so a chain of length L takes log2(L) passes.
-    Distributed, each pass is one join of the table with itself.
-    """
-    keys, vals = _i64(mapping[0]), _i64(mapping[1])
-    while True:
-        nxt = apply_mapping(vals, (keys, vals))
-        if np.array_equal(nxt, vals):
-            return keys, vals
-        vals = nxt
-
-
-def relabel(edges: Edges, mapping: Mapping) -> Edges:
-    """Move both endpoints of every edge to their labels; drop self-loops and duplicates.
-
-    Returns canonical (smaller, larger) pairs. Connectivity between labels is preserved because each
-    node's label lies in the node's own component.
-    """
-    u = apply_mapping(edges[0], mapping)
-    v = apply_mapping(edges[1], mapping)
-    return _canonical(u, v)
 
 
 # --------------------------------------------------------------------------- large-star / small-star
@@ -299,20 +247,4 @@ def contract_components(
                 return all_nodes, apply_mapping(all_nodes, (nodes, labels)), rounds
         raise RuntimeError(f"large/small-star did not converge in {max_rounds} rounds")
 
-    if method == "minlabel":
-        label_keys, label_vals = all_nodes, all_nodes.copy()
-        for rounds in range(1, max_rounds + 1):
-            if u.size == 0:
-                return all_nodes, apply_mapping(all_nodes, (label_keys, label_vals)), rounds - 1
-            # Edges partitioned by an edge hash: a node's neighbours may sit in several partitions.
-            part = hash_partition(u * np.int64(1_000_003) + v, num_partitions)
-            partial = [local_min_labels(pu, pv) for pu, pv in _split((u, v), part, num_partitions)]
-            parent = min_by_node(
-                np.concatenate([p[0] for p in partial]), np.concatenate([p[1] for p in partial])
-            )
-            parent = pointer_jump(parent)
-            u, v = relabel((u, v), parent)
-            label_vals = apply_mapping(label_vals, parent)
-        raise RuntimeError(f"min-label contraction did not converge in {max_rounds} rounds")
-
-    raise ValueError(f"unknown method {method!r} (use 'star' or 'minlabel')")
+    raise ValueError(f"unknown method {method!r} (only 'star')")

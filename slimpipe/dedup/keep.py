@@ -21,7 +21,7 @@ import numpy as np
 
 from slimpipe.dedup.params import KEEP_POLICIES
 
-__all__ = ["choose_keep", "keep_mask", "representatives", "source_ranks"]
+__all__ = ["choose_keep", "representatives", "source_ranks"]
 
 
 def source_ranks(source: np.ndarray, source_priority: Sequence) -> np.ndarray:
@@ -103,17 +103,3 @@ def choose_keep(
     if comp.size == 0:
         return kept
     return kept[np.searchsorted(comp, np.asarray(labels, dtype=np.int64))]
-
-
-def keep_mask(
-    labels: np.ndarray,
-    ids: np.ndarray,
-    policy: str = "smallest-id",
-    *,
-    source: np.ndarray | None = None,
-    length: np.ndarray | None = None,
-    source_priority: Sequence | None = None,
-) -> np.ndarray:
-    """Boolean mask, True for exactly one node per component."""
-    kept = choose_keep(labels, ids, policy, source=source, length=length, source_priority=source_priority)
-    return kept == np.asarray(ids, dtype=np.int64)
