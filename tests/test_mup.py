@@ -49,3 +49,21 @@ def test_coordinate_check_flat_under_mup_and_growing_under_sp(batches):
         assert all(a > 0.4 for a in sp[layer]), report
         assert sp[layer][-1] > sp[layer][0] + 0.2, report
     assert sp["logits"][-1] > 0.4, report
+
+
+def test_coordinate_check_catches_a_broken_mup(batches, monkeypatch):
+    """Negative control: muP without its width-scaled hidden learning rate fails the flatness criterion."""
+    from slimpipe.train.model import GPT
+
+    full = GPT.param_groups
+
+    def unscaled(self, lr, weight_decay):
+        groups = full(self, lr, weight_decay)
+        for g in groups:
+            g["lr"], g["lr_scale"] = lr, 1.0
+        return groups
+
+    monkeypatch.setattr(GPT, "param_groups", unscaled)
+    broken = width_exponents(coord_check(WIDTHS, batches, mup=True, lr=6e-3, vocab_size=VOCAB))
+    assert abs(broken["embedding"][-1]) < 0.2  # the embedding's own LR never depended on width
+    assert broken["block0"][-1] > 0.4 and broken["block1"][-1] > 0.4  # the hidden layers blow up with width
