@@ -1,31 +1,30 @@
-"""A job's working folder: atomic intermediate files and stage completion markers.
+"""A job's working folder for the older, path-based stages (``slimpipe evalset``'s build).
 
-Every intermediate is written under a temporary name and renamed into place, and a stage is complete
-only when its ``<stage>.done.json`` exists. A task whose own marker exists is skipped on resume, so a job
-killed at any point restarts where it stopped and, because every task is deterministic, ends with the
-same bytes as an uninterrupted run.
+New jobs use :class:`slimpipe.runtime.Workspace`, which works on any storage and records what each
+step wrote. This module keeps the path-based helpers on the same primitives: every file is committed
+through :func:`slimpipe.storage.open_output` (temporary name, fsync, rename) and a stage is complete
+only when its ``<stage>.done.json`` exists, so a killed job resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from slimpipe import storage
 from slimpipe.io.writers import atomic_write_json
+from slimpipe.runtime.workspace import remove_temporaries
+
+__all__ = ["WorkDir", "load_many", "load_npy", "remove_temporaries", "save_npy", "save_parquet"]
 
 
 def save_npy(path: str | Path, array: np.ndarray) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
+    with storage.open_output(path) as fh:
         np.save(fh, array, allow_pickle=False)
-    os.replace(tmp, path)
 
 
 def load_npy(path: str | Path, mmap: bool = False) -> np.ndarray:
@@ -38,11 +37,8 @@ def load_many(paths: list[Path], dtype: np.dtype) -> np.ndarray:
 
 
 def save_parquet(path: str | Path, table: pa.Table) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
+    with storage.open_output(path) as fh:
+        pq.write_table(table, fh, compression="zstd")
 
 
 class WorkDir:
@@ -69,12 +65,3 @@ class WorkDir:
     @staticmethod
     def task_done(marker: Path) -> dict | None:
         return json.loads(marker.read_text()) if marker.exists() else None
-
-
-def remove_temporaries(root: str | Path) -> int:
-    """Delete ``.*.tmp`` files left by killed writers (never complete, never under a final name)."""
-    n = 0
-    for p in Path(root).rglob(".*.tmp"):
-        p.unlink(missing_ok=True)
-        n += 1
-    return n
