@@ -182,15 +182,27 @@ def test_force_dedup_any_source_name_and_the_same_job_with_other_options(tmp_pat
 def test_slimpajama_names_unreadable_files_and_claims_no_completeness(tmp_path: Path, ray_session) -> None:
     src = _corpus(tmp_path / "src")
     (src / "github_sample.jsonl.zst").write_bytes(b"\x28\xb5\x2f\xfd" + b"not a zstd frame" * 8)  # corrupt
+    wiki = tmp_path / "elsewhere" / "wiki"
+    wiki.mkdir(parents=True)
+    (wiki / "wikipedia_sample.jsonl").write_text("".join(json.dumps({"text": _text(i, "wiki")}) + "\n"
+                                                         for i in range(5)))
+    (src / "wiki").symlink_to(wiki, target_is_directory=True)  # a symlinked data folder: followed
+    (wiki / "loop").symlink_to(src, target_is_directory=True)  # back to the root: named, not followed
+    (src / "gone.jsonl").symlink_to(tmp_path / "nowhere.jsonl")  # broken: named as unreadable
     out = tmp_path / "out"
     r = _run("slimpajama", str(src), "-o", str(out), "--no-eval-set", "--quiet", "--holdout-fraction", "0.2")
     assert r.exit_code == 0, r.output
     assert "error: unreadable: github_sample.jsonl.zst:" in r.output
+    assert "error: unreadable: gone.jsonl: broken symlink" in r.output
+    assert "skipped: wiki/loop: symlink loop" in r.output
     report = json.loads((out / "report.json").read_text())
-    assert [f["file"] for f in report["files_not_read"]] == ["github_sample.jsonl.zst"]
+    assert sorted(f["file"] for f in report["files_not_read"]) == ["github_sample.jsonl.zst", "gone.jsonl", "wiki/loop"]
     md = (out / "report.md").read_text()
-    assert "Not complete: 1 input file(s) could not be read" in md and "github_sample.jsonl.zst" in md
+    assert "Not complete: 2 input file(s) could not be read" in md and "github_sample.jsonl.zst" in md
+    assert "gone.jsonl" in md and "wiki/loop" in md
+    assert "Every line read is accounted for" not in md and "Of what could be read, every line is accounted" in md
     assert report["sources"]["perturbed"]["lines_read"] == 6  # any source name, through to the report
+    assert report["sources"]["wikipedia"]["lines_read"] == 5  # the symlinked folder was read, once
 
 
 def test_a_refused_compare_leaves_no_folder_behind(tmp_path: Path) -> None:

@@ -133,9 +133,11 @@ def render_markdown(r: dict) -> str:
         lines.append(f"| {src} | {s['lines_read']:,} | {s['rejected']:,} | {s['short_docs']:,} | {s['exact_duplicates']:,} | "
                      f"{s['near_duplicates']:,} | {s['decontaminated_docs']:,} | {s['train']['docs']:,} | "
                      f"{s['validation']['docs']:,} | {s['test']['docs']:,} |")
-    lines += ["", "Every line read is accounted for: read = train + validation + test + short + duplicates + "
-              "decontaminated + rejected, per source."]
-    lines += _not_read_lines(r.get("files_not_read", []))
+    not_read = r.get("files_not_read", [])
+    partial = any(f["status"] != "skipped" for f in not_read)
+    lines += ["", ("Of what could be read, every line" if partial else "Every line read") + " is accounted for: read = "
+              "train + validation + test + short + duplicates + decontaminated + rejected, per source."]
+    lines += _not_read_lines(not_read)
     lines += [
         "",
         "## SlimPajama's table",
