@@ -38,8 +38,15 @@ log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
 TRAINER_FILE = "trainer.pt"
 DEFAULT_INTERVAL_S = 30 * 60.0
-# One process without a process group is a normal case here, not something to warn about.
-warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+_NO_PG = "torch.distributed is disabled, unavailable or uninitialized"
+warnings.filterwarnings("ignore", message=_NO_PG)  # also for async_save's background thread
+
+
+def _quiet(fn, *args, **kwargs):
+    """Call a DCP function without its warning that one process has no process group (a normal case here)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_NO_PG)
+        return fn(*args, **kwargs)
 
 
 def _distributed() -> bool:
@@ -115,9 +122,9 @@ class Checkpointer:
                 "world_size": self.world}
         future = None
         if self.async_save:
-            future = dcp.async_save(state, checkpoint_id=str(tmp), process_group=self._pg)
+            future = _quiet(dcp.async_save, state, checkpoint_id=str(tmp), process_group=self._pg)
         else:
-            dcp.save(state, checkpoint_id=str(tmp))
+            _quiet(dcp.save, state, checkpoint_id=str(tmp))
         self._pending = (future, tmp, final, meta)
         self._last = time.monotonic()
         if not self.async_save:
@@ -162,7 +169,7 @@ def load(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
     path = Path(path)
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
-    dcp.load(state, checkpoint_id=str(path))
+    _quiet(dcp.load, state, checkpoint_id=str(path))
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     meta = read_meta(path)
     scheduler.load_state_dict(meta["scheduler"])
@@ -182,7 +189,7 @@ def load_model_state(path: str | Path) -> dict[str, torch.Tensor]:
     with torch.device("meta"):
         model = GPT(ModelConfig.from_dict(meta["plan"]["model"]))
     state = {k: torch.empty_like(v, device="cpu") for k, v in model.state_dict().items()}
-    dcp.load({"model": state}, checkpoint_id=str(path))
+    _quiet(dcp.load, {"model": state}, checkpoint_id=str(path))
     return state
 
 
@@ -196,6 +203,6 @@ def read_checkpoint(path: str | Path) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         flat = Path(tmp) / "flat.pt"
-        dcp_to_torch_save(str(path), str(flat))
+        _quiet(dcp_to_torch_save, str(path), str(flat))
         state = torch.load(flat, map_location="cpu", weights_only=False)
     return {"model": state["model"], "optimizer": state["optim"], **read_meta(path)}
