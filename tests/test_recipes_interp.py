@@ -70,5 +70,11 @@ def test_eval_seq_lens_reports_bpb_per_length_plain_and_interpolated(mixes, tmp_
     assert plain["total"][1] == pytest.approx(m["eval_docs"]["total"]["bpb"], rel=1e-9)
     assert (out / "context_length.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "by context length (trained at 32)" in res.output and "    128" in res.output
+    # compare plots the same numbers across runs
+    from slimpipe.report.compare import write_compare_report
+
+    write_compare_report([out], tmp_path / "report")
+    assert (tmp_path / "report" / "plots" / "context_length.png").read_bytes()[:4] == b"\x89PNG"
+    assert "plots/context_length.png" in (tmp_path / "report" / "report.md").read_text()
     bad = CliRunner().invoke(train_command, [str(mixes["web"]), "-o", str(tmp_path / "x"), "--eval-seq-lens", "a,b"])
     assert bad.exit_code != 0 and "--eval-seq-lens" in bad.output

@@ -122,6 +122,14 @@ def comparison_plots(out: Path, runs: list, r: dict) -> list[str]:
         fig.tight_layout()
         save_png(fig, out / "plots" / "differences.png")
         made.append("plots/differences.png")
+    with_lengths = [run for run in runs if run.metrics.get("context_length")]
+    if with_lengths:  # runs trained with --eval-seq-lens (slimpipe.train.interp)
+        from slimpipe.train.interp import plot_context_length_runs
+
+        plot_context_length_runs([(run.label + (f" s{run.seed}" if run.seed is not None else ""),
+                                   colors.get(run.label), run.metrics["context_length"]) for run in with_lengths],
+                                 out / "plots" / "context_length.png")
+        made.append("plots/context_length.png")
     return made
 
 

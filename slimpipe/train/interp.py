@@ -125,3 +125,37 @@ def plot_context_length(result: dict, path: Path) -> str:
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
     return path.name
+
+
+def plot_context_length_runs(entries: list[tuple[str, object, dict]], path: Path) -> None:
+    """Compare's version: total bits per byte against context length for several runs ``(label, color,
+    metrics["context_length"])``; solid as trained, dashed interpolated, each run's training length dotted."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from slimpipe.io.writers import atomic_write_bytes
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    ticks: set[int] = set()
+    for label, color, cl in entries:
+        (line,) = ax.plot(cl["lengths"], cl["bpb"]["plain"]["total"], color=color, marker="o", ms=3, lw=1.2,
+                          label=label)
+        ax.plot(cl["lengths"], cl["bpb"]["interpolated"]["total"], color=line.get_color(), ls="--", marker="x",
+                ms=4, lw=1.2)
+        ax.axvline(cl["train_seq_len"], color=line.get_color(), ls=":", lw=0.8)
+        ticks.update(cl["lengths"])
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(ticks), [str(n) for n in sorted(ticks)])
+    ax.set_xlabel("evaluation context length (tokens); dotted: each run's training length")
+    ax.set_ylabel("total held-out bits per byte")
+    ax.set_title("Bits per byte vs context (solid: ALiBi as trained, dashed: slopes interpolated)", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
