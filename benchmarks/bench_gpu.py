@@ -123,7 +123,7 @@ def run_one(mix: Path, work: Path, model: str, backend: str, micro: int, accum: 
     shutil.rmtree(out, ignore_errors=True)
     cfg = TrainConfig(mix_dir=str(mix), out_dir=str(out), model=model, max_steps=steps, eval_interval=0,
                       batch_size=micro * accum, micro_batch=micro, attention=backend, device=str(device),
-                      export=False, checkpoint_minutes=0, compile=compile_, seed=1)
+                      export=False, keep_checkpoints=0, compile=compile_, seed=1)  # no 15 GB checkpoint writes
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)

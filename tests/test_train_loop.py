@@ -320,6 +320,7 @@ def test_checkpoints_follow_the_wall_clock(mix, tmp_path, monkeypatch):
     clock["t"] = 61.0
     assert cp.due(3, False) and cp.due(4, True)
     assert ckpt_io.Checkpointer(tmp_path, device=torch.device("cpu"), interval_s=None, every_steps=5).due(10, False)
+    assert not ckpt_io.Checkpointer(tmp_path, device=torch.device("cpu"), keep=0).due(10, True)  # none at all
     # a run with the default 30-minute interval writes only its final checkpoint
     out = tmp_path / "run"
     train(cfg_for(mix, out, max_steps=3, eval_interval=0))

@@ -94,7 +94,10 @@ class Checkpointer:
         self._pg = dist.new_group(backend="gloo") if (_distributed() and async_save) else None
 
     def due(self, step: int, is_last: bool) -> bool:
-        """Whether to checkpoint after ``step``: the end, every ``every_steps``, or the wall-clock interval."""
+        """Whether to checkpoint after ``step``: the end, every ``every_steps``, or the wall-clock interval
+        (never with ``keep=0``: a run that writes no checkpoints, e.g. a throughput benchmark)."""
+        if self.keep <= 0:
+            return False
         now = is_last or bool(self.every_steps and step % self.every_steps == 0)
         if not now and self.interval_s:
             now = time.monotonic() - self._last >= self.interval_s
@@ -145,7 +148,7 @@ class Checkpointer:
             torch.save(meta, tmp / TRAINER_FILE)
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
-            for old in checkpoints(self.dir.parent)[: -self.keep] if self.keep > 0 else []:
+            for old in checkpoints(self.dir.parent)[: -self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
             log.info("checkpoint %s", final)
         if _distributed():

@@ -76,7 +76,7 @@ class TrainConfig:
     checkpoint_interval: int | None = None  # steps between checkpoints (default: only by wall clock)
     checkpoint_minutes: float | None = 30.0  # wall-clock interval between checkpoints (None/0: off)
     async_checkpoint: bool = True  # write checkpoints in the background (torch.distributed.checkpoint)
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 2  # the latest N are kept; 0 writes none (throughput benchmarks)
     seed: int = 1337
     lr: float | None = None
     schedule: str | None = None  # "linear" (to zero) | "cosine" (to min_lr_ratio, default 10%)
