@@ -2,8 +2,10 @@
 
 The same :func:`slimpipe.train.loop.train` runs in both cases. Under Ray, ``TorchTrainer`` starts
 ``num_workers`` processes, initialises a ``torch.distributed`` process group (gloo on CPU, NCCL with
-``--use-gpu``) and the loop wraps the model in DDP. Rank 0 writes the run directory, so with several
-nodes ``RUN`` (and ``MIX_DIR``) must be on a filesystem every node sees.
+``--use-gpu``; each worker on the GPU Ray assigned it, ``cuda:<index>``) and the loop wraps the model in
+DDP, or shards it with FSDP2 (``parallel="fsdp"``). Rank 0 writes the run directory and every rank writes
+its checkpoint shard, so with several nodes ``RUN`` (and ``MIX_DIR``, unless it is a URI) must be on a
+filesystem every node sees. A local run with ``use_gpu`` takes ``cuda:LOCAL_RANK`` (``cuda:0`` alone).
 """
 
 from __future__ import annotations
