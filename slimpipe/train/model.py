@@ -245,6 +245,10 @@ class AlibiBias(nn.Module):
         def score_mod(score, b, h, qi, ki):
             return score + slopes[h] * (ki - qi).to(score.dtype)
 
+        if torch.compiler.is_compiling():  # inside a compiled model: the graph compiles flex_attention itself
+            from torch.nn.attention.flex_attention import flex_attention
+
+            return flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)
         return self._flex_fn(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)
 
 
