@@ -195,12 +195,13 @@ class TrainingData:
 def _eval_sets(phases: list[dict], seq_len: int) -> dict[str, PackedDataset]:
     """Each source's held-out set, from the last phase whose mix has it (so a run that moves from one
     mix to another is scored on the sources of both: forgetting shows), at ``seq_len`` where it divides
-    the stored length, else at the stored length."""
+    the stored length, else at the longest length below it that does (never beyond the model's context)."""
     sets: dict[str, PackedDataset] = {}
     for ph in phases:
         _, evals = open_mix(ph["mix"], None)
         for name, ds in evals.items():
-            sets[name] = PackedDataset(ds.path, seq_len if ds.stored_seq_len % seq_len == 0 else None)
+            n = ds.stored_seq_len
+            sets[name] = PackedDataset(ds.path, max(d for d in range(1, min(n, seq_len) + 1) if n % d == 0))
     return sets
 
 
