@@ -44,11 +44,9 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, quiet: b
     """Start a private Ray, or attach to a cluster, once per process; a second call is a no-op."""
     loud = verbose()
     target = cluster_address(address)
-    loopback = target is None or target.split("://")[-1].rsplit(":", 1)[0] in (LOOPBACK, "localhost")
-    if loopback:
+    if target is None:
         # Ray resolves 127.0.0.1 to the machine's public address unless it believes it runs alone; this
-        # keeps the GCS, raylet and worker ports on loopback (children inherit the environment), and lets
-        # a driver find the raylet of a cluster started on loopback.
+        # keeps the GCS, raylet and worker ports on loopback (children inherit the environment).
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     import ray
 
@@ -59,6 +57,11 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, quiet: b
     if not loud:
         for name in ("ray", "ray._private.authentication", "ray.rllib"):
             logging.getLogger(name).setLevel(logging.ERROR)
+    if target == "auto":
+        target = _auto_address()
+    loopback = target is None or target.split("://")[-1].rsplit(":", 1)[0] in (LOOPBACK, "localhost")
+    if loopback:  # also lets a driver find the raylet of a cluster started on loopback
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     if loopback:
         from ray._private import ray_constants
 
@@ -89,6 +92,18 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, quiet: b
         ray.data.DataContext.get_current().enable_progress_bars = loud or not quiet
     except Exception:  # older/newer Ray without the knob
         pass
+
+
+def _auto_address() -> str:
+    """``--ray-address auto``: the cluster the last ``ray start`` on this machine recorded, as host:port
+    (as recorded: Ray's own canonicalisation would turn a loopback cluster's 127.0.0.1 into the public IP)."""
+    from ray._private.services import get_ray_address_from_environment
+
+    try:
+        return get_ray_address_from_environment("auto", None)
+    except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError or others when none is found
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise RayConnectError(f"--ray-address auto: no running Ray cluster found on this machine ({first})") from exc
 
 
 def _check_reachable(target: str) -> None:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,11 +41,13 @@ def other_cluster():
     """Another user's Ray on this machine: a head node with one CPU, on loopback."""
     psutil = pytest.importorskip("psutil")
     port = _free_port()
+    # its own temp folder (short: Ray's socket paths live under it), so `auto` finds this cluster only
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
     proc = subprocess.Popen(
         [str(RAY), "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
          "--node-ip-address=127.0.0.1", "--block", "--disable-usage-stats"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env=_env(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0"))
+        env=_env(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_TMPDIR=ray_tmp))
     seen = []
     deadline = time.monotonic() + 120
     for line in proc.stdout:  # blocks on the child's output, no sleeping
@@ -53,7 +57,7 @@ def other_cluster():
     try:
         if proc.poll() is not None or not any("Ray runtime started" in x for x in seen):
             pytest.fail("could not start a second Ray cluster:\n" + "".join(seen[-20:]))
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}", ray_tmp
     finally:
         started = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []
         proc.terminate()
@@ -66,6 +70,7 @@ def other_cluster():
                 child.kill()
             except psutil.NoSuchProcess:
                 pass
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def _inspect(corpus: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
@@ -86,23 +91,26 @@ def corpus(tmp_path_factory) -> Path:
     return d
 
 
-def test_a_local_run_never_attaches_to_another_cluster_on_the_machine(other_cluster: str, corpus: Path) -> None:
-    r = _inspect(corpus, _env())
+def test_a_local_run_never_attaches_to_another_cluster_on_the_machine(other_cluster: tuple, corpus: Path) -> None:
+    address, ray_tmp = other_cluster
+    r = _inspect(corpus, _env(RAY_TMPDIR=ray_tmp))  # the other cluster is the one `ray.init()` would find
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads(r.stdout)["accepted"] == 7
     gcs = _gcs(r.stderr)
     assert "started a private local Ray" in r.stderr
-    assert gcs != other_cluster and gcs.startswith("127.0.0.1:")  # its own Ray, on loopback
+    assert gcs != address and gcs.startswith("127.0.0.1:")  # its own Ray, on loopback
 
 
-def test_ray_address_attaches_without_local_resource_arguments(other_cluster: str, corpus: Path) -> None:
+def test_ray_address_attaches_without_local_resource_arguments(other_cluster: tuple, corpus: Path) -> None:
+    address, ray_tmp = other_cluster
     # a `ray job submit` driver inherits RAY_AUTH_MODE=token from the cluster; a user's shell must set it
-    for env, args in ((_env(RAY_ADDRESS=other_cluster, RAY_AUTH_MODE="token"), ()),
-                      (_env(RAY_AUTH_MODE="token"), ("--ray-address", other_cluster))):
+    for env, args in ((_env(RAY_ADDRESS=address, RAY_AUTH_MODE="token"), ()),
+                      (_env(RAY_AUTH_MODE="token"), ("--ray-address", address)),
+                      (_env(RAY_AUTH_MODE="token", RAY_TMPDIR=ray_tmp), ("--ray-address", "auto"))):
         r = _inspect(corpus, env, *args)
         assert r.returncode == 0, r.stderr[-3000:]
         assert json.loads(r.stdout)["accepted"] == 7
-        assert "attached to the Ray cluster" in r.stderr and _gcs(r.stderr) == other_cluster
+        assert "attached to the Ray cluster" in r.stderr and _gcs(r.stderr) == address
 
 
 def test_without_v_ray_start_up_is_silent(corpus: Path) -> None:
