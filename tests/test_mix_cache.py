@@ -50,7 +50,8 @@ def test_a_second_mix_tokenizes_nothing_and_a_new_source_only_itself(corpus, ray
     after = {p: p.stat().st_mtime_ns for p in cache.rglob("*.arrow")}
     assert {p: after[p] for p in before} == before
     new = [p for p in after if p not in before]
-    assert any(p.parent.name == "wikipedia" for p in new) and c3["train_entries_tokenized"] == len(new)
+    # (a task past the needed prefix may finish while being cancelled: its entries are kept, not counted)
+    assert any(p.parent.name == "wikipedia" for p in new) and 0 < c3["train_entries_tokenized"] <= len(new)
     assert c3["train_entries_hit"] > 0  # its common_crawl came from the cache
 
     # a cached build is byte-identical to one from a cold cache

@@ -44,3 +44,32 @@ def test_train_from_a_mix_uri_equals_training_from_the_folder(s3_server, tmp_pat
     assert remote["eval"] == local["eval"] and "book" in json.dumps(remote["eval"])
     assert remote.get("eval_set") == local.get("eval_set") == "abc123"
     assert any(Path(tmp_path / "cache").rglob("tokens.bin"))
+
+
+def test_a_mix_from_s3_to_s3_equals_the_local_build(s3_server, ray_session, tmp_path):
+    """SLIMPAJAMA_DIR, OUT and the token cache all in object storage: the same bytes as a local build,
+    nothing left in OUT but the mix, and the second build is served by the cache in the bucket."""
+    from mix_fixtures import build_slimpajama_dir, sample_documents
+
+    from slimpipe.mix.build import MixOptions, build_mix
+    from slimpipe.mix.config import load_mix
+
+    fx = build_slimpajama_dir(tmp_path / "sp", sample_documents(tmp_path / "sample", size=0.1))
+    base = f"{s3_server['url']}/mixtest"
+    storage.upload_tree(fx.root, f"{base}/sp")
+    opt = dict(tokens=12_000, seq_len=32, eval_tokens=1500, bucket_tokens=4_000)
+    local = build_mix(fx.root, load_mix("dc2"), tmp_path / "local", MixOptions(**opt))
+    remote = build_mix(f"{base}/sp", load_mix("dc2"), f"{base}/mix", MixOptions(**opt))
+    assert remote["sources"] == local["sources"] and remote["train"] == local["train"]
+    assert remote["token_cache"]["path"].startswith(f"{base}/sp/_cache/tokens/")
+    files = {f[len(f"{base}/mix/"):] for f in storage.list_files(f"{base}/mix")}
+    assert not any(f.startswith(".work") for f in files) and "manifest.json" in files
+    for f in sorted(x for x in files if x.endswith(".bin")):
+        assert storage.read_bytes(f"{base}/mix/{f}") == (tmp_path / "local" / f).read_bytes(), f
+    assert "tokenizer/tokenizer.json" in files or any(f.startswith("tokenizer/") for f in files)
+    again = build_mix(f"{base}/sp", load_mix("dc2"), f"{base}/mix2", MixOptions(**opt))
+    assert again["token_cache"]["train_entries_tokenized"] == 0 and again["token_cache"]["train_entries_hit"] > 0
+    from slimpipe.mix.packed import open_mix
+
+    train, evals = open_mix(f"{base}/mix", cache_dir=tmp_path / "cache")
+    assert len(train) == local["train"]["n_sequences"] and set(evals) == set(open_mix(tmp_path / "local")[1])

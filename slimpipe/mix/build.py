@@ -22,7 +22,6 @@ The stages, one module each (Ray only where work is per shard or per bucket; the
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -30,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from slimpipe import storage
 from slimpipe.io.writers import ShardInfo, atomic_write_json
 from slimpipe.mix import budget as B
 from slimpipe.mix.cache import TokenCache, default_cache_root
@@ -41,6 +41,7 @@ from slimpipe.mix.common import (
     MixBuildError,
     MixContext,
     MixOptions,
+    loc,
     order_sources,
     read_input,
     run_ordered,
@@ -68,9 +69,25 @@ _run_ordered = run_ordered  # the name benchmarks/bench_tokenize.py imports
 log = logging.getLogger(__name__)
 
 
-def prepare_out(out: Path, overwrite: bool) -> None:
+def prepare_out(out: str, overwrite: bool) -> None:
     """Refuse to clobber a finished mix or a foreign folder; clean our own outputs on ``overwrite``."""
     ours = ("train", "eval", "test", "validation", TOKENIZER_DIR, MANIFEST, INPUT_INDEX)
+    if storage.is_remote(out):
+        try:
+            storage.check_access(out, write=True)
+            present = storage.list_files(out)
+        except (OSError, storage.StorageError) as exc:
+            raise MixBuildError(f"{out}: {exc}") from None
+        finished = storage.exists(storage.join(out, MANIFEST))
+        resumable = any(f[len(out) + 1 :].startswith(f"{WORK}/") for f in present)
+        if present and finished and not overwrite:
+            raise MixBuildError(f"{out} already holds a mix (manifest.json); pass --overwrite to replace it")
+        if present and not (finished or resumable or overwrite):
+            raise MixBuildError(f"{out} is not empty and holds no mix; choose another folder or pass --overwrite")
+        for name in (*ours, WORK) if overwrite else ours:
+            storage.delete_tree(storage.join(out, name))
+        return
+    out = Path(out)
     if out.exists() and not out.is_dir():
         raise MixBuildError(f"{out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):
@@ -89,7 +106,7 @@ def prepare_out(out: Path, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _check_sources(root: Path, mix: MixConfig, train_shards: list) -> None:
+def _check_sources(root: str, mix: MixConfig, train_shards: list) -> None:
     """Fail before any work when the index says a source of the mix has no train documents."""
     if not all(s.counts is not None for s in train_shards):
         return
@@ -99,13 +116,16 @@ def _check_sources(root: Path, mix: MixConfig, train_shards: list) -> None:
                             + f" but {root} has no train documents of " + ("it" if len(missing) == 1 else "them"))
 
 
-def _cache_root(root: Path, opt: MixOptions) -> Path:
-    """The token cache's folder, created (and so checked writable) before any work."""
-    cache_root = Path(opt.token_cache) if opt.token_cache else default_cache_root(root)
+def _cache_root(root: str, opt: MixOptions) -> str:
+    """The token cache's folder (a path or URI), created and checked writable before any work."""
+    cache_root = loc(opt.token_cache) if opt.token_cache else default_cache_root(root)
     try:
-        cache_root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise MixBuildError(f"token cache {cache_root}: {exc.strerror or exc}; pass --token-cache DIR") from None
+        storage.makedirs(cache_root)
+        if storage.is_remote(cache_root):
+            storage.check_access(cache_root, write=True)
+    except (OSError, storage.StorageError) as exc:
+        raise MixBuildError(f"token cache {cache_root}: {getattr(exc, 'strerror', None) or exc}; "
+                            "pass --token-cache DIR") from None
     return cache_root
 
 
@@ -115,16 +135,16 @@ def build_mix(slimpajama_dir: str | Path, mix: MixConfig, out: str | Path, opt: 
 
     opt.check()
     t_start = time.monotonic()
-    root, out = Path(slimpajama_dir), Path(out)
+    root, out = loc(slimpajama_dir), loc(out)
     splits, input_info = read_input(root)
-    if root.resolve() == out.resolve():
+    if root == out:
         raise MixBuildError("the output folder must differ from the input folder")
     train_shards = splits["train"]
     _check_sources(root, mix, train_shards)
     cache_root = _cache_root(root, opt)
     prepare_out(out, opt.overwrite)
-    work = out / WORK
-    work.mkdir(exist_ok=True)
+    work = storage.join(out, WORK)
+    storage.makedirs(work)
     ensure_ray(opt.ray_address)
     tok = setup_tokenizer(root, out, splits, opt)
     ctx = MixContext(root=root, out=out, mix=mix, opt=opt, tok=tok, work=work, input_id=work_key(input_info))
@@ -163,7 +183,7 @@ def build_mix(slimpajama_dir: str | Path, mix: MixConfig, out: str | Path, opt: 
         lap("pack")
         eval_info, eval_shards, eval_items = eval_stage(ctx, holdout_shards, holdout_res, input_info.get("eval_set"))
         text_shards += eval_shards
-        atomic_write_json(out / INPUT_INDEX, {"splits": {"train": train_items, **eval_items}})
+        atomic_write_json(storage.join(out, INPUT_INDEX), {"splits": {"train": train_items, **eval_items}})
     lap("evalsets")
     timings["total"] = round(time.monotonic() - t_start, 3)
     # 5. manifest
@@ -171,12 +191,9 @@ def build_mix(slimpajama_dir: str | Path, mix: MixConfig, out: str | Path, opt: 
                        used=used, res=res, holdout_res=holdout_res, holdout_docs=int(holdout_hashes.size),
                        sel=sel, realised=realised, docs_packed=docs_packed, eval_info=eval_info, extra=extra,
                        text_shards=text_shards)
-    if not opt.keep_work:
-        shutil.rmtree(work, ignore_errors=True)
-    else:
-        shutil.rmtree(sel.folder, ignore_errors=True)
+    storage.delete_tree(sel.folder if opt.keep_work else work)
     log.info("mix %s built in %.1fs", mix.name, time.monotonic() - t_start)
-    return json.loads((out / MANIFEST).read_text())
+    return storage.read_json(storage.join(out, MANIFEST))
 
 
 def realise_mix(slimpajama_dir: str | Path, weights: Mapping[str, float], tokens: int, out: str | Path, *,
@@ -194,7 +211,7 @@ def fill_token_cache(slimpajama_dir: str | Path, sources: Sequence[str] | None =
     ``options`` are :class:`MixOptions` fields; returns the cache's description with its hit counts."""
     from slimpipe.engine import ensure_ray
 
-    root = Path(slimpajama_dir)
+    root = loc(slimpajama_dir)
     opt = MixOptions(tokens=1, **options)
     opt.check()
     splits, input_info = read_input(root)

@@ -23,18 +23,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from slimpipe import storage
+
 CACHE_DIR = ("_cache", "tokens")
 
 
-def default_cache_root(slimpajama_dir: str | Path) -> Path:
-    return Path(slimpajama_dir).joinpath(*CACHE_DIR)
+def default_cache_root(slimpajama_dir: str | Path) -> str:
+    return storage.join(slimpajama_dir, *CACHE_DIR)
 
 
 @dataclass
 class TokenCache:
     """Where one (tokenizer, input) pair keeps its tokenized shards, and how often it was hit."""
 
-    root: Path
+    root: str  # a path or a URI
     tokenizer_id: str
     input_id: str
     hits: int = 0  # (shard, source) entries found
@@ -44,26 +46,27 @@ class TokenCache:
     _made: set = field(default_factory=set)
 
     @property
-    def base(self) -> Path:
-        return self.root / self.tokenizer_id[:16] / self.input_id
+    def base(self) -> str:
+        return storage.join(self.root, self.tokenizer_id[:16], self.input_id)
 
-    def holdout_dir(self) -> Path:
-        return self.base / "holdout"
+    def holdout_dir(self) -> str:
+        return storage.join(self.base, "holdout")
 
-    def train_dir(self, holdout_id: str) -> Path:
-        return self.base / f"train-{holdout_id[:16]}"
+    def train_dir(self, holdout_id: str) -> str:
+        return storage.join(self.base, f"train-{holdout_id[:16]}")
 
     @staticmethod
-    def load(result_json: Path, data: Path, *extra: Path) -> dict[str, Any] | None:
-        """A complete entry's stats, or None (missing, or any of its files absent or unreadable)."""
-        if not (result_json.is_file() and data.is_file() and all(p.is_file() for p in extra)):
-            return None
+    def load(result_json: str, data: str, *extra: str) -> dict[str, Any] | None:
+        """A complete entry's stats, or None (missing, or any of its files absent or unreadable).
+        The ``.json`` is published after the data files, so its presence is checked first."""
         try:
-            return json.loads(result_json.read_text())
-        except ValueError:
+            if not (storage.exists(result_json) and storage.exists(data) and all(storage.exists(p) for p in extra)):
+                return None
+            return json.loads(storage.read_bytes(result_json))
+        except (OSError, ValueError):
             return None
 
     def describe(self) -> dict[str, Any]:
-        return {"path": str(self.base), "tokenizer_id": self.tokenizer_id[:16], "input_id": self.input_id,
+        return {"path": self.base, "tokenizer_id": self.tokenizer_id[:16], "input_id": self.input_id,
                 "train_entries_hit": self.hits, "train_entries_tokenized": self.tokenized,
                 "holdout_shards_hit": self.holdout_hits, "holdout_shards_tokenized": self.holdout_tokenized}

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from slimpipe import storage
 from slimpipe.mix.budget import parse_token_count
 
 
@@ -28,14 +29,21 @@ class TokenCount(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
+def _input_location(value: str) -> str:
+    """SLIMPAJAMA_DIR: a local folder that exists, or a URI (checked when the build reads it)."""
+    if not storage.is_remote(value) and not Path(storage.join(value)).is_dir():
+        raise click.BadParameter(f"{value!r}: no such folder", param_hint="SLIMPAJAMA_DIR")
+    return value
+
+
 @click.command("mix")
-@click.argument("slimpajama_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("slimpajama_dir", callback=lambda ctx, param, v: _input_location(v))
 @click.option("--config", "config", required=True,
               help="dc1..dc6, redpajama, a mix FILE.yaml, or inline weights like 'common_crawl=3,github=1'.")
 @click.option("--tokens", required=True, type=TokenCount(),
               help="Training tokens (document tokens + one EOS each), e.g. 330B (the paper) or 5M (the demo).")
-@click.option("-o", "--output", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder.")
+@click.option("-o", "--output", "out", required=True,
+              help="Output folder: a path, or a URI (s3://, gs://, hdfs://; credentials from the environment).")
 @click.option("--tokenizer", default="gpt2", show_default=True,
               help="gpt2 (offline), a tokenizer.json / tokenizer folder / previous mix folder (to share one "
                    "tokenizer across an experiment's mixes), or 'train' (byte-level BPE on the train split).")
@@ -57,7 +65,7 @@ class TokenCount(click.ParamType):
 @click.option("--keep-work", is_flag=True, help="Keep OUT/.work (the pieces selected per shard) for inspection.")
 @click.option("--ray-address", default=None, help="Attach to a Ray cluster (default: start a local one).")
 @click.option("--quiet", is_flag=True, help="No progress output.")
-def mix_command(slimpajama_dir: Path, config: str, tokens: int, out: Path, tokenizer: str, vocab_size: int,
+def mix_command(slimpajama_dir: str, config: str, tokens: int, out: str, tokenizer: str, vocab_size: int,
                 bpe_sample: int, seq_len: int, seed: int, output_format: str, eval_tokens: int,
                 token_cache: str | None, overwrite: bool,
                 keep_work: bool, ray_address: str | None, quiet: bool) -> None:
@@ -95,4 +103,4 @@ def mix_command(slimpajama_dir: Path, config: str, tokens: int, out: Path, token
         if e.get("tokens_target"):
             click.echo(f"  {s:<14} target {100 * e['share_target']:5.1f}%  realised {100 * e['share_realised']:6.2f}%"
                        f"  {e['tokens_realised']:>14,} tokens  {e['epochs']:.2f} epochs")
-    click.echo(f"manifest: {out / 'manifest.json'}")
+    click.echo(f"manifest: {storage.join(out, 'manifest.json')}")

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
+from slimpipe import storage
 from slimpipe.mix.config import MixConfig
 from slimpipe.mix.packed import token_dtype
 from slimpipe.mix.tokenizer import Tokenizer
@@ -118,36 +119,45 @@ def natural_key(path: str) -> list:
 
 
 def read_input(root: str | Path) -> tuple[dict[str, list[InputShard]], dict[str, Any]]:
-    """Shards per split from ``index.json`` (or by globbing SlimPajama's layout when it is missing),
-    and what identifies the input: the SHA-256 of its ``manifest.json`` and ``index.json``."""
-    root = Path(root)
-    if not root.is_dir():
-        raise MixBuildError(f"input folder not found: {root}")
-    info: dict[str, Any] = {"path": str(root.resolve()), "manifest_sha256": None, "index_sha256": None}
-    if (root / MANIFEST).is_file():
-        info["manifest_sha256"] = hashlib.sha256((root / MANIFEST).read_bytes()).hexdigest()
-    splits: dict[str, list[InputShard]] = {}
-    index_file = root / INPUT_INDEX
-    if index_file.is_file():
-        raw = index_file.read_bytes()
-        info["index_sha256"] = hashlib.sha256(raw).hexdigest()
-        try:
-            index = json.loads(raw)
-            for split, items in index["splits"].items():
-                splits[split] = [InputShard(split, it["path"], {k: dict(v) for k, v in it.get("sources", {}).items()})
-                                 for it in items]
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise MixBuildError(f"{index_file}: not a SlimPajama index ({type(exc).__name__}: {exc})") from None
-        for shards in splits.values():
-            for s in shards:
-                if not (root / s.path).is_file():
-                    raise MixBuildError(f"{index_file} lists {s.path}, which is missing")
-    else:
-        for split in ("train", *HOLDOUT_SPLITS):
-            found = sorted((p.relative_to(root).as_posix() for p in root.glob(f"{split}/chunk*/*.jsonl.zst")),
-                           key=natural_key)
-            if found:
-                splits[split] = [InputShard(split, p) for p in found]
+    """Shards per split from ``index.json`` (or by listing SlimPajama's layout when it is missing),
+    and what identifies the input: the SHA-256 of its ``manifest.json`` and ``index.json``.
+    ``root`` is a path or a URI."""
+    root = loc(root)
+    try:
+        has_manifest = storage.exists(storage.join(root, MANIFEST))
+        index_file = storage.join(root, INPUT_INDEX)
+        has_index = storage.exists(index_file)
+        if not (has_manifest or has_index or storage.is_dir(root) or storage.is_remote(root)):
+            raise MixBuildError(f"input folder not found: {root}")
+        info: dict[str, Any] = {"path": root, "manifest_sha256": None, "index_sha256": None}
+        if has_manifest:
+            info["manifest_sha256"] = hashlib.sha256(storage.read_bytes(storage.join(root, MANIFEST))).hexdigest()
+        splits: dict[str, list[InputShard]] = {}
+        if has_index:
+            raw = storage.read_bytes(index_file)
+            info["index_sha256"] = hashlib.sha256(raw).hexdigest()
+            try:
+                index = json.loads(raw)
+                for split, items in index["splits"].items():
+                    splits[split] = [InputShard(split, it["path"],
+                                                {k: dict(v) for k, v in it.get("sources", {}).items()})
+                                     for it in items]
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise MixBuildError(f"{index_file}: not a SlimPajama index ({type(exc).__name__}: {exc})") from None
+            for shards in splits.values():
+                for s in shards:
+                    if not storage.exists(storage.join(root, s.path)):
+                        raise MixBuildError(f"{index_file} lists {s.path}, which is missing")
+        else:
+            rels = [f[len(root.rstrip("/")) + 1 :].replace(os.sep, "/") for f in storage.list_files(root)]
+            for split in ("train", *HOLDOUT_SPLITS):
+                found = sorted((r for r in rels if re.fullmatch(rf"{split}/chunk[^/]*/[^/]*\.jsonl\.zst", r)),
+                               key=natural_key)
+                if found:
+                    splits[split] = [InputShard(split, p) for p in found]
+    except (OSError, storage.StorageError) as exc:
+        raise MixBuildError(f"{root}: cannot read the input ({type(exc).__name__}: {' '.join(str(exc).split())})"
+                            ) from None
     if not splits.get("train"):
         raise MixBuildError(f"{root}: no train shards (expected train/chunk*/example_train_*.jsonl.zst "
                             f"listed in {INPUT_INDEX})")
@@ -158,13 +168,13 @@ def read_input(root: str | Path) -> tuple[dict[str, list[InputShard]], dict[str,
     return splits, info
 
 
-def read_eval_set(root: Path) -> dict[str, Any] | None:
+def read_eval_set(root: str) -> dict[str, Any] | None:
     """``SLIMPAJAMA_DIR/eval/`` (``slimpipe evalset``'s format) when present: its files as shards, and
     what identifies it (``eval_set``, the content hash) with each source's size and too-small flag."""
-    manifest = root / EVAL_SET_DIR / MANIFEST
-    if not manifest.is_file():
+    manifest = storage.join(root, EVAL_SET_DIR, MANIFEST)
+    if not storage.exists(manifest):
         return None
-    raw = manifest.read_bytes()
+    raw = storage.read_bytes(manifest)
     try:
         m = json.loads(raw)
         if m.get("format") != "slimpipe-evalset":
@@ -178,7 +188,7 @@ def read_eval_set(root: Path) -> dict[str, Any] | None:
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise MixBuildError(f"{manifest}: not an evaluation set ({type(exc).__name__}: {exc})") from None
     for sh in shards:
-        if not (root / sh.path).is_file():
+        if not storage.exists(storage.join(root, sh.path)):
             raise MixBuildError(f"{manifest} lists {sh.path}, which is missing")
     return {"info": info, "shards": shards}
 
@@ -206,7 +216,24 @@ def list_parts(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return offsets - offsets[0], arr.values.to_numpy(zero_copy_only=False)[offsets[0] : offsets[-1]]
 
 
-def write_arrow_atomic(path: Path, schema: pa.Schema, batches: Sequence[pa.RecordBatch]) -> None:
+def loc(p: str | os.PathLike) -> str:
+    """A location as the mix passes it around: an absolute local path, or a URI as given."""
+    return storage.join(p) if not storage.is_remote(p) else os.fspath(p).rstrip("/")
+
+
+def sibling(path: str, suffix: str) -> str:
+    """``x/y.arrow`` -> ``x/y<suffix>`` (``.json``, ``.hashes.npy``), for paths and URIs alike."""
+    return path[: -len(".arrow")] + suffix if path.endswith(".arrow") else path + suffix
+
+
+def write_arrow_atomic(path: str | Path, schema: pa.Schema, batches: Sequence[pa.RecordBatch]) -> None:
+    """An Arrow IPC file published whole (local: temp + rename; object stores: one upload)."""
+    if storage.is_remote(path):
+        with storage.open_output(path) as fh, ipc.new_file(fh, schema) as w:
+            for b in batches:
+                w.write_batch(b)
+        return
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, schema) as w:
@@ -216,8 +243,20 @@ def write_arrow_atomic(path: Path, schema: pa.Schema, batches: Sequence[pa.Recor
 
 
 def read_arrow(path: str | Path) -> pa.Table:
+    if storage.is_remote(path):
+        return ipc.open_file(pa.BufferReader(storage.read_bytes(path))).read_all()
     with pa.memory_map(str(path), "r") as source:
         return ipc.open_file(source).read_all()
+
+
+def read_arrow_batch(path: str, b: int) -> pa.RecordBatch:
+    """Record batch ``b`` of an Arrow IPC file, reading only its bytes (ranged reads on object stores)."""
+    if storage.is_remote(path):
+        fs, p = storage.resolve(path)
+        with fs.open_input_file(p) as f:
+            return ipc.open_file(f).get_batch(b)
+    with pa.memory_map(path, "r") as source:
+        return ipc.open_file(source).get_batch(b)
 
 
 # ---------------------------------------------------------------------------------- ray helpers
@@ -234,7 +273,10 @@ def run_ordered(fn: Callable, jobs: Sequence[dict], args: Sequence[Any] = (), *,
 
     from slimpipe.engine import available_cpus
 
-    remote = ray.remote(num_cpus=1, max_retries=2)(fn)
+    options: dict[str, Any] = {"num_cpus": 1, "max_retries": 2}
+    if env := storage.storage_env():  # every node reaches the same object store (endpoint, credentials)
+        options["runtime_env"] = {"env_vars": env}
+    remote = ray.remote(fn).options(**options)
     results: list = list(cached) if cached is not None else [None] * len(jobs)
     todo = [i for i in range(len(jobs)) if results[i] is None]
     limit = max(2, 2 * available_cpus())
@@ -267,12 +309,12 @@ def run_ordered(fn: Callable, jobs: Sequence[dict], args: Sequence[Any] = (), *,
 
 @dataclass
 class MixContext:
-    root: Path
-    out: Path
+    root: str  # a path or a URI
+    out: str
     mix: MixConfig
     opt: MixOptions
     tok: Tokenizer
-    work: Path
+    work: str
     input_id: str = ""  # hash of the input's manifest/index/path: scratch from another input is never reused
     cache: Any = None  # the per-source token cache (:class:`slimpipe.mix.cache.TokenCache`)
     warnings: list[str] = field(default_factory=list)

@@ -3,12 +3,12 @@ for every mix sharing seed, tokenizer and input."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from slimpipe import storage
 from slimpipe.io.writers import ShardInfo, ShardWriter, slimpajama_record
 from slimpipe.mix import budget as B
 from slimpipe.mix.common import (
@@ -22,7 +22,7 @@ from slimpipe.mix.common import (
     read_arrow,
     source_key,
 )
-from slimpipe.mix.packed import INDEX, PackedWriter, apportion_bytes, eval_path
+from slimpipe.mix.packed import PackedWriter, apportion_bytes, eval_path
 from slimpipe.mix.select import cut_text, read_texts
 
 
@@ -68,7 +68,8 @@ def write_eval_packed(ctx: MixContext, split: str, split_idx: int, results: list
                      f"{L}; not written")
             out[s] = {"docs": len(sel), "tokens": cost, "n_sequences": 0, "written": False}
             continue
-        path = eval_path(ctx.out, s) if split == "validation" else ctx.out / "test" / s
+        rel = f"{'eval' if split == 'validation' else 'test'}/{eval_path('.', s).name}"
+        path = storage.join(ctx.out, rel)
         meta = {"set": f"{'eval' if split == 'validation' else 'test'}/{s}", "split": split, "source": s,
                 "seed": ctx.opt.seed}
         with PackedWriter(path, L, vocab_size=tok.vocab_size, eos_id=tok.eos_id, tokenizer=tok, meta=meta,
@@ -86,10 +87,10 @@ def write_eval_packed(ctx: MixContext, split: str, split_idx: int, results: list
                 if tb is not None and int(tb.sum()) != nbytes:
                     tb = None
                 w.add(ids, nbytes, tb)
-        index = json.loads((path / INDEX).read_text())
+        index = w.index
         out[s] = {"docs": len(sel), "tokens": index["n_sequences"] * L, "n_sequences": index["n_sequences"],
                   "truncated_docs": sum(1 for *_, p in sel if p), "dropped_tokens": index["dropped_tokens"],
-                  "written": True, "path": str(path.relative_to(ctx.out))}
+                  "written": True, "path": rel}
     return out
 
 
@@ -109,7 +110,7 @@ def write_eval_text(ctx: MixContext, split: str, split_idx: int, shards: list[In
     per_shard: dict[str, dict[str, dict[str, int]]] = {}
     with ShardWriter(ctx.out, split, chunk=1, max_bytes=ctx.opt.text_shard_bytes) as w:
         for k in sorted(wanted):
-            texts = read_texts(str(ctx.root / shards[k].path), set(wanted[k]))
+            texts = read_texts(storage.join(ctx.root, shards[k].path), set(wanted[k]))
             for line in sorted(wanted[k]):
                 s, piece, doc_ntok = wanted[k][line]
                 text, sid = texts[line]

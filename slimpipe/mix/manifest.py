@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
+from slimpipe import storage
 from slimpipe.io.writers import ShardInfo, atomic_write_json, write_manifest
 from slimpipe.mix import budget as B
 from slimpipe.mix.common import FORMAT, MANIFEST, SEED_STREAMS, TOKENIZER_DIR, VERSION, MixContext
@@ -62,6 +65,18 @@ def source_entries(ctx: MixContext, sel: Selection, res: list[dict], realised: d
     return sources, errors, shares, ok
 
 
+def _save_tokenizer(tok: Any, out: str) -> None:
+    """``OUT/tokenizer/`` (kept when already there, e.g. trained into it); uploaded for an ``OUT`` URI."""
+    dest = storage.join(out, TOKENIZER_DIR)
+    if not storage.is_remote(out):
+        if not Path(dest).is_dir():
+            tok.save(Path(dest))
+        return
+    with tempfile.TemporaryDirectory(prefix="slimpipe-tok-") as tmp:
+        tok.save(Path(tmp))
+        storage.upload_tree(tmp, dest)
+
+
 def write_mix_manifest(ctx: MixContext, *, input_info: dict[str, Any], n_train_shards: int, n_eligible: int,
                        used: list, res: list[dict], holdout_res: dict[str, list[dict]], holdout_docs: int,
                        sel: Selection, realised: dict[str, int], docs_packed: dict[str, int],
@@ -69,8 +84,7 @@ def write_mix_manifest(ctx: MixContext, *, input_info: dict[str, Any], n_train_s
                        ) -> dict[str, Any]:
     """Assemble the manifest and write it (with the text format's file list, when text)."""
     opt, tok, out = ctx.opt, ctx.tok, ctx.out
-    if not (out / TOKENIZER_DIR).is_dir():
-        tok.save(out / TOKENIZER_DIR)
+    _save_tokenizer(tok, out)
     holdout_dropped = {s: sum(r["holdout_dropped"].get(s, 0) for r in res) for s in ctx.mix.active_sources}
     sources, errors, _shares, ok = source_entries(ctx, sel, res, realised, docs_packed, holdout_dropped)
     read_results = [*res, *(r for rs in holdout_res.values() for r in rs)]
@@ -112,5 +126,5 @@ def write_mix_manifest(ctx: MixContext, *, input_info: dict[str, Any], n_train_s
     if opt.output_format == "text":
         write_manifest(out, text_shards, extra={k: v for k, v in manifest.items() if k != "format"})
     else:
-        atomic_write_json(out / MANIFEST, manifest)
+        atomic_write_json(storage.join(out, MANIFEST), manifest)
     return manifest

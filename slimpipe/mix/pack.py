@@ -5,17 +5,16 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.ipc as ipc
 
+from slimpipe import storage
 from slimpipe.io.writers import ShardInfo, ShardWriter, slimpajama_record
 from slimpipe.mix import budget as B
-from slimpipe.mix.common import SHUFFLE, MixContext, list_parts, run_ordered
-from slimpipe.mix.packed import PackedWriter, apportion_bytes, train_path, write_parts_index
+from slimpipe.mix.common import SHUFFLE, MixContext, list_parts, read_arrow_batch, run_ordered
+from slimpipe.mix.packed import PackedWriter, apportion_bytes, write_parts_index
 
 # ------------------------------------------------------------------------------- stage 5: shuffle
 
@@ -23,10 +22,9 @@ from slimpipe.mix.packed import PackedWriter, apportion_bytes, train_path, write
 def bucket_table(files: Sequence[str], b: int) -> pa.Table | None:
     batches = []
     for path in files:
-        with pa.memory_map(path, "r") as source:
-            batch = ipc.open_file(source).get_batch(b)
-            if batch.num_rows:
-                batches.append(batch)
+        batch = read_arrow_batch(path, b)
+        if batch.num_rows:
+            batches.append(batch)
     if not batches:
         return None
     return pa.Table.from_batches(batches).combine_chunks()
@@ -105,7 +103,7 @@ def pack_bucket(job: dict[str, Any], byte_lengths: np.ndarray | None = None) -> 
     tail_sum = 0
     name = f"part-{b:05d}"
     tok = job["tokenizer"]
-    with PackedWriter(Path(job["train"]) / name, L, vocab_size=tok["vocab_size"], eos_id=tok["eos_id"],
+    with PackedWriter(storage.join(job["train"], name), L, vocab_size=tok["vocab_size"], eos_id=tok["eos_id"],
                       tokenizer=tok["describe"], meta={**job["meta"], "part": name}, overwrite=True,
                       warn_empty=False) as w:
         for i in perm.tolist():
@@ -132,7 +130,7 @@ def pack_bucket(job: dict[str, Any], byte_lengths: np.ndarray | None = None) -> 
     runs = _tail_runs(tail, tail_ids.size)
     for code, n in runs:
         counts[code] -= n
-    return {"bucket": b, "part": name, "n_sequences": w.n_sequences, "counts": counts, "docs": docs,
+    return {"bucket": b, "part": name, "index": w.index, "counts": counts, "docs": docs,
             "tail": (tail_ids, tail_bytes, runs)}
 
 
@@ -142,13 +140,14 @@ def pack_train(ctx: MixContext, files: list[str], n_buckets: int) -> tuple[dict,
     tok = ctx.tok
     active = ctx.mix.active_sources
     L = ctx.opt.seq_len
-    train = train_path(ctx.out)
-    train.mkdir(parents=True, exist_ok=True)
-    meta = {"set": "train", "mix": ctx.mix.name, "seed": ctx.opt.seed}
     import ray
 
+    train = storage.join(ctx.out, "train")
+    storage.makedirs(train)
+    meta = {"set": "train", "mix": ctx.mix.name, "seed": ctx.opt.seed}
+
     info = {"vocab_size": tok.vocab_size, "eos_id": tok.eos_id, "describe": tok.describe()}
-    jobs = [{"bucket": b, "files": files, "seed": ctx.opt.seed, "seq_len": L, "train": str(train),
+    jobs = [{"bucket": b, "files": files, "seed": ctx.opt.seed, "seq_len": L, "train": train,
              "tokenizer": info, "sources": active, "meta": meta} for b in range(n_buckets)]
     results = run_ordered(pack_bucket, jobs, (ray.put(tok.byte_lengths),), label="mix: pack", quiet=ctx.opt.quiet,
                           unit="buckets")
@@ -159,7 +158,7 @@ def pack_train(ctx: MixContext, files: list[str], n_buckets: int) -> tuple[dict,
             counts[s] += r["counts"][code]
             docs[s] += r["docs"][code]
     runs: list[tuple[int, int]] = []
-    with PackedWriter(train / "part-tails", L, vocab_size=tok.vocab_size, eos_id=tok.eos_id, tokenizer=tok,
+    with PackedWriter(storage.join(train, "part-tails"), L, vocab_size=tok.vocab_size, eos_id=tok.eos_id, tokenizer=tok,
                       meta={**meta, "part": "tails"}, overwrite=True, warn_empty=False) as w:
         for r in results:
             ids, blen, r_runs = r["tail"]
@@ -170,8 +169,9 @@ def pack_train(ctx: MixContext, files: list[str], n_buckets: int) -> tuple[dict,
     back = B.attribute_dropped([active[c] for c, _ in runs], [n for _, n in runs], w.dropped[0].size)
     for s, n in back.items():
         counts[s] -= n
-    parts = [r["part"] for r in results if r["part"] is not None] + ["part-tails"]
-    index = write_parts_index(train, parts, meta=meta)
+    done = [r for r in results if r["part"] is not None]
+    index = write_parts_index(train, [r["part"] for r in done] + ["part-tails"], meta=meta,
+                              indices=[r["index"] for r in done] + [w.index])
     return index, counts, docs
 
 
@@ -179,7 +179,7 @@ def write_text_train(ctx: MixContext, files: list[str], n_buckets: int
                      ) -> tuple[dict[str, int], dict[str, int], list[ShardInfo], list[dict]]:
     """Stage *pack*, text format: one Ray task per bucket writes its ``train/chunk{b+1}/`` shards."""
     active = ctx.mix.active_sources
-    bjobs = [{"bucket": b, "files": files, "seed": ctx.opt.seed, "root": str(ctx.out),
+    bjobs = [{"bucket": b, "files": files, "seed": ctx.opt.seed, "root": ctx.out,
               "shard_bytes": ctx.opt.text_shard_bytes, "sources": active} for b in range(n_buckets)]
     written = run_ordered(write_text_bucket, bjobs, label="mix: write", quiet=ctx.opt.quiet, unit="buckets")
     realised = dict.fromkeys(active, 0)

@@ -91,8 +91,13 @@ class PackedWriter:
             raise ValueError("seq_len must be >= 1")
         if not 0 <= eos_id < vocab_size:
             raise ValueError(f"eos_id {eos_id} outside vocab of {vocab_size}")
-        self.path = Path(path)
-        if self.path.exists() and not overwrite:
+        self.remote = None  # a URI: written locally, then uploaded; a plain path needs no storage layer (pyarrow)
+        if "://" in os.fspath(path):
+            from slimpipe import storage
+
+            self.remote = os.fspath(path).rstrip("/") if storage.is_remote(path) else None
+        self.path = Path(path) if self.remote is None else self.remote
+        if (storage.exists(storage.join(self.remote, INDEX)) if self.remote else self.path.exists()) and not overwrite:
             raise FileExistsError(f"{self.path} exists (pass overwrite=True to replace it)")
         self.seq_len = int(seq_len)
         self.vocab_size = int(vocab_size)
@@ -103,9 +108,14 @@ class PackedWriter:
         self.overwrite = overwrite
         self.flush_tokens = int(flush_tokens)
         self.warn_empty = warn_empty
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.path.parent / f".{self.path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self._tmp.mkdir()
+        if self.remote:
+            import tempfile
+
+            self._tmp = Path(tempfile.mkdtemp(prefix="slimpipe-packed-"))
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._tmp = self.path.parent / f".{self.path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            self._tmp.mkdir()
         self._tok_f = open(self._tmp / TOKENS, "wb")  # closed in finalize() or abort()
         self._bytes_f = open(self._tmp / SEQ_BYTES, "wb")
         # Pending stream tail, starting at the first input token of the next unwritten sequence.
@@ -240,7 +250,10 @@ class PackedWriter:
         for name in (TOKENS, SEQ_BYTES, INDEX):
             with open(self._tmp / name, "rb") as f:
                 os.fsync(f.fileno())
-        if self.path.exists():
+        self.index = index
+        if self.remote:
+            self._upload()
+        elif self.path.exists():
             if not self.overwrite:
                 self.abort()
                 raise FileExistsError(f"{self.path} appeared while writing")
@@ -255,6 +268,15 @@ class PackedWriter:
             log.warning("%s: no full sequence of %d tokens (%d tokens dropped)", self.path, self.seq_len,
                         dropped_tokens)
         return index
+
+    def _upload(self) -> None:
+        """Object storage: each file is one atomic upload, ``index.json`` (the set's completion mark) last."""
+        from slimpipe import storage
+
+        for name in (TOKENS, SEQ_BYTES, INDEX):
+            with open(self._tmp / name, "rb") as src, storage.open_output(storage.join(self.remote, name)) as dst:
+                shutil.copyfileobj(src, dst, 8 << 20)
+        shutil.rmtree(self._tmp, ignore_errors=True)
 
     def abort(self) -> None:
         """Discard everything written so far."""
@@ -407,20 +429,25 @@ class PackedDataset:
                 f"vocab={self.vocab_size}, tokenizer={self.tokenizer.get('name')!r}, parts={self.n_parts})")
 
 
-def write_parts_index(path: str | Path, parts: Sequence[str], *, meta: dict | None = None) -> dict:
-    """Make ``path`` a multi-part set of the finished sets ``path/<part>`` (written last: it marks the set
-    complete). All parts must share seq_len, dtype, vocabulary and tokenizer."""
-    root = Path(path)
-    indices = [_read_index(root / p) for p in parts]
+def write_parts_index(path: str | os.PathLike, parts: Sequence[str], *, meta: dict | None = None,
+                      indices: Sequence[dict] | None = None) -> dict:
+    """Make ``path`` (a folder or URI) a multi-part set of the finished sets ``path/<part>`` (written last:
+    it marks the set complete). ``indices`` are the parts' own indexes when the caller has them (else
+    they are read). All parts must share seq_len, dtype, vocabulary and tokenizer."""
+    from slimpipe import storage
+
+    root = os.fspath(path)
+    if indices is None:
+        indices = [_read_index(Path(root) / p) for p in parts]
     if not indices:
         raise ValueError("a packed set needs at least one part")
     first = indices[0]
     for p, ix in zip(parts, indices, strict=True):
         for key in ("seq_len", "dtype", "vocab_size", "eos_id"):
             if ix[key] != first[key]:
-                raise ValueError(f"{root / p}: {key} {ix[key]!r} differs from {first[key]!r}")
+                raise ValueError(f"{root}/{p}: {key} {ix[key]!r} differs from {first[key]!r}")
         if (ix.get("tokenizer") or {}).get("identity") != (first.get("tokenizer") or {}).get("identity"):
-            raise ValueError(f"{root / p}: tokenized differently from {root / parts[0]}")
+            raise ValueError(f"{root}/{p}: tokenized differently from {root}/{parts[0]}")
     index = {
         "format": FORMAT, "version": VERSION, "dtype": first["dtype"], "seq_len": first["seq_len"],
         "n_sequences": sum(ix["n_sequences"] for ix in indices),
@@ -433,11 +460,7 @@ def write_parts_index(path: str | Path, parts: Sequence[str], *, meta: dict | No
         "parts": [{"path": p, "n_sequences": ix["n_sequences"]} for p, ix in zip(parts, indices, strict=True)],
         "meta": dict(meta or {}),
     }
-    tmp = root / f".{INDEX}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(index, indent=1) + "\n")
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, root / INDEX)
+    storage.write_bytes_atomic(storage.join(root, INDEX), (json.dumps(index, indent=1) + "\n").encode())
     return index
 
 

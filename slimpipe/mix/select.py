@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from slimpipe import storage
 from slimpipe.io.readers import read_batches
 from slimpipe.mix import budget as B
 from slimpipe.mix.common import (
@@ -183,7 +182,7 @@ def select_shard(job: dict[str, Any]) -> dict[str, Any]:
     starts = np.searchsorted(bucket, np.arange(n_buckets + 1))
     batches = [pa.RecordBatch.from_arrays([a.slice(int(starts[b]), int(starts[b + 1] - starts[b])) for a in arrays],
                                           schema=schema) for b in range(n_buckets)]
-    write_arrow_atomic(Path(job["out"]), schema, batches)
+    write_arrow_atomic(job["out"], schema, batches)
     per_source: dict[str, dict[str, int]] = {}
     for code, s in enumerate(job["plan"]):
         m = pieces["source"] == code
@@ -203,7 +202,7 @@ class Selection:
     n_buckets: int
     files: list[str]
     pieces: dict[str, dict[str, int]]
-    folder: Path
+    folder: str
 
 
 def plan_and_select(ctx: MixContext, train_shards: list[InputShard], used: list[InputShard], res: list[dict],
@@ -225,17 +224,17 @@ def plan_and_select(ctx: MixContext, train_shards: list[InputShard], used: list[
     per_shard = [{s: r["stats"][s]["tokens"] for s in active} for r in res]
     quotas = B.shard_quotas(plans, per_shard)
     n_buckets = max(1, math.ceil(opt.tokens / opt.bucket_tokens))
-    sel_dir = ctx.work / "select"
-    shutil.rmtree(sel_dir, ignore_errors=True)
+    sel_dir = storage.join(ctx.work, "select")
+    storage.delete_tree(sel_dir)
     jobs = []
     for shard, r, q in zip(used, res, quotas, strict=True):
         plan = {s: (plans[s].full_epochs, q.get(s, 0)) for s in active}
         if not any(full or quota for full, quota in plan.values()):
             continue
-        jobs.append({"pass1": {s: r["out"][s] for s in active}, "path": shard.path, "file": str(ctx.root / shard.path), "key": shard.key,
+        jobs.append({"pass1": {s: r["out"][s] for s in active}, "path": shard.path, "file": storage.join(ctx.root, shard.path), "key": shard.key,
                      "plan": plan, "seed": opt.seed, "buckets": n_buckets, "format": opt.output_format,
                      "vocab_size": ctx.tok.vocab_size, "tokenizer": ctx.tok.spec, "identity": ctx.tok.identity,
-                     "out": str(sel_dir / f"{flat_name(shard.path)}.arrow")})
+                     "out": storage.join(sel_dir, f"{flat_name(shard.path)}.arrow")})
     selected = run_ordered(select_shard, jobs, label="mix: select", quiet=opt.quiet)
     pieces = {s: {"pieces": sum(x["sources"][s]["pieces"] for x in selected),
                   "truncated": sum(x["sources"][s]["truncated"] for x in selected)} for s in active}

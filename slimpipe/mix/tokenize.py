@@ -4,8 +4,10 @@ task per shard that tokenizes its documents into a scratch Arrow file; the holdo
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -14,6 +16,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from slimpipe import storage
 from slimpipe.io.readers import InputFile, file_format, read_batches
 from slimpipe.io.writers import atomic_write_json
 from slimpipe.mix.cache import TokenCache
@@ -32,6 +35,7 @@ from slimpipe.mix.common import (
     flat_name,
     order_sources,
     run_ordered,
+    sibling,
     tokens_array,
     write_arrow_atomic,
 )
@@ -83,6 +87,8 @@ def shard_input(path: str | Path) -> InputFile:
     must not apply: it also looks at parent folders, and ``/data/c4-runs/...`` would label every
     document ``c4``.
     """
+    if storage.is_remote(path):  # read from a node-local copy (downloaded once per node, then reused)
+        path = storage.local_copy(path, Path(tempfile.gettempdir()) / "slimpipe-input-cache")
     p = Path(path)
     return InputFile(path=str(p.resolve()), rel=p.name, source=None, fmt=file_format(p) or "jsonl.zst")
 
@@ -176,17 +182,18 @@ def tokenize_shard(job: dict[str, Any], holdout: np.ndarray | None = None) -> di
         return schema, batches
 
     if wanted is None:  # holdout: one file, rows grouped by source
-        out = Path(job["out"])
+        out = job["out"]
         write_arrow_atomic(out, *table(order_sources(cols), True))
-        np.save(out.with_suffix(".hashes.tmp.npy"), np.concatenate(hashes) if hashes else np.zeros(0, np.uint64))
-        os.replace(out.with_suffix(".hashes.tmp.npy"), out.with_suffix(".hashes.npy"))
+        buf = io.BytesIO()
+        np.save(buf, np.concatenate(hashes) if hashes else np.zeros(0, np.uint64))
+        storage.write_bytes_atomic(sibling(out, ".hashes.npy"), buf.getvalue())
         result = {"path": job["path"], "stats": stats, **shard}
-        atomic_write_json(out.with_suffix(".json"), result)
+        atomic_write_json(sibling(out, ".json"), result)
         return result
     for s in job["sources"]:
-        out = Path(job["out_dir"]) / s / f"{job['flat']}.arrow"
+        out = storage.join(job["out_dir"], s, f"{job['flat']}.arrow")
         write_arrow_atomic(out, *table([s], False))
-        atomic_write_json(out.with_suffix(".json"), {**stats[s], **shard})
+        atomic_write_json(sibling(out, ".json"), {**stats[s], **shard})
     return {"path": job["path"], "sources": {s: {**stats[s], **shard} for s in job["sources"]}}
 
 
@@ -194,13 +201,13 @@ def _zero_stats() -> dict[str, int]:
     return {"docs": 0, "tokens": 0, "bytes": 0, "empty": 0, "holdout_dropped": 0}
 
 
-def _bpe_texts(root: Path, shards: Sequence[InputShard], seed: int, limit: int) -> Iterator[str]:
+def _bpe_texts(root: str, shards: Sequence[InputShard], seed: int, limit: int) -> Iterator[str]:
     """Training text for a shared BPE: whole train documents of *all* sources, shards in a seeded order,
     until ``limit`` bytes. Independent of the mix, so any mix of an experiment trains the same tokenizer."""
     order = np.random.default_rng([seed, BPE_SAMPLE]).permutation(len(shards))
     seen = 0
     for i in order.tolist():
-        for docs, _r, _s in read_batches(shard_input(root / shards[i].path)):
+        for docs, _r, _s in read_batches(shard_input(storage.join(root, shards[i].path))):
             if docs is None:
                 continue
             for text in docs.column("text").to_pylist():
@@ -210,13 +217,16 @@ def _bpe_texts(root: Path, shards: Sequence[InputShard], seed: int, limit: int) 
                     return
 
 
-def setup_tokenizer(root: Path, out: Path, splits: dict[str, list[InputShard]], opt: MixOptions) -> Tokenizer:
+def setup_tokenizer(root: str, out: str, splits: dict[str, list[InputShard]], opt: MixOptions) -> Tokenizer:
+    """The mix's tokenizer: resolved from ``--tokenizer``, or trained (``train``) into ``OUT/tokenizer``
+    (for an ``OUT`` in object storage, into a local folder; the manifest stage uploads it)."""
     if opt.tokenizer == "train":
         if opt.vocab_size < 257:
             raise MixBuildError("--vocab-size must be at least 257 (256 bytes + EOS)")
         t0 = time.monotonic()
-        tok = train_bpe(_bpe_texts(root, splits["train"], opt.seed, opt.bpe_sample_bytes), opt.vocab_size,
-                        out / TOKENIZER_DIR)
+        dest = (Path(tempfile.mkdtemp(prefix="slimpipe-bpe-")) if storage.is_remote(out)
+                else Path(out) / TOKENIZER_DIR)
+        tok = train_bpe(_bpe_texts(root, splits["train"], opt.seed, opt.bpe_sample_bytes), opt.vocab_size, dest)
         log.info("trained a %d-token byte-level BPE in %.1fs", tok.vocab_size, time.monotonic() - t0)
         return tok
     return resolve_tokenizer(opt.tokenizer)
@@ -224,7 +234,7 @@ def setup_tokenizer(root: Path, out: Path, splits: dict[str, list[InputShard]], 
 
 
 def _job(ctx: MixContext, shard: InputShard, **kw: Any) -> dict[str, Any]:
-    return {"file": str(ctx.root / shard.path), "path": shard.path, "flat": flat_name(shard.path),
+    return {"file": storage.join(ctx.root, shard.path), "path": shard.path, "flat": flat_name(shard.path),
             "tokenizer": ctx.tok.spec, "identity": ctx.tok.identity, **kw}
 
 
@@ -240,13 +250,13 @@ def holdout_stage(ctx: MixContext, splits: dict[str, list[InputShard]]) -> tuple
     flat = [s for sp in present for s in present[sp]]
     jobs, cached = [], []
     for s in flat:
-        out = folder / f"{flat_name(s.path)}.arrow"
-        jobs.append(_job(ctx, s, sources=None, out=str(out)))
-        cached.append(TokenCache.load(out.with_suffix(".json"), out, out.with_suffix(".hashes.npy")))
+        out = storage.join(folder, f"{flat_name(s.path)}.arrow")
+        jobs.append(_job(ctx, s, sources=None, out=out))
+        cached.append(TokenCache.load(sibling(out, ".json"), out, sibling(out, ".hashes.npy")))
     ctx.cache.holdout_hits += sum(c is not None for c in cached)
     ctx.cache.holdout_tokenized += sum(c is None for c in cached)
     results = run_ordered(tokenize_shard, jobs, cached=cached, label="mix: holdout", quiet=ctx.opt.quiet)
-    hashes = [np.load(Path(j["out"]).with_suffix(".hashes.npy")) for j in jobs]
+    hashes = [np.load(io.BytesIO(storage.read_bytes(sibling(j["out"], ".hashes.npy")))) for j in jobs]
     by_split: dict[str, list[dict]] = {}
     k = 0
     for sp, shards in present.items():
@@ -256,14 +266,14 @@ def holdout_stage(ctx: MixContext, splits: dict[str, list[InputShard]]) -> tuple
     return present, by_split, all_h
 
 
-def _merge(path: str, per_source: dict[str, dict], folder: Path, flat: str) -> dict[str, Any]:
+def _merge(path: str, per_source: dict[str, dict], folder: str, flat: str) -> dict[str, Any]:
     """One shard's result in the form the later stages read: per-source stats and files, shard counts."""
     any_entry = next(iter(per_source.values()))
     return {"path": path, "stats": {s: {k: e[k] for k in ("docs", "tokens", "bytes")} for s, e in per_source.items()},
             "holdout_dropped": {s: e["holdout_dropped"] for s, e in per_source.items()},
             "empty": sum(e["empty"] for e in per_source.values()), "rejected": any_entry["rejected"],
             "status": any_entry["status"], "error": any_entry["error"],
-            "out": {s: str(folder / s / f"{flat}.arrow") for s in per_source}}
+            "out": {s: storage.join(folder, s, f"{flat}.arrow") for s in per_source}}
 
 
 def train_stage(ctx: MixContext, shards: list[InputShard], holdout: np.ndarray,
@@ -287,12 +297,12 @@ def train_stage(ctx: MixContext, shards: list[InputShard], holdout: np.ndarray,
         flat = flat_name(shard.path)
         have = {}
         for s in active:
-            out = folder / s / f"{flat}.arrow"
-            entry = TokenCache.load(out.with_suffix(".json"), out)
+            out = storage.join(folder, s, f"{flat}.arrow")
+            entry = TokenCache.load(sibling(out, ".json"), out)
             if entry is not None:
                 have[s] = entry
         missing = [s for s in active if s not in have]
-        jobs.append(_job(ctx, shard, sources=missing, out_dir=str(folder)))
+        jobs.append(_job(ctx, shard, sources=missing, out_dir=folder))
         cached.append(None if missing else {"path": shard.path, "sources": {}})
         found.append(have)
     need = {s: t for s, t in targets.items() if t > 0}
