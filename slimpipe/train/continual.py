@@ -109,7 +109,7 @@ def old_pieces(base: HFTokenizer, ext: HFTokenizer) -> dict[int, list[int]]:
 # ---------------------------------------------------------------------------------------------- init
 
 def _run_tokenizer(run: Path, config: dict) -> HFTokenizer | None:
-    for d in (run / "model" / "tokenizer", Path(config.get("train", {}).get("mix_dir", "")) / "tokenizer"):
+    for d in (run / "model" / "tokenizer", run / "model", Path(config.get("train", {}).get("mix_dir", "")) / "tokenizer"):
         if (d / "tokenizer.json").is_file():
             tok = load_tokenizer(d)
             return tok if isinstance(tok, HFTokenizer) else None
@@ -196,26 +196,30 @@ def extend_tokenizer_command(base: str, sources: tuple[str, ...], new_tokens: in
                              max_bytes: str) -> None:
     """Append tokens learnt from SOURCES (RedPajama-style files or folders) to BASE (a tokenizer.json, its
     folder, a mix or a run), keeping every old id; for continual pretraining with --init-from."""
-    from slimpipe.io.readers import read_all
+    from slimpipe.io.readers import discover_files, read_batches
     from slimpipe.train.command import parse_count
 
     b = Path(base)
-    candidates = [b, b / "tokenizer", b / "model" / "tokenizer"]
+    candidates = [b, b / "tokenizer", b / "model" / "tokenizer", b / "model"]
     folder = next((c for c in candidates if (c / "tokenizer.json").is_file() or c.is_file()), None)
     if folder is None:
         raise click.ClickException(f"{base}: no tokenizer.json (give a tokenizer, its folder, a mix or a run)")
     tok = load_tokenizer(folder)
     if not isinstance(tok, HFTokenizer):
         raise click.ClickException(f"{base}: only byte-level BPE tokenizer.json files can be extended")
-    docs, _rejects, _stats = read_all(list(sources))
     limit = parse_count(max_bytes) or 0
     texts: list[str] = []
     used = 0
-    for text in docs.column("text").to_pylist():
+    for f in discover_files(list(sources)):  # streamed: only --max-bytes of text is ever held
+        for docs, _rejects, _stats in read_batches(f):
+            for text in (docs.column("text").to_pylist() if docs is not None else []):
+                if used < limit:
+                    texts.append(text)
+                    used += len(text.encode("utf-8"))
+            if used >= limit:
+                break
         if used >= limit:
             break
-        texts.append(text)
-        used += len(text.encode("utf-8"))
     if not texts:
         raise click.ClickException(f"no documents in {' '.join(sources)}")
     try:
