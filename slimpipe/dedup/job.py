@@ -203,7 +203,8 @@ class DedupJob:
             first.append(start)
             line[key] = start + pre[t]["lines"]
         self.plan["tasks"] = [{**task, "first_line": first[t]} for t, task in enumerate(self.plan["tasks"])]
-        catalog = {"sources": sources, "task_rel": [t["rel"] for t in self.plan["tasks"]], "task_first_line": first}
+        catalog = {"sources": sources, "task_rel": [t["rel"] for t in self.plan["tasks"]], "task_first_line": first,
+                   "task_file": self.plan["task_file"]}
         if not storage.exists(self.ws.path(CATALOG)):
             self.ws.save_array(REMAP, remap)
             self.ws.write_bytes(CATALOG, storage.dumps_json(catalog))

@@ -70,12 +70,18 @@ class Catalog:
         self.sources: list[str] = d["sources"]
         self.task_rel: list[str] = d["task_rel"]
         self.task_first_line: list[int] = d["task_first_line"]
+        self.task_file: list[int] = d["task_file"]
 
     @classmethod
     def load(cls, ws: Workspace) -> Catalog:
         import json
 
         return cls(json.loads(ws.read_bytes(CATALOG)))
+
+    def stable_node(self, node: int) -> int:
+        """``file index << 40 | line in the file``: the same number however the file was cut into ranges."""
+        t = node >> NODE_SHIFT
+        return (self.task_file[t] << NODE_SHIFT) | (self.task_first_line[t] + (node & LINE_MASK))
 
     def doc_id(self, node: int, src: int) -> str:
         t = node >> NODE_SHIFT

@@ -92,7 +92,7 @@ def write_task(ctx: TaskContext, task: dict, inputs: str, sink, out: str) -> dic
                 _add_removed(cols, doc_id, src, "short", None, None, nbytes)
             elif node in removed:
                 r = removed[node]
-                _add_removed(cols, doc_id, src, REASON_NAMES[int(r["reason"])], int(r["label"]),
+                _add_removed(cols, doc_id, src, REASON_NAMES[int(r["reason"])], cat.stable_node(int(r["label"])),
                              cat.doc_id(int(r["keeper"]), int(r["ksrc"])), nbytes)
             else:
                 m = json.loads(meta) if meta else {}
@@ -108,7 +108,8 @@ def write_task(ctx: TaskContext, task: dict, inputs: str, sink, out: str) -> dic
         raise
     removed_rel = None
     if cols["id"]:
-        # cluster: the component's id (its smallest node id); duplicate_of: the document kept for it
+        # cluster: the component's id (its smallest document as file index << 40 | line); duplicate_of: the
+        # document kept for it
         table = pa.table({k: pa.array(v, pa.int64() if k in ("nbytes", "cluster") else pa.string())
                           for k, v in cols.items()})
         removed_rel = f"removed/part-{t:05d}.parquet"
