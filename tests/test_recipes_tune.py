@@ -90,3 +90,9 @@ def test_tune_refuses_bad_grids_with_one_line(mixes, tmp_path):
         res = CliRunner().invoke(main, ["tune", str(mixes["web"]), "--model", str(mixes["model"]), "-o",
                                         str(tmp_path / "t"), *extra])
         assert res.exit_code != 0 and msg in res.output and "Traceback" not in res.output, res.output
+    bare = tmp_path / "bare"
+    (bare / "train").mkdir(parents=True)
+    for f in (mixes["web"] / "train").iterdir():
+        (bare / "train" / f.name).write_bytes(f.read_bytes())
+    res = CliRunner().invoke(main, ["tune", str(bare), "-o", str(tmp_path / "t2")])
+    assert res.exit_code != 0 and "no held-out sets" in res.output, res.output

@@ -195,7 +195,11 @@ def tune_command(mix_dir: str, widths: str, lrs: str, init_stds: str | None, mod
                  seq_len: int | None, batch_size: int | None, sp: bool, seed: int, threads: int | None,
                  device: str | None, output: str) -> None:
     """Sweep learning rate (and init std) on muP proxies of several widths; write the best as a preset."""
+    from slimpipe.mix.packed import open_mix
+
     try:
+        if not open_mix(mix_dir)[1]:
+            raise ValueError(f"{mix_dir}: no held-out sets (eval/<source>/) to score the proxies on")
         w = [int(x) for x in parse_floats(widths, "--widths")]
         grid = parse_floats(lrs, "--lrs")
         p = load_preset(model)
