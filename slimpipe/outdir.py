@@ -20,7 +20,6 @@ import os
 import sys
 import time
 from collections.abc import Iterable
-from pathlib import Path
 
 from slimpipe import storage
 
@@ -151,10 +150,3 @@ def input_identity(sources: Iterable[str | os.PathLike]) -> list[str]:
     """The inputs as they enter a job's identity: canonical paths or URIs, in the order given."""
     return [canonical(s) for s in sources]
 
-
-def local_path(p: str | os.PathLike) -> Path | None:
-    """``Path`` for a local path or file:// URI; None for a remote URI."""
-    s = os.fspath(p)
-    if storage.is_remote(s):
-        return None
-    return Path(canonical(s))
