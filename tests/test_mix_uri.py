@@ -67,8 +67,15 @@ def test_a_mix_from_s3_to_s3_equals_the_local_build(s3_server, ray_session, tmp_
     for f in sorted(x for x in files if x.endswith(".bin")):
         assert storage.read_bytes(f"{base}/mix/{f}") == (tmp_path / "local" / f).read_bytes(), f
     assert "tokenizer/tokenizer.json" in files or any(f.startswith("tokenizer/") for f in files)
-    again = build_mix(f"{base}/sp", load_mix("dc2"), f"{base}/mix2", MixOptions(**opt))
+    # the first mix's tokenizer, by its URI: the same tokenizer, so the cache in the bucket serves it all
+    again = build_mix(f"{base}/sp", load_mix("dc2"), f"{base}/mix2", MixOptions(**opt, tokenizer=f"{base}/mix"))
+    assert again["tokenizer"]["identity"] == local["tokenizer"]["identity"]
     assert again["token_cache"]["train_entries_tokenized"] == 0 and again["token_cache"]["train_entries_hit"] > 0
+    # a tokenizer trained for an OUT in the bucket lands in OUT/tokenizer, and Ray tasks load it from there
+    trained = build_mix(f"{base}/sp", load_mix("dc1"), f"{base}/mix3",
+                        MixOptions(**opt, tokenizer="train", vocab_size=300))
+    assert trained["tokenizer"]["vocab_size"] == 300 and trained["within_tolerance"]
+    assert storage.exists(f"{base}/mix3/tokenizer/tokenizer.json")
     from slimpipe.mix.packed import open_mix
 
     train, evals = open_mix(f"{base}/mix", cache_dir=tmp_path / "cache")

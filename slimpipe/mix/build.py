@@ -146,8 +146,9 @@ def build_mix(slimpajama_dir: str | Path, mix: MixConfig, out: str | Path, opt: 
     work = storage.join(out, WORK)
     storage.makedirs(work)
     ensure_ray(opt.ray_address)
-    tok = setup_tokenizer(root, out, splits, opt)
-    ctx = MixContext(root=root, out=out, mix=mix, opt=opt, tok=tok, work=work, input_id=work_key(input_info))
+    tok, tok_spec = setup_tokenizer(root, out, splits, opt)
+    ctx = MixContext(root=root, out=out, mix=mix, opt=opt, tok=tok, work=work, input_id=work_key(input_info),
+                     tok_spec=tok_spec)
     ctx.cache = TokenCache(cache_root, tok.identity, ctx.input_id)
     if input_info["manifest_sha256"] is None:
         ctx.warn(f"{root} has no manifest.json: the mix manifest cannot pin the input by hash")
@@ -225,7 +226,8 @@ def fill_token_cache(slimpajama_dir: str | Path, sources: Sequence[str] | None =
     if opt.tokenizer == "train":
         raise MixBuildError("fill the cache with a saved tokenizer (a tokenizer.json or a previous mix folder)")
     tok = resolve_tokenizer(opt.tokenizer)
-    ctx = MixContext(root=root, out=root, mix=mix, opt=opt, tok=tok, work=root, input_id=work_key(input_info))
+    ctx = MixContext(root=root, out=root, mix=mix, opt=opt, tok=tok, work=root, input_id=work_key(input_info),
+                     tok_spec=opt.tokenizer if storage.is_remote(opt.tokenizer) else tok.spec)
     ctx.cache = TokenCache(_cache_root(root, opt), tok.identity, ctx.input_id)
     _, _, holdout = holdout_stage(ctx, splits)
     train_stage(ctx, splits["train"], holdout, dict.fromkeys(mix.active_sources, 1 << 62))

@@ -19,7 +19,7 @@ tokenizes just that source of just the shards it reads.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,6 @@ class TokenCache:
     tokenized: int = 0  # (shard, source) entries written by this build
     holdout_hits: int = 0
     holdout_tokenized: int = 0
-    _made: set = field(default_factory=set)
 
     @property
     def base(self) -> str:

@@ -317,6 +317,7 @@ class MixContext:
     work: str
     input_id: str = ""  # hash of the input's manifest/index/path: scratch from another input is never reused
     cache: Any = None  # the per-source token cache (:class:`slimpipe.mix.cache.TokenCache`)
+    tok_spec: str = ""  # how Ray tasks load the tokenizer on any node (a URI when it lives in object storage)
     warnings: list[str] = field(default_factory=list)
 
     def warn(self, msg: str) -> None:

@@ -72,6 +72,8 @@ def _save_tokenizer(tok: Any, out: str) -> None:
         if not Path(dest).is_dir():
             tok.save(Path(dest))
         return
+    if storage.exists(storage.join(dest, "tokenizer.json")):  # trained and uploaded by stage tokenize
+        return
     with tempfile.TemporaryDirectory(prefix="slimpipe-tok-") as tmp:
         tok.save(Path(tmp))
         storage.upload_tree(tmp, dest)

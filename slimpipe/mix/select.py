@@ -233,7 +233,7 @@ def plan_and_select(ctx: MixContext, train_shards: list[InputShard], used: list[
             continue
         jobs.append({"pass1": {s: r["out"][s] for s in active}, "path": shard.path, "file": storage.join(ctx.root, shard.path), "key": shard.key,
                      "plan": plan, "seed": opt.seed, "buckets": n_buckets, "format": opt.output_format,
-                     "vocab_size": ctx.tok.vocab_size, "tokenizer": ctx.tok.spec, "identity": ctx.tok.identity,
+                     "vocab_size": ctx.tok.vocab_size, "tokenizer": ctx.tok_spec or ctx.tok.spec, "identity": ctx.tok.identity,
                      "out": storage.join(sel_dir, f"{flat_name(shard.path)}.arrow")})
     selected = run_ordered(select_shard, jobs, label="mix: select", quiet=opt.quiet)
     pieces = {s: {"pieces": sum(x["sources"][s]["pieces"] for x in selected),

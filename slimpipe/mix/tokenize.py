@@ -58,7 +58,7 @@ def worker_tokenizer(spec: str, identity: str | None = None) -> Tokenizer:
     if tok is None:
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
         os.environ.setdefault("RAYON_NUM_THREADS", "1")
-        tok = load_tokenizer(spec)
+        tok = load_tokenizer(local_tokenizer(spec))
         if hasattr(tok, "num_threads"):
             tok.num_threads = 1
         if identity and tok.identity != identity:
@@ -68,9 +68,40 @@ def worker_tokenizer(spec: str, identity: str | None = None) -> Tokenizer:
     return tok
 
 
+def local_tokenizer(spec: str) -> str:
+    """``spec`` itself, or for a URI (a ``tokenizer.json``, a tokenizer folder, a mix) a node-local copy
+    of its tokenizer files (downloaded once per node)."""
+    if not storage.is_remote(spec):
+        return spec
+    spec = spec.rstrip("/")
+    if storage.exists(storage.join(spec, TOKENIZER_DIR, "tokenizer.json")) or storage.exists(
+            storage.join(spec, TOKENIZER_DIR, "encoder.json")):
+        spec = storage.join(spec, TOKENIZER_DIR)
+    cache = Path(tempfile.gettempdir()) / "slimpipe-tokenizers" / hashlib.sha256(spec.encode()).hexdigest()[:16]
+    if spec.endswith(".json"):
+        return str(storage.local_copy(spec, cache))
+    files = [f for f in storage.list_files(spec, recursive=False)]
+    if not files:
+        raise FileNotFoundError(f"{spec}: no tokenizer files")
+    for f in files:
+        name = f.rsplit("/", 1)[-1]
+        copy = storage.local_copy(f, cache / "files")
+        target = cache / "dir" / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.is_file() or target.stat().st_size != copy.stat().st_size:
+            tmp = target.with_name(f".{name}.tmp-{os.getpid()}")
+            tmp.write_bytes(copy.read_bytes())
+            os.replace(tmp, target)
+    return str(cache / "dir")
+
+
 def resolve_tokenizer(spec: str) -> Tokenizer:
     """``gpt2``, a ``tokenizer.json``, a tokenizer folder, or a previous mix folder (its ``tokenizer/``),
-    so every mix of an experiment can share one tokenizer."""
+    so every mix of an experiment can share one tokenizer; each may be a URI."""
+    try:
+        spec = local_tokenizer(spec)
+    except (OSError, storage.StorageError) as exc:
+        raise MixBuildError(f"tokenizer {spec!r}: {exc}") from None
     p = Path(spec).expanduser()
     if p.is_dir() and (p / TOKENIZER_DIR).is_dir() and not (p / "tokenizer.json").is_file():
         p = p / TOKENIZER_DIR
@@ -217,9 +248,11 @@ def _bpe_texts(root: str, shards: Sequence[InputShard], seed: int, limit: int) -
                     return
 
 
-def setup_tokenizer(root: str, out: str, splits: dict[str, list[InputShard]], opt: MixOptions) -> Tokenizer:
-    """The mix's tokenizer: resolved from ``--tokenizer``, or trained (``train``) into ``OUT/tokenizer``
-    (for an ``OUT`` in object storage, into a local folder; the manifest stage uploads it)."""
+def setup_tokenizer(root: str, out: str, splits: dict[str, list[InputShard]], opt: MixOptions
+                    ) -> tuple[Tokenizer, str]:
+    """The mix's tokenizer, and the spec Ray tasks load it by on any node: resolved from ``--tokenizer``
+    (a URI stays a URI), or trained (``train``) into ``OUT/tokenizer`` (for an ``OUT`` in object storage,
+    trained locally and uploaded there at once)."""
     if opt.tokenizer == "train":
         if opt.vocab_size < 257:
             raise MixBuildError("--vocab-size must be at least 257 (256 bytes + EOS)")
@@ -228,14 +261,18 @@ def setup_tokenizer(root: str, out: str, splits: dict[str, list[InputShard]], op
                 else Path(out) / TOKENIZER_DIR)
         tok = train_bpe(_bpe_texts(root, splits["train"], opt.seed, opt.bpe_sample_bytes), opt.vocab_size, dest)
         log.info("trained a %d-token byte-level BPE in %.1fs", tok.vocab_size, time.monotonic() - t0)
-        return tok
-    return resolve_tokenizer(opt.tokenizer)
+        if storage.is_remote(out):
+            storage.upload_tree(dest, storage.join(out, TOKENIZER_DIR))
+            return tok, storage.join(out, TOKENIZER_DIR)
+        return tok, tok.spec
+    tok = resolve_tokenizer(opt.tokenizer)
+    return tok, (opt.tokenizer if storage.is_remote(opt.tokenizer) else tok.spec)
 
 
 
 def _job(ctx: MixContext, shard: InputShard, **kw: Any) -> dict[str, Any]:
     return {"file": storage.join(ctx.root, shard.path), "path": shard.path, "flat": flat_name(shard.path),
-            "tokenizer": ctx.tok.spec, "identity": ctx.tok.identity, **kw}
+            "tokenizer": ctx.tok_spec or ctx.tok.spec, "identity": ctx.tok.identity, **kw}
 
 
 def holdout_stage(ctx: MixContext, splits: dict[str, list[InputShard]]) -> tuple[dict[str, list[InputShard]],
