@@ -63,6 +63,20 @@ def test_bench_gpu_cpu_smoke_runs_end_to_end_with_only_torch_numpy_safetensors()
     assert lines[-2].startswith("CPU smoke run (not a GPU figure)") and lines[-2].endswith("resume PASS")
 
 
+def test_bench_gpu_peak_table_matches_the_specific_model_first():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_gpu
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    peak = bench_gpu.known_peak
+    assert peak("NVIDIA H200") == peak("NVIDIA H100 80GB HBM3") == 989e12
+    assert peak("NVIDIA H100 PCIe") == 756e12 and peak("NVIDIA A100-SXM4-80GB") == 312e12
+    assert (peak("NVIDIA L4"), peak("NVIDIA L40"), peak("NVIDIA L40S")) == (121e12, 181e12, 362e12)
+    assert (peak("NVIDIA A10G"), peak("NVIDIA A10")) == (70e12, 125e12)
+    assert peak("Some Future GPU") is None  # then the benchmark uses a measured matmul
+
+
 # ---------------------------------------------------------------------------------------------- CUDA only
 
 def _cfg(**kw) -> ModelConfig:
