@@ -36,11 +36,18 @@ from slimpipe.mix.command import TokenCount
 @click.option("--bootstrap", default=100, show_default=True, type=click.IntRange(min=10),
               help="Bootstrap refits for the proposal's interval.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seeds the draws, the proxies and the fit.")
+@click.option("--reuse", "reuse", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="A previous propose output: keep its mix for the unchanged sources as one composite domain and "
+                   "train proxies only over it and the added or changed sources (Olmix's mixture reuse).")
+@click.option("--reuse-tolerance", default=0.01, show_default=True, type=click.FloatRange(min=0),
+              help="With --reuse: a source whose train documents or bytes (index.json) moved by more than this "
+                   "fraction counts as changed (0: any difference).")
 @click.option("--ray-address", default=None, help="Attach to a Ray cluster (default: a private local one).")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 def propose_command(slimpajama_dir: Path, out: Path, proxies: int, tokens: int, model: str, objective: str,
                     max_epochs: float, concentration: float, tokenizer: str, vocab_size: int, seq_len: int,
-                    eval_tokens: int, bootstrap: int, seed: int, ray_address: str | None, quiet: bool) -> None:
+                    eval_tokens: int, bootstrap: int, seed: int, reuse: Path | None, reuse_tolerance: float,
+                    ray_address: str | None, quiet: bool) -> None:
     """Train PROXIES small models on Dirichlet mixtures of SLIMPAJAMA_DIR, fit per-source bits per byte
     against the weights, and propose the mix that minimises --objective within --max-epochs."""
     from slimpipe.propose.job import ProposeOptions, run_propose
@@ -59,7 +66,8 @@ def propose_command(slimpajama_dir: Path, out: Path, proxies: int, tokens: int, 
     opt = ProposeOptions(proxies=proxies, tokens=tokens, model=model, objective=objective, seed=seed,
                          max_epochs=max_epochs, concentration=concentration, tokenizer=tokenizer,
                          vocab_size=vocab_size, seq_len=seq_len, eval_tokens=eval_tokens, bootstrap=bootstrap,
-                         ray_address=ray_address, quiet=quiet, warn=warn)
+                         ray_address=ray_address, reuse=str(reuse) if reuse else None,
+                         reuse_tolerance=reuse_tolerance, quiet=quiet, warn=warn)
     try:
         p = run_propose(slimpajama_dir, out, opt)
     except ProposalError as exc:
@@ -69,4 +77,8 @@ def propose_command(slimpajama_dir: Path, out: Path, proxies: int, tokens: int, 
     click.echo(f"predicted {p['objective']['description']}: {pred['objective']:.4f} "
                f"[{pred['objective_ci95'][0]:.4f}, {pred['objective_ci95'][1]:.4f}]; fit {p['chosen']}, "
                f"held-out Spearman {next(r['spearman'] for r in p['cv'] if r['family'] == p['chosen']):.3f}")
+    if r := p.get("reuse"):
+        click.echo(f"reused {reuse}'s mix for {len(r['unchanged'])} unchanged sources; trained {r['proxies_trained']} "
+                   f"proxies, reused {len(r['proxies_reused'])}; a full recompute trains {r['proxies_full_recompute']} "
+                   f"({r['compute_saved']:.0%} saved)")
     click.echo(f"wrote {out / 'proposed.yaml'} and {out / 'report.md'}")

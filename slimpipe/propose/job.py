@@ -13,6 +13,10 @@ Steps (each resumable: a mix with a manifest, a proxy with a ``metrics.json``, i
 5. *fit*: every model family, chosen by cross-validated rank correlation (:mod:`slimpipe.propose.fit`).
 6. *propose*: the feasible mix with the lowest predicted objective, with a bootstrap interval, written
    as ``OUT/proposed.yaml`` (a mix file ``slimpipe mix --config`` takes) and ``OUT/report.md``.
+
+With ``reuse`` (``--reuse PREV_OUT``), steps 2-6 work in a smaller space: the unchanged sources are one
+composite domain in PREV_OUT's proposed ratios, and only the added or changed sources are free
+(:mod:`slimpipe.propose.reuse`); the probe tokenizes with PREV_OUT's tokenizer.
 """
 
 from __future__ import annotations
@@ -29,9 +33,10 @@ from typing import Any
 import numpy as np
 import yaml
 
+from slimpipe.propose import reuse as R
 from slimpipe.propose.fit import FAMILIES, bootstrap_predictions, choose, cross_validate, make_model
 from slimpipe.propose.optimize import objective_fn, parse_objective, round_shares, search
-from slimpipe.propose.sample import ProposalError, draw_mixtures, natural_shares, upper_bounds
+from slimpipe.propose.sample import ProposalError, draw_mixtures, natural_shares, upper_bounds, within_bounds
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +57,8 @@ class ProposeOptions:
     families: tuple[str, ...] = FAMILIES
     bootstrap: int = 100
     ray_address: str | None = None
+    reuse: str | None = None  # PREV_OUT: Olmix's mixture reuse (slimpipe.propose.reuse)
+    reuse_tolerance: float = 0.01  # relative change of a source's tokens/docs/bytes that counts as changed
     quiet: bool = False
     warn: Callable[[str], None] = field(default=lambda m: log.warning(m), repr=False)
 
@@ -136,12 +143,19 @@ def run_propose(slimpajama_dir: str | Path, out: str | Path, opt: ProposeOptions
     present = sorted({s for sh in splits["train"] for s in (sh.counts or {}) if sh.source_units(s, "docs")})
     if not present:
         raise ProposalError(f"{src} has no train documents with per-source counts (index.json)")
+    stats = {s: {u: sum(sh.source_units(s, u) for sh in splits["train"]) for u in ("docs", "bytes")} for s in present}
+    plan, prev_dir = None, None
+    if opt.reuse:  # every refusal that needs no data comes before Ray starts
+        prev_dir, prev = R.load_previous(opt.reuse, out, asdict(opt))
+        if R.COMPOSITE in present:
+            raise ProposalError(f"a source is named {R.COMPOSITE!r}, the name --reuse gives its composite domain")
     out.mkdir(parents=True, exist_ok=True)
     ensure_ray(opt.ray_address)
 
     # 1. probe
     probe_dir = out / "mixes" / "probe"
-    probe = _build(src, dict.fromkeys(present, 1.0), "probe", probe_dir, opt, None)
+    probe = _build(src, dict.fromkeys(present, 1.0), "probe", probe_dir, opt,
+                   str(R.tokenizer_dir(prev_dir)) if prev_dir else None)
     tokenizer = str(probe_dir)
     available = {s: int(probe["sources"][s].get("tokens_available", 0)) for s in present}
     empty = [s for s, n in available.items() if n <= 0]
@@ -154,28 +168,50 @@ def run_propose(slimpajama_dir: str | Path, out: str | Path, opt: ProposeOptions
         opt.warn("these sources have too few tokens to reach even their natural share within "
                  f"{opt.max_epochs:g} epochs: " + ", ".join(f"{s} ({available[s]:,} tokens)" for s in tight))
 
-    # 2. draw (natural and DC-6 first, when the bound allows them)
-    include = [natural]
+    # 2. draw (natural and DC-6 first, when the bound allows them; with reuse, the previous proposal)
     dc6 = {s: v for s, v in _dc6().items() if s in present}
     dc6_shares = {s: v / sum(dc6.values()) for s, v in dc6.items()} if dc6 else None
-    if dc6_shares and all(dc6_shares.get(s, 0) <= bounds[s] + 1e-9 for s in present):
-        include.append({s: dc6_shares.get(s, 0.0) for s in present})
-    mixtures = draw_mixtures(available, opt.tokens, opt.proxies, max_epochs=opt.max_epochs,
-                             concentration=opt.concentration, seed=opt.seed, include=include)
+    refs: dict[str, dict[str, float]] = {}  # reference mixes predicted beside the proposal, in draw space
+    reused: list[dict] = []
+    why_not: list[tuple[str, str]] = []
+    if plan := (R.plan_reuse(prev_dir, prev, present, available, stats, opt.reuse_tolerance) if prev_dir else None):
+        dims, dim_avail = plan.dims, plan.dims_available(available)
+        reused, why_not = R.reusable_proxies(plan, R.eval_fingerprints(probe_dir), probe.get("eval_set"))
+        plan.reused = reused
+        swarm = R.reuse_swarm_size(opt.proxies, plan)
+        anchor = {d: float(d == R.COMPOSITE) for d in dims}  # the previous proposal, nothing of the new sources
+        if within_bounds(anchor, upper_bounds(dim_avail, opt.tokens, opt.max_epochs)):
+            refs["previous"] = anchor
+        include = [anchor] if "previous" in refs and not reused else []  # a reused proxy IS the anchor
+        n_draw = max(swarm - len(reused), len(include))
+        expand = plan.expand
+    else:
+        dims, dim_avail, n_draw, include = present, available, opt.proxies, [natural]
+        refs["natural"] = natural
+        if dc6_shares:  # predicted in any case; a proxy only when the bound allows it
+            refs["dc6"] = {s: dc6_shares.get(s, 0.0) for s in present}
+            if all(dc6_shares.get(s, 0) <= bounds[s] + 1e-9 for s in present):
+                include.append(refs["dc6"])
+        expand = dict  # the draw space is the sources
+    drawn = draw_mixtures(dim_avail, opt.tokens, n_draw, max_epochs=opt.max_epochs,
+                          concentration=opt.concentration, seed=opt.seed, include=include)
+    mixtures = [r["point"] for r in reused] + drawn  # draw-space points; reused proxies first
     (out / "mixtures.json").write_text(json.dumps({"sources": present, "available_tokens": available,
-                                                   "bounds": bounds, "mixtures": mixtures}, indent=1))
+                                                   "bounds": bounds, "dims": dims, "mixtures": drawn,
+                                                   "shares": [expand(m) for m in drawn]}, indent=1))
 
     # 3. build
-    mix_dirs = []
-    for i, shares in enumerate(mixtures):
+    mix_dirs = [Path(r["mix"]) for r in reused]
+    for i, point in enumerate(drawn):
         d = out / "mixes" / f"p{i:03d}"
-        _build(src, shares, f"proxy-{i:03d}", d, opt, tokenizer)
+        _build(src, expand(point), f"proxy-{i:03d}", d, opt, tokenizer)
         mix_dirs.append(d)
 
     # 4. train
     use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
     device = "cuda" if use_gpu else "cpu"
-    jobs = [(str(d), str(out / "proxies" / d.name), opt.model, opt.tokens, opt.seed, device) for d in mix_dirs]
+    jobs = [(str(d), r["run"] if j < len(reused) else str(out / "proxies" / d.name), opt.model, opt.tokens,
+             opt.seed, device) for j, (d, r) in enumerate(zip(mix_dirs, reused + [{}] * len(drawn), strict=True))]
     cached = [json.loads((Path(j[1]) / "metrics.json").read_text()) if (Path(j[1]) / "metrics.json").exists()
               else None for j in jobs]
     todo = [i for i, c in enumerate(cached) if c is None]
@@ -195,7 +231,7 @@ def run_propose(slimpajama_dir: str | Path, out: str | Path, opt: ProposeOptions
         raise ProposalError(f"only {len(ok)} proxies trained; a fit needs at least 4 ({len(failed)} failed)")
     if not targets:
         raise ProposalError("no source has an evaluation set in every proxy; see the mixes' manifests")
-    X = np.array([[mixtures[i][s] for s in present] for i in ok])
+    X = np.array([[mixtures[i][d] for d in dims] for i in ok])
     Y = np.array([[scores(results[i]["metrics"])[s]["bpb"] for s in targets] for i in ok])
     eval_bytes = {s: int(scores(results[ok[0]]["metrics"])[s].get("bytes", 0)) for s in targets}
     desc, w = parse_objective(opt.objective, targets, eval_bytes)
@@ -205,10 +241,11 @@ def run_propose(slimpajama_dir: str | Path, out: str | Path, opt: ProposeOptions
     model = make_model(best.family, opt.seed).fit(X, Y)
 
     # 6. propose
-    bound_arr = np.array([bounds[s] for s in present])
-    nat_arr = np.array([natural[s] for s in present])
+    dim_bounds, dim_natural = upper_bounds(dim_avail, opt.tokens, opt.max_epochs), natural_shares(dim_avail)
+    bound_arr = np.array([dim_bounds[d] for d in dims])
+    nat_arr = np.array([dim_natural[d] for d in dims])
     x = search(model, obj, bound_arr, nat_arr, seed=opt.seed)
-    at = np.vstack([x, nat_arr] + ([np.array([dc6_shares.get(s, 0.0) for s in present])] if dc6_shares else []))
+    at = np.vstack([x] + [np.array([ref[d] for d in dims]) for ref in refs.values()])
     point = model.predict(at)
     boot = bootstrap_predictions(best.family, X, Y, at, n_boot=opt.bootstrap, seed=opt.seed)
     lo, hi = np.percentile(boot, [2.5, 97.5], axis=0)
@@ -216,8 +253,8 @@ def run_propose(slimpajama_dir: str | Path, out: str | Path, opt: ProposeOptions
     olo, ohi = np.percentile(obj_boot, [2.5, 97.5], axis=0)
     diff = obj_boot[:, 0][:, None] - obj_boot[:, 1:]
     dlo, dhi = np.percentile(diff, [2.5, 97.5], axis=0)
-    shares = {s: float(v) for s, v in zip(present, x, strict=True)}
-    names = ["proposed", "natural"] + (["dc6"] if dc6_shares else [])
+    shares = expand({d: float(v) for d, v in zip(dims, x, strict=True)})
+    names = ["proposed", *refs]
     predicted = {n: {"objective": float(obj(point[j:j + 1])[0]), "objective_ci95": [float(olo[j]), float(ohi[j])],
                      "bpb": {s: float(point[j, t]) for t, s in enumerate(targets)},
                      "bpb_ci95": {s: [float(lo[j, t]), float(hi[j, t])] for t, s in enumerate(targets)}}
@@ -230,10 +267,15 @@ def run_propose(slimpajama_dir: str | Path, out: str | Path, opt: ProposeOptions
         "sources": present, "targets": targets, "objective": {"spec": opt.objective, "description": desc,
                                                                "weights": dict(zip(targets, w.tolist(), strict=True))},
         "available_tokens": available, "bounds": bounds, "max_epochs": opt.max_epochs,
-        "proxies": [{"name": mix_dirs[i].name, "shares": mixtures[i], "ok": results[i]["ok"],
+        "dims": dims, "natural_shares": natural, "dc6_shares": dc6_shares,
+        "reference_shares": {n: expand(ref) for n, ref in refs.items()}, "source_stats": stats,
+        "proxies": [{"name": mix_dirs[i].name, "shares": expand(mixtures[i]), "point": mixtures[i],
+                     "ok": results[i]["ok"], "reused": i < len(reused), "mix": str(mix_dirs[i]), "run": jobs[i][1],
                      "bpb": ({s: scores(results[i]["metrics"])[s]["bpb"] for s in targets}
                              if results[i]["ok"] else None),
                      "error": results[i].get("error")} for i in range(len(results))],
+        "proxies_trained": len(drawn), "reuse": (R.reuse_record(plan, opt.proxies, len(mixtures), len(drawn), why_not)
+                                                if plan else None),
         "failed": failed,
         "cv": [r.to_dict() for r in cv], "chosen": best.family,
         "cv_heldout": {"predicted": best.predicted.tolist(), "observed": best.observed.tolist()},
@@ -263,7 +305,9 @@ def _write_yaml(path: Path, p: dict) -> None:
         "name": "proposed",
         "description": (f"proposed by slimpipe propose from {len(p['proxies']) - len(p['failed'])} proxies "
                         f"({p['options']['model']}, {p['options']['tokens']:,} tokens each), model "
-                        f"{p['chosen']}, objective: {p['objective']['description']}"),
+                        f"{p['chosen']}, objective: {p['objective']['description']}"
+                        + (f"; reusing {p['reuse']['previous']}'s mix for {len(p['reuse']['unchanged'])} unchanged "
+                           "sources" if p.get("reuse") else "")),
         "weights": p["weights_pct"],
         "prediction": {"objective": round(pred["objective"], 5),
                        "objective_ci95": [round(v, 5) for v in pred["objective_ci95"]],

@@ -24,7 +24,8 @@ def write_report(out: Path, p: dict) -> Path:
               + ", ".join(f"{s} {v:.2f}%" for s, v in p["weights_pct"].items() if v > 0) + ".", ""]
     lines += [f"Objective: {p['objective']['description']}. Predicted {pred['proposed']['objective']:.4f} "
               f"(95% bootstrap interval over proxies {_fmt_ci(pred['proposed']['objective_ci95'])})."]
-    for ref in ("dc6", "natural"):
+    refs = [r for r in pred if r != "proposed"]
+    for ref in refs:
         if ref in pred:
             ci = pred[ref]["proposed_minus_this_ci95"]
             verdict = ("predicted better" if ci[1] < 0 else "predicted worse" if ci[0] > 0
@@ -42,28 +43,32 @@ def write_report(out: Path, p: dict) -> Path:
               f"{p['options']['tokens']:,} tokens each ({p['options']['model']}); the interval covers the fit's "
               "uncertainty over proxies, not the gap between proxy and target scale. Validate the proposal by "
               "training it beside DC-6 with several seeds (`benchmarks/bench_propose.py`).", ""]
-    lines += ["## Weights", "", "| source | available tokens | bound (share) | natural | DC-6 | proposed | epochs |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
-    dc6 = p["proxies"][1]["shares"] if len(p["proxies"]) > 1 and "dc6" in pred else {}
-    nat = p["proxies"][0]["shares"]
+    if p.get("reuse"):
+        lines += _reuse_section(p["reuse"])
+    cols = _columns(p)
+    lines += ["## Weights", "", "| source | available tokens | bound (share) | " + " | ".join(cols)
+              + " | proposed | epochs |", "|---|---:|---:|" + "---:|" * (len(cols) + 2)]
     for s in sources:
-        lines.append(f"| {s} | {p['available_tokens'][s]:,} | {p['bounds'][s]:.1%} | {nat[s]:.1%} | "
-                     f"{dc6.get(s, 0):.1%} | {p['shares'][s]:.1%} | {p['epochs'][s]:.2f} |")
+        lines.append(f"| {s} | {p['available_tokens'][s]:,} | {p['bounds'][s]:.1%} | "
+                     + " | ".join(f"{sh.get(s, 0.0):.1%}" for sh in cols.values())
+                     + f" | {p['shares'][s]:.1%} | {p['epochs'][s]:.2f} |")
     lines += ["", "## Predicted bits per byte", "",
-              "| source | proposed | 95% interval | natural | DC-6 |", "|---|---:|---|---:|---:|"]
+              "| source | proposed | 95% interval | " + " | ".join(_LABEL.get(r, r) for r in refs) + " |",
+              "|---|---:|---|" + "---:|" * len(refs)]
     for s in targets:
         lines.append(f"| {s} | {pred['proposed']['bpb'][s]:.4f} | {_fmt_ci(pred['proposed']['bpb_ci95'][s])} | "
-                     f"{pred['natural']['bpb'][s]:.4f} | "
-                     + (f"{pred['dc6']['bpb'][s]:.4f} |" if "dc6" in pred else "– |"))
+                     + " | ".join(f"{pred[r]['bpb'][s]:.4f}" for r in refs) + " |")
     missing = [s for s in sources if s not in targets]
     if missing:
         lines += ["", "Not scored (no evaluation set in every proxy): " + ", ".join(missing)]
-    lines += ["", f"## Proxies ({len(p['proxies'])}, {len(p['failed'])} failed)", "",
+    n_reused = sum(1 for px in p["proxies"] if px.get("reused"))
+    lines += ["", f"## Proxies ({len(p['proxies'])}, {len(p['failed'])} failed"
+              + (f", {n_reused} reused from PREV_OUT" if n_reused else "") + ")", "",
               "| proxy | " + " | ".join(sources) + " | " + " | ".join(f"bpb {s}" for s in targets) + " |",
               "|---|" + "---:|" * (len(sources) + len(targets))]
     for px in p["proxies"]:
         bpb = px["bpb"] or {}
-        lines.append(f"| {px['name']} | " + " | ".join(f"{px['shares'][s]:.3f}" for s in sources) + " | "
+        lines.append(f"| {px['name']}{' (reused)' if px.get('reused') else ''} | " + " | ".join(f"{px['shares'][s]:.3f}" for s in sources) + " | "
                      + " | ".join(f"{bpb[s]:.4f}" if s in bpb else "failed" for s in targets) + " |")
     for f in p["failed"]:
         lines.append(f"\n- {f['proxy']} failed twice and is excluded from the fit: `{f['error']}`")
@@ -71,6 +76,46 @@ def write_report(out: Path, p: dict) -> Path:
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+_LABEL = {"natural": "natural", "dc6": "DC-6", "previous": "PREV_OUT's mix"}
+
+
+def _columns(p: dict) -> dict[str, dict[str, float]]:
+    """Reference weights shown beside the proposal: natural and DC-6, and PREV_OUT's mix with reuse."""
+    cols = {"natural": p["natural_shares"]}
+    if p.get("dc6_shares"):
+        cols["DC-6"] = p["dc6_shares"]
+    if "previous" in p.get("reference_shares", {}):
+        cols[_LABEL["previous"]] = p["reference_shares"]["previous"]
+    return cols
+
+
+def _reuse_section(r: dict) -> list[str]:
+    def names(xs: list[str]) -> str:
+        return ", ".join(xs) or "none"
+
+    lines = ["## Reuse of " + r["previous"], "",
+             f"Olmix's mixture reuse: the {len(r['unchanged'])} unchanged sources ({names(r['unchanged'])}) form one "
+             "composite domain in the ratios PREV_OUT proposed ("
+             + ", ".join(f"{s} {v:.1%}" for s, v in r["composite_ratio"].items()) + "); the proxies were drawn "
+             f"over {len(r['dims'])} dimensions (the composite, " + names(r["dims"][1:]) + ") instead of "
+             f"{len(r['unchanged']) + len(r['dims']) - 1}.", "",
+             f"- added: {names(r['added'])}; changed: "
+             + (", ".join(f"{s} ({why})" for s, why in r["changed"].items()) or "none")
+             + f"; removed: {names(r['removed'])}.",
+             f"- criterion: {r['criterion']}.",
+             f"- proxies: {r['proxies_trained']} trained, {len(r['proxies_reused'])} reused from PREV_OUT; a full "
+             f"recompute would train {r['proxies_full_recompute']}: compute {r['compute_ratio']:.0%} of a full "
+             f"recompute ({r['compute_saved']:.0%} saved, proxies trained / proxies of a full recompute).", ""]
+    if r["proxies_not_reused"]:
+        by_reason: dict[str, list[str]] = {}
+        for w in r["proxies_not_reused"]:
+            by_reason.setdefault(w["reason"], []).append(w["proxy"])
+        lines += ["PREV_OUT proxies not reused:", ""]
+        lines += [f"- {', '.join(ns[:6])}{f' and {len(ns) - 6} more' if len(ns) > 6 else ''}: {why}"
+                  for why, ns in by_reason.items()] + [""]
+    return lines
 
 
 def _plots(out: Path, p: dict) -> list[str]:
@@ -99,10 +144,7 @@ def _plots(out: Path, p: dict) -> list[str]:
     names.append("predicted_vs_observed.png")
 
     sources = p["sources"]
-    series = [("natural", p["proxies"][0]["shares"])]
-    if "dc6" in p["predicted"]:
-        series.append(("DC-6", p["proxies"][1]["shares"]))
-    series.append(("proposed", p["shares"]))
+    series = [*_columns(p).items(), ("proposed", p["shares"])]
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(sources) + 2), 4))
     width = 0.8 / len(series)
     xs = np.arange(len(sources))
@@ -116,7 +158,7 @@ def _plots(out: Path, p: dict) -> list[str]:
     ax.set_ylabel("share of training tokens (%)")
     ax.set_ylim(0, max(100 * max(sh.get(s, 0) for _, sh in series for s in sources) * 1.18, 1))
     ax.legend(loc="upper right", frameon=False, ncols=len(series))
-    ax.set_title("Proposed weights beside DC-6 and the natural shares")
+    ax.set_title("Proposed weights beside " + ", ".join(label for label, _ in series[:-1]))
     fig.tight_layout()
     fig.savefig(out / "weights.png", dpi=110)
     plt.close(fig)
