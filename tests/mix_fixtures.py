@@ -88,7 +88,7 @@ def build_slimpajama_dir(root: Path, docs: list[tuple[str, str, str]], *, train_
             counts: dict[str, dict[str, int]] = {}
             w = JsonlZstWriter(root, rel)
             for doc_id, source, text in bucket:
-                w.write({"text": text, "meta": {"redpajama_set_name": SET_NAMES[source], "slimpipe_id": doc_id}})
+                w.write({"text": text, "meta": {"redpajama_set_name": SET_NAMES.get(source, source), "slimpipe_id": doc_id}})
                 c = counts.setdefault(source, {"docs": 0, "bytes": 0, "words": 0})
                 c["docs"] += 1
                 c["bytes"] += len(text.encode("utf-8"))

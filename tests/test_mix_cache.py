@@ -83,3 +83,19 @@ def test_an_unwritable_cache_is_one_clear_error(corpus, ray_session, tmp_path):
     with pytest.raises(MixBuildError, match=r"token cache .*file.*--token-cache"):
         build_mix(corpus.root, load_mix("dc1"), tmp_path / "x", _opt(5_000, blocker / "cache"))
     assert not (tmp_path / "x").exists()  # before touching the output
+
+
+def test_a_source_that_is_not_redpajamas_is_mixed_and_scored(ray_session, tmp_path):
+    """``arabic_web`` (any name) is a source: a custom mix names it, it gets its share, its own eval set
+    and cache entries; DC presets give it nothing."""
+    docs = sample_documents(tmp_path / "sample", size=0.25)
+    renamed = [(i, "arabic_web" if s == "wikipedia" else s, t) for i, s, t in docs]
+    fx = build_slimpajama_dir(tmp_path / "sp", renamed)
+    m = build_mix(fx.root, load_mix("common_crawl=1,arabic_web=1"), tmp_path / "m", _opt(20_000, tmp_path / "c"))
+    assert m["sources"]["arabic_web"]["share_target"] == 0.5 and m["within_tolerance"]
+    assert abs(m["sources"]["arabic_web"]["share_realised"] - 0.5) < 0.005
+    assert m["eval"]["validation"]["arabic_web"]["written"] and (tmp_path / "m" / "eval" / "arabic_web").is_dir()
+    assert any((tmp_path / "c").rglob("arabic_web/*.arrow"))
+    dc2 = build_mix(fx.root, load_mix("dc2"), tmp_path / "r", _opt(20_000, tmp_path / "c"))
+    assert "arabic_web" not in dc2["sources"] and set(dc2["epochs"]) == {"common_crawl", "github"}
+    assert "arabic_web" in dc2["eval"]["validation"]  # still scored: every source of the data has an eval set
