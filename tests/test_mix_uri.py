@@ -80,3 +80,25 @@ def test_a_mix_from_s3_to_s3_equals_the_local_build(s3_server, ray_session, tmp_
 
     train, evals = open_mix(f"{base}/mix", cache_dir=tmp_path / "cache")
     assert len(train) == local["train"]["n_sequences"] and set(evals) == set(open_mix(tmp_path / "local")[1])
+
+
+def test_the_command_line_takes_uris_and_names_a_bad_one(s3_server, ray_session, tmp_path):
+    from click.testing import CliRunner
+    from mix_fixtures import build_slimpajama_dir, sample_documents
+
+    from slimpipe.mix.command import mix_command
+
+    fx = build_slimpajama_dir(tmp_path / "sp", sample_documents(tmp_path / "sample", size=0.1))
+    base = f"{s3_server['url']}/cli"
+    storage.upload_tree(fx.root, f"{base}/sp")
+    args = ["--config", "dc2", "--tokens", "8k", "--seq-len", "32", "--eval-tokens", "1k", "--quiet"]
+    ok = CliRunner().invoke(mix_command, [f"{base}/sp", *args, "-o", f"{base}/mix"])
+    assert ok.exit_code == 0, ok.output
+    assert f"manifest: {base}/mix/manifest.json" in ok.output and storage.exists(f"{base}/mix/manifest.json")
+    again = CliRunner().invoke(mix_command, [f"{base}/sp", *args, "-o", f"{base}/mix"])
+    assert again.exit_code == 1 and "--overwrite" in again.output
+    bad = CliRunner().invoke(mix_command, [f"{s3_server['url']}-missing/sp", *args, "-o", str(tmp_path / "x")])
+    assert bad.exit_code == 1 and "-missing/sp" in bad.output and len(bad.output.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+    local = CliRunner().invoke(mix_command, [str(tmp_path / "nothing"), *args, "-o", str(tmp_path / "y")])
+    assert local.exit_code == 2 and "no such folder" in local.output
