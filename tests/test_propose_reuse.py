@@ -62,9 +62,15 @@ def test_change_criterion_docs_and_bytes_with_tolerance(tmp_path):
     stats = {**STATS, "c4": {"docs": 10, "bytes": 5040}}  # 0.8 % more bytes: within 1 %, not within 0
     assert _plan(tmp_path, {**AVAIL, "wikipedia": 1}, stats).changed == {}
     assert _plan(tmp_path, {**AVAIL, "wikipedia": 1}, stats, tol=0).changed == {"c4": "train bytes 5,000 → 5,040"}
-    # a PREV_OUT without recorded counts: the tokens decide
+    # a PREV_OUT without recorded counts: the tokens decide, so before the probe nothing is decided
     old = {k: v for k, v in PREV.items() if k != "source_stats"}
     assert "400 → 460" in _plan(tmp_path, {"c4": 1000, "github": 460}, prev=old).changed["github"]
+    assert plan_reuse(tmp_path, old, ["c4", "github"], None, STATS, 0.01) is None
+    # with counts, the same answer before the probe as after it
+    moved = {**STATS, "github": {"docs": 5, "bytes": 2300}}
+    assert plan_reuse(tmp_path, PREV, ["c4", "github"], None, moved, 0.01).changed == {"github": "train docs 4 → 5"}
+    with pytest.raises(ProposalError, match="^" + NOTHING_TO_DO):
+        plan_reuse(tmp_path, PREV, ["c4", "github"], None, STATS, 0.01)
 
 
 def test_refusals(tmp_path):
@@ -193,11 +199,11 @@ def test_reuse_end_to_end_on_the_sample(corpora, ray_session, tmp_path):
     assert "PREV_OUT's mix" in report
 
     # nothing changed since the second run: refused in one line, nothing trained
-    res = CliRunner().invoke(propose_command, [str(with_), "-o", str(tmp_path / "third"), "--reuse", str(out),
+    res = CliRunner().invoke(propose_command, [str(with_), "-o", str(tmp_path / "noop"), "--reuse", str(out),
                                                "--proxies", "6", "--tokens", "4096", "--seq-len", "64",
                                                "--vocab-size", "512", "--eval-tokens", "2048", "--quiet"])
     assert res.exit_code == 1 and "nothing to do; PREV_OUT's proposal stands" in res.output
-    assert "Traceback" not in res.output and not (tmp_path / "third" / "proxies").exists()
+    assert "Traceback" not in res.output and not (tmp_path / "noop").exists()
     # another budget, or a folder that is no proposal: refused before any work
     res = CliRunner().invoke(propose_command, [str(with_), "-o", str(tmp_path / "fourth"), "--reuse", str(out),
                                                "--tokens", "8192", "--quiet"])

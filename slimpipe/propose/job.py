@@ -149,6 +149,7 @@ def run_propose(slimpajama_dir: str | Path, out: str | Path, opt: ProposeOptions
         prev_dir, prev = R.load_previous(opt.reuse, out, asdict(opt))
         if R.COMPOSITE in present:
             raise ProposalError(f"a source is named {R.COMPOSITE!r}, the name --reuse gives its composite domain")
+        R.plan_reuse(prev_dir, prev, present, None, stats, opt.reuse_tolerance)  # "nothing to do" etc., early
     out.mkdir(parents=True, exist_ok=True)
     ensure_ray(opt.ray_address)
 
@@ -157,6 +158,8 @@ def run_propose(slimpajama_dir: str | Path, out: str | Path, opt: ProposeOptions
     probe = _build(src, dict.fromkeys(present, 1.0), "probe", probe_dir, opt,
                    str(R.tokenizer_dir(prev_dir)) if prev_dir else None)
     tokenizer = str(probe_dir)
+    if prev_dir:
+        R.check_same_tokenizer(prev_dir, probe, out)
     available = {s: int(probe["sources"][s].get("tokens_available", 0)) for s in present}
     empty = [s for s, n in available.items() if n <= 0]
     if empty:

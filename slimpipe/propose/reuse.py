@@ -117,9 +117,12 @@ def _rel(a: float, b: float) -> float:
     return abs(a - b) / max(abs(b), 1.0)
 
 
-def plan_reuse(prev_dir: Path, prev: dict, sources: Sequence[str], available: Mapping[str, int],
-               stats: Mapping[str, Mapping[str, int]], tolerance: float) -> ReusePlan:
-    """Which sources are unchanged, added, changed or removed; refuses when there is nothing to recompute."""
+def plan_reuse(prev_dir: Path, prev: dict, sources: Sequence[str], available: Mapping[str, int] | None,
+               stats: Mapping[str, Mapping[str, int]], tolerance: float) -> ReusePlan | None:
+    """Which sources are unchanged, added, changed or removed; refuses when there is nothing to recompute.
+
+    ``available=None`` (before the probe): decides from the index counts alone, and returns None without
+    refusing when a source has no counts in PREV_OUT (then only the probe's tokens can tell)."""
     prev_avail: dict[str, int] = prev["available_tokens"]
     prev_stats: dict[str, dict] = prev.get("source_stats") or {}
     added = [s for s in sources if s not in prev_avail]
@@ -134,6 +137,8 @@ def plan_reuse(prev_dir: Path, prev: dict, sources: Sequence[str], available: Ma
                 if _rel(now[unit], then[unit]) > tolerance:
                     changed[s] = f"train {unit} {then[unit]:,} → {now[unit]:,}"
                     break
+        elif available is None:
+            return None
         elif _rel(available[s], prev_avail[s]) > tolerance:  # no counts recorded: the probe's estimate
             changed[s] = f"available tokens {prev_avail[s]:,} → {available[s]:,}"
     unchanged = [s for s in sources if s not in added and s not in changed]
@@ -152,6 +157,17 @@ def plan_reuse(prev_dir: Path, prev: dict, sources: Sequence[str], available: Ma
                             "renormalised over the rest needs no proxies (run without --reuse to refit)")
     ratio = {s: prev["shares"].get(s, 0.0) / total for s in unchanged}
     return ReusePlan(prev_dir, prev, list(sources), unchanged, added, changed, removed, ratio, tolerance)
+
+
+def check_same_tokenizer(prev_dir: Path, probe: Mapping[str, Any], out: Path) -> None:
+    """The probe must have tokenized with PREV_OUT's tokenizer (it would not if OUT held an older probe)."""
+    try:
+        theirs = json.loads((tokenizer_dir(prev_dir) / "manifest.json").read_text())["tokenizer"]["identity"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # PREV_OUT's probe has no manifest: its tokenizer folder, checked in load_previous, is all there is
+    if probe.get("tokenizer", {}).get("identity") != theirs:
+        raise ProposalError(f"{out / 'mixes' / 'probe'} was made with another tokenizer than {prev_dir}'s; "
+                            "use a new output folder for --reuse")
 
 
 def reuse_swarm_size(full: int, plan: ReusePlan) -> int:
