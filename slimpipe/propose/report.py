@@ -30,7 +30,8 @@ def write_report(out: Path, p: dict) -> Path:
             ci = pred[ref]["proposed_minus_this_ci95"]
             verdict = ("predicted better" if ci[1] < 0 else "predicted worse" if ci[0] > 0
                        else "no detectable difference predicted")
-            lines.append(f"- vs {ref}: predicted {pred[ref]['objective']:.4f}; proposed − {ref} 95% interval "
+            label = _LABEL.get(ref, ref)
+            lines.append(f"- vs {label}: predicted {pred[ref]['objective']:.4f}; proposed − {label} 95% interval "
                          f"{_fmt_ci(ci)} → {verdict}.")
     lines += ["", f"Fit: **{p['chosen']}** chosen by cross-validation; held-out rank correlation (Spearman, "
               f"predicted vs observed objective) **{rho:.3f}**" if math.isfinite(rho) else
