@@ -200,3 +200,12 @@ def test_seed_pairing_uses_matching_seeds() -> None:
     d = difference(a, b, replicates=500)
     assert d["paired_seeds"] and d["columns"]["x"]["diff"] == pytest.approx(-0.02, abs=1e-9)
     assert d["columns"]["x"]["detectable"]
+
+
+def test_a_source_with_too_few_documents_gets_no_interval_and_no_claim() -> None:
+    nbytes = np.array([1000, 2000, 1500])
+    a = RowLosses([1], {"book": (np.array([1.0, 1.1, 1.2]) * np.log(2) * nbytes)[None]}, {"book": nbytes})
+    b = RowLosses([1], {"book": (np.array([1.5, 1.6, 1.7]) * np.log(2) * nbytes)[None]}, {"book": nbytes})
+    c = difference(a, b, replicates=200)["columns"]["book"]
+    assert c["ci95"] is None and not c["detectable"] and "too few" in c["note"]
+    assert c["diff"] == pytest.approx(-0.5)

@@ -25,7 +25,7 @@ def _k(n: float | None) -> str:
 def _ci_text(col: dict | None) -> str:
     if not col:
         return "no interval (no per-document losses)"
-    return describe(col["diff"], col["ci95"])
+    return describe(col["diff"], col["ci95"], col.get("note"))
 
 
 def headline(r: dict) -> list[str]:
@@ -65,6 +65,9 @@ def headline(r: dict) -> list[str]:
                    f"{', '.join(what)}.")
     else:
         out.append("Configurations ran with different seeds, so intervals pair evaluation documents only.")
+    if all(len(row["seeds"]) < 2 for row in r["rows"].values()):
+        out.append("One seed per configuration: the intervals cover the sampling of evaluation documents, not "
+                   "training noise (initialisation, data order); train several seeds to include it.")
     return out
 
 

@@ -29,6 +29,7 @@ import numpy as np
 
 LN2 = math.log(2.0)
 DEFAULT_REPLICATES = 2000
+MIN_DOCS = 5  # a source scored on fewer documents gets no interval of its own: resampling them says nothing
 
 
 @dataclass
@@ -125,6 +126,11 @@ def difference(a: RowLosses, b: RowLosses, *, replicates: int = DEFAULT_REPLICAT
     alpha = (1.0 - confidence) / 2.0
     cols = {}
     for col, d in point.items():
+        n_docs = a.bytes[col].size if col in a.bytes else None
+        if n_docs is not None and n_docs < MIN_DOCS:
+            cols[col] = {"diff": d, "ci95": None, "detectable": False,
+                         "note": f"{n_docs} evaluation document(s): too few for an interval"}
+            continue
         r = reps[col][np.isfinite(reps[col])]
         lo, hi = (float(np.quantile(r, alpha)), float(np.quantile(r, 1.0 - alpha))) if r.size else (math.nan, math.nan)
         cols[col] = {"diff": d, "ci95": [lo, hi], "detectable": bool(lo > 0 or hi < 0)}
@@ -133,8 +139,10 @@ def difference(a: RowLosses, b: RowLosses, *, replicates: int = DEFAULT_REPLICAT
             "replicates": replicates}
 
 
-def describe(diff: float, ci: list[float], better: str = "lower") -> str:
+def describe(diff: float, ci: list[float] | None, note: str | None = None) -> str:
     """One phrase for a difference: "−0.0123 bpb [−0.0150, −0.0090]" or "no detectable difference (…)"."""
+    if ci is None:
+        return f"no detectable difference ({diff:+.4f} bpb; {note or 'no interval'})"
     lo, hi = ci
     text = f"{diff:+.4f} bpb, 95% CI [{lo:+.4f}, {hi:+.4f}]"
     if not (lo > 0 or hi < 0):
