@@ -17,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
-import time
 from collections.abc import Iterable
 
 from slimpipe import storage
@@ -131,8 +129,8 @@ def claim(out: str | os.PathLike, job: str, ident: str, sources: Iterable[str | 
         if clash:
             raise OutputError(f"--force: output folder {storage.display(out)} already holds {_some(clash)}, which "
                               f"`slimpipe {job}` would overwrite; move them away or choose another folder")
-    storage.write_json_atomic(marker, {"job": job, "identity": ident, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                       "command": " ".join(["slimpipe", *sys.argv[1:]])[:2000]})
+    # only what defines the job: the same job written twice (or resumed after kill -9) gives the same bytes
+    storage.write_json_atomic(marker, {"job": job, "identity": ident})
     return False
 
 
