@@ -157,6 +157,9 @@ def test_runs_on_different_eval_sets_are_never_ranked_together(tmp_path: Path) -
 
 def test_sources_without_evaluation_are_named_and_tokenizers_flagged(tmp_path: Path) -> None:
     g = _dataset(tmp_path, "global")
+    (g / "eval").mkdir()
+    (g / "eval" / "manifest.json").write_text(json.dumps({"sources": {
+        "common_crawl": {"too_small": True, "reason": "common_crawl holds 9 bytes"}, "c4": {"too_small": False}}}))
     w = {"common_crawl": 0.5, "arxiv": 0.5}
     runs = [_run(tmp_path, _mix(tmp_path, "dc1", g, "tok-a", weights=w), 1, {"common_crawl": 1.5}),
             _run(tmp_path, _mix(tmp_path, "dc6", g, "tok-b", weights=w), 1, {"common_crawl": 1.4})]
@@ -166,6 +169,8 @@ def test_sources_without_evaluation_are_named_and_tokenizers_flagged(tmp_path: P
     assert not r["same_tokenizer"] and "arxiv" in r["missing_eval"]
     md = (tmp_path / "report" / "report.md").read_text()
     assert "compared in **bits per byte only**" in md and "- arxiv: no evaluation documents" in md
+    assert r["small_eval"] == {"common_crawl": "common_crawl holds 9 bytes"}
+    assert "smaller than the target" in md and "- common_crawl: common_crawl holds 9 bytes" in md
     assert r["rows"]["dc1 (global)"]["tasks"]["arc_easy"] == {"metric": "acc_norm", "mean": 0.4, "n": 1}
     assert "| dc1 (global) | 1.4" in md.split("## Downstream tasks")[1] and "0.400 (acc_norm)" in md
 

@@ -55,6 +55,7 @@ class Run:
     eval_log: list[dict] = field(default_factory=list)
     train_log: list[dict] = field(default_factory=list)
     tasks: dict = field(default_factory=dict)  # lm-eval task -> (metric, value), from RUN/lm_eval.json
+    small_eval: dict = field(default_factory=dict)  # source -> reason, from the evaluation set's manifest
 
     @property
     def eval(self) -> dict:
@@ -101,6 +102,11 @@ def load_run(path: str | Path) -> Run:
         dm = json.loads(dataset_manifest.read_text())
         dedup = (dm.get("dedup") or {}).get("mode", "?")
     eval_set = metrics.get("eval_set") or mix_manifest.get("eval_set")
+    small_eval = {}
+    eval_manifest = Path(inp.get("path", "")) / "eval" / "manifest.json"  # SLIMPAJAMA_DIR/eval, when local
+    if eval_manifest.is_file():
+        em = json.loads(eval_manifest.read_text())
+        small_eval = {s: v.get("reason") or "too small" for s, v in em.get("sources", {}).items() if v.get("too_small")}
     model = plan.get("preset") or train_cfg.get("model")
     if plan.get("model"):
         model = f"{model}:{hashlib.sha256(json.dumps(plan['model'], sort_keys=True).encode()).hexdigest()[:8]}"
@@ -117,7 +123,8 @@ def load_run(path: str | Path) -> Run:
     return Run(path=path, label=f"{name} ({dedup})", mix=name, dedup=dedup, seed=train_cfg.get("seed"),
                tokenizer=str(tokenizer), dataset=str(dataset), mix_weights=weights, metrics=metrics, config=cfg,
                mix_manifest=mix_manifest, losses=losses, eval_log=_read_jsonl(path / "eval_log.jsonl"),
-               train_log=_read_jsonl(path / "train_log.jsonl"), tasks=_tasks(path / "lm_eval.json"))
+               train_log=_read_jsonl(path / "train_log.jsonl"), tasks=_tasks(path / "lm_eval.json"),
+               small_eval=small_eval)
 
 
 def _tasks(path: Path) -> dict:
@@ -284,6 +291,7 @@ def compare(runs: list[Run], replicates: int = 2000) -> dict:
         "dedup_effect": _dedup_effect(rows, diff),
         "pairing": _pairing(groups, runs),
         "missing_eval": _missing_eval(runs, all_cols),
+        "small_eval": {s: why for r in runs for s, why in r.small_eval.items()},
         "bpb_definition": next((r.metrics["eval_docs"].get("definition") for r in runs
                                 if r.metrics.get("eval_docs", {}).get("definition")), None),
         "provenance": _fingerprint(runs),

@@ -80,6 +80,9 @@ def render_markdown(r: dict, plots: list[str]) -> str:
                   "byte only** (token-level loss is not comparable across tokenizers)."]
     for t in r["tables"]:
         lines += _table(r, t)
+    if r.get("small_eval"):
+        lines += ["", "**Evaluation sets smaller than the target** (their figures are less certain):", ""]
+        lines += [f"- {s}: {why}" for s, why in r["small_eval"].items()]
     if r["missing_eval"]:
         lines += ["", "**Sources without an evaluation figure:**", ""]
         lines += [f"- {s}: {why}" for s, why in r["missing_eval"].items()]
