@@ -183,7 +183,7 @@ def _eval_lines(e: dict | None) -> list[str]:
              f"Evaluation set `{e['eval_set']}` ({e['eval_docs']:,} documents, [eval/report.md](eval/report.md)). "
              f"Removed from train: the evaluation documents themselves, exact copies (full-text SHA-256 or cleaned "
              f"text), and near-duplicates ({e['shingles']}, MinHash-LSH {e['bands']}x{e['rows']}, recall "
-             f"{e['recall_at_threshold']:.2%} at J = {e['threshold']}, each candidate verified by exact Jaccard "
+             f"{e['recall_at_threshold']:.3%} at J = {e['threshold']}, each candidate verified by exact Jaccard "
              f">= {e['threshold']}). These are part of the decontaminated column above.", "",
              "| source | evaluation document | exact copy | near-duplicate |", "|---|---:|---:|---:|"]
     for src, reasons in sorted(e["removed"].items()):
