@@ -10,8 +10,8 @@ All three tokenize the same texts with the same GPT-2 vocabulary, built from the
 * HF tokenizers: ``BPE.from_file`` + ``ByteLevel`` pre-tokenizer/decoder, ``encode_batch`` with rayon
   limited to one thread;
 * the mix: :func:`slimpipe.mix.build.tokenize_shard`, the Ray task ``slimpipe mix`` runs per shard. It
-  does more than encode: it reads and decompresses the ``jsonl.zst`` shard, parses JSON, hashes every
-  text (holdout decontamination) and writes the token ids to an Arrow scratch file. Measured in this
+  does more than encode: it reads and decompresses the ``jsonl.zst`` shard, parses JSON, and writes the
+  token ids of each source to its Arrow file in the token cache. Measured in this
   process on one core, and as Ray tasks on ``--cores`` CPUs (wall time x cores = core-seconds, so
   "per core" includes Ray's scheduling and any idle core).
 
@@ -164,12 +164,12 @@ def main() -> None:
     def jobs(tag: str) -> list[dict]:
         out = work / f"scratch-{tag}"
         shutil.rmtree(out, ignore_errors=True)
-        return [{"file": str(work / "slimpajama" / p), "path": p, "out": str(out / f"{k}.arrow"),
-                 "sources": sorted({s for s, _ in docs}), "tokenizer": "gpt2", "identity": ours.identity,
-                 "keep_tokens": True, "want_hashes": False} for k, p in enumerate(shards)]
+        return [{"file": str(work / "slimpajama" / p), "path": p, "out_dir": str(out), "flat": f"{k}",
+                 "sources": sorted({s for s, _ in docs}), "tokenizer": "gpt2", "identity": ours.identity}
+                for k, p in enumerate(shards)]
 
     def mix_tokens(results: list[dict]) -> int:
-        return sum(st["tokens"] - st["docs"] for r in results for st in r["stats"].values())
+        return sum(st["tokens"] - st["docs"] for r in results for st in r["sources"].values())
 
     tokenize_shard(jobs("warm")[0])  # load the tokenizer once, as a Ray worker does on its first task
     counter = iter(range(10**6))

@@ -168,11 +168,10 @@ def tokenize_shard(job: dict[str, Any], holdout: np.ndarray | None = None) -> di
         srcs = docs.column("source").to_pylist()
         rows = [i for i, s in enumerate(srcs) if s is not None and (wanted is None or s in wanted)]
         texts_all = docs.column("text").to_pylist()
-        h = _doc_hashes([texts_all[i] for i in rows]) if rows else np.zeros(0, np.uint64)
         if wanted is None:
-            hashes.append(h)
+            hashes.append(_doc_hashes([texts_all[i] for i in rows]) if rows else np.zeros(0, np.uint64))
         elif holdout is not None and holdout.size and rows:
-            clean = ~np.isin(h, holdout)
+            clean = ~np.isin(_doc_hashes([texts_all[i] for i in rows]), holdout)
             for i, ok in zip(rows, clean, strict=True):
                 if not ok:
                     stats[srcs[i]]["holdout_dropped"] += 1
