@@ -192,7 +192,8 @@ def _tree(root: Path) -> dict[str, bytes]:
     out = {}
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root).as_posix()
-        if p.is_file() and not rel.startswith("_work") and rel not in ("report.json", "report.md"):
+        # _slimpipe.json: the output folder's claim (which command, when): differs between runs by design
+        if p.is_file() and not rel.startswith("_work") and rel not in ("report.json", "report.md", "_slimpipe.json"):
             out[rel] = p.read_bytes()
     return out
 

@@ -78,16 +78,19 @@ def read_task(ctx: TaskContext, task: dict, params: dict, nparts: int) -> dict:
         if docs is not None:
             lines = docs.column("line").to_pylist()
             srcs = docs.column("source").to_pylist()
-            for line, src, text in zip(lines, srcs, docs.column("text").to_pylist(), strict=True):
+            sizes = docs.column("nbytes").to_pylist()
+            for line, src, raw, nbytes in zip(lines, srcs, docs.column("text").to_pylist(), sizes, strict=True):
                 code = codes.setdefault(src, len(codes))
-                text = normalize(text)
+                text = normalize(raw)
+                if text is not raw:  # NFC changed it (rare): its UTF-8 size may differ from the reader's
+                    nbytes = len(text.encode("utf-8"))
                 clean = clean_for_hash(text)
                 node = base | (line - f.first_line)
                 if is_short(clean, p.min_chars):
-                    rows.append((node, code, True, len(text.encode("utf-8")), len(clean), 0))
+                    rows.append((node, code, True, nbytes, len(clean), 0))
                     continue
                 xh = exact_hash(clean)
-                rows.append((node, code, False, len(text.encode("utf-8")), len(clean), xh))
+                rows.append((node, code, False, nbytes, len(clean), xh))
                 if (xh, code) in seen:
                     continue
                 seen.add((xh, code))

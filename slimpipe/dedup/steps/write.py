@@ -83,11 +83,12 @@ def write_task(ctx: TaskContext, task: dict, inputs: str, sink, out: str) -> dic
     writer = sink.open(ws, t)
     base = t << NODE_SHIFT
     try:
-        for line, src, text, meta in iter_columns(f, ("line", "source", "text", "meta")):
+        for line, src, raw, meta, nbytes in iter_columns(f, ("line", "source", "text", "meta", "nbytes")):
             node = base | (line - f.first_line)
             doc_id = f"{src}/{f.rel}:{line}"
-            text = normalize(text)
-            nbytes = len(text.encode("utf-8"))
+            text = normalize(raw)
+            if text is not raw:  # NFC changed it: the reader's byte count is of the raw text
+                nbytes = len(text.encode("utf-8"))
             if node in short:
                 _add_removed(cols, doc_id, src, "short", None, None, nbytes)
             elif node in removed:
