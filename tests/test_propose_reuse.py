@@ -198,6 +198,11 @@ def test_reuse_end_to_end_on_the_sample(corpora, ray_session, tmp_path):
     assert "## Reuse of" in report and "4 trained, 0 reused" in report and "33% saved" in report
     assert "PREV_OUT's mix" in report
 
+    # the same folder asked for other draws (another seed): refused, never silently resumed from other mixes
+    with pytest.raises(ProposalError, match="holds a mix of other data, weights or sizes"):
+        run_propose(with_, out, ProposeOptions(proxies=6, seed=1, reuse=str(tmp_path / "first"), **OPT))
+    assert len(list((out / "proxies").glob("p*/metrics.json"))) == 4
+
     # nothing changed since the second run: refused in one line, nothing trained
     res = CliRunner().invoke(propose_command, [str(with_), "-o", str(tmp_path / "noop"), "--reuse", str(out),
                                                "--proxies", "6", "--tokens", "4096", "--seq-len", "64",

@@ -74,8 +74,17 @@ def _build(src: Path, weights: dict[str, float], name: str, out: Path, opt: Prop
     from slimpipe.mix.build import MixOptions, build_mix
     from slimpipe.mix.config import MixConfig
 
-    if (out / "manifest.json").exists():
-        return json.loads((out / "manifest.json").read_text())
+    if (out / "manifest.json").exists():  # resume, but only the same mix of the same data
+        m = json.loads((out / "manifest.json").read_text())
+        total = math.fsum(weights.values())
+        had = (m.get("mix") or {}).get("shares") or {}
+        same = (m.get("input", {}).get("path") == str(src.resolve()) and m.get("tokens_requested") == opt.tokens
+                and m.get("seq_len") == opt.seq_len
+                and all(abs(had.get(s, 0.0) - weights.get(s, 0.0) / total) <= 1e-9 for s in {*had, *weights}))
+        if not same:
+            raise ProposalError(f"{out} holds a mix of other data, weights or sizes than this run's (an earlier "
+                                "run with other options or data?); use a new output folder")
+        return m
     mo = MixOptions(tokens=opt.tokens, seq_len=opt.seq_len, seed=opt.seed, tokenizer=tokenizer or opt.tokenizer,
                     vocab_size=opt.vocab_size, eval_tokens=opt.eval_tokens, overwrite=True,
                     ray_address=opt.ray_address, quiet=True, warn=lambda m: log.info("%s: %s", name, m))
