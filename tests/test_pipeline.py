@@ -168,3 +168,27 @@ def test_kill_minus_9_then_resume_is_byte_identical(sample, global_run, tmp_path
             assert (out / p.relative_to(out_ref)).read_bytes() == p.read_bytes()
     for name in ("manifest.json", "index.json"):
         assert (out / name).read_bytes() == (out_ref / name).read_bytes()
+
+
+def test_output_and_scratch_on_s3_give_the_local_bytes(sample, global_run, s3_server, ray_session):
+    """OUT and --scratch as s3:// URIs on a real S3-compatible server: the same shards, manifest and index
+    as the local run, one copy of the corpus (no dedup/kept), and no intermediates left anywhere."""
+    import uuid
+
+    from slimpipe import storage
+
+    out_ref, _ = global_run
+    base = f"{s3_server['url']}/sp-{uuid.uuid4().hex[:8]}"
+    out, scratch = storage.join(base, "out"), storage.join(base, "scratch")
+    params = load_preset("recall").with_overrides(mode="global")
+    options = PipelineOptions(holdout_fraction=0.05, chunks=3, shard_records=200)
+    report = SlimPajamaJob([sample[0]], out, params, options, progress=False, scratch=scratch).run()
+    assert report["intermediates"]["scatter"]["files"] > 0
+    files = {f[len(out) + 1:] for f in storage.list_files(out)}
+    ref = {p.relative_to(out_ref).as_posix() for p in out_ref.rglob("*") if p.is_file()}
+    shards = sorted(f for f in ref if f.endswith(".jsonl.zst"))
+    assert shards and set(shards) <= files
+    for rel in [*shards, "manifest.json", "index.json"]:
+        assert storage.read_bytes(storage.join(out, rel)) == (out_ref / rel).read_bytes(), rel
+    assert not [f for f in files if f.startswith(("_work", "dedup/kept", "dedup/_work"))]
+    assert storage.list_files(scratch) == []
