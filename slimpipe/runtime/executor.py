@@ -23,6 +23,7 @@ The executor runs each step once:
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -69,6 +70,18 @@ class Executor:
         self.timings: dict[str, float] = {}
         self.intermediates: dict[str, dict[str, int]] = {}
         self._memory_cap: int | None = None
+        self._checked = False
+
+    def _check_cluster(self) -> None:
+        """Warn once when a local workspace meets a multi-node cluster (every node must see the folder)."""
+        import ray
+
+        self._checked = True
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        if len(nodes) > 1 and not storage.is_remote(self.ws.root):
+            print(f"warning: intermediates are in the local folder {self.ws.root} on a {len(nodes)}-node Ray "
+                  "cluster: every node must see it (a shared mount); otherwise give -o or --scratch an object "
+                  "store URI such as s3://bucket/prefix", file=sys.stderr)
 
     def _cap(self, memory: int) -> int:
         import ray
@@ -86,6 +99,8 @@ class Executor:
         if (done := self.ws.done(step.name)) is not None:
             self._record(step.name, done)
             return done["results"]
+        if not self._checked:
+            self._check_cluster()
         start = time.perf_counter()
         options: dict = {"num_cpus": step.num_cpus, "max_retries": self.max_retries}
         if step.memory and (mem := self._cap(step.memory)):
