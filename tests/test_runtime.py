@@ -64,6 +64,19 @@ def test_shuffle_local(tmp_path: Path) -> None:
     _shuffle_roundtrip(Workspace(tmp_path / "out"))
 
 
+def test_shuffle_large_files_and_many_partitions(tmp_path: Path) -> None:
+    """Offsets and rows beyond the first block read: the seek paths give the same rows."""
+    ws = Workspace(tmp_path / "out")
+    n, nparts = 40_000, 10_000  # 80 KB of offsets, 640 KB of rows
+    rows = np.empty(n, ROW)
+    rows["key"] = np.arange(n, dtype=np.uint64) * np.uint64(7919)
+    rows["node"] = np.arange(n)
+    part = np.where(np.arange(n) < 30_000, 0, np.arange(n) % nparts)  # one big partition, many small ones
+    piece = write_partitioned(ws, "big.shuf", rows, part, nparts)
+    for p in (0, 1, 4999, nparts - 1):
+        assert np.array_equal(read_partition(ws, [piece], p, ROW), rows[part == p]), p
+
+
 def test_shuffle_on_s3(s3_server: dict) -> None:
     ws = Workspace(f"{s3_server['url']}/rt-{uuid.uuid4().hex[:8]}")
     _shuffle_roundtrip(ws)

@@ -51,8 +51,10 @@ def make_plan(paths: list, params: DedupParams, source: str | None = None, parti
     tasks = split_ranges(files, target_bytes=range_bytes, count_lines=False)
     index = {f.path: i for i, f in enumerate(files)}
     total = sum(f.size for f in files)
-    # about 64 MB of compressed input per partition keeps each shuffle partition small in memory
-    auto = max(4, math.ceil(total / (64 << 20)))
+    # The read step writes ~15% of the compressed input as shuffle rows (band keys, exact hashes), so
+    # 1 GB of input per partition gives reducers ~150 MB each: ~1,000 partitions for 1 TB, each reading
+    # one slice of every read task's file (one or two ranged reads apiece).
+    auto = max(4, math.ceil(total / (1 << 30)))
     return {
         "version": 2,
         "params": params.to_dict(),

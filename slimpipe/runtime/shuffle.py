@@ -28,6 +28,8 @@ from slimpipe import storage
 from slimpipe.runtime.workspace import Workspace
 
 MAGIC = b"SPSHUF1\n"
+_HEAD = 64 << 10
+_MAX_HEADER = 4096  # an npy header is a few hundred bytes
 
 
 class ShuffleInputMissing(RuntimeError):
@@ -63,6 +65,48 @@ def _read_header(fh) -> tuple[np.dtype, tuple, int]:
     return dtype, shape, fh.tell()
 
 
+def _read_slice(fh, p: int, name: str) -> tuple[int, int, np.dtype | None, tuple, bytes]:
+    """Partition ``p``'s rows of one map file: (lo, hi, dtype, shape, raw bytes).
+
+    The file's first 64 KiB come in one read (magic, offsets and usually the rows' header and small
+    partitions too), so on an object store a partition costs one or two ranged GETs per map file.
+    """
+    head = fh.read(_HEAD)
+    if not head.startswith(MAGIC):
+        raise ValueError(f"{name}: not a shuffle file")
+    buf = io.BytesIO(head)
+    buf.seek(len(MAGIC))
+    _, oshape, ostart = _read_header(buf)
+    at = ostart + 8 * p
+    if at + 16 <= len(head):
+        lo, hi = np.frombuffer(head[at:at + 16], np.int64).tolist()
+    else:
+        fh.seek(at)
+        lo, hi = np.frombuffer(fh.read(16), np.int64).tolist()
+    if hi == lo:
+        return lo, hi, None, (), b""
+    rpos = ostart + 8 * oshape[0]
+    if rpos + _MAX_HEADER <= len(head):
+        block, base = head, 0
+    else:
+        fh.seek(rpos)
+        block, base = fh.read(_MAX_HEADER), rpos
+    hbuf = io.BytesIO(block)
+    hbuf.seek(rpos - base)
+    rdtype, rshape, rel = _read_header(hbuf)
+    rstart = base + rel
+    row_bytes = rdtype.itemsize * int(np.prod(rshape[1:], dtype=np.int64))
+    first, last = rstart + lo * row_bytes, rstart + hi * row_bytes
+    if last <= len(head):
+        raw = head[first:last]
+    else:
+        fh.seek(first)
+        raw = fh.read(last - first)
+    if len(raw) != last - first:
+        raise ValueError(f"{name}: truncated shuffle file")
+    return lo, hi, rdtype, rshape, raw
+
+
 def _missing(ws: Workspace, piece: dict) -> ShuffleInputMissing:
     return ShuffleInputMissing(f"shuffle input missing: {ws.path(piece['path'])} "
                                "(listed in a committed manifest; the workspace was changed or partly deleted)")
@@ -85,18 +129,9 @@ def read_partition(ws: Workspace, pieces: list[dict | None], p: int, dtype: np.d
                 raise _missing(ws, piece) from exc
             raise
         with fh:
-            if fh.read(len(MAGIC)) != MAGIC:
-                raise ValueError(f"{ws.path(piece['path'])}: not a shuffle file")
-            _, oshape, ostart = _read_header(fh)
-            fh.seek(ostart + 8 * p)
-            lo, hi = np.frombuffer(fh.read(16), np.int64).tolist()
-            if hi == lo:
-                continue
-            fh.seek(ostart + 8 * oshape[0])
-            rdtype, rshape, rstart = _read_header(fh)
-            row_bytes = rdtype.itemsize * int(np.prod(rshape[1:], dtype=np.int64))
-            fh.seek(rstart + lo * row_bytes)
-            raw = fh.read((hi - lo) * row_bytes)
+            lo, hi, rdtype, rshape, raw = _read_slice(fh, p, ws.path(piece["path"]))
+        if hi == lo:
+            continue
         arr = np.frombuffer(raw, rdtype).copy()
         parts.append(arr.reshape((hi - lo, *rshape[1:])))
     if parts:
