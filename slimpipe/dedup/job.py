@@ -39,9 +39,12 @@ from slimpipe.runtime import Executor, Step, Workspace
 from slimpipe.runtime.workspace import remove_temporaries
 from slimpipe.sources import sort_sources
 
+RANGE_BYTES = 256 << 20  # a plain .jsonl is cut into ranges of this size, one read task each
+PARTITION_INPUT_BYTES = 1 << 30  # input bytes per hash partition (auto --partitions)
+
 
 def make_plan(paths: list, params: DedupParams, source: str | None = None, partitions: int | None = None,
-              range_bytes: int = 256 << 20) -> dict:
+              range_bytes: int = RANGE_BYTES) -> dict:
     """Inputs, ranges and partition counts; fixed for the life of the job (resume checks it).
 
     Plain ``.jsonl`` files are cut into byte ranges by seeking to each cut and moving to the next line
@@ -54,7 +57,7 @@ def make_plan(paths: list, params: DedupParams, source: str | None = None, parti
     # The read step writes ~15% of the compressed input as shuffle rows (band keys, exact hashes), so
     # 1 GB of input per partition gives reducers ~150 MB each: ~1,000 partitions for 1 TB, each reading
     # one slice of every read task's file (one or two ranged reads apiece).
-    auto = max(4, math.ceil(total / (1 << 30)))
+    auto = max(4, math.ceil(total / PARTITION_INPUT_BYTES))
     return {
         "version": 2,
         "params": params.to_dict(),
