@@ -254,7 +254,9 @@ def run_propose(slimpajama_dir: str | Path, out: str | Path, opt: ProposeOptions
 
     # 6. propose
     dim_bounds, dim_natural = upper_bounds(dim_avail, opt.tokens, opt.max_epochs), natural_shares(dim_avail)
-    bound_arr = np.array([dim_bounds[d] for d in dims])
+    # Trust region: no share beyond the largest any proxy trained on, so the fit never extrapolates a
+    # source past what was observed (an unbounded search on a few proxies runs to a corner of the simplex).
+    bound_arr = np.minimum(np.array([dim_bounds[d] for d in dims]), X.max(axis=0))
     nat_arr = np.array([dim_natural[d] for d in dims])
     x = search(model, obj, bound_arr, nat_arr, seed=opt.seed)
     at = np.vstack([x] + [np.array([ref[d] for d in dims]) for ref in refs.values()])
@@ -267,8 +269,12 @@ def run_propose(slimpajama_dir: str | Path, out: str | Path, opt: ProposeOptions
     dlo, dhi = np.percentile(diff, [2.5, 97.5], axis=0)
     shares = expand({d: float(v) for d, v in zip(dims, x, strict=True)})
     names = ["proposed", *refs]
-    predicted = {n: {"objective": float(obj(point[j:j + 1])[0]), "objective_ci95": [float(olo[j]), float(ohi[j])],
-                     "bpb": {s: float(point[j, t]) for t, s in enumerate(targets)},
+    # The stated prediction is the bootstrap median (bagged): the single fit's value at its own optimum
+    # is biased low (the search picks the fit's most optimistic point), and is kept as "fit_objective".
+    med = np.median(boot, axis=0)
+    predicted = {n: {"objective": float(np.median(obj_boot[:, j])), "objective_ci95": [float(olo[j]), float(ohi[j])],
+                     "fit_objective": float(obj(point[j:j + 1])[0]),
+                     "bpb": {s: float(med[j, t]) for t, s in enumerate(targets)},
                      "bpb_ci95": {s: [float(lo[j, t]), float(hi[j, t])] for t, s in enumerate(targets)}}
                  for j, n in enumerate(names)}
     for j, n in enumerate(names[1:]):
@@ -279,6 +285,7 @@ def run_propose(slimpajama_dir: str | Path, out: str | Path, opt: ProposeOptions
         "sources": present, "targets": targets, "objective": {"spec": opt.objective, "description": desc,
                                                                "weights": dict(zip(targets, w.tolist(), strict=True))},
         "available_tokens": available, "bounds": bounds, "max_epochs": opt.max_epochs,
+        "trust_region": {d: float(v) for d, v in zip(dims, X.max(axis=0), strict=True)},
         "dims": dims, "natural_shares": natural, "dc6_shares": dc6_shares,
         "reference_shares": {n: expand(ref) for n, ref in refs.items()}, "source_stats": stats,
         "proxies": [{"name": mix_dirs[i].name, "shares": expand(mixtures[i]), "point": mixtures[i],

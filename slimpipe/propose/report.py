@@ -43,7 +43,9 @@ def write_report(out: Path, p: dict) -> Path:
     lines += ["", "A prediction is only as good as the proxies: they are small models trained on "
               f"{p['options']['tokens']:,} tokens each ({p['options']['model']}); the interval covers the fit's "
               "uncertainty over proxies, not the gap between proxy and target scale. Validate the proposal by "
-              "training it beside DC-6 with several seeds (`benchmarks/bench_propose.py`).", ""]
+              "training it beside DC-6 with several seeds (`benchmarks/bench_propose.py`). Predictions are "
+              "bootstrap medians (the single fit is optimistic at its own optimum), and the search stays inside "
+              "the proxies' trust region: no share above the largest any proxy trained on.", ""]
     if p.get("reuse"):
         lines += _reuse_section(p["reuse"])
     cols = _columns(p)
