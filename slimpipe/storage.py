@@ -418,3 +418,16 @@ def upload_tree(local_dir: str | os.PathLike, dest: str | os.PathLike) -> list[s
                 shutil.copyfileobj(src, fh, _CHUNK)
             out.append(target)
     return out
+
+
+def download_tree(src: str | os.PathLike, local_dir: str | os.PathLike) -> list[Path]:
+    """Copy every file under ``src`` (a path or URI) into a local folder; the inverse of :func:`upload_tree`."""
+    base = join(src)
+    root = Path(local_dir)
+    out = []
+    for f in list_files(src):
+        target = root / f[len(base):].lstrip("/")
+        with open_input(f) as fh, open_output(target) as dst:
+            shutil.copyfileobj(fh, dst, _CHUNK)
+        out.append(target)
+    return out

@@ -2,17 +2,58 @@
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
 
 
+def _run_location(ctx, param, values: tuple[str, ...]) -> tuple[str | Path, ...]:
+    """RUN: a local folder that exists, or a URI (s3://, gs://, ...) whose top-level files are read."""
+    from slimpipe import storage
+
+    out = []
+    for v in values:
+        if storage.is_remote(v):
+            out.append(v)
+        elif not Path(v).is_dir():
+            raise click.BadParameter(f"{v!r}: no such folder", param_hint="RUN")
+        else:
+            out.append(Path(v))
+    return tuple(out)
+
+
+@contextlib.contextmanager
+def _local(runs: tuple[str | Path, ...], out: str | Path) -> Iterator[tuple[list[Path], Path]]:
+    """Local views of URI runs (their top-level files: metrics, config, logs, per-document losses) and a
+    local report folder uploaded to a URI OUT when the report is written."""
+    from slimpipe import storage
+
+    with tempfile.TemporaryDirectory(prefix="slimpipe-compare-") as tmp:
+        local_runs = []
+        for i, run in enumerate(runs):
+            if not storage.is_remote(run):
+                local_runs.append(Path(run))
+                continue
+            dest = Path(tmp) / "runs" / f"{i:03d}" / str(run).rstrip("/").rsplit("/", 1)[-1]
+            dest.mkdir(parents=True)
+            for f in storage.list_files(run, recursive=False):
+                storage.local_copy(f, Path(tmp) / "cache").rename(dest / f.rsplit("/", 1)[-1])
+            local_runs.append(dest)
+        local_out = Path(tmp) / "report" if storage.is_remote(out) else Path(out)
+        yield local_runs, local_out
+        if storage.is_remote(out):
+            storage.upload_tree(local_out, out)
+
+
 @click.command("compare")
-@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True, file_okay=False))
-@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Report folder.")
+@click.argument("runs", nargs=-1, required=True, callback=_run_location)
+@click.option("-o", "--output", "out", required=True, help="Report folder: a path, or a URI (s3://, gs://, ...).")
 @click.option("--force", is_flag=True, help="Write into a non-empty folder that is not a slimpipe output "
                                             "(refused if a file there would be overwritten).")
-def compare_command(runs: tuple[Path, ...], out: Path, force: bool) -> None:
+def compare_command(runs: tuple[str | Path, ...], out: str, force: bool) -> None:
     """Compare trained runs (``slimpipe train`` outputs): per-source bits per byte, rows keyed by the full
     training configuration (seeds inside a row), a paired bootstrap 95% interval on every difference,
     curves, provenance. Runs on different evaluation sets are never ranked together."""
@@ -21,7 +62,8 @@ def compare_command(runs: tuple[Path, ...], out: Path, force: bool) -> None:
 
     held = claim(out, "compare", "report", sources=runs, force=force)  # each compare rewrites its report folder
     try:
-        report = write_compare_report(list(runs), out)
+        with _local(runs, out) as (local_runs, local_out):
+            report = write_compare_report(local_runs, local_out)
     except CompareError as exc:
         if not held:
             release(out)  # refused runs leave no folder behind
@@ -32,4 +74,4 @@ def compare_command(runs: tuple[Path, ...], out: Path, force: bool) -> None:
 
     for line in headline(report):
         click.echo(line.replace("**", ""))
-    click.echo(f"report: {out / 'report.md'}")
+    click.echo(f"report: {str(out).rstrip('/')}/report.md")

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import click
 
@@ -37,6 +41,31 @@ def _mix_location(value: str | None) -> str | None:
     if value and not storage.is_remote(value) and not os.path.isdir(storage.join(value)):
         raise click.BadParameter(f"{value!r}: no such folder", param_hint="MIX_DIR")
     return value
+
+
+@contextlib.contextmanager
+def _staged_run(output: str, resume: bool) -> Iterator[str]:
+    """RUN itself when local. For a URI (s3://, gs://, ...): a local staging folder (with the remote run
+    downloaded first under --resume), uploaded to the URI when training succeeds, metrics.json last so
+    its presence means the run is complete there. A failed run uploads nothing."""
+    from slimpipe import storage
+
+    if not storage.is_remote(output):
+        yield output
+        return
+    with tempfile.TemporaryDirectory(prefix="slimpipe-run-") as tmp:
+        local = Path(tmp) / "run"
+        local.mkdir()
+        if resume:
+            storage.download_tree(output, local)
+            (local / "_slimpipe.json").unlink(missing_ok=True)  # the RUN's claim stays where it is
+        yield str(local)
+        metrics = local / "metrics.json"
+        data = metrics.read_bytes() if metrics.exists() else None
+        metrics.unlink(missing_ok=True)
+        storage.upload_tree(local, output)
+        if data is not None:
+            storage.write_bytes_atomic(storage.join(output, "metrics.json"), data)
 
 
 @click.command(name="train")
@@ -123,11 +152,13 @@ def train_command(mix_dir: str | None, model: str, output: str, max_steps: int |
     from slimpipe.outdir import claim
 
     claim(output, "train", "run", sources=[mix_dir] if mix_dir else [], force=force)  # never into the mix or a user's folder
-    try:
-        metrics = launch(cfg, ray_address=ray_address, num_workers=num_workers, use_gpu=use_gpu,
-                         cpus_per_worker=cpus_per_worker)
-    except (FileExistsError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    with _staged_run(output, resume) as local_run:  # a URI RUN trains in a local folder, uploaded at the end
+        cfg.out_dir = local_run
+        try:
+            metrics = launch(cfg, ray_address=ray_address, num_workers=num_workers, use_gpu=use_gpu,
+                             cpus_per_worker=cpus_per_worker)
+        except (FileExistsError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from exc
     ev = metrics["eval"]
     click.echo(f"{metrics['preset']}: {metrics['n_params'] / 1e6:.2f}M params, {metrics['steps']} steps, "
                f"{metrics['tokens']:,} tokens, {metrics['throughput']['tokens_per_s'] or 0:,.0f} tokens/s")
