@@ -80,13 +80,16 @@ def ensure_datajuicer_venv() -> tuple[Path | None, str]:
 def prepare_input(files: list[Path], dest: Path) -> tuple[Path, int]:
     """A copy of the corpus data-juicer's Ray reader can load: ``{"text", "meta": "<json>"}`` per line.
 
-    Returns (folder, documents). Reused when it is newer than every input file.
+    Returns (folder, documents). Reused only when made from the same files (paths, sizes, mtimes).
     """
     import zstandard
 
     stamp = dest / "_docs.json"
-    if stamp.exists() and all(stamp.stat().st_mtime >= f.stat().st_mtime for f in files):
-        return dest, json.loads(stamp.read_text())["docs"]
+    source = [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    if stamp.exists():
+        made = json.loads(stamp.read_text())
+        if made.get("source") == source:
+            return dest, made["docs"]
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
@@ -101,7 +104,7 @@ def prepare_input(files: list[Path], dest: Path) -> tuple[Path, int]:
                                      ensure_ascii=False) + "\n")
                 docs += 1
             out.flush()
-    stamp.write_text(json.dumps({"docs": docs}))
+    stamp.write_text(json.dumps({"docs": docs, "source": source}))
     return dest, docs
 
 
