@@ -8,7 +8,7 @@ intermediates each stage writes (files, bytes), and both projected to 1 TB of in
   step, counted by the runtime as it commits them), and the committed step manifests on disk from a
   ``--keep-intermediates`` run.
 * Projection to 1 TB of input files (compressed, as the plan sizes them): map steps get one task per
-  256 MB input range (the plan's default), partition steps one task per 64 MB (its auto rule), and every
+  256 MB input range (the plan's default), partition steps one task per 1 GB of input (its auto rule), and every
   step keeps the files per task and bytes per input byte measured here. The small corpus would run its
   connected components in one process; 1 TB takes the distributed path, so the intermediates are
   measured on a second run with ``--max-edges-in-memory 0`` (and ``--keep-intermediates``).
@@ -29,9 +29,11 @@ from pathlib import Path
 
 from _common import MB, PYTHON, ROOT, Measured, TreeSampler, _kill_tree
 
+from slimpipe.dedup import job as dedup_job
+
 TB = 1e12
-RANGE_BYTES = 256 << 20  # the dedup plan's input range (one map task each)
-PARTITION_BYTES = 64 << 20  # the dedup plan's auto partition size
+RANGE_BYTES = dedup_job.RANGE_BYTES  # the dedup plan's input range (one map task each)
+PARTITION_BYTES = dedup_job.PARTITION_INPUT_BYTES  # the dedup plan's auto partition size (input bytes)
 PY_OBJECTS_PER_JSON_BYTE = 5
 STARTED = re.compile(r"^\[(?:[^\]:]+: )?(?P<stage>[^\]]+)\] started")
 
