@@ -206,6 +206,7 @@ def test_rerun_after_interruption_reuses_tokenized_shards(corpus, ray_session, t
     build_mix(corpus.root, load_mix("dc3"), out, opt)
     scratch = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("train-*/*/*.arrow")}
     assert scratch
+    assert any((out / ".work" / "select").glob("*.arrow"))  # --keep-work keeps the selected pieces
     before = _files_sha(out / "train")
     (out / "manifest.json").unlink()  # as if killed before the end
     build_mix(corpus.root, load_mix("dc3"), out, opt)

@@ -192,7 +192,8 @@ def build_mix(slimpajama_dir: str | Path, mix: MixConfig, out: str | Path, opt: 
                        used=used, res=res, holdout_res=holdout_res, holdout_docs=int(holdout_hashes.size),
                        sel=sel, realised=realised, docs_packed=docs_packed, eval_info=eval_info, extra=extra,
                        text_shards=text_shards)
-    storage.delete_tree(sel.folder if opt.keep_work else work)
+    if not opt.keep_work:  # --keep-work keeps OUT/.work (the pieces selected per shard) for inspection
+        storage.delete_tree(work)
     log.info("mix %s built in %.1fs", mix.name, time.monotonic() - t_start)
     return storage.read_json(storage.join(out, MANIFEST))
 
