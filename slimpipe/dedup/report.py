@@ -147,7 +147,11 @@ def _sample_clusters(job: DedupJob, keep_results: list[dict], n: int = 5) -> lis
     if not tops:
         return []
     nodes = sorted({x for c in tops for x in [c["keeper"], *c["members"]]})
-    texts = ray.get(ray.remote(_sample_texts).remote(job.root, job.plan, nodes))
+    from slimpipe import storage
+
+    env = storage.storage_env()  # the task reads inputs that may live on remote storage
+    task = ray.remote(_sample_texts).options(**({"runtime_env": {"env_vars": env}} if env else {}))
+    texts = ray.get(task.remote(job.root, job.plan, nodes))
     from slimpipe.dedup.minhash import estimate_jaccard, jaccard_exact, signatures
 
     p = job.params
@@ -155,6 +159,8 @@ def _sample_clusters(job: DedupJob, keep_results: list[dict], n: int = 5) -> lis
     rels = job.plan["files"]
     for c in tops:
         keeper = c["keeper"]
+        if str(keeper) not in texts or any(str(m) not in texts for m in c["members"]):
+            continue  # an input that could not be re-read: the sample shows the clusters it can
         kt = texts[str(keeper)]
         members = []
         for m in c["members"]:
