@@ -1,6 +1,9 @@
 """``slimpipe evalset SOURCES -o EVAL``: one evaluation set, drawn once from the raw sources before any dedup.
 
-Two Ray stages over the input files (one task per file or byte range; the driver only plans):
+Two steps on the runtime executor (:mod:`slimpipe.runtime`), one Ray task per input file or byte range;
+the driver only plans. ``EVAL`` and the inputs may be paths or URIs (``s3://``, ``gs://``...); the
+intermediates live in ``EVAL/_work`` (or under ``--scratch``), each step resumes from its committed
+manifest, and they are deleted once the set is complete:
 
 1. **scan**: every document gets a key ``xxh64(seed, id)`` (a seeded uniform order that depends on
    nothing but the document's stable id); each task returns per source its document and byte counts
@@ -24,19 +27,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
+import os
 import sys
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import xxhash
 
+from slimpipe import storage
 from slimpipe.io.readers import InputFile, discover_files, iter_columns, read_batches, split_ranges
-from slimpipe.io.writers import JsonlZstWriter, atomic_write_bytes, atomic_write_json
+from slimpipe.io.writers import JsonlZstWriter
+from slimpipe.runtime import Executor, Step, TaskContext, Workspace
+from slimpipe.runtime.workspace import remove_temporaries
 from slimpipe.sources import SET_NAMES
-from slimpipe.stages import StageRunner
-from slimpipe.workdir import WorkDir
 
 FORMAT = "slimpipe-evalset"
 VERSION = 1
@@ -73,11 +76,7 @@ def doc_key(seed: int, doc_id: str) -> int:
     return xxhash.xxh64_intdigest(f"eval\0{doc_id}".encode(), seed=seed)
 
 
-def _scan(root: str, t: int, task: dict, seed: int, target_bytes: int) -> dict:
-    wd = WorkDir(Path(root).parent)
-    marker = wd.path("scan", f"t{t:05d}.json")
-    if (done := wd.task_done(marker)) is not None:
-        return done
+def _scan(ctx: TaskContext, task: dict, seed: int, target_bytes: int) -> dict:
     keys: dict[str, list[int]] = {}
     sizes: dict[str, list[int]] = {}
     stats = None
@@ -97,9 +96,7 @@ def _scan(root: str, t: int, task: dict, seed: int, target_bytes: int) -> dict:
         take = order[before < target_bytes]
         by_source[src] = {"docs": int(k_arr.size), "bytes": int(b_arr.sum())}
         cands[src] = [[int(k_arr[i]), int(b_arr[i])] for i in take]
-    result = {"by_source": by_source, "candidates": cands, "stats": stats}
-    atomic_write_json(marker, result)
-    return result
+    return {"by_source": by_source, "candidates": cands, "stats": stats}
 
 
 def plan_selection(scanned: list[dict], opts: EvalSetOptions) -> dict[str, dict]:
@@ -137,12 +134,10 @@ def plan_selection(scanned: list[dict], opts: EvalSetOptions) -> dict[str, dict]
     return plan
 
 
-def _write(root: str, t: int, task: dict, seed: int, thresholds: dict[str, int], eval_dir: str) -> dict:
-    wd = WorkDir(Path(root).parent)
-    marker = wd.path("write", f"t{t:05d}.json")
-    if (done := wd.task_done(marker)) is not None:
-        return done
+def _write(ctx: TaskContext, task: dict, seed: int, thresholds: dict[str, int], eval_dir: str) -> dict:
     from slimpipe.mix.tokenizer import GPT2Tokenizer
+
+    t = ctx.index
 
     tok = GPT2Tokenizer()
     writers: dict[str, JsonlZstWriter] = {}
@@ -168,8 +163,7 @@ def _write(root: str, t: int, task: dict, seed: int, thresholds: dict[str, int],
         for w in writers.values():
             w.abort()
         raise
-    atomic_write_json(marker, out)
-    return out
+    return {"sources": out}
 
 
 def content_hash(lines: list[str]) -> str:
@@ -180,40 +174,57 @@ def content_hash(lines: list[str]) -> str:
     return h.hexdigest()
 
 
-def load_manifest(eval_dir: str | Path) -> dict:
-    path = Path(eval_dir) / MANIFEST
-    if not path.is_file():
-        raise EvalSetError(f"{eval_dir}: no {MANIFEST} (not a finished `slimpipe evalset` output)")
-    m = json.loads(path.read_text())
+def load_manifest(eval_dir: str | os.PathLike) -> dict:
+    """``EVAL/manifest.json`` of a finished evaluation set (a path or a URI)."""
+    path = storage.join(eval_dir, MANIFEST)
+    if not storage.exists(path):
+        raise EvalSetError(f"{storage.display(eval_dir)}: no {MANIFEST} (not a finished `slimpipe evalset` output)")
+    m = storage.read_json(path)
     if m.get("format") != FORMAT:
         raise EvalSetError(f"{path}: format {m.get('format')!r}, expected {FORMAT!r}")
     return m
 
 
-def build_eval_set(paths: list, out: str | Path, opts: EvalSetOptions, *, source: str | None = None,
-                   progress: bool = True) -> dict:
-    """Draw the evaluation set (resumable; a finished one with the same options is returned as is)."""
-    out = Path(out)
-    plan_key = {"options": asdict(opts), "inputs": [str(p) for p in paths], "source": source}
-    if (out / MANIFEST).is_file():
+def build_eval_set(paths: list, out: str | os.PathLike, opts: EvalSetOptions, *, source: str | None = None,
+                   progress: bool = True, scratch: str | None = None, keep_intermediates: bool = False) -> dict:
+    """Draw the evaluation set into ``out`` (a path or a URI) on the current Ray.
+
+    Resumable: a killed run resumes from its committed steps, and a finished set drawn with the same
+    options and inputs is returned as is. Intermediates live in ``out/_work`` or under ``scratch`` and are
+    deleted on success unless ``keep_intermediates``.
+    """
+    out = os.fspath(out)
+    plan_key = {"options": asdict(opts), "inputs": [os.fspath(p) for p in paths], "source": source}
+    ws = Workspace(out, scratch)
+    if storage.exists(storage.join(out, MANIFEST)):
         m = load_manifest(out)
         if m.get("plan") == plan_key:
+            if not keep_intermediates:
+                ws.delete()  # a run killed after its manifest was written
             return m
-        raise EvalSetError(f"{out} holds an evaluation set drawn with other options or inputs; use a new folder")
+        raise EvalSetError(f"{storage.display(out)} holds an evaluation set drawn with other options or inputs; "
+                           "use a new folder")
+    storage.check_access(out, write=True)
+    if scratch:
+        storage.check_access(scratch, write=True)
+    plan_path = ws.path("plan.json")
+    if storage.exists(plan_path):
+        if storage.read_json(plan_path) != plan_key:
+            raise EvalSetError(f"{storage.display(out)} holds an unfinished evaluation set drawn with other options "
+                               "or inputs; use a new folder (or delete it)")
+    else:
+        storage.write_json_atomic(plan_path, plan_key)
     files = split_ranges(discover_files(paths, source=source))
-    wd = WorkDir(out)
-    runner = StageRunner(wd, "evalset", progress)
-    root = str(wd.root)
+    ex = Executor(ws, "evalset", progress)
     target_bytes = int(opts.target_tokens * BYTES_PER_TOKEN * MARGIN)
-    scanned = runner.run("scan", _scan, [(root, t, asdict(f), opts.seed, target_bytes) for t, f in enumerate(files)])
+    scanned = ex.run(Step("scan", _scan, [(asdict(f), opts.seed, target_bytes) for f in files], "files"))
     plan = plan_selection(scanned, opts)
     thresholds = {s: p["threshold"] for s, p in plan.items()}
-    written = runner.run("write", _write, [(root, t, asdict(f), opts.seed, thresholds, str(out))
-                                           for t, f in enumerate(files)])
+    written = ex.run(Step("write", _write, [(asdict(f), opts.seed, thresholds, out) for f in files], "files"))
     sources: dict[str, dict] = {}
     lines: list[str] = []
     for src, p in plan.items():
-        parts = [w[src] for w in written if src in w]
+        parts = [w["sources"][src] for w in written if src in w["sources"]]
         lines += [ln for part in parts for ln in part["lines"]]
         tokens = sum(x["tokens"] for x in parts)
         # the exact count decides; the reason says whether the source or the byte estimate fell short
@@ -237,9 +248,10 @@ def build_eval_set(paths: list, out: str | Path, opts: EvalSetOptions, *, source
                 "sources": sources, "inputs": {"files": len(stats), "unread": unread,
                                                "rejected_lines": sum(s.get("rejected", 0) for s in stats)},
                 "plan": plan_key}
-    atomic_write_bytes(out / "report.md", render_report(manifest).encode())
-    atomic_write_json(out / MANIFEST, manifest)  # last: its presence marks a complete set
-    shutil.rmtree(wd.root, ignore_errors=True)
+    storage.write_bytes_atomic(storage.join(out, "report.md"), render_report(manifest).encode())
+    storage.write_json_atomic(storage.join(out, MANIFEST), manifest)  # last: its presence marks a complete set
+    remove_temporaries(out)
+    ex.cleanup(keep_intermediates)
     for src, s in sources.items():
         if s["too_small"]:
             print(f"WARNING: evaluation set for {src} is too small: {s['reason']}", file=sys.stderr)
@@ -264,15 +276,16 @@ def render_report(m: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def read_eval_documents(eval_dir: str | Path) -> list[tuple[str, str, str]]:
-    """``(source, id, text)`` of every evaluation document, in the manifest's file order."""
+def read_eval_documents(eval_dir: str | os.PathLike) -> list[tuple[str, str, str]]:
+    """``(source, id, text)`` of every evaluation document (``eval_dir`` a path or a URI), in the manifest's
+    file order."""
     import zstandard
 
     m = load_manifest(eval_dir)
     docs = []
     for src, v in m["sources"].items():
         for rel in v["files"]:
-            with open(Path(eval_dir) / rel, "rb") as fh:
+            with storage.open_input(storage.join(eval_dir, rel)) as fh:
                 data = zstandard.ZstdDecompressor().stream_reader(fh).read()
             for line in data.decode("utf-8").splitlines():
                 rec = json.loads(line)

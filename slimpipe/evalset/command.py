@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
+from slimpipe import storage
+from slimpipe.dedup.command import PATH_OR_URI, check_inputs
 from slimpipe.io.readers import InputError
 
 
@@ -39,17 +39,22 @@ def options_from(eval_seed: int, eval_min_tokens: int | None, eval_min_seqs: int
 
 
 @click.command("evalset")
-@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
-              help="Folder of the evaluation set (EVAL/manifest.json, EVAL/<source>/*.jsonl.zst).")
+@click.argument("sources", nargs=-1, required=True, type=PATH_OR_URI)
+@click.option("-o", "--output", "out", required=True, type=PATH_OR_URI,
+              help="Folder of the evaluation set, a path or a URI (s3://, gs://, hdfs://, file://): "
+                   "EVAL/manifest.json, EVAL/<source>/*.jsonl.zst.")
 @evalset_options
 @click.option("--source", "force_source", default=None, help="Treat every input as this source.")
 @click.option("--ray-address", default=None, help="Attach to this Ray cluster instead of starting a private one.")
+@click.option("--scratch", default=None,
+              help="Where intermediates live while the job runs (a path or URI; default EVAL/_work).")
+@click.option("--keep-intermediates", is_flag=True,
+              help="Keep the intermediates after success (default: deleted once the set is complete).")
 @click.option("--force", is_flag=True, help="Write into a non-empty folder that is not a slimpipe output "
                                             "(refused if a file there would be overwritten).")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 def evalset_command(sources, out, eval_seed, eval_min_tokens, eval_min_seqs, eval_seq_len, eval_max_fraction,
-                    force_source, ray_address, quiet, force: bool = False) -> None:
+                    force_source, ray_address, scratch, keep_intermediates, quiet, force: bool = False) -> None:
     """Draw one evaluation set from the raw SOURCES (before any dedup), stratified per source, with a
     minimum size per source; every run and mix built from these sources should be scored on it
     (`slimpipe slimpajama --eval-set EVAL`). Too-small sources are flagged in the manifest and report."""
@@ -58,18 +63,17 @@ def evalset_command(sources, out, eval_seed, eval_min_tokens, eval_min_seqs, eva
 
     opts = options_from(eval_seed, eval_min_tokens, eval_min_seqs, eval_seq_len, eval_max_fraction)
     try:
-        from slimpipe.io.readers import discover_files
-
-        discover_files(list(sources), source=force_source)  # a missing input fails before Ray starts
+        check_inputs(sources, force_source)  # a missing or unreachable input fails before Ray starts
         from slimpipe.outdir import claim, identity, input_identity
 
         claim(out, "evalset", identity(inputs=input_identity(sources), source=force_source, options=repr(opts)),
               sources=sources, force=force)
         ensure_ray(ray_address)
-        m = build_eval_set(list(sources), out, opts, source=force_source, progress=not quiet)
+        m = build_eval_set(list(sources), out, opts, source=force_source, progress=not quiet, scratch=scratch,
+                           keep_intermediates=keep_intermediates)
     except (InputError, EvalSetError) as exc:
         raise click.ClickException(str(exc)) from exc
     for src, v in m["sources"].items():
         flag = "  TOO SMALL" if v["too_small"] else ""
         click.echo(f"{src}: {v['docs']:,} docs, {v['tokens']:,} GPT-2 tokens{flag}")
-    click.echo(f"eval_set {m['eval_set']}: {out / 'manifest.json'}")
+    click.echo(f"eval_set {m['eval_set']}: {storage.join(out, 'manifest.json')}")

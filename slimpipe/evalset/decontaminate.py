@@ -21,6 +21,7 @@ once in the driver from ``EVAL`` and shipped to every task (``ray.put``); checki
 from __future__ import annotations
 
 import hashlib
+import os
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -140,25 +141,45 @@ def train_codes(decon: Decontaminator | None, rows: Sequence[int], splits: Seque
 
 
 def prepare_eval_set(paths: list, out, params: DedupParams, *, reuse=None, options=None, source: str | None = None,
-                     progress: bool = True) -> Decontaminator:
+                     progress: bool = True, scratch: str | None = None,
+                     keep_intermediates: bool = False) -> Decontaminator:
     """``OUT/eval``: a copy of ``reuse`` (an existing ``slimpipe evalset`` folder), or drawn here from the raw
-    ``paths`` with ``options`` (:class:`~slimpipe.evalset.build.EvalSetOptions`); returns its index."""
-    import shutil
-    from pathlib import Path
+    ``paths`` with ``options`` (:class:`~slimpipe.evalset.build.EvalSetOptions`); returns its index.
 
-    from slimpipe.evalset.build import EvalSetOptions, build_eval_set, load_manifest
+    ``out``, ``reuse`` and ``scratch`` may be paths or URIs. A copy writes every file of the set, then its
+    manifest last (the manifest marks a complete set, so an interrupted copy is redone).
+    """
+    from slimpipe import storage
+    from slimpipe.evalset.build import MANIFEST, EvalSetOptions, build_eval_set, load_manifest
 
-    target = Path(out) / "eval"
+    target = storage.join(out, "eval")
     if reuse is not None:
         src_manifest = load_manifest(reuse)
-        if (target / "manifest.json").is_file():
+        if storage.exists(storage.join(target, MANIFEST)):
             if load_manifest(target)["eval_set"] != src_manifest["eval_set"]:
                 raise ValueError(f"{target} holds another evaluation set than {reuse}; use a new output folder")
         else:
-            tmp = target.with_name(".eval.tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(reuse, tmp, ignore=shutil.ignore_patterns("_work", ".*"))
-            tmp.rename(target)
+            _copy_eval_set(reuse, target)
     else:
-        build_eval_set(paths, target, options or EvalSetOptions(), source=source, progress=progress)
+        build_eval_set(paths, target, options or EvalSetOptions(), source=source, progress=progress,
+                       scratch=scratch, keep_intermediates=keep_intermediates)
     return Decontaminator.from_eval_dir(target, params)
+
+
+def _copy_eval_set(src, dest) -> None:
+    """Copy a finished evaluation set (no intermediates, no hidden files), its manifest last."""
+    import shutil
+
+    from slimpipe import storage
+    from slimpipe.evalset.build import MANIFEST
+
+    base = storage.join(src) if storage.is_remote(src) else storage.resolve(src)[1]  # the listing's spelling
+    rels = []
+    for f in storage.list_files(src):
+        rel = f[len(base):].replace(os.sep, "/").lstrip("/")
+        if rel == MANIFEST or any(p.startswith((".", "_")) for p in rel.split("/")):
+            continue
+        rels.append(rel)
+    for rel in [*rels, MANIFEST]:
+        with storage.open_input(storage.join(src, rel)) as fh, storage.open_output(storage.join(dest, rel)) as o:
+            shutil.copyfileobj(fh, o, 8 << 20)

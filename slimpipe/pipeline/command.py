@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from slimpipe import storage
@@ -33,8 +31,8 @@ from slimpipe.io.readers import InputError
               help="Text per chunk; one chunk is shuffled in memory by one task.")
 @click.option("--shard-mb", type=float, default=256, show_default=True, help="Uncompressed JSON lines per shard.")
 @click.option("--shard-records", type=int, default=None, help="At most this many records per shard.")
-@click.option("--eval-set", "eval_set", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
-              help="Reuse this `slimpipe evalset` folder (copied to OUT/eval) instead of drawing one.")
+@click.option("--eval-set", "eval_set", type=PATH_OR_URI, default=None,
+              help="Reuse this `slimpipe evalset` folder (a path or URI; copied to OUT/eval) instead of drawing one.")
 @click.option("--no-eval-set", "no_eval_set", is_flag=True,
               help="SlimPajama as published: no evaluation set, exact-SHA holdout decontamination only.")
 @evalset_options
@@ -67,6 +65,13 @@ def slimpajama_command(sources, out, preset, mode, threshold, num_perm, ngram, u
                                shard_records=shard_records)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
+    if eval_set and not no_eval_set:
+        from slimpipe.evalset.build import load_manifest
+
+        try:
+            load_manifest(eval_set)  # a missing or unfinished --eval-set fails before OUT is claimed
+        except EvalSetError as exc:
+            raise click.BadParameter(str(exc), param_hint="--eval-set") from exc
     evaluation = None if no_eval_set else {"reuse": eval_set} if eval_set else {"options": options_from(
         eval_seed, eval_min_tokens, eval_min_seqs, eval_seq_len, eval_max_fraction)}
     claim_out("slimpajama", sources, out, force, force_source, params=params.to_dict(), options=repr(opts),

@@ -243,9 +243,9 @@ class SlimPajamaJob:
         if self.eval_set is not None:  # drawn from the raw sources before any dedup
             from slimpipe.evalset.decontaminate import prepare_eval_set
 
-            out = self.out if storage.is_remote(self.out) else Path(storage.resolve(self.out)[1])
-            decon = prepare_eval_set(self.paths, out, self.params, source=self.source, progress=self.progress,
-                                     **self.eval_set)
+            decon = prepare_eval_set(self.paths, self.out, self.params, source=self.source, progress=self.progress,
+                                     scratch=storage.join(self.scratch, "evalset") if self.scratch else None,
+                                     keep_intermediates=self.keep_intermediates, **self.eval_set)
         sink = ScatterSink(self.ws, self.opts)
         dedup_scratch = storage.join(self.scratch, "dedup") if self.scratch else None
         dedup = DedupJob(self.paths, storage.join(self.out, "dedup"), self.params, source=self.source,
