@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import uuid
 
-from cluster_helpers import env, files, intermediates, local_ray_env, ok, run, slimpipe, upload
+from cluster_helpers import ROOT, env, files, intermediates, local_ray_env, ok, run, slimpipe, upload
 
 
 def test_slimpajama_mix_train_compare_on_s3(s3_server, tmp_path) -> None:
@@ -26,7 +26,10 @@ def test_slimpajama_mix_train_compare_on_s3(s3_server, tmp_path) -> None:
     sp_files = files(sp)
     assert any(k.startswith("train/") and k.endswith(".jsonl.zst") for k in sp_files), sorted(sp_files)
     assert "manifest.json" in sp_files
+    assert "eval/manifest.json" in sp_files, "the evaluation set is not in the bucket"
     assert not intermediates(sp), "intermediates left in OUT after success"
+    stray = ROOT / "s3:"  # the commands run in ROOT: an s3:// path taken for a local one lands here
+    assert not stray.exists(), f"a local folder {stray} was written for an s3:// output"
 
     ok(run(slimpipe("mix", sp, "--config", "common_crawl=2,c4=1,stackexchange=1", "--tokens", "40k", "-o", mix, "--tokenizer", "train",
                     "--vocab-size", "512", "--bpe-sample", "1M", "--seq-len", "64", "--eval-tokens", "8k",
@@ -51,3 +54,4 @@ def test_slimpajama_mix_train_compare_on_s3(s3_server, tmp_path) -> None:
     shown = metrics.get("eval_docs") if "sources" in (metrics.get("eval_docs") or {}) else metrics["eval"]
     assert row["bpb"]["total"]["values"] == [shown["total"]["bpb"]]  # compare ranks on the run's own figure
     assert storage.read_bytes(f"{report}/report.md").startswith(b"# ")
+    assert not stray.exists(), f"a local folder {stray} was written for an s3:// output"
