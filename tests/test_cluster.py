@@ -97,24 +97,29 @@ def _run_losing_a_node(cluster, cmd: list[str], environ: dict[str, str], started
     return rc, log.read_text()
 
 
-def _first_stage_committed(out: str) -> Callable[[], bool]:
-    """True once the job has committed an output of its first step under OUT (seen through S3 listings)."""
+def _first_stage_committed(*roots: str) -> Callable[[], bool]:
+    """True once the job has committed an output of its first step under one of ``roots`` (OUT, or the
+    --scratch URI), seen through S3 listings."""
     from slimpipe import storage
 
     def check() -> bool:
-        try:
-            names = storage.list_files(out)
-        except Exception:  # noqa: BLE001 - the job may be creating OUT right now
-            return False
-        return any(_is_stage_commit(n[len(out):]) for n in names)
+        for root in roots:
+            try:
+                names = storage.list_files(root)
+            except Exception:  # noqa: BLE001 - the job may be creating it right now
+                continue
+            if any(_is_stage_commit(n[len(root):]) for n in names):
+                return True
+        return False
 
     return check
 
 
 def _is_stage_commit(rel: str) -> bool:
     """A committed output of the job's first step: a task marker of ``read`` (or its step manifest),
-    which the runtime writes atomically once that task's outputs are all committed."""
-    return bool(re.search(r"(^|/)_work/(.+/)?read(/task\d+\.json|\.done\.json)$", rel))
+    which the runtime writes atomically once that task's outputs are all committed. The workspace is
+    ``OUT/_work`` or ``SCRATCH/slimpipe-<key>``."""
+    return bool(re.search(r"(^|/)(_work|slimpipe-[0-9a-f]+)/(.+/)?read(/task\d+\.json|\.done\.json)$", rel))
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -153,15 +158,17 @@ def test_dedup_on_cluster_survives_losing_a_node(ray_cluster, s3_server, sample,
 
 
 def test_slimpajama_on_cluster_survives_losing_a_node(ray_cluster, s3_server, sample, tmp_path) -> None:
-    """``slimpipe slimpajama LOCAL_DIR -o s3://… --ray-address`` loses a worker node mid-job and still
-    ends with the bytes of a clean single-node run (inputs read from a local folder every node sees)."""
+    """``slimpipe slimpajama LOCAL_DIR -o s3://… --scratch s3://… --ray-address`` loses a worker node
+    mid-job and still ends with the bytes of a clean single-node run (inputs read from a local folder
+    every node sees; intermediates in their own S3 prefix, empty again after success)."""
     sample_dir, _ = sample
-    ref, out = unique(s3_server, "sp-ref"), unique(s3_server, "sp-cluster")
+    ref, out, scratch = (unique(s3_server, x) for x in ("sp-ref", "sp-cluster", "sp-scratch"))
     args = ("slimpajama", sample_dir, "--preset", "recall", "--holdout-fraction", "0.05", "--chunks", "3",
             "--shard-records", "100", "--quiet")
     ok(run(slimpipe(*args, "-o", ref), local_ray_env()))
-    rc, log = _run_losing_a_node(ray_cluster, slimpipe(*args, "-o", out, "--ray-address", ray_cluster.address),
-                                 env(), _first_stage_committed(out), tmp_path / "slimpajama.log")
+    cmd = slimpipe(*args, "-o", out, "--scratch", scratch, "--ray-address", ray_cluster.address)
+    rc, log = _run_losing_a_node(ray_cluster, cmd, env(), _first_stage_committed(out, scratch),
+                                 tmp_path / "slimpajama.log")
     assert rc == 0, log[-6000:]
     ref_tree, out_tree = tree(ref), tree(out)
     for split in ("train", "validation", "test"):
@@ -172,6 +179,7 @@ def test_slimpajama_on_cluster_survives_losing_a_node(ray_cluster, s3_server, sa
     assert reports_without_timings(out) == reports_without_timings(ref)
     assert job_identity(out) == job_identity(ref)
     assert not intermediates(out), "intermediates left after success"
+    assert files(scratch) == {}, "the scratch prefix still holds intermediates after success"
 
 
 def _fails_before_any_work(args: tuple, uri: str, **environ: str) -> str:
