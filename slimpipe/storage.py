@@ -29,7 +29,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
@@ -405,6 +405,17 @@ def local_copy(p: str | os.PathLike, cache_dir: str | os.PathLike) -> Path:
     with open_input(s) as src, open_output(dest) as out:
         shutil.copyfileobj(src, out, _CHUNK)
     return dest
+
+
+def write_tree(dest: str | os.PathLike, render: Callable[[Path], Any]) -> None:
+    """Have ``render(folder)`` write files into ``dest``: directly for a local path, else into a temporary
+    folder that is then uploaded (reports and plots are written by libraries that want a local path)."""
+    if not is_remote(dest):
+        render(Path(resolve(dest)[1]))
+        return
+    with tempfile.TemporaryDirectory(prefix="slimpipe-out-") as tmp:
+        render(Path(tmp))
+        upload_tree(tmp, dest)
 
 
 def upload_tree(local_dir: str | os.PathLike, dest: str | os.PathLike) -> list[str]:

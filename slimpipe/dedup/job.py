@@ -20,7 +20,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -283,12 +282,7 @@ def publish_report(out: str, report: dict) -> None:
     """Write report.json, report.md and plots/ under OUT (rendered locally, then uploaded for a URI)."""
     from slimpipe.dedup.report import write_report
 
-    if not storage.is_remote(out):
-        write_report(Path(storage.resolve(out)[1]), report)
-        return
-    with tempfile.TemporaryDirectory(prefix="slimpipe-report-") as tmp:
-        write_report(Path(tmp), report)
-        storage.upload_tree(tmp, out)
+    storage.write_tree(out, lambda folder: write_report(folder, report))
 
 
 def run_dedup(paths: list, out: str | Path, params: DedupParams, **kwargs) -> dict:

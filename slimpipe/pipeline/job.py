@@ -29,7 +29,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -293,12 +292,7 @@ class SlimPajamaJob:
 def _publish(out: str, report: dict) -> None:
     from slimpipe.pipeline.report import write_report
 
-    if not storage.is_remote(out):
-        write_report(Path(storage.resolve(out)[1]), report)
-        return
-    with tempfile.TemporaryDirectory(prefix="slimpipe-report-") as tmp:
-        write_report(Path(tmp), report)
-        storage.upload_tree(tmp, out)
+    storage.write_tree(out, lambda folder: write_report(folder, report))
 
 
 def _index(gathered: list[dict]) -> dict:
