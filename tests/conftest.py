@@ -110,3 +110,22 @@ def ray_cluster(s3_server):
             address_file.unlink(missing_ok=True)
         else:
             address_file.write_text(previous)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models run fastest on one thread, and far faster than two when other jobs share the cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def recipe_mixes(tmp_path_factory) -> dict[str, Path]:
+    """The recipes' ``web``/``code``/``other-tok`` mixes and micro preset, built once per test run."""
+    from tests.recipes_fixtures import build_mixes
+
+    return build_mixes(tmp_path_factory.mktemp("recipes"))

@@ -18,12 +18,7 @@ def batches() -> list[torch.Tensor]:
     return [torch.randint(0, VOCAB, (8, 65), generator=g) for _ in range(3)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_proxy_config_scales_heads_and_keeps_head_size():

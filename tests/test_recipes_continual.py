@@ -24,13 +24,7 @@ from slimpipe.train.model import GPT, ModelConfig
 from slimpipe.train.phases import open_training_data, recipe_summary
 from tests.recipes_fixtures import CODE, build_mixes, load_bpe, split_sample
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

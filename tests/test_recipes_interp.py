@@ -13,20 +13,13 @@ from click.testing import CliRunner
 from slimpipe.train.command import train_command
 from slimpipe.train.interp import alibi_context, interpolation_scale
 from slimpipe.train.model import GPT, ModelConfig, alibi_causal_bias
-from tests.recipes_fixtures import build_mixes
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def mixes(tmp_path_factory) -> dict[str, Path]:
-    return build_mixes(tmp_path_factory.mktemp("interp"))
+def mixes(recipe_mixes) -> dict[str, Path]:
+    return recipe_mixes
 
 
 def test_interpolated_slopes_map_long_distances_onto_trained_ones():

@@ -15,20 +15,14 @@ from slimpipe.train.checkpoint import load_model_state, read_checkpoint
 from slimpipe.train.command import train_command
 from slimpipe.train.loop import LRSchedule, TrainConfig, checkpoints, train
 from slimpipe.train.phases import load_phases, phase_boundaries, recipe_inputs
-from tests.recipes_fixtures import build_mixes, read_jsonl
+from tests.recipes_fixtures import read_jsonl
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def mixes(tmp_path_factory) -> dict[str, Path]:
-    return build_mixes(tmp_path_factory.mktemp("phases"))
+def mixes(recipe_mixes) -> dict[str, Path]:
+    return recipe_mixes
 
 
 def write_phases(path: Path, phases: list[dict]) -> Path:

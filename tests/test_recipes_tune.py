@@ -8,27 +8,19 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from slimpipe.cli import main
 from slimpipe.train.loop import TrainConfig, train
 from slimpipe.train.presets import load_preset
 from slimpipe.train.tune import proxy_preset, summarise
-from tests.recipes_fixtures import build_mixes
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def mixes(tmp_path_factory) -> dict[str, Path]:
-    return build_mixes(tmp_path_factory.mktemp("tune"))
+def mixes(recipe_mixes) -> dict[str, Path]:
+    return recipe_mixes
 
 
 def test_summarise_picks_the_point_closest_to_best_on_every_width():
