@@ -63,3 +63,24 @@ def load_bpe(path: Path) -> HFTokenizer:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+
+
+def assert_resumed_run_equals(full: Path, cut: Path, step: str) -> list[dict]:
+    """A resumed run (``cut``) equals the uninterrupted one (``full``): the checkpoint ``step``'s model
+    and optimizer state bit for bit, and the training log but for wall-clock fields. Returns the log."""
+    import torch
+
+    from slimpipe.train.checkpoint import read_checkpoint
+
+    a = read_checkpoint(full / "checkpoints" / step)
+    b = read_checkpoint(cut / "checkpoints" / step)
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    for pid, st in a["optimizer"]["state"].items():
+        for k, v in st.items():
+            assert torch.equal(v, b["optimizer"]["state"][pid][k]), (pid, k)
+    strip = ("step_s", "tokens_per_s")
+    la = [{k: v for k, v in r.items() if k not in strip} for r in read_jsonl(full / "train_log.jsonl")]
+    lb = [{k: v for k, v in r.items() if k not in strip} for r in read_jsonl(cut / "train_log.jsonl")]
+    assert la == lb
+    return la

@@ -11,11 +11,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from slimpipe.train.checkpoint import load_model_state, read_checkpoint
+from slimpipe.train.checkpoint import load_model_state
 from slimpipe.train.command import train_command
 from slimpipe.train.loop import LRSchedule, TrainConfig, checkpoints, train
 from slimpipe.train.phases import load_phases, phase_boundaries, recipe_inputs
-from tests.recipes_fixtures import read_jsonl
+from tests.recipes_fixtures import assert_resumed_run_equals, read_jsonl
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -73,17 +73,7 @@ def test_phases_resume_across_boundary_bitwise(mixes, tmp_path):
         shutil.rmtree(cut / "checkpoints" / f"step_{s:07d}")
     (cut / "metrics.json").unlink()
     train(cfg(mixes, cut, phases, resume=True, **kw))
-    a = read_checkpoint(full / "checkpoints" / "step_0000007")
-    b = read_checkpoint(cut / "checkpoints" / "step_0000007")
-    for k, v in a["model"].items():
-        assert torch.equal(v, b["model"][k]), k
-    for pid, st in a["optimizer"]["state"].items():
-        for k, v in st.items():
-            assert torch.equal(v, b["optimizer"]["state"][pid][k]), (pid, k)
-    strip = ("step_s", "tokens_per_s")
-    la = [{k: v for k, v in r.items() if k not in strip} for r in read_jsonl(full / "train_log.jsonl")]
-    lb = [{k: v for k, v in r.items() if k not in strip} for r in read_jsonl(cut / "train_log.jsonl")]
-    assert la == lb
+    assert_resumed_run_equals(full, cut, "step_0000007")
     # a changed phase list is not silently resumed
     other = [dict(phases[0], steps=3), phases[1]]
     with pytest.raises(ValueError, match="cannot resume"):
