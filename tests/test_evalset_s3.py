@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from cluster_helpers import upload
 
 from slimpipe.evalset.build import load_manifest, read_eval_documents
 from slimpipe.evalset.command import evalset_command
@@ -31,16 +32,6 @@ def _keys(s3_server: dict, prefix: str) -> dict[str, bytes]:
     return out
 
 
-def _upload(folder: Path, s3_server: dict, prefix: str) -> str:
-    import boto3
-
-    client = boto3.client("s3", endpoint_url=s3_server["endpoint"])
-    for p in sorted(folder.rglob("*")):
-        if p.is_file():
-            client.upload_file(str(p), s3_server["bucket"], f"{prefix}/{p.relative_to(folder).as_posix()}")
-    return f"{s3_server['url']}/{prefix}"
-
-
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("evals3sample")
@@ -51,7 +42,7 @@ def sample(tmp_path_factory) -> Path:
 def test_evalset_writes_to_the_bucket_not_to_a_local_s3_folder(sample, s3_server, ray_session, tmp_path,
                                                                 monkeypatch) -> None:
     name = f"evalset-{uuid.uuid4().hex[:8]}"
-    src = _upload(sample, s3_server, f"{name}/sample")
+    src = upload(sample, s3_server, f"{name}/sample")
     out = f"{s3_server['url']}/{name}/EVAL"
     cwd = tmp_path / "cwd"
     cwd.mkdir()
