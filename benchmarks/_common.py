@@ -298,6 +298,13 @@ def _pip(py: Path, packages: tuple[str, ...]) -> None:
     subprocess.run([str(py), "-m", "pip", "install", "-q", *packages], check=True, capture_output=True, timeout=900)
 
 
+def install_error(exc: BaseException) -> str:
+    """The last line of a failed install's stderr (or the exception), for a one-line reason."""
+    err = getattr(exc, "stderr", b"") or b""
+    err = err.decode(errors="replace") if isinstance(err, bytes) else str(err)
+    return (err.strip().splitlines() or [str(exc)])[-1][:160]
+
+
 def ensure_datatrove_venv(extra: tuple[str, ...] = DT_IO_PACKAGES) -> tuple[Path | None, str]:
     """The datatrove virtualenv's python, or (None, reason).
 
@@ -319,10 +326,7 @@ def ensure_datatrove_venv(extra: tuple[str, ...] = DT_IO_PACKAGES) -> tuple[Path
             print(f"adding {' '.join(missing)} to {DT_VENV} ...", flush=True)
             _pip(py, tuple(missing))
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
-        err = getattr(exc, "stderr", b"") or b""
-        err = err.decode(errors="replace") if isinstance(err, bytes) else str(err)
-        tail = err.strip().splitlines()[-1:] or [str(exc)]
-        _DT_FAILED.append(f"could not install datatrove: {' '.join(tail)[:160]}")
+        _DT_FAILED.append(f"could not install datatrove: {install_error(exc)}")
         return None, _DT_FAILED[0]
     probe = subprocess.run(base_check, capture_output=True, text=True)
     if probe.returncode != 0:

@@ -35,7 +35,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _common import HERE, Measured, iter_lines, run_measured
+from _common import HERE, Measured, install_error, iter_lines, run_measured
 
 DJ_VENV = HERE / "_venvs" / "data-juicer"
 DJ_VERSION = "1.6.1"
@@ -66,9 +66,7 @@ def ensure_datajuicer_venv() -> tuple[Path | None, str]:
             subprocess.run([str(py), "-m", "pip", "install", "-q", *packages], check=True, capture_output=True,
                            timeout=1800)
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
-            err = getattr(exc, "stderr", b"") or b""
-            err = err.decode(errors="replace") if isinstance(err, bytes) else str(err)
-            _FAILED.append(f"could not install data-juicer: {(err.strip().splitlines() or [str(exc)])[-1][:160]}")
+            _FAILED.append(f"could not install data-juicer: {install_error(exc)}")
             return None, _FAILED[0]
         res = subprocess.run(probe, capture_output=True, text=True)
         if res.returncode != 0:
