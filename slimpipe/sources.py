@@ -50,7 +50,10 @@ _EXTENSIONS = (".jsonl.zst", ".jsonl.zstd", ".json.zst", ".jsonl.gz", ".json.gz"
                ".zst")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.\-]{0,63}$")
 # Tokens that say nothing about a source: shard numbers, CC snapshots, splits, "sample".
-_NOISE = re.compile(r"^(\d+|\d{4}-\d{2}|part|shard|chunk|sample|head|middle|tail|en|train|test|validation|val)$")
+_NOISE = re.compile(r"^(\d+|\d{4}-\d{2}|part|shard|chunk|of|sample|head|middle|tail|en|train|test|validation|val)$")
+# A shard or part number at the end of a name: "-00003", "_part3", ".shard-7", "-00000-of-01024". Only a
+# number after a separator or a part/shard/chunk word: the digits of "fineweb2", "mc4" or "cc100" are the name.
+_SHARD_SUFFIX = re.compile(r"(?:(?:(?:^|[_\-.])(?:part|shard|chunk)[_\-.]?\d+|[_\-.]\d+)(?:[_\-.]of[_\-.]\d+)?)+$")
 _GENERIC = {"part", "shard", "chunk", "data", "train", "test", "validation", "val", "valid", "sample", "file",
             "output", "input", "docs", "documents", "dataset", "corpus", "example", "records", "text", "jsonl"}
 
@@ -113,7 +116,7 @@ def _stem(name: str) -> str:
 def _user_name(cand: str) -> str | None:
     """``perturbed_sample`` -> perturbed, ``arabic_web-00003`` -> arabic_web; generic names give None."""
     cand = re.split(r"[_\-.]sample\b", cand, maxsplit=1)[0]
-    cand = re.sub(r"([_\-.]?(part|shard|chunk)?[_\-.]?\d+)+$", "", cand)
+    cand = _SHARD_SUFFIX.sub("", cand)
     name = clean_name(cand) if cand else None
     if name is None or name in _GENERIC or not re.search(r"[a-z]", name):
         return None

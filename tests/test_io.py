@@ -449,3 +449,30 @@ def test_any_source_name_is_kept_everywhere_it_is_read(tmp_path: Path) -> None:
     assert set_name("book") == "RedPajamaBook" and set_name("arabic_web") == "arabic_web"
     assert normalise_source("RedPajamaBook") == "book" and normalise_source("arabic_web") == "arabic_web"
     assert sort_sources(["zulu", "arxiv", "common_crawl", "alpha"]) == ["common_crawl", "arxiv", "alpha", "zulu"]
+
+
+@pytest.mark.parametrize(
+    "name, source",
+    [
+        ("fineweb2.jsonl", "fineweb2"),  # a digit that is part of the name stays (#19.12)
+        ("fineweb2/part-00001.jsonl", "fineweb2"),
+        ("fineweb2_00003.jsonl.zst", "fineweb2"),
+        ("mc4.jsonl.zst", "mc4"),
+        ("cc100.jsonl", "cc100"),  # not common_crawl: cc100 is its own corpus
+        ("cc100-part-7.jsonl", "cc100"),
+        ("oscar-2301.parquet", "oscar"),  # a separated number is a shard number
+        ("starcoder.shard3.jsonl", "starcoder"),
+        ("part3.jsonl", None),
+        ("web_part3.jsonl", "web"),
+        ("c4-train.00000-of-01024.jsonl", "c4"),
+    ],
+)
+def test_digits_that_belong_to_a_name_are_kept(name: str, source: str | None) -> None:
+    assert source_from_filename(name) == source
+
+
+def test_fineweb2_is_not_merged_with_fineweb(tmp_path: Path) -> None:
+    _write_jsonl(tmp_path / "fineweb.jsonl", [{"text": LONG}])
+    _write_jsonl(tmp_path / "fineweb2.jsonl", [{"text": LONG}])
+    docs, _, _ = read_all([tmp_path])
+    assert sorted(docs.column("source").to_pylist()) == ["fineweb", "fineweb2"]
