@@ -43,7 +43,7 @@ def _invoke(cmd: click.Command, args: list[str]) -> None:
 @click.option("--model", default="tiny", show_default=True, help="Model preset trained on every mix.")
 @click.option("--corpus", type=click.Path(path_type=Path, exists=True), default=None,
               help="Use this RedPajama-style corpus instead of writing the embedded sample.")
-@click.option("--quiet", is_flag=True, help="No progress output.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.option("--ray-address", default=None,
               help="Attach to this Ray cluster (host:port or auto; RAY_ADDRESS works too). Default: a private "
                    "local Ray on 127.0.0.1.")

@@ -41,7 +41,7 @@ def dedup_options(fn):
         click.option("--rows", type=int, default=None,
                      help="LSH rows per band; alone, bands become num_perm // rows. Default: the preset's."),
         click.option("--min-chars", type=int, default=None, help="Short filter: cleaned chars below this are dropped."),
-        click.option("--verify/--no-verify", default=None, help="Check candidate pairs with the exact Jaccard."),
+        click.option("--verify/--no-verify", default=None, help="Check candidate pairs with the exact Jaccard. Default: the preset's (slimpajama: no, recall: yes)."),
         click.option("--keep", type=click.Choice(["smallest-id", "source-priority", "longest"]), default=None,
                      help="Which document of a duplicate cluster is kept. Default: the preset's (smallest-id)."),
         click.option("--source-priority", default=None,
@@ -122,7 +122,7 @@ def params_from_options(preset: str, **kw):
 @click.option("-o", "--output", "out", required=True, type=PATH_OR_URI,
               help="Output folder: a path or a URI (s3://, gs://, hdfs://, file://).")
 @dedup_options
-@click.option("--quiet", is_flag=True, help="No progress output.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 def dedup_command(sources, out, preset, mode, threshold, num_perm, ngram, unit, bands, rows, min_chars, verify,
                   keep, source_priority, force_source, partitions, max_edges_in_memory, ray_address, force,
                   scratch, keep_intermediates,

@@ -52,7 +52,7 @@ def options_from(eval_seed: int, eval_min_tokens: int | None, eval_min_seqs: int
               help="Keep the intermediates after success (default: deleted once the set is complete).")
 @click.option("--force", is_flag=True, help="Write into a non-empty folder that is not a slimpipe output "
                                             "(refused if a file there would be overwritten).")
-@click.option("--quiet", is_flag=True, help="No progress output.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 def evalset_command(sources, out, eval_seed, eval_min_tokens, eval_min_seqs, eval_seq_len, eval_max_fraction,
                     force_source, ray_address, scratch, keep_intermediates, quiet, force: bool = False) -> None:
     """Draw one evaluation set from the raw SOURCES (before any dedup), stratified per source, with a

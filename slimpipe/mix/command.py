@@ -42,7 +42,7 @@ def _input_location(value: str) -> str:
               help="dc1..dc6, redpajama, a mix FILE.yaml, or inline weights like 'common_crawl=3,github=1'.")
 @click.option("--tokens", required=True, type=TokenCount(),
               help="Training tokens (document tokens + one EOS each), e.g. 330B (the paper) or 5M (the demo).")
-@click.option("-o", "--output", "out", required=True,
+@click.option("-o", "--output", "out", required=True, metavar="PATH|URI",
               help="Output folder: a path, or a URI (s3://, gs://, hdfs://; credentials from the environment).")
 @click.option("--tokenizer", default="gpt2", show_default=True,
               help="gpt2 (offline), a tokenizer.json / tokenizer folder / previous mix folder (to share one "
@@ -64,7 +64,7 @@ def _input_location(value: str) -> str:
 @click.option("--overwrite", is_flag=True, help="Replace a finished mix in OUT.")
 @click.option("--keep-work", is_flag=True, help="Keep OUT/.work (the pieces selected per shard) for inspection.")
 @click.option("--ray-address", default=None, help="Attach to a Ray cluster (default: start a local one).")
-@click.option("--quiet", is_flag=True, help="No progress output.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 def mix_command(slimpajama_dir: str, config: str, tokens: int, out: str, tokenizer: str, vocab_size: int,
                 bpe_sample: int, seq_len: int, seed: int, output_format: str, eval_tokens: int,
                 token_cache: str | None, overwrite: bool,

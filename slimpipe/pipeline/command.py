@@ -36,7 +36,7 @@ from slimpipe.io.readers import InputError
 @click.option("--no-eval-set", "no_eval_set", is_flag=True,
               help="SlimPajama as published: no evaluation set, exact-SHA holdout decontamination only.")
 @evalset_options
-@click.option("--quiet", is_flag=True, help="No progress output.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 def slimpajama_command(sources, out, preset, mode, threshold, num_perm, ngram, unit, bands, rows, min_chars, verify,
                        keep, source_priority, force_source, partitions, max_edges_in_memory, ray_address, force,
                        scratch, keep_intermediates,

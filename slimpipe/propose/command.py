@@ -43,7 +43,7 @@ from slimpipe.mix.command import TokenCount
               help="With --reuse: a source whose train documents or bytes (index.json) moved by more than this "
                    "fraction counts as changed (0: any difference).")
 @click.option("--ray-address", default=None, help="Attach to a Ray cluster (default: a private local one).")
-@click.option("--quiet", is_flag=True, help="No progress output.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 def propose_command(slimpajama_dir: Path, out: Path, proxies: int, tokens: int, model: str, objective: str,
                     max_epochs: float, concentration: float, tokenizer: str, vocab_size: int, seq_len: int,
                     eval_tokens: int, bootstrap: int, seed: int, reuse: Path | None, reuse_tolerance: float,
