@@ -4,37 +4,46 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 OUT    ?= demo-out
 
-.PHONY: demo test lint bench-signatures bench-dedup bench-train clean
+.PHONY: demo test lint torch bench-signatures bench-dedup bench-train clean
 
-# torch is installed first. On Linux, PyPI's `torch` wheel is the CUDA build (17 nvidia-* packages, several
-# GB); a machine whose pip is pointed at a local CPU wheel (like this project's CI) gets that instead.
-# CPU-only users: `TORCH_INDEX=cpu make test` installs the CPU wheel from download.pytorch.org/whl/cpu
-# (any other value is used as the index URL itself). `TORCH_VERSION=` (empty) keeps any torch >= 2.6.
+# torch is installed first, by scripts/install-torch.sh: the CPU build unless this machine has an NVIDIA
+# GPU (PyPI's plain `torch` wheel is the CUDA build: 15 nvidia-* packages, several GB). Override with
+#   TORCH=cpu | cuda | keep (any torch >= 2.6 already there) | <index URL>
+# at any time: a changed choice replaces the venv's torch on the next `make demo` / `make test`.
 TORCH_VERSION ?= 2.13.0
 TORCH_INDEX   ?=
-TORCH_PIP_ARGS = $(if $(filter cpu,$(TORCH_INDEX)),--index-url https://download.pytorch.org/whl/cpu,$(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)))
-TORCH_SPEC     = $(if $(TORCH_VERSION),torch==$(TORCH_VERSION),'torch>=2.6')
+TORCH         ?= $(if $(TORCH_INDEX),$(TORCH_INDEX),$(if $(TORCH_VERSION),auto,keep))
 
-$(BIN)/.installed: pyproject.toml
+# Two layers: what the demo needs, then the test and lint extras (make test).
+$(BIN)/.installed-base: pyproject.toml scripts/install-torch.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q $(TORCH_PIP_ARGS) $(TORCH_SPEC)
+	scripts/install-torch.sh $(BIN)/python '$(TORCH_VERSION)' '$(TORCH)'
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(BIN)/.installed-dev: $(BIN)/.installed-base
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 
-$(BIN)/.bench-installed: $(BIN)/.installed
+$(BIN)/.bench-installed: $(BIN)/.installed-dev
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	touch $@
 
+# Runs on every make demo/test: nothing to do unless TORCH (or TORCH_VERSION) changed since the install.
+torch: $(BIN)/.installed-base
+	@scripts/install-torch.sh $(BIN)/python '$(TORCH_VERSION)' '$(TORCH)'
+
 ## The main job on the embedded sample (no ../shared, no downloads at run time).
-demo: $(BIN)/.installed
+demo: $(BIN)/.installed-base torch
 	$(BIN)/slimpipe demo -o $(OUT)
+	@echo "slimpipe is installed in $(VENV): run it as $(BIN)/slimpipe, or 'source $(BIN)/activate' first."
 
 ## The test suite (a real local Ray, started once per session).
-test: $(BIN)/.installed
+test: $(BIN)/.installed-dev torch
 	$(BIN)/python -m pytest -q
 
-lint: $(BIN)/.installed
+lint: $(BIN)/.installed-dev
 	$(BIN)/ruff check slimpipe tests benchmarks
 
 bench-signatures: $(BIN)/.bench-installed
