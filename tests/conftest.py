@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +26,24 @@ def ray_session():
     ensure_ray(num_cpus=2)
     yield
     shutdown_ray()
+
+
+@pytest.fixture(scope="session")
+def live_output(pytestconfig):
+    """``with live_output("demo"): ...``: a long fixture's own progress lines (stderr) reach the terminal
+    instead of being captured, framed by a start line and the time it took, so a test run never sits
+    silent for minutes."""
+    capman = pytestconfig.pluginmanager.getplugin("capturemanager")
+
+    @contextlib.contextmanager
+    def show(label: str) -> Iterator[None]:
+        start = time.monotonic()
+        with capman.global_and_fixture_disabled():
+            print(f"\n[{label}] building; its progress follows", file=sys.stderr, flush=True)
+            yield
+            print(f"[{label}] ready in {time.monotonic() - start:.0f}s", file=sys.stderr, flush=True)
+
+    return show
 
 
 @pytest.fixture(scope="session")

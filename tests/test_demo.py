@@ -17,10 +17,11 @@ pytestmark = pytest.mark.timeout(1800)
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory, ray_session) -> Path:
+def demo(tmp_path_factory, ray_session, live_output) -> Path:
     out = tmp_path_factory.mktemp("demo")
-    demo_command.main(["-o", str(out), "--size", "0.4", "--tokens", "100k", "--train-tokens", "8192",
-                       "--vocab-size", "1024", "--quiet"], standalone_mode=False)
+    with live_output("demo fixture: sample -> eval set -> slimpajama x2 -> 8 mixes -> 8 tiny models -> compare"):
+        demo_command.main(["-o", str(out), "--size", "0.4", "--tokens", "100k", "--train-tokens", "8192",
+                           "--vocab-size", "1024", "--quiet"], standalone_mode=False)
     return out
 
 
