@@ -11,9 +11,10 @@ One module so that every stage, task and command goes through the same rules:
 * **Atomic commits.** :func:`open_output` publishes a file whole or not at all. On POSIX it writes a
   temporary file in the same folder, fsyncs it and renames it into place; on HDFS it writes a
   temporary file and renames it (HDFS renames are atomic). On object stores (S3, GCS, anything else)
-  it spools to a local temporary file and uploads it in one PUT (or one multipart upload) only on a
-  clean exit: an object-store upload is atomic, the object appears complete or not at all, so no
-  per-object marker is needed. A *step* of a job commits a set of objects by writing its manifest last
+  it spools to a local temporary file and, only on a clean exit, uploads it to a temporary object and
+  copies that to the final name in one server-side copy (:func:`upload`): a stream that fails midway is
+  still committed by the store when it is closed, so only the copy may publish, and it is atomic. Every
+  temporary name ends in :data:`TMP_SUFFIX`. A *step* of a job commits a set of objects by writing its manifest last
   (:mod:`slimpipe.runtime`); readers trust the manifest, never a listing.
 * **Errors** a user can act on: :func:`check_access` raises :class:`StorageError` with one line naming
   the URI and the cause, before any work starts.
@@ -64,10 +65,14 @@ _FILE_MODE = _file_mode()
 
 
 def scheme_of(p: str | os.PathLike) -> str:
-    """``""`` for a local path, else the URI scheme in lower case (``s3``, ``gs``, ``file``...)."""
+    """``""`` for a local path, else the URI scheme in lower case (``s3``, ``gs``, ``file``...).
+
+    ``file:/path`` (RFC 8089's short form, and what ``pathlib`` makes of ``file:///path``) is a file URI too,
+    never a relative folder named ``file:``.
+    """
     s = os.fspath(p)
     if "://" not in s:
-        return ""
+        return "file" if s[:6].lower() == "file:/" else ""
     return s.split("://", 1)[0].lower()
 
 
@@ -79,7 +84,7 @@ def is_remote(p: str | os.PathLike) -> bool:
 def _local_path(p: str | os.PathLike) -> str:
     s = os.fspath(p)
     if scheme_of(s) in ("file", "local"):
-        s = urlsplit(s).path if s.lower().startswith("file://") else s.split("://", 1)[1]
+        s = urlsplit(s).path if s.lower().startswith("file:") else s.split("://", 1)[1]
     return os.path.abspath(os.path.expanduser(s))
 
 
@@ -267,13 +272,26 @@ def list_files(p: str | os.PathLike, recursive: bool = True) -> list[str]:
 # writing
 
 
+# Every temporary file slimpipe writes ends in this (``.<name>.<random>.slimpipe.tmp``), so that clean-up
+# after a killed writer removes only slimpipe's own temporaries, never a user's ``.draft.tmp``.
+TMP_SUFFIX = ".slimpipe.tmp"
+# S3's CopyObject copies at most 5 GiB in one request: larger objects are uploaded under their final name.
+_COPY_LIMIT = 5 << 30
+
+
+def is_temporary(name: str) -> bool:
+    """True for the name of a temporary file slimpipe writes before publishing a file (see :data:`TMP_SUFFIX`)."""
+    return name.startswith(".") and name.endswith(TMP_SUFFIX)
+
+
 @contextlib.contextmanager
 def open_output(p: str | os.PathLike) -> Iterator[IO[bytes]]:
     """Write a file that appears whole when the ``with`` block exits cleanly, and never otherwise."""
     fs, path = resolve(p)
     if _is_posix(fs):
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path))
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=TMP_SUFFIX,
+                                   dir=os.path.dirname(path))
         os.fchmod(fd, _FILE_MODE)
         try:
             with os.fdopen(fd, "wb") as fh:
@@ -287,7 +305,7 @@ def open_output(p: str | os.PathLike) -> Iterator[IO[bytes]]:
         return
     if _renames_atomically(fs):
         parent = path.rsplit("/", 1)[0]
-        tmp = f"{parent}/.{path.rsplit('/', 1)[-1]}.{uuid.uuid4().hex}.tmp"
+        tmp = f"{parent}/.{path.rsplit('/', 1)[-1]}.{uuid.uuid4().hex}{TMP_SUFFIX}"
         fs.create_dir(parent, recursive=True)
         try:
             with fs.open_output_stream(tmp, compression=None) as fh:
@@ -298,13 +316,69 @@ def open_output(p: str | os.PathLike) -> Iterator[IO[bytes]]:
                 fs.delete_file(tmp)
             raise
         return
-    # object store: spool locally, then one upload that is atomic on the store
+    # object store: spool locally, then upload it (published only once every byte is up, see upload)
     with tempfile.TemporaryFile(prefix="slimpipe-upload-") as spool:
         yield spool
         spool.flush()
         spool.seek(0)
-        with fs.open_output_stream(path, compression=None) as out:
-            shutil.copyfileobj(spool, out, _CHUNK)
+        upload(spool, p)
+
+
+def upload(src: IO[bytes], p: str | os.PathLike) -> int:
+    """Copy a readable binary stream to ``p`` (a path or URI); the file appears only if the whole stream was
+    read and written, never a truncated one under its final name. Returns the bytes written.
+
+    On POSIX and HDFS through :func:`open_output` (temporary file, then rename). On object stores a stream
+    left mid-way is still committed when it is closed (pyarrow's output streams complete the upload on
+    close, even after an error), so the bytes go to a temporary object next to the target first and are
+    copied to the final name in one server-side copy (atomic) only after the stream ended cleanly; the
+    temporary object is deleted either way. Objects over 5 GiB (the limit of one S3 copy) are uploaded
+    under their final name and deleted again if the upload fails.
+    """
+    fs, path = resolve(p)
+    if not _is_object_store(fs) and (_is_posix(fs) or _renames_atomically(fs)):
+        with open_output(p) as out:
+            return _copy(src, out)
+    size_hint = _remaining(src)
+    if size_hint is not None and size_hint > _COPY_LIMIT:
+        try:
+            with fs.open_output_stream(path, compression=None) as out:
+                return _copy(src, out)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                fs.delete_file(path)
+            raise
+    parent, _, name = path.rpartition("/")
+    tmp = f"{parent}/.{name}.{uuid.uuid4().hex}{TMP_SUFFIX}"
+    try:
+        with fs.open_output_stream(tmp, compression=None) as out:
+            n = _copy(src, out)
+        fs.copy_file(tmp, path)
+    finally:
+        with contextlib.suppress(Exception):
+            fs.delete_file(tmp)
+    return n
+
+
+def _copy(src: IO[bytes], out) -> int:
+    n = 0
+    while True:
+        buf = src.read(_CHUNK)
+        if not buf:
+            return n
+        out.write(buf)
+        n += len(buf)
+
+
+def _remaining(src: IO[bytes]) -> int | None:
+    """Bytes left in a seekable stream, or None when it cannot tell."""
+    try:
+        here = src.tell()
+        end = src.seek(0, os.SEEK_END)
+        src.seek(here)
+        return end - here
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 def write_bytes_atomic(p: str | os.PathLike, data: bytes) -> None:
@@ -425,8 +499,8 @@ def upload_tree(local_dir: str | os.PathLike, dest: str | os.PathLike) -> list[s
     for p in sorted(root.rglob("*")):
         if p.is_file():
             target = join(dest, p.relative_to(root).as_posix())
-            with open(p, "rb") as src, open_output(target) as fh:
-                shutil.copyfileobj(src, fh, _CHUNK)
+            with open(p, "rb") as src:
+                upload(src, target)
             out.append(target)
     return out
 
