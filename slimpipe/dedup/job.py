@@ -167,9 +167,13 @@ class DedupJob:
         cc_info, cc_inputs, kparts = self._components(near, checked, nparts, part_mem)
         priority_names = [s for s in self.params.source_priority if s in sources]
         priority = [sources.index(s) for s in priority_names]
+        check = None
+        if self.params.verify and self.params.cluster_check:  # each removal checked against its keeper
+            check = {"threshold": self.params.threshold, "ngram": self.params.ngram, "unit": self.params.unit,
+                     "seed": self.params.seed, "texts": [r["texts"] for r in pre]}
         keep_results = {
             mode: ex.run(Step(f"keep_{mode}", keep.keep_task,
-                              [(mode, r, cc_inputs[mode], self.params.keep, priority, sources, ntasks)
+                              [(mode, r, cc_inputs[mode], self.params.keep, priority, sources, ntasks, check)
                                for r in range(kparts)], "partitions", memory=part_mem))
             for mode in MODES}
         mode = self.params.mode

@@ -15,13 +15,13 @@ code serves one partition of a distributed job or the whole graph.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from slimpipe.dedup.params import KEEP_POLICIES
 
-__all__ = ["choose_keep", "representatives", "source_ranks"]
+__all__ = ["choose_keep", "check_clusters", "policy_order", "representatives", "source_ranks"]
 
 
 def source_ranks(source: np.ndarray, source_priority: Sequence) -> np.ndarray:
@@ -57,6 +57,62 @@ def _policy_key(
             raise ValueError("keep policy 'longest' needs length")
         return -np.asarray(length, dtype=np.int64)
     raise ValueError(f"unknown keep policy {policy!r}; choose one of {KEEP_POLICIES}")
+
+
+def policy_order(
+    labels: np.ndarray,
+    ids: np.ndarray,
+    policy: str = "smallest-id",
+    *,
+    source: np.ndarray | None = None,
+    length: np.ndarray | None = None,
+    source_priority: Sequence | None = None,
+) -> np.ndarray:
+    """Indices sorting nodes by component, then the policy's preference, then id (the first is kept)."""
+    key = _policy_key(np.asarray(labels).size, policy, source, length, source_priority)
+    return np.lexsort((np.asarray(ids, np.int64), key, np.asarray(labels, np.int64)))
+
+
+def check_clusters(
+    labels: np.ndarray,
+    order: np.ndarray,
+    similar: Callable[[int, int], bool],
+    max_rounds: int = 16,
+) -> tuple[np.ndarray, int]:
+    """Cluster verification: break the chains that connected components make.
+
+    A component links A ~ B ~ C even when A and C share little; removing C as a copy of A would then
+    be wrong. Within each component, visited in ``order`` (the keep policy's preference, see
+    :func:`policy_order`), the first node is kept and every node ``similar`` to it is removed as its
+    duplicate; the nodes that are not start the next round, whose first node is kept in turn. So each
+    removed node is similar to the very document kept in its stead, and every other node is kept. After
+    ``max_rounds`` rounds the nodes still unplaced are kept (keeping is the safe error).
+
+    Returns ``(head, rounds)``: ``head[i]`` is the index of the node kept for node ``i`` (``i`` itself
+    when it is kept), and the largest number of rounds any component needed.
+    """
+    labels = np.asarray(labels, np.int64)
+    order = np.asarray(order, np.int64)
+    head = np.arange(labels.size, dtype=np.int64)
+    rounds_max = 0
+    if labels.size == 0:
+        return head, 0
+    sorted_labels = labels[order]
+    cuts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1], True])
+    for a, b in zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True):
+        remaining = order[a:b].tolist()
+        rounds = 0
+        while len(remaining) > 1 and rounds < max_rounds:
+            rounds += 1
+            keeper, rest = remaining[0], []
+            for i in remaining[1:]:
+                if similar(i, keeper):
+                    head[i] = keeper
+                else:
+                    rest.append(i)
+            remaining = rest
+        rounds_max = max(rounds_max, rounds)
+    return head, rounds_max
 
 
 def representatives(

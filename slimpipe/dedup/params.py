@@ -38,6 +38,9 @@ KEEP_POLICIES = ("smallest-id", "source-priority", "longest")
 #: never be banded together, so the name is part of the parameters and of any resume fingerprint.
 HASHES = ("poly64",)
 
+#: The recall floor at the threshold that ``--verify`` bands for when it derives bands x rows.
+VERIFY_RECALL = 0.99
+
 # Points of the trapezoid rule on each side of the threshold. The S-curve is smooth, so 1,001 points give
 # errors around 1e-7, far below the gaps between neighbouring (b, r) candidates: the choice equals
 # datasketch's (scipy quad) on 231 (threshold, num_perm, weights) combinations from 0.3 to 0.98.
@@ -126,6 +129,9 @@ class DedupParams:
     keep: str = "smallest-id"
     source_priority: tuple[str, ...] = field(default_factory=tuple)  # for keep="source-priority"
     verify: bool = False  # check candidate pairs with the exact Jaccard before linking them
+    # with verify: a removed document must be >= threshold similar to the document kept in its stead
+    # (connected components chain A ~ B ~ C; see slimpipe.dedup.keep.check_clusters)
+    cluster_check: bool = True
     fp_weight: float = 0.5
     fn_weight: float = 0.5
     min_recall: float | None = None  # floor on P(candidate | J=threshold) when bands/rows are re-derived
@@ -171,8 +177,10 @@ class DedupParams:
 
         Changing ``threshold`` or ``num_perm`` without giving ``bands``/``rows`` re-derives both with
         :func:`optimal_bands_rows` (same weights and recall floor as this preset), because the old banding
-        was tuned for the old values. Giving only one of ``bands``/``rows`` fills the other as
-        ``num_perm // given``.
+        was tuned for the old values. With ``verify`` on (in the preset or turned on here) that derivation
+        keeps P(candidate | J = threshold) >= ``VERIFY_RECALL`` within ``num_perm`` (the signature budget),
+        unless the preset sets its own ``min_recall``. Giving only one of ``bands``/``rows`` fills the
+        other as ``num_perm // given``.
         """
         kw = {k: v for k, v in kw.items() if v is not None}
         unknown = set(kw) - {f.name for f in dataclasses.fields(self)}
@@ -183,8 +191,13 @@ class DedupParams:
         new = {**dataclasses.asdict(self), **kw}
         new["source_priority"] = tuple(new["source_priority"])
         has_b, has_r = "bands" in kw, "rows" in kw
+        turned_on = bool(kw.get("verify")) and not self.verify
+        if new["verify"] and new["min_recall"] is None and (turned_on or "threshold" in kw or "num_perm" in kw):
+            # Verified candidates cost only verification time, never a wrong removal: band for recall
+            # (P(candidate | J = threshold) >= VERIFY_RECALL) instead of the balanced S-curve error.
+            new["min_recall"] = VERIFY_RECALL
         if not has_b and not has_r:
-            if "threshold" in kw or "num_perm" in kw or "min_recall" in kw:
+            if "threshold" in kw or "num_perm" in kw or "min_recall" in kw or turned_on:
                 new["bands"], new["rows"] = optimal_bands_rows(
                     float(new["threshold"]),
                     int(new["num_perm"]),

@@ -105,6 +105,18 @@ def build_report(job: DedupJob, pre: list[dict], near: list[dict], verify: list[
                "false_positives_dropped": sum(v["dropped"] for v in verify),
                "jaccard_histogram_20_bins": hist}
     samples = _sample_clusters(job, keep[mode])
+    check = None
+    if job.params.verify and job.params.cluster_check:
+        check = {m: {"saved": {src: n for src, n in sorted(_sum_counts(keep[m], "saved").items())},
+                     "rounds": max((int(k.get("check_rounds", 0)) for k in keep[m]), default=0)} for m in keep}
+        for m in keep:
+            check[m]["saved_total"] = sum(check[m]["saved"].values())
+    # a source that loses more than half its documents to duplicates deserves a look (a chained cluster
+    # can wipe out a source): named in the report's first lines
+    heavy = {src: round(1 - row[mode]["kept_docs"] / max(1, row["docs_in"] - row["short_docs"]), 4)
+             for src, row in sources.items()
+             if row["docs_in"] - row["short_docs"] > 0
+             and row[mode]["exact_docs"] + row[mode]["near_docs"] > (row["docs_in"] - row["short_docs"]) / 2}
     return {
         "kind": "slimpipe-dedup-report",
         "mode": mode,
@@ -121,8 +133,18 @@ def build_report(job: DedupJob, pre: list[dict], near: list[dict], verify: list[
         "verify": ver,
         "components": cc_info,
         "sample_clusters": samples,
+        "cluster_check": check,
+        "sources_losing_over_half": heavy,
         "timings": dict(job.timings),
     }
+
+
+def _sum_counts(results: list[dict], key: str) -> dict[str, int]:
+    out: dict[str, int] = defaultdict(int)
+    for r in results:
+        for name, n in r.get(key, {}).items():
+            out[name] += int(n)
+    return dict(out)
 
 
 def _totals(sources: dict[str, dict], mode: str) -> dict:
@@ -147,10 +169,9 @@ def _sample_clusters(job: DedupJob, keep_results: list[dict], n: int = 5) -> lis
     if not tops:
         return []
     nodes = sorted({x for c in tops for x in [c["keeper"], *c["members"]]})
-    from slimpipe import storage
+    from slimpipe.runtime.executor import remote_task
 
-    env = storage.storage_env()  # the task reads inputs that may live on remote storage
-    task = ray.remote(_sample_texts).options(**({"runtime_env": {"env_vars": env}} if env else {}))
+    task = remote_task(_sample_texts)  # the task reads inputs that may live on remote storage
     texts = ray.get(task.remote(job.root, job.plan, nodes))
     from slimpipe.dedup.minhash import estimate_jaccard, jaccard_exact, signatures
 
@@ -200,6 +221,11 @@ def render_markdown(r: dict, plots: list[str]) -> str:
         f"{p['bands']} bands × {p['rows']} rows (P(candidate | J = {p['threshold']}) = {r['recall_at_threshold']:.3f}), "
         f"short < {p['min_chars']} cleaned chars, keep `{p['keep']}`, verify {'on' if p['verify'] else 'off'}.",
         "",
+    ]
+    for src, frac in (r.get("sources_losing_over_half") or {}).items():
+        lines += [f"**{src} loses {_pct(frac)} of its documents (after the short filter) as duplicates**: "
+                  "check its largest clusters below before using the output.", ""]
+    lines += [
         "## Per source",
         "",
         "| source | docs in | MB in | short | exact dup | near dup | kept | kept MB | byte duplication rate | rejected |",
@@ -253,6 +279,13 @@ def render_markdown(r: dict, plots: list[str]) -> str:
         lines += ["", "## Verification", "",
                   f"{v['candidates']:,} candidate pairs checked with the exact Jaccard; {v['confirmed']:,} confirmed, "
                   f"**{v['false_positives_dropped']:,} false positives dropped**."]
+    if r.get("cluster_check"):
+        cc_ = r["cluster_check"][mode]
+        saved = ", ".join(f"{src} {n:,}" for src, n in cc_["saved"].items()) or "none"
+        lines += ["", f"Cluster check: every removed document has exact Jaccard >= {p['threshold']} with the "
+                  f"document kept in its stead. Connected components alone would also have removed "
+                  f"**{cc_['saved_total']:,} documents** that are not that similar to their cluster's kept "
+                  f"document; they were kept ({saved}). Largest number of rounds in one component: {cc_['rounds']}."]
     if r["sample_clusters"]:
         lines += ["", "## Sample clusters", ""]
         for s in r["sample_clusters"]:

@@ -44,16 +44,35 @@ def lookup_attrs(ws: Workspace, nodes: np.ndarray, remap: np.ndarray) -> np.ndar
 
 
 def keep_task(ctx: TaskContext, mode: str, r: int, inputs: str, policy: str, priority: list[int],
-              sources: list[str], ntasks: int) -> dict:
-    from slimpipe.dedup.keep import choose_keep
+              sources: list[str], ntasks: int, check: dict | None = None) -> dict:
+    """Keep one document per component of partition ``r``; with ``check`` (``--verify``), verify clusters.
+
+    ``check`` = ``{"threshold", "ngram", "unit", "seed", "texts": [each read task's texts file]}``: a
+    near-duplicate is removed only when its exact Jaccard with the document kept in its stead reaches
+    the threshold (:func:`slimpipe.dedup.keep.check_clusters`); the others are kept, or removed as
+    copies of another kept member they do match. ``saved`` counts the documents this keeps that the
+    components alone would have removed.
+    """
+    from slimpipe.dedup.keep import choose_keep, policy_order
 
     ws = ctx.ws
     cc_pieces = ws.inputs(inputs)
     remap = load_remap(ws)
     cc = np.unique(read_partition(ws, cc_pieces, r, CC_DTYPE))  # roots can arrive from several partitions
     attrs = lookup_attrs(ws, cc["node"], remap)
-    keeper = choose_keep(cc["label"], cc["node"], policy, source=attrs["src"].astype(np.int64),
-                         length=attrs["nbytes"], source_priority=priority)
+    src64 = attrs["src"].astype(np.int64)
+    keeper = choose_keep(cc["label"], cc["node"], policy, source=src64, length=attrs["nbytes"],
+                         source_priority=priority)
+    saved: dict[str, int] = {}
+    rounds = 0
+    if check is not None and len(cc):
+        head, rounds = _check(ws, cc, attrs, keeper, check,
+                              policy_order(cc["label"], cc["node"], policy, source=src64, length=attrs["nbytes"],
+                                           source_priority=priority))
+        new_keeper = cc["node"][head]
+        for s_ in attrs["src"][(cc["node"] != keeper) & (new_keeper == cc["node"])].tolist():
+            saved[sources[s_]] = saved.get(sources[s_], 0) + 1
+        keeper = new_keeper
     removed_mask = cc["node"] != keeper
     kattrs = lookup_attrs(ws, keeper, remap)
     rem = np.empty(int(removed_mask.sum()), REMOVED_DTYPE)
@@ -61,8 +80,12 @@ def keep_task(ctx: TaskContext, mode: str, r: int, inputs: str, policy: str, pri
     rem["src"], rem["ksrc"] = attrs["src"][removed_mask], kattrs["src"][removed_mask]
     rem["reason"] = np.where(attrs["xhash"][removed_mask] == kattrs["xhash"][removed_mask], EXACT, NEAR)
     piece = write_partitioned(ws, f"{ctx.step}/removed{r:05d}.shuf", rem, task_of(rem["node"]), ntasks)
-    # summaries for the report
-    _, sizes = np.unique(cc["label"], return_counts=True)  # sorted by label, like labels_u below
+    # summaries for the report. A cluster is a kept document with the copies removed for it: without the
+    # check, exactly one per component; with it, a component may split (its other kept members are no
+    # one's duplicates, or head clusters of their own).
+    kept_u, inv, sizes = np.unique(keeper, return_inverse=True, return_counts=True)
+    multi = sizes > 1
+    cl_label = cc["label"][np.searchsorted(cc["node"], kept_u)]
     by = defaultdict(lambda: [0, 0])
     rbytes = attrs["nbytes"][removed_mask]
     for s, reason, nb in zip(rem["src"].tolist(), rem["reason"].tolist(), rbytes.tolist(), strict=True):
@@ -72,18 +95,67 @@ def keep_task(ctx: TaskContext, mode: str, r: int, inputs: str, policy: str, pri
     cross = defaultdict(int)
     for s, ks in zip(rem["src"].tolist(), rem["ksrc"].tolist(), strict=True):
         cross[f"{sources[s]}|{sources[ks]}"] += 1
-    labels_u, first = np.unique(cc["label"], return_index=True)
     top = []
-    for i in np.lexsort((labels_u, -sizes))[:8].tolist():
-        members = cc["node"][cc["label"] == labels_u[i]]
-        top.append({"label": int(labels_u[i]), "size": int(sizes[i]), "keeper": int(keeper[first[i]]),
+    for i in np.lexsort((cl_label, -sizes)).tolist()[:8]:
+        if not multi[i]:
+            break
+        members = cc["node"][inv == i]
+        top.append({"label": int(cl_label[i]), "size": int(sizes[i]), "keeper": int(kept_u[i]),
                     "members": [int(x) for x in members[:6]]})
     return {
         "removed": {k: v for k, v in sorted(by.items())},
         "cross": dict(sorted(cross.items())),
-        "cluster_sizes": {str(k): int(v) for k, v in zip(*np.unique(sizes, return_counts=True), strict=True)},
-        "components": len(sizes),
+        "cluster_sizes": {str(k): int(v) for k, v in zip(*np.unique(sizes[multi], return_counts=True), strict=True)},
+        "components": int(multi.sum()),
+        "saved": dict(sorted(saved.items())),
+        "check_rounds": rounds,
         "removed_bytes": int(rbytes.sum()),
         "top": top,
         "piece": piece,
     }
+
+
+def _check(ws: Workspace, cc: np.ndarray, attrs: np.ndarray, keeper: np.ndarray, check: dict,
+           order: np.ndarray) -> tuple[np.ndarray, int]:
+    """:func:`check_clusters` on the components holding a near-duplicate removal, by exact Jaccard.
+
+    Exact copies (same cleaned-text hash) are similar without looking; otherwise each side's shingle
+    set comes from the cleaned text the read step stored for the first copy of that text in its task,
+    so one set serves every exact copy of a text.
+    """
+    from slimpipe.dedup.keep import check_clusters
+    from slimpipe.dedup.minhash import jaccard_sets, shingle_set
+    from slimpipe.dedup.steps.verify import cleaned_texts
+
+    near = (cc["node"] != keeper) & (attrs["xhash"] != attrs["xhash"][np.searchsorted(cc["node"], keeper)])
+    involved = np.isin(cc["label"], np.unique(cc["label"][near]))
+    head = np.arange(len(cc), dtype=np.int64)
+    if not involved.any():
+        return head, 0
+    idx = np.flatnonzero(involved)
+    nodes = cc["node"][idx]
+    sets: dict[int, np.ndarray] = {}
+    tasks = task_of(nodes)
+    for t in np.unique(tasks).tolist():
+        texts = cleaned_texts(ws, check["texts"][t], nodes[tasks == t])
+        for node, clean in texts.items():
+            xh = int(attrs["xhash"][np.searchsorted(cc["node"], node)])
+            if xh not in sets:
+                sets[xh] = shingle_set(clean, check["ngram"], check["unit"], check["seed"])
+    xhash = attrs["xhash"][idx]
+    threshold = float(check["threshold"])
+
+    def similar(i: int, j: int) -> bool:
+        a, b = int(xhash[i]), int(xhash[j])
+        if a == b:
+            return True
+        if a not in sets or b not in sets:  # no stored text to check against (not expected): keep it
+            return False
+        return jaccard_sets(sets[a], sets[b]) >= threshold
+
+    pos = np.full(len(cc), -1, np.int64)
+    pos[idx] = np.arange(len(idx))
+    sub_order = pos[order[involved[order]]]
+    sub_head, rounds = check_clusters(cc["label"][idx], sub_order, similar)
+    head[idx] = idx[sub_head]
+    return head, rounds
