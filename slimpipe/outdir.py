@@ -1,13 +1,17 @@
 """Output-folder rules, checked by every command before any heavy work (and before Ray starts).
 
-1. OUT may not be a SOURCE, nor lie inside one: its outputs would be read back as inputs next time.
-2. A new or empty OUT is claimed: ``OUT/_slimpipe.json`` records which job writes there.
+1. OUT may not be a SOURCE, nor lie inside one, nor inside a folder a SOURCE links to (the input walk
+   follows symlinked folders): its outputs would be read back as inputs next time. ``--scratch`` neither.
+2. A new or empty OUT is claimed: ``OUT/_slimpipe.json`` records which job writes there, and a random
+   claim id that ties the job's ``--scratch`` workspace to this claim of this folder (a new claim never
+   reuses a workspace left by an earlier one).
 3. An OUT claimed by the same job (same command, inputs and options) is resumed or left as it is.
 4. An OUT claimed by another job, or by the same command with other inputs or options, is refused with
-   one line naming that job.
+   one line naming that job -- unless it holds nothing but the claim (the job failed before it wrote
+   anything: bad options, no Ray, an unusable ``--scratch``), which is claimed afresh.
 5. A non-empty OUT that is not a slimpipe output is refused with one line naming what is there.
    ``--force`` writes into it anyway, but only when none of the names the job writes exist there: a
-   user's file is never overwritten.
+   user's file is never overwritten, and nothing else in OUT is ever deleted.
 
 Paths may be local or URIs (``s3://``, ``gs://``, ``hdfs://``, ``file://``), through :mod:`slimpipe.storage`.
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import uuid
 from collections.abc import Iterable
 
 from slimpipe import storage
@@ -29,10 +34,11 @@ JOB_OUTPUTS: dict[str, tuple[str, ...]] = {
     "dedup": ("kept", "removed", "rejects.parquet", "manifest.json", "report.json", "report.md", "plots", "_work"),
     "slimpajama": ("train", "validation", "test", "dedup", "eval", "manifest.json", "index.json", "report.json",
                    "report.md", "plots", "_work"),
-    "mix": ("train", "eval", "test", "tokenizer", "manifest.json", ".work", "report.md"),
-    "train": ("train_log.jsonl", "eval_log.jsonl", "metrics.json", "checkpoints", "model", "config.json"),
+    "mix": ("train", "eval", "test", "tokenizer", "manifest.json", "index.json", ".work", "report.md"),
+    "train": ("train_log.jsonl", "eval_log.jsonl", "metrics.json", "checkpoints", "model", "config.json",
+              "eval_losses.npz", "ray"),
     "compare": ("report.md", "report.json", "plots"),
-    "evalset": ("manifest.json", "report.md", "_work"),  # plus one folder per source
+    "evalset": ("manifest.json", "report.md", "sources", "_work"),  # sources/<source>/: never a name of its own
     "demo": ("sample", "eval", "slimpajama-global", "slimpajama-local", "mixes", "runs", "report"),
 }
 
@@ -64,15 +70,51 @@ def _inside(child: str, parent: str) -> bool:
     return child.startswith(parent.rstrip(sep) + sep)
 
 
-def check_not_in_sources(out: str | os.PathLike, sources: Iterable[str | os.PathLike]) -> None:
-    """Raise :class:`OutputError` when OUT equals or lies inside a SOURCE."""
+def _linked_folders(src: str, limit: int = 100_000) -> list[str]:
+    """The real paths of the folders a local SOURCE's input walk reaches through symlinks (recursively)."""
+    if storage.is_remote(src) or not os.path.isdir(src):
+        return []
+    seen = {os.path.realpath(src)}
+    todo, found, n = [src], [], 0
+    while todo and n < limit:
+        top = todo.pop()
+        try:
+            entries = list(os.scandir(top))
+        except OSError:
+            continue
+        for e in entries:
+            n += 1
+            try:
+                if not e.is_dir():  # follows a link: a link to a folder counts
+                    continue
+            except OSError:
+                continue
+            real = os.path.realpath(e.path)
+            if real in seen:
+                continue
+            seen.add(real)
+            if e.is_symlink():
+                found.append(real)
+            todo.append(e.path)
+    return found
+
+
+def check_not_in_sources(out: str | os.PathLike, sources: Iterable[str | os.PathLike], what: str = "output folder",
+                         ) -> None:
+    """Raise :class:`OutputError` when OUT equals or lies inside a SOURCE, or inside a folder that a SOURCE
+    links to (the input walk follows symlinked folders, so OUT would be read back as input)."""
     o = canonical(out)
     for src in sources:
         s = canonical(src)
         if _inside(o, s):
             where = "is" if o == s else "lies inside"
-            raise OutputError(f"output folder {storage.display(out)} {where} the input {storage.display(src)}: "
+            raise OutputError(f"{what} {storage.display(out)} {where} the input {storage.display(src)}: "
                               "its outputs would be read back as inputs; choose a folder outside the inputs")
+        for linked in _linked_folders(s):
+            if _inside(o, linked):
+                raise OutputError(f"{what} {storage.display(out)} lies inside {linked}, which the input "
+                                  f"{storage.display(src)} links to: its outputs would be read back as inputs; "
+                                  "choose a folder outside the inputs")
 
 
 def _entries(out: str) -> list[str] | None:
@@ -95,14 +137,19 @@ def _some(names: list[str]) -> str:
 
 
 def claim(out: str | os.PathLike, job: str, ident: str, sources: Iterable[str | os.PathLike] = (),
-          force: bool = False, outputs: Iterable[str] | None = None) -> bool:
+          force: bool = False, outputs: Iterable[str] | None = None,
+          scratch: str | os.PathLike | None = None) -> bool:
     """Check OUT against the rules above and claim it for ``job``; True when OUT already held this job.
 
     ``ident`` is :func:`identity` of the job's inputs and options. Nothing is written unless every
-    check passes, so a refused command leaves OUT as it found it.
+    check passes, so a refused command leaves OUT as it found it. ``scratch`` (``--scratch``) is checked
+    against the sources too.
     """
     out = os.fspath(out)
+    sources = list(sources)
     check_not_in_sources(out, sources)
+    if scratch:
+        check_not_in_sources(scratch, sources, what="--scratch")
     if storage.is_remote(out):
         storage.check_access(out, write=True)  # endpoint, credentials, bucket: one line naming the URI, now
     names = _entries(out)
@@ -113,14 +160,16 @@ def claim(out: str | os.PathLike, job: str, ident: str, sources: Iterable[str | 
         except (OSError, ValueError, storage.StorageError) as exc:
             raise OutputError(f"output folder {storage.display(out)} has an unreadable {MARKER} ({exc}); "
                               "delete it or choose another folder") from exc
-        if held.get("job") != job:
-            raise OutputError(f"output folder {storage.display(out)} holds the output of `slimpipe {held.get('job')}`"
-                              f", not `slimpipe {job}`; choose another folder")
-        if held.get("identity") != ident:
-            raise OutputError(f"output folder {storage.display(out)} holds a `slimpipe {job}` run with other inputs "
-                              "or options; choose a new folder, or delete this one to start over")
-        return True
-    if names:
+        if held.get("job") == job and held.get("identity") == ident:
+            return True
+        if names != [MARKER]:  # the job wrote something: never another job's, never mixed
+            if held.get("job") != job:
+                raise OutputError(f"output folder {storage.display(out)} holds the output of "
+                                  f"`slimpipe {held.get('job')}`, not `slimpipe {job}`; choose another folder")
+            raise OutputError(f"output folder {storage.display(out)} holds a `slimpipe {job}` run with other "
+                              "inputs or options; choose a new folder, or delete this one to start over")
+        # only the claim of a job that failed before writing anything (bad options, no Ray, --scratch): re-admit
+    elif names:
         if not force:
             raise OutputError(f"output folder {storage.display(out)} is not empty and is not a slimpipe output "
                               f"(it holds {_some(names)}); choose an empty or new folder, or pass --force to "
@@ -129,9 +178,20 @@ def claim(out: str | os.PathLike, job: str, ident: str, sources: Iterable[str | 
         if clash:
             raise OutputError(f"--force: output folder {storage.display(out)} already holds {_some(clash)}, which "
                               f"`slimpipe {job}` would overwrite; move them away or choose another folder")
-    # only what defines the job: the same job written twice (or resumed after kill -9) gives the same bytes
-    storage.write_json_atomic(marker, {"job": job, "identity": ident})
+    if scratch:  # an unusable --scratch fails now, in one line, before OUT is claimed
+        storage.check_access(scratch, write=True)
+    # what defines the job, and this claim's id (the --scratch workspace belongs to this claim only)
+    storage.write_json_atomic(marker, {"job": job, "identity": ident, "claim": uuid.uuid4().hex})
     return False
+
+
+def claim_id(out: str | os.PathLike) -> str:
+    """The id of OUT's current claim ("" when OUT is not claimed): what a ``--scratch`` workspace is tied to."""
+    marker = storage.join(out, MARKER)
+    try:
+        return str(storage.read_json(marker).get("claim") or "") if storage.exists(marker) else ""
+    except (OSError, ValueError, AttributeError, storage.StorageError):
+        return ""
 
 
 def release(out: str | os.PathLike) -> None:

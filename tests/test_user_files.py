@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from click.testing import CliRunner
 
 from slimpipe import storage
 from slimpipe.cli import main
+from slimpipe.outdir import MARKER, OutputError, check_not_in_sources, claim
 
 
 def _text(i: int, topic: str) -> str:
@@ -79,3 +82,110 @@ def test_an_upload_that_fails_midway_publishes_nothing(s3_server: dict) -> None:
         raise RuntimeError("the writer failed")
     assert not storage.exists(f"{base}/report.json")
     assert storage.list_files(base) == [f"{base}/manifest.json"]
+
+
+# ------------------------------------------------------------------------------------------------
+# 1. --scratch never reuses a workspace that belongs to another claim of OUT
+
+
+def test_scratch_is_tied_to_the_claim_of_out(tmp_path: Path, ray_session) -> None:
+    src, out, scratch = _corpus(tmp_path / "s1"), tmp_path / "dw", tmp_path / "S"
+    args = ("dedup", src, "-o", out, "--scratch", scratch, "--quiet")
+    r = _run(*args, "--keep-intermediates")
+    assert r.exit_code == 0, r.output
+    first = _shards(out)
+    assert first and (out / "manifest.json").is_file()
+    shutil.rmtree(out)  # what a refusal suggests; the kept workspace under S belongs to that claim only
+    r = _run(*args)
+    assert r.exit_code == 0, r.output
+    assert _shards(out) == first, "the write step was skipped: a finished workspace was reused for a new OUT"
+    listed = json.loads((out / "manifest.json").read_text())
+    assert listed["files"] and all((out / f["path"]).is_file() for f in listed["files"])
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. --force deletes no temporary file it did not create
+
+
+def test_force_leaves_the_users_temporary_files(tmp_path: Path, ray_session) -> None:
+    from slimpipe.runtime.workspace import remove_temporaries
+
+    src, out = _corpus(tmp_path / "s1"), tmp_path / "u"
+    (out / "notes").mkdir(parents=True)
+    (out / ".draft.tmp").write_text("d")
+    (out / "notes" / ".todo.md.tmp").write_text("t")
+    (out / "notes" / ".a.json.x1y2z3.slimpipe.tmp").write_text("another job's, in a folder dedup does not write")
+    r = _run("dedup", src, "-o", out, "--force", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert (out / ".draft.tmp").read_text() == "d" and (out / "notes" / ".todo.md.tmp").read_text() == "t"
+    assert (out / "notes" / ".a.json.x1y2z3.slimpipe.tmp").is_file()
+    # what a killed writer of this job leaves (its own temporary names, in its own outputs) does go
+    left = out / "kept" / "c4" / ".part-00009.jsonl.zst.abcd1234.slimpipe.tmp"
+    left.write_bytes(b"partial")
+    (out / ".manifest.json.zz9.slimpipe.tmp").write_bytes(b"{")
+    assert remove_temporaries(out, "dedup") == 2 and not left.exists()
+    assert (out / ".draft.tmp").is_file() and (out / "notes" / ".a.json.x1y2z3.slimpipe.tmp").is_file()
+
+
+# ------------------------------------------------------------------------------------------------
+# 9. file:///path is that absolute path, for SOURCE and -o
+
+
+def test_file_uris_are_absolute_paths(tmp_path: Path, ray_session, monkeypatch: pytest.MonkeyPatch) -> None:
+    src, out = _corpus(tmp_path / "s1"), tmp_path / "out"
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    for job in ("dedup", "slimpajama", "evalset"):  # OUT inside SOURCE, spelled as URIs: refused, nothing made
+        r = _run(job, f"file://{src}", "-o", f"file://{src}/out")
+        assert r.exit_code == 2 and "read back as inputs" in r.output, (job, r.output)
+    assert sorted(os.listdir(src)) == ["arxiv_sample.jsonl.zst", "c4_sample.jsonl"]
+    r = _run("dedup", f"file://{src}", "-o", f"file://{out}", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert os.listdir(cwd) == [], "a relative ./file: folder was written"
+    assert _shards(out) and (out / "report.json").is_file()
+
+
+# ------------------------------------------------------------------------------------------------
+# 11. OUT and --scratch never where the input walk reaches
+
+
+def test_out_or_scratch_behind_a_followed_symlink_is_refused(tmp_path: Path) -> None:
+    src = _corpus(tmp_path / "s")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (src / "more").symlink_to("../elsewhere", target_is_directory=True)  # the input walk follows it
+    r = _run("dedup", src, "-o", elsewhere / "out")
+    assert r.exit_code == 2 and "which the input" in r.output and "links to" in r.output, r.output
+    for scratch in (src / "tmp", elsewhere / "scr"):
+        r = _run("dedup", src, "-o", tmp_path / "out", "--scratch", scratch)
+        assert r.exit_code == 2 and "--scratch" in r.output and "read back as inputs" in r.output, r.output
+    assert sorted(os.listdir(elsewhere)) == [] and not (tmp_path / "out").exists()
+    with pytest.raises(OutputError, match="links to"):
+        check_not_in_sources(elsewhere / "deep" / "out", [src])
+
+
+# ------------------------------------------------------------------------------------------------
+# 17. a start that failed before writing anything does not keep OUT from the corrected command
+
+
+def test_a_failed_start_does_not_poison_out(tmp_path: Path, ray_session) -> None:
+    out = tmp_path / "o"
+    assert claim(out, "dedup", "wrong-options") is False  # what a start that failed after its claim leaves
+    first = json.loads((out / MARKER).read_text())["claim"]
+    assert claim(out, "dedup", "corrected") is False  # nothing but the claim: claimed afresh
+    held = json.loads((out / MARKER).read_text())
+    assert held["identity"] == "corrected" and held["claim"] != first
+    assert claim(out, "dedup", "corrected") is True  # the same job resumes its own claim
+    (out / "kept").mkdir()
+    with pytest.raises(OutputError, match="other inputs or options"):
+        claim(out, "dedup", "third")  # once a job wrote, its folder is its own
+    # the command line: a failed start, then the corrected command (other options) runs
+    src, out = _corpus(tmp_path / "s1"), tmp_path / "o2"
+    r = _run("dedup", src, "-o", out, "--scratch", src / "c4_sample.jsonl" / "x")
+    assert r.exit_code != 0 and not out.exists()  # an unusable --scratch fails before the claim
+    claim(out, "dedup", "a failed start")
+    r = _run("dedup", src, "-o", out, "--threshold", "0.7", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert _shards(out)
+

@@ -16,7 +16,7 @@ class _PathOrUri(click.ParamType):
     name = "PATH|URI"
 
     def convert(self, value, param, ctx):
-        return value if storage.is_remote(value) else Path(value)
+        return value if storage.scheme_of(value) else Path(value)  # file:///p stays a URI, never ./file:/p
 
 
 PATH_OR_URI = _PathOrUri()
@@ -80,12 +80,13 @@ def check_inputs(sources, force_source: str | None) -> None:
     discover_files(list(sources), source=force_source)
 
 
-def claim_out(job: str, sources, out, force: bool, force_source: str | None, **options) -> None:
-    """Check and claim OUT (:mod:`slimpipe.outdir`): never a SOURCE, never a folder of other files or another job."""
+def claim_out(job: str, sources, out, force: bool, force_source: str | None, scratch=None, **options) -> None:
+    """Check and claim OUT (:mod:`slimpipe.outdir`): never a SOURCE, never a folder of other files or another job;
+    ``--scratch`` never inside a SOURCE either."""
     from slimpipe.outdir import claim, identity, input_identity
 
     claim(out, job, identity(inputs=input_identity(sources), source=force_source, **options), sources=sources,
-          force=force)
+          force=force, scratch=scratch)
 
 
 def echo_not_read(files: list[dict]) -> None:
@@ -137,7 +138,8 @@ def dedup_command(sources, out, preset, mode, threshold, num_perm, ngram, unit, 
                                  bands=bands, rows=rows, min_chars=min_chars, verify=verify, keep=keep,
                                  source_priority=source_priority)
     check_inputs(sources, force_source)
-    claim_out("dedup", sources, out, force, force_source, params=params.to_dict(), partitions=partitions)
+    claim_out("dedup", sources, out, force, force_source, scratch=scratch, params=params.to_dict(),
+              partitions=partitions)
     from slimpipe.dedup.job import run_dedup  # heavy imports only once the inputs and OUT are known good
 
     try:

@@ -191,7 +191,7 @@ class DedupJob:
         report["intermediates"] = dict(ex.intermediates)
         report["plan_sha256"] = self.plan_sha256
         publish_report(self.out, report)
-        remove_temporaries(self.out)
+        remove_temporaries(self.out, "dedup")
         ex.cleanup(self.keep_intermediates)
         return report
 

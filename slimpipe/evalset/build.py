@@ -250,7 +250,7 @@ def build_eval_set(paths: list, out: str | os.PathLike, opts: EvalSetOptions, *,
                 "plan": plan_key}
     storage.write_bytes_atomic(storage.join(out, "report.md"), render_report(manifest).encode())
     storage.write_json_atomic(storage.join(out, MANIFEST), manifest)  # last: its presence marks a complete set
-    remove_temporaries(out)
+    remove_temporaries(out, "evalset")
     ex.cleanup(keep_intermediates)
     for src, s in sources.items():
         if s["too_small"]:

@@ -67,7 +67,7 @@ def evalset_command(sources, out, eval_seed, eval_min_tokens, eval_min_seqs, eva
         from slimpipe.outdir import claim, identity, input_identity
 
         claim(out, "evalset", identity(inputs=input_identity(sources), source=force_source, options=repr(opts)),
-              sources=sources, force=force)
+              sources=sources, force=force, scratch=scratch)
         ensure_ray(ray_address)
         m = build_eval_set(list(sources), out, opts, source=force_source, progress=not quiet, scratch=scratch,
                            keep_intermediates=keep_intermediates)

@@ -145,7 +145,7 @@ def discover_files(paths: list[str | Path], source: str | None = None) -> list[I
         if storage.is_remote(raw):
             _discover_remote(os.fspath(raw), forced, found)
             continue
-        p = Path(raw)
+        p = Path(storage.resolve(raw)[1]) if storage.scheme_of(raw) else Path(raw)  # file:///p is /p
         if not p.exists():
             why = "broken symlink" if p.is_symlink() else "input not found"
             raise InputError(f"{why}: {p}")

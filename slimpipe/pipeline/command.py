@@ -74,7 +74,7 @@ def slimpajama_command(sources, out, preset, mode, threshold, num_perm, ngram, u
             raise click.BadParameter(str(exc), param_hint="--eval-set") from exc
     evaluation = None if no_eval_set else {"reuse": eval_set} if eval_set else {"options": options_from(
         eval_seed, eval_min_tokens, eval_min_seqs, eval_seq_len, eval_max_fraction)}
-    claim_out("slimpajama", sources, out, force, force_source, params=params.to_dict(), options=repr(opts),
+    claim_out("slimpajama", sources, out, force, force_source, scratch=scratch, params=params.to_dict(), options=repr(opts),
               partitions=partitions, eval_set=repr(evaluation))
     try:
         report = run_slimpajama(list(sources), out, params, opts, source=force_source, partitions=partitions,

@@ -243,10 +243,10 @@ class SlimPajamaJob:
             from slimpipe.evalset.decontaminate import prepare_eval_set
 
             decon = prepare_eval_set(self.paths, self.out, self.params, source=self.source, progress=self.progress,
-                                     scratch=storage.join(self.scratch, "evalset") if self.scratch else None,
+                                     scratch=storage.join(self.ws.root, "evalset") if self.scratch else None,
                                      keep_intermediates=self.keep_intermediates, **self.eval_set)
         sink = ScatterSink(self.ws, self.opts)
-        dedup_scratch = storage.join(self.scratch, "dedup") if self.scratch else None
+        dedup_scratch = storage.join(self.ws.root, "dedup") if self.scratch else None  # within this claim's
         dedup = DedupJob(self.paths, storage.join(self.out, "dedup"), self.params, source=self.source,
                          progress=self.progress, scratch=dedup_scratch, keep_intermediates=self.keep_intermediates,
                          sink=sink, **self.dedup_kwargs)
@@ -284,7 +284,7 @@ class SlimPajamaJob:
                                    "scatter": scatter["intermediates"], **self.ex.intermediates}
         report["plan_sha256"] = self.plan_sha256
         _publish(self.out, report)
-        remove_temporaries(self.out)
+        remove_temporaries(self.out, "slimpajama")
         self.ex.cleanup(self.keep_intermediates)
         return report
 

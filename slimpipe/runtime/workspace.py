@@ -1,9 +1,11 @@
 """Where a job keeps its intermediates, and the only way steps read and write them.
 
 The workspace is ``OUT/_work`` or, with ``--scratch URI``, a folder of its own under that URI (so a
-cluster needs no shared POSIX mount: every node reaches the same object store). Every file goes
-through :mod:`slimpipe.storage`, so each one is committed atomically (temporary name + fsync + rename
-on POSIX, one atomic upload on object stores). A step is committed when its manifest
+cluster needs no shared POSIX mount: every node reaches the same object store). A scratch workspace
+belongs to one claim of OUT (:func:`slimpipe.outdir.claim_id`): OUT deleted and claimed again, or
+another folder typed the same way from elsewhere, gets a new one, never the steps another run
+committed. Every file goes through :mod:`slimpipe.storage`, so each one is committed atomically
+(temporary name + fsync + rename on POSIX, an upload copied into place on object stores). A step is committed when its manifest
 ``<step>.done.json`` exists; later steps learn their inputs from that manifest, never from a listing.
 
 A workspace counts the files and bytes it writes in this process, so the executor can record the
@@ -32,7 +34,10 @@ class Workspace:
     def __init__(self, out: str | os.PathLike, scratch: str | os.PathLike | None = None):
         self.out = os.fspath(out)
         if scratch:
-            key = hashlib.sha256(storage.join(self.out).encode()).hexdigest()[:16]
+            from slimpipe.outdir import canonical, claim_id
+
+            owner = f"{canonical(self.out)}\0{claim_id(self.out)}"
+            key = hashlib.sha256(owner.encode()).hexdigest()[:16]
             self.root = storage.join(scratch, f"slimpipe-{key}")
         else:
             self.root = storage.join(self.out, "_work")
@@ -114,12 +119,26 @@ class Workspace:
         return pq.ParquetFile(storage.open_input(self.path(rel)))
 
 
-def remove_temporaries(root: str | os.PathLike) -> int:
-    """Delete ``.*.tmp`` files a killed writer left in a local folder (never complete, never final)."""
+def remove_temporaries(root: str | os.PathLike, job: str) -> int:
+    """Delete the temporaries a killed writer of ``job`` left in its local OUT: only slimpipe's own
+    (``.*.slimpipe.tmp``, :data:`slimpipe.storage.TMP_SUFFIX`), and only inside or next to the outputs the
+    job writes (``slimpipe.outdir.JOB_OUTPUTS[job]``), which its claim of OUT proved were not the user's.
+    A user's ``.draft.tmp``, or anything in a folder the job does not write, is never touched."""
+    from slimpipe.outdir import JOB_OUTPUTS, MARKER
+
     if storage.is_remote(root):
-        return 0  # object stores publish nothing until an upload completes
+        return 0  # an object store publishes nothing until an upload completes
+    base = Path(storage.resolve(root)[1])
+    names = {*JOB_OUTPUTS[job], MARKER}
     n = 0
-    for p in Path(storage.resolve(root)[1]).rglob(".*.tmp"):
-        p.unlink(missing_ok=True)
-        n += 1
+    found = [p for p in base.glob(".*") if storage.is_temporary(p.name)
+             and any(p.name.startswith(f".{name}.") for name in names)]
+    for name in names:
+        top = base / name
+        if top.is_dir() and not top.is_symlink():
+            found += [p for p in top.rglob(f"*{storage.TMP_SUFFIX}") if storage.is_temporary(p.name)]
+    for p in found:
+        if p.is_file() and not p.is_symlink():
+            p.unlink(missing_ok=True)
+            n += 1
     return n
