@@ -9,9 +9,11 @@ import pytest
 
 from slimpipe.dedup.params import load_preset
 from slimpipe.evalset.build import (
+    MIN_DOCS,
     EvalSetError,
     EvalSetOptions,
     build_eval_set,
+    cut_pieces,
     load_manifest,
     read_eval_documents,
 )
@@ -20,7 +22,7 @@ from slimpipe.io.readers import read_all
 from slimpipe.pipeline.job import PipelineOptions, SlimPajamaJob
 from slimpipe.sample import write_sample
 
-OPTS = EvalSetOptions(seed=7, min_seqs=8, seq_len=128)
+OPTS = EvalSetOptions(seed=7, min_seqs=8, seq_len=128, min_docs=5)  # the 0.3 sample: some sources reach 5, some not
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +44,14 @@ def test_every_source_gets_a_stratified_set_with_an_identity(sample, evalset, tm
     docs, _, _ = read_all([sample])
     sources = set(docs.column("source").to_pylist())
     assert set(m["sources"]) == sources  # every source in the data, arxiv included
-    for v in m["sources"].values():
-        assert v["docs"] >= 1 and v["tokens"] > 0 and v["files"]
-        assert v["too_small"] == (v["reason"] is not None)
-        assert v["bytes"] <= 0.1 * v["source_bytes"] + max(len(t.encode()) for t in docs.column("text").to_pylist())
+    for s, v in m["sources"].items():
+        # never more than 10% of a source, in documents and in bytes
+        assert v["docs"] <= 0.1 * v["source_docs"] and v["bytes"] <= 0.1 * v["source_bytes"]
+        assert v["excluded_from_intervals"] == v["too_small"] == (v["docs"] < 5) == (v["reason"] is not None)
+        assert (s in m["excluded_from_intervals"]) == v["excluded_from_intervals"]
+        if v["docs"]:
+            assert v["pieces"] >= v["docs"] and 0 < v["scored_bytes"] <= v["bytes"] and v["tokens"] > 0 and v["files"]
+    assert {v["excluded_from_intervals"] for v in m["sources"].values()} == {True, False}  # both kinds drawn
     recs = read_eval_documents(evalset)
     assert len(recs) == sum(v["docs"] for v in m["sources"].values())
     ids = set(docs.column("id").to_pylist())
@@ -61,11 +67,47 @@ def test_every_source_gets_a_stratified_set_with_an_identity(sample, evalset, tm
         build_eval_set([sample], tmp_path / "other", OPTS, progress=False)
 
 
-def test_too_small_sources_are_said_loudly(sample, tmp_path, ray_session, capsys) -> None:
-    m = build_eval_set([sample], tmp_path / "big", EvalSetOptions(min_tokens=10_000_000), progress=False)
-    assert all(v["too_small"] and "10,000,000 tokens" in v["reason"] for v in m["sources"].values())
-    assert "WARNING: evaluation set for" in capsys.readouterr().err
-    assert "**Too small" in (tmp_path / "big" / "report.md").read_text()
+def _write_source(path: Path, n_docs: int, words: int) -> None:
+    import zstandard
+
+    lines = [json.dumps({"text": " ".join(f"w{(i * 7919 + j) % 1000}" for j in range(words)) + f" doc {i}",
+                         "meta": {"n": i}}) for i in range(n_docs)]
+    path.write_bytes(zstandard.ZstdCompressor().compress(("\n".join(lines) + "\n").encode()))
+
+
+def test_at_least_30_documents_per_source_or_excluded_by_name(tmp_path, ray_session, capsys) -> None:
+    """The default rule: 30 documents per source within 10% of it; a source that cannot is excluded
+    from intervals, named with its reason in the manifest, the report and on stderr."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    _write_source(corpus / "c4_sample.jsonl.zst", 400, 40)  # 10% = 40 documents
+    _write_source(corpus / "book_sample.jsonl.zst", 120, 40)  # 10% = 12 documents: too few
+    m = build_eval_set([corpus], tmp_path / "EVAL", EvalSetOptions(seq_len=64, min_seqs=1), progress=False)
+    c4, book = m["sources"]["c4"], m["sources"]["book"]
+    assert MIN_DOCS == m["min_docs"] == 30
+    assert 30 <= c4["docs"] <= 40 and not c4["excluded_from_intervals"] and c4["reason"] is None
+    assert book["docs"] == 12 and book["excluded_from_intervals"] and book["too_small"]
+    assert "book has 120 document(s)" in book["reason"] and "left out of the total and mean intervals" in book["reason"]
+    assert m["excluded_from_intervals"] == {"book": book["reason"]}
+    assert "WARNING: evaluation set for book is too small" in capsys.readouterr().err
+    report = (tmp_path / "EVAL" / "report.md").read_text()
+    assert "**Too small: excluded from the total and mean intervals" in report and f"**book**: {book['reason']}" in report
+    # the documents' pieces: every piece of a short document, the whole text
+    docs = read_eval_documents(tmp_path / "EVAL")
+    assert c4["pieces"] == sum(len(cut_pieces(t, m["pieces"]["chars"], 8)) for s, _, t in docs if s == "c4")
+    assert c4["scored_bytes"] == c4["bytes"] == sum(len(t.encode()) for s, _, t in docs if s == "c4")
+
+
+def test_pieces_cover_a_document_and_a_long_one_is_a_stable_seeded_choice() -> None:
+    text = " ".join(f"word{i}" for i in range(3000))  # ~26k characters
+    pieces = cut_pieces(text, 1000)
+    assert "".join(text[a:b] for a, b in pieces) == text  # consecutive, the whole text
+    assert all(b - a <= 1000 for a, b in pieces) and all(text[b - 1] == " " for a, b in pieces[:-1])
+    few = cut_pieces(text, 1000, 4, seed=1, doc_id="x")
+    assert len(few) == 4 and set(few) <= set(pieces) and few == sorted(few)
+    assert few == cut_pieces(text, 1000, 4, seed=1, doc_id="x")  # stable
+    assert few != cut_pieces(text, 1000, 4, seed=1, doc_id="y")  # another document, another choice
+    assert cut_pieces("", 1000) == [] and cut_pieces("abc", 1000) == [(0, 3)]
 
 
 def test_decontaminator_finds_the_document_its_copies_and_near_copies() -> None:
