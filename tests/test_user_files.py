@@ -189,3 +189,37 @@ def test_a_failed_start_does_not_poison_out(tmp_path: Path, ray_session) -> None
     assert r.exit_code == 0, r.output
     assert _shards(out)
 
+
+# ------------------------------------------------------------------------------------------------
+# 4 and 16. evalset writes its sources under EVAL/sources/: a user's folder named like a source, and a
+# source named like the set's own files, never meet; train lists every name it writes
+
+
+def test_evalset_sources_never_meet_a_users_folder_or_its_own_files(tmp_path: Path, ray_session) -> None:
+    src, e = _corpus(tmp_path / "s1"), tmp_path / "e"
+    small = ("--eval-seq-len", 16, "--eval-min-seqs", 2, "--quiet")
+    (e / "arxiv").mkdir(parents=True)
+    (e / "arxiv" / "part-00000.jsonl.zst").write_bytes(b"the user's own arxiv part")
+    r = _run("evalset", src, "-o", e, "--force", *small)
+    assert r.exit_code == 0, r.output
+    assert (e / "arxiv" / "part-00000.jsonl.zst").read_bytes() == b"the user's own arxiv part"
+    m = json.loads((e / "manifest.json").read_text())
+    assert set(m["sources"]) == {"arxiv", "c4"}
+    assert all(f.startswith("sources/") and (e / f).is_file() for v in m["sources"].values() for f in v["files"])
+    for name in ("report.md", "manifest.json"):  # a source may have any name, the job's own files included
+        out = tmp_path / f"named-{name}"
+        r = _run("evalset", src, "-o", out, "--source", name, *small)
+        assert r.exit_code == 0, r.output
+        m = json.loads((out / "manifest.json").read_text())
+        assert list(m["sources"]) == [name] and (out / "report.md").is_file()
+
+
+def test_train_force_refuses_every_name_a_run_writes(tmp_path: Path) -> None:
+    for name in ("eval_losses.npz", "ray", "metrics.json", "checkpoints"):
+        out = tmp_path / name.replace(".", "_")
+        out.mkdir()
+        (out / name).write_text("the user's")
+        with pytest.raises(OutputError, match=f"already holds {name}"):
+            claim(out, "train", "run", force=True)
+        assert (out / name).read_text() == "the user's" and not (out / MARKER).exists()
+

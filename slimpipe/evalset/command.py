@@ -42,7 +42,7 @@ def options_from(eval_seed: int, eval_min_tokens: int | None, eval_min_seqs: int
 @click.argument("sources", nargs=-1, required=True, type=PATH_OR_URI)
 @click.option("-o", "--output", "out", required=True, type=PATH_OR_URI,
               help="Folder of the evaluation set, a path or a URI (s3://, gs://, hdfs://, file://): "
-                   "EVAL/manifest.json, EVAL/<source>/*.jsonl.zst.")
+                   "EVAL/manifest.json, EVAL/sources/<source>/*.jsonl.zst.")
 @evalset_options
 @click.option("--source", "force_source", default=None, help="Treat every input as this source.")
 @click.option("--ray-address", default=None, help="Attach to this Ray cluster instead of starting a private one.")
