@@ -4,7 +4,13 @@ Every stage calls :func:`ensure_ray`; nothing else calls ``ray.init``.
 
 - With an address (``--ray-address A``, ``--ray-address auto``, or ``RAY_ADDRESS`` as ``ray job submit``
   and cluster nodes set it) it attaches to that cluster, passing no local resource arguments: the
-  cluster owns its CPUs, GPUs and object store.
+  cluster owns its CPUs, GPUs and object store. ``auto`` means the cluster the last ``ray start`` on
+  this machine recorded (``ray_current_cluster`` in Ray's temp folder, ``RAY_TMPDIR`` or /tmp/ray) and
+  nothing else: unlike ``ray.init("auto")`` it never picks another Ray found running on the machine
+  (another job's private one); with no record it is refused with one line.
+- Before ``ray.init`` it checks, in well under a second, that the address answers and that this
+  process's Ray token is accepted, so a wrong address or token is one line instead of a minute of
+  retries and raw ``gcs_client.cc`` warnings.
 - Without one it starts a private Ray for this process only (``address="local"``), bound to 127.0.0.1
   with no dashboard, sized to the machine's cores (or ``num_cpus``). It never attaches to another Ray
   that happens to run on the machine.
@@ -21,6 +27,9 @@ log = logging.getLogger(__name__)
 
 VERBOSE_ENV = "SLIMPIPE_VERBOSE"
 LOOPBACK = "127.0.0.1"
+# The storage environment this process's private Ray started with (its workers inherited it); None when
+# no private Ray was started here (attached to a cluster, or no Ray yet).
+_PRIVATE_ENV: dict[str, str] | None = None
 
 
 class RayConnectError(RuntimeError):
@@ -38,6 +47,11 @@ def cluster_address(address: str | None = None) -> str | None:
         if value and value.strip() and value.strip() != "local":
             return value.strip()
     return None
+
+
+def private_ray_env() -> dict[str, str] | None:
+    """The storage environment the private Ray of this process started with; None on a cluster."""
+    return dict(_PRIVATE_ENV) if _PRIVATE_ENV is not None else None
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None, quiet: bool = True) -> None:
@@ -81,6 +95,13 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, quiet: b
         ray.init(**kwargs)
     except (ConnectionError, TimeoutError, ValueError, RuntimeError) as exc:
         raise RayConnectError(_connect_problem(exc, target)) from exc
+    global _PRIVATE_ENV
+    if target is None:
+        from slimpipe import storage
+
+        _PRIVATE_ENV = storage.storage_env()
+    else:
+        _PRIVATE_ENV = None
     how = f"attached to the Ray cluster at {target}" if target else "started a private local Ray"
     gcs = ray.get_runtime_context().gcs_address
     log.info("ray: %s (gcs %s): %s", how, gcs, ray.cluster_resources())
@@ -96,18 +117,24 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, quiet: b
 
 def _auto_address() -> str:
     """``--ray-address auto``: the cluster the last ``ray start`` on this machine recorded, as host:port
-    (as recorded: Ray's own canonicalisation would turn a loopback cluster's 127.0.0.1 into the public IP)."""
-    from ray._private.services import get_ray_address_from_environment
+    (as recorded: Ray's own canonicalisation would turn a loopback cluster's 127.0.0.1 into the public IP).
 
-    try:
-        return get_ray_address_from_environment("auto", None)
-    except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError or others when none is found
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise RayConnectError(f"--ray-address auto: no running Ray cluster found on this machine ({first})") from exc
+    Only the record: Ray's own ``auto`` falls back to any Ray it finds running on the machine (by reading
+    the processes' command lines), which may be another job's private Ray.
+    """
+    from ray._private.utils import get_ray_address_file, read_ray_address
+
+    recorded = read_ray_address(None)
+    if not recorded or not recorded.strip():
+        raise RayConnectError(
+            f"--ray-address auto: no cluster recorded by `ray start` on this machine ({get_ray_address_file(None)} "
+            "not found); start one with `ray start --head` or give its address as host:port")
+    return recorded.strip()
 
 
 def _check_reachable(target: str) -> None:
-    """Fail in seconds, with one line, when nothing listens at ``host:port`` (Ray itself retries for a minute)."""
+    """Fail in seconds, with one line, when nothing listens at ``host:port`` or this process's Ray token is
+    refused there (Ray itself retries for 20 s to a minute, printing a raw warning each second)."""
     import socket
 
     hostport = target.split("://", 1)[-1]
@@ -120,6 +147,39 @@ def _check_reachable(target: str) -> None:
     except (OSError, ValueError) as exc:
         raise RayConnectError(f"cannot reach the Ray cluster at {target}: {getattr(exc, 'strerror', None) or exc}") \
             from exc
+    _check_token(target)
+
+
+def _check_token(target: str) -> None:
+    """One request to the cluster's GCS with this process's token; a refusal is one line, now.
+
+    Ray's C++ client prints its own warning on stderr for the refused request: it is held back (shown with
+    ``slimpipe -v``). Anything but a refused token is left to ``ray.init``, which retries and explains.
+    """
+    import tempfile
+
+    from ray._raylet import GcsClient
+
+    sys_err = 2
+    with tempfile.TemporaryFile() as held:
+        saved = os.dup(sys_err)
+        os.dup2(held.fileno(), sys_err)
+        try:
+            GcsClient(address=target.split("://", 1)[-1])
+            problem = None
+        except Exception as exc:  # noqa: BLE001 - Ray raises AuthenticationError, RpcError or others
+            problem = exc
+        finally:
+            os.dup2(saved, sys_err)
+            os.close(saved)
+        if problem is not None and verbose():
+            held.seek(0)
+            os.write(sys_err, held.read())
+    if problem is not None:
+        message = _connect_problem(problem, target)
+        if "token" in message:
+            raise RayConnectError(message) from problem
+        log.info("ray: GCS at %s did not answer a first request (%s); ray.init retries", target, problem)
 
 
 def _connect_problem(exc: BaseException, target: str | None) -> str:
@@ -130,7 +190,7 @@ def _connect_problem(exc: BaseException, target: str | None) -> str:
         chain.append(f"{type(e).__name__}: {e}")
         e = e.__cause__ or e.__context__
     text = " ".join(chain)
-    if "InvalidAuthToken" in text or "AuthenticationError" in text:
+    if "InvalidAuthToken" in text or "AuthenticationError" in text or "Unauthenticated" in text:
         return (f"cannot reach {where}: its authentication token is missing or wrong here (set RAY_AUTH_MODE=token "
                 "and put the cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN)")
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -173,6 +173,12 @@ def _fsspec(scheme: str, env: tuple) -> pafs.FileSystem:
 
 
 _LOCAL = pafs.LocalFileSystem()
+_SCHEMES_IN_USE: set[str] = set()
+
+
+def schemes_in_use() -> set[str]:
+    """The remote schemes this process has resolved: what its Ray tasks' storage environment must cover."""
+    return set(_SCHEMES_IN_USE)
 
 
 def resolve(p: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
@@ -181,6 +187,7 @@ def resolve(p: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     scheme = scheme_of(s)
     if scheme in ("", "file", "local"):
         return _LOCAL, _local_path(s)
+    _SCHEMES_IN_USE.add(scheme)
     rest = s.split("://", 1)[1]
     env = _env_key()
     if scheme in _S3:

@@ -47,7 +47,9 @@ def scan(paths: list[str | Path], source: str | None = None, progress: bool = Tr
 
     files = split_ranges(discover_files(paths, source=source))
     ensure_ray(ray_address)
-    task = ray.remote(_scan_one)
+    from slimpipe.runtime.executor import remote_task
+
+    task = remote_task(_scan_one)  # sources may live on remote storage: the nodes reach them as the driver does
     refs = [task.remote(f) for f in files]
     per_file: dict[str, FileStats] = {}
     per_source: dict[str, dict[str, int]] = defaultdict(lambda: {"docs": 0, "bytes": 0})

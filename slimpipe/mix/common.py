@@ -272,11 +272,10 @@ def run_ordered(fn: Callable, jobs: Sequence[dict], args: Sequence[Any] = (), *,
     import ray
 
     from slimpipe.engine import available_cpus
+    from slimpipe.runtime.executor import remote_task
 
-    options: dict[str, Any] = {"num_cpus": 1, "max_retries": 2}
-    if env := storage.storage_env():  # every node reaches the same object store (endpoint, credentials)
-        options["runtime_env"] = {"env_vars": env}
-    remote = ray.remote(fn).options(**options)
+    # every node reaches the same object store (endpoint, credentials: by argument, never runtime_env)
+    remote = remote_task(fn, num_cpus=1, max_retries=2)
     results: list = list(cached) if cached is not None else [None] * len(jobs)
     todo = [i for i in range(len(jobs)) if results[i] is None]
     limit = max(2, 2 * available_cpus())
