@@ -8,11 +8,17 @@ seed) and the mix's ``manifest.json`` (weights, epochs, tokenizer, the dataset a
 * A **row** is one full training configuration (mix, dedup mode, dataset, eval set, tokenizer, model,
   tokens, learning rate, sequence length, schedule); only the seed varies inside it, and a repeated
   seed is refused with one line naming the runs.
-* Rows scored on different evaluation sets are never ranked against each other: each set gets its own
-  table and the report opens with a warning.
-* Every difference stated (each row against the best, global against local) carries a paired bootstrap
-  95% interval (:mod:`slimpipe.report.stats`); one that covers 0 reads "no detectable difference" and is
-  never bolded.
+* Rows scored on different evaluation sets, or on different scored subsets of one (``scored_subset``: the
+  hash of the scored document pieces), are never ranked against each other: each gets its own table and
+  the report opens with a warning; a run that records no ``scored_subset`` is "unknown" and said so.
+* Every difference stated (each row against the best, global against local) carries a 95% interval that
+  includes the evaluation documents and, with two or more seeds, the training seeds
+  (:mod:`slimpipe.report.stats`); one that covers 0 reads "no detectable difference" and is never bolded.
+  A configuration with fewer than three seeds gets no verdict: its differences are stated as conditional
+  on the trained models. Sources too small for an interval are left out of the ``total``/``mean`` intervals
+  and named with the reason.
+* Global vs local dedup: the realised per-source content of both modes' training data (documents and
+  bytes after dedup, tokens trained, epochs) next to the effect, so composition is visible.
 """
 
 from __future__ import annotations
@@ -27,11 +33,19 @@ from pathlib import Path
 import numpy as np
 
 from slimpipe.io.writers import atomic_write_bytes, atomic_write_json
-from slimpipe.report.stats import RowLosses, difference
+from slimpipe.report.stats import (
+    CONDITIONAL_METHOD,
+    MIN_DOCS,
+    MIN_SEEDS_FOR_CLAIM,
+    SEED_AWARE_METHOD,
+    RowLosses,
+    difference,
+)
 from slimpipe.sources import SOURCES
 
 # the configuration fields that key a row (only the seed may vary inside one)
-CONFIG_KEYS = ("mix", "dedup", "dataset", "eval_set", "tokenizer", "model", "tokens", "lr", "seq_len", "schedule")
+CONFIG_KEYS = ("mix", "dedup", "dataset", "eval_set", "scored_subset", "tokenizer", "model", "tokens", "lr", "seq_len",
+               "schedule")
 
 
 class CompareError(ValueError):
@@ -56,6 +70,9 @@ class Run:
     train_log: list[dict] = field(default_factory=list)
     tasks: dict = field(default_factory=dict)  # lm-eval task -> (metric, value), from RUN/lm_eval.json
     small_eval: dict = field(default_factory=dict)  # source -> reason, from the evaluation set's manifest
+    excluded: dict = field(default_factory=dict)  # source -> reason: left out of total/mean intervals
+    scored_subset: str | None = None  # hash of the scored (source, document, piece) list; None: unknown
+    composition: dict = field(default_factory=dict)  # source -> realised training content (see _composition)
 
     @property
     def eval(self) -> dict:
@@ -103,15 +120,27 @@ def load_run(path: str | Path) -> Run:
         dedup = (dm.get("dedup") or {}).get("mode", "?")
     eval_set = metrics.get("eval_set") or mix_manifest.get("eval_set")
     small_eval = {}
+    excluded = {str(s): str(why) for s, why in (metrics.get("excluded_from_intervals") or {}).items()}
     eval_manifest = Path(inp.get("path", "")) / "eval" / "manifest.json"  # SLIMPAJAMA_DIR/eval, when local
     if eval_manifest.is_file():
         em = json.loads(eval_manifest.read_text())
         small_eval = {s: v.get("reason") or "too small" for s, v in em.get("sources", {}).items() if v.get("too_small")}
+        for s, v in em.get("sources", {}).items():
+            if v.get("excluded_from_intervals"):
+                excluded.setdefault(s, v.get("reason") or "too few evaluation documents for an interval")
+    ev_info = mix_manifest.get("eval") if isinstance(mix_manifest.get("eval"), dict) else {}
+    for s, v in (ev_info.get("validation", ev_info) or {}).items():
+        if isinstance(v, dict) and v.get("excluded_from_intervals"):
+            excluded.setdefault(s, v.get("reason") or "too few evaluation documents for an interval")
+    scored = metrics.get("scored_subset")
+    scored = None if scored is None else (scored if isinstance(scored, str) else hashlib.sha256(
+        json.dumps(scored, sort_keys=True).encode()).hexdigest())
     model = plan.get("preset") or train_cfg.get("model")
     if plan.get("model"):
         model = f"{model}:{hashlib.sha256(json.dumps(plan['model'], sort_keys=True).encode()).hexdigest()[:8]}"
     schedule = {k: plan.get(k) for k in ("schedule", "warmup_steps", "min_lr_ratio", "global_batch") if k in plan}
-    cfg = {"mix": name, "dedup": dedup, "dataset": str(dataset), "eval_set": eval_set, "tokenizer": str(tokenizer),
+    cfg = {"mix": name, "dedup": dedup, "dataset": str(dataset), "eval_set": eval_set, "scored_subset": scored,
+           "tokenizer": str(tokenizer),
            "model": model, "tokens": metrics.get("tokens"), "lr": plan.get("lr", train_cfg.get("lr")),
            "seq_len": plan.get("seq_len", train_cfg.get("seq_len")),
            "schedule": json.dumps(schedule, sort_keys=True) if schedule else train_cfg.get("schedule")}
@@ -124,7 +153,31 @@ def load_run(path: str | Path) -> Run:
                tokenizer=str(tokenizer), dataset=str(dataset), mix_weights=weights, metrics=metrics, config=cfg,
                mix_manifest=mix_manifest, losses=losses, eval_log=_read_jsonl(path / "eval_log.jsonl"),
                train_log=_read_jsonl(path / "train_log.jsonl"), tasks=_tasks(path / "lm_eval.json"),
-               small_eval=small_eval)
+               small_eval=small_eval, excluded=excluded, scored_subset=scored,
+               composition=_composition(mix_manifest, Path(inp.get("path", ""))))
+
+
+def _composition(mix_manifest: dict, dataset: Path) -> dict[str, dict]:
+    """Per source, what the run's training data held: documents and bytes of the deduplicated train split
+    (the pipeline's ``index.json``), and tokens available, tokens trained, documents packed and epochs (the
+    mix's manifest). Global and local dedup differ here before any model is trained."""
+    out: dict[str, dict] = defaultdict(dict)
+    index = dataset / "index.json"
+    if index.is_file():
+        try:
+            for shard in (json.loads(index.read_text()).get("splits") or {}).get("train", []):
+                for s, c in (shard.get("sources") or {}).items():
+                    for k in ("docs", "bytes"):
+                        out[s][k] = out[s].get(k, 0) + int(c.get(k) or 0)
+        except (ValueError, TypeError, AttributeError):
+            pass  # an index this version cannot read: the mix's figures alone
+    for s, e in (mix_manifest.get("sources") or {}).items():
+        if isinstance(e, dict):
+            out[s].update({k: e.get(m) for k, m in (("tokens_available", "tokens_available"),
+                                                    ("tokens_trained", "tokens_realised"),
+                                                    ("docs_trained", "docs_written"), ("epochs", "epochs"))
+                           if e.get(m) is not None})
+    return dict(out)
 
 
 def _tasks(path: Path) -> dict:
@@ -200,14 +253,36 @@ def compare(runs: list[Run], replicates: int = 2000) -> dict:
         raise CompareError("no runs to compare")
     groups = _rows(runs)
     warnings: list[str] = []
-    eval_sets: dict[str, list[str]] = defaultdict(list)
+    eval_sets: dict[str, list[str]] = defaultdict(list)  # (eval set, scored subset) -> row labels
     for label, rs in groups.items():
-        eval_sets[str(rs[0].config.get("eval_set"))].append(label)
-    if len(eval_sets) > 1:
-        warnings.append(f"runs were scored on {len(eval_sets)} different evaluation sets ("
-                        + "; ".join(f"{k[:12]}: {', '.join(v)}" for k, v in eval_sets.items())
+        eval_sets[json.dumps([str(rs[0].config.get("eval_set")), rs[0].scored_subset])].append(label)
+    n_sets = len({json.loads(k)[0] for k in eval_sets})
+    if n_sets > 1:
+        by_set: dict[str, list[str]] = defaultdict(list)
+        for k, v in eval_sets.items():
+            by_set[json.loads(k)[0]] += v
+        warnings.append(f"runs were scored on {n_sets} different evaluation sets ("
+                        + "; ".join(f"{k[:12]}: {', '.join(v)}" for k, v in by_set.items())
                         + "): each set has its own table and no difference across sets is stated")
-    if "None" in eval_sets:
+    subsets = defaultdict(list)
+    for k, v in eval_sets.items():
+        subsets[json.loads(k)[0]].append((json.loads(k)[1], v))
+    for es, parts in subsets.items():
+        known = [(h, v) for h, v in parts if h is not None]
+        if len(known) > 1:
+            warnings.append(f"runs on evaluation set {es[:12]} scored {len(known)} different subsets of it ("
+                            + "; ".join(f"scored_subset {h[:12]}: {', '.join(v)}" for h, v in known)
+                            + "): the pieces a run scores depend on the mix's options; each subset has its own "
+                            "table and no difference across subsets is stated")
+    unknown = [str(r.path) for rs in groups.values() for r in rs if r.scored_subset is None]
+    if unknown and len(unknown) < len(runs):
+        warnings.append(f"{len(unknown)} run(s) record no scored_subset, so what they scored is unknown: they are "
+                        "compared only with each other (" + ", ".join(unknown) + ")")
+    elif unknown:
+        warnings.append("no run records which evaluation pieces it scored (scored_subset, written by newer "
+                        "`slimpipe train`): the runs are compared as if they scored the same ones, paired by "
+                        "document only where their per-document byte counts match")
+    if "None" in {json.loads(k)[0] for k in eval_sets}:
         warnings.append("runs without a recorded evaluation set: " + ", ".join(str(r.path) for rs in groups.values()
                         for r in rs if r.config.get("eval_set") is None))
     kinds = {("document" if r.metrics.get("eval_docs", {}).get("sources") else "packed windows") for r in runs}
@@ -238,12 +313,13 @@ def compare(runs: list[Run], replicates: int = 2000) -> dict:
         rows[label] = row
         losses[label] = _row_losses(rs)
     cache: dict[tuple[str, str], dict | None] = {}
+    excluded = {s: why for r in runs for s, why in r.excluded.items()}
 
     def diff(a: str, b: str) -> dict | None:
         if (a, b) not in cache:
             la, lb = losses[a], losses[b]
             try:
-                cache[(a, b)] = difference(la, lb, replicates=replicates) if la and lb else None
+                cache[(a, b)] = difference(la, lb, replicates=replicates, exclude=excluded) if la and lb else None
             except ValueError:
                 cache[(a, b)] = None
         return cache[(a, b)]
@@ -256,15 +332,17 @@ def compare(runs: list[Run], replicates: int = 2000) -> dict:
             if not cands:
                 continue
             best, label = cands[0]
-            entry: dict = {"winner": label, "bpb": best, "detectable": False}
+            entry: dict = {"winner": label, "bpb": best, "detectable": False, "claim": False}
             if len(cands) > 1:
                 second, label2 = cands[1]
                 d = diff(label2, label)
                 entry.update(runner_up=label2, margin=second - best)
                 if d and col in d["columns"]:
                     c = d["columns"][col]
-                    entry.update(ci95=c["ci95"], detectable=c["detectable"] and c["diff"] > 0,
-                                 paired_docs=d["paired_docs"], paired_seeds=d["paired_seeds"])
+                    entry.update(diff=c["diff"], ci95=c["ci95"], detectable=c["detectable"] and c["diff"] > 0,
+                                 paired_docs=d["paired_docs"], paired_seeds=d["paired_seeds"],
+                                 **_method(d))
+                    entry["claim"] = entry["detectable"] and d["claim_ok"]
                 else:
                     entry["ci95"] = None  # no per-document losses: no interval, so never a stated winner
             winners[col] = entry
@@ -273,11 +351,22 @@ def compare(runs: list[Run], replicates: int = 2000) -> dict:
             if best_total and lb != best_total:
                 d = diff(lb, best_total)
                 rows[lb]["vs_best"] = {"against": best_total, **(
-                    {"columns": d["columns"], "paired_docs": d["paired_docs"], "paired_seeds": d["paired_seeds"]}
+                    {"columns": d["columns"], "paired_docs": d["paired_docs"], "paired_seeds": d["paired_seeds"],
+                     **_method(d)}
                     if d else {"columns": {}, "note": "no per-document losses: no interval"})}
-        tables.append({"eval_set": None if es == "None" else es, "rows": labels, "winners": winners})
+        es_hash, subset = json.loads(es)
+        tables.append({"eval_set": None if es_hash == "None" else es_hash, "scored_subset": subset,
+                       "rows": labels, "winners": winners})
     main = max(tables, key=lambda t: len(t["rows"]))
     tokenizers = sorted({r.tokenizer for r in runs})
+    dedup_effect = _dedup_effect(rows, diff, groups)
+    methods = {x.get("interval_method") for row in rows.values() for x in [row.get("vs_best") or {}]}
+    methods |= {e.get("interval_method") for e in dedup_effect}
+    methods.discard(None)
+    interval_method = (SEED_AWARE_METHOD if methods == {SEED_AWARE_METHOD} else CONDITIONAL_METHOD
+                       if methods == {CONDITIONAL_METHOD} else
+                       f"per difference: {SEED_AWARE_METHOD} where a configuration has two or more seeds; "
+                       f"otherwise {CONDITIONAL_METHOD}" if methods else None)
     return {
         "kind": "slimpipe-compare",
         "runs": len(runs),
@@ -288,18 +377,62 @@ def compare(runs: list[Run], replicates: int = 2000) -> dict:
         "warnings": warnings,
         "tokenizers": tokenizers,
         "same_tokenizer": len(tokenizers) == 1,
-        "dedup_effect": _dedup_effect(rows, diff),
+        "interval_method": interval_method,
+        "intervals": {"min_seeds_for_a_verdict": MIN_SEEDS_FOR_CLAIM, "min_docs_per_source": MIN_DOCS,
+                      "confidence": 0.95, "replicates": replicates},
+        "excluded_from_intervals": _excluded(rows, main, excluded),
+        "dedup_effect": dedup_effect,
         "pairing": _pairing(groups, runs),
         "missing_eval": _missing_eval(runs, all_cols),
-        "small_eval": {s: why for r in runs for s, why in r.small_eval.items()},
+        "small_eval": _small_eval(runs, rows, main),
         "bpb_definition": next((r.metrics["eval_docs"].get("definition") for r in runs
                                 if r.metrics.get("eval_docs", {}).get("definition")), None),
         "provenance": _fingerprint(runs),
     }
 
 
-def _dedup_effect(rows: dict, diff) -> list[dict]:
-    """Rows equal in everything but dedup mode and dataset: global minus local, with its interval."""
+def _method(d: dict) -> dict:
+    """What a difference's interval includes (copied next to every stated difference in report.json)."""
+    return {"interval_method": d["interval_method"], "seed_aware": d["seed_aware"], "n_seeds": d["n_seeds"],
+            "claim_ok": d["claim_ok"], "excluded_from_total": d["excluded"]}
+
+
+def _excluded(rows: dict, main: dict, excluded: dict[str, str]) -> dict[str, str]:
+    """Sources left out of the total/mean intervals, with the reason: flagged by the evaluation set, or
+    scored on fewer than MIN_DOCS documents."""
+    out = dict(excluded)
+    if main["rows"]:
+        for s, size in rows[main["rows"][0]]["eval_size"].items():
+            n = size.get("docs")
+            if n is not None and n < MIN_DOCS and s not in out:
+                out[s] = f"{n} evaluation document(s), fewer than {MIN_DOCS}"
+    return out
+
+
+def _small_eval(runs: list[Run], rows: dict, main: dict) -> dict[str, str]:
+    """Every evaluation set that is smaller than it should be, weakest first: too few documents for an
+    interval (left out of total/mean intervals), excluded by the evaluation set, or under its token target."""
+    size = rows[main["rows"][0]]["eval_size"] if main["rows"] else {}
+    out: dict[str, list[str]] = defaultdict(list)
+    for s, v in size.items():
+        n = v.get("docs")
+        if n is not None and n < MIN_DOCS:
+            out[s].append(f"{n} evaluation document(s), fewer than the {MIN_DOCS} an interval needs: no interval "
+                          "of its own, left out of the total and mean intervals")
+    for r in runs:
+        for s, why in r.excluded.items():
+            if not any(why in x for x in out[s]):
+                out[s].append(f"excluded from the total and mean intervals: {why}")
+        for s, why in r.small_eval.items():
+            if not any(why in x for x in out[s]):
+                out[s].append(why)
+    order = sorted(out, key=lambda s: (size.get(s, {}).get("docs") or 0, s))
+    return {s: "; ".join(out[s]) for s in order if out[s]}
+
+
+def _dedup_effect(rows: dict, diff, groups: dict[str, list[Run]] | None = None) -> list[dict]:
+    """Rows equal in everything but dedup mode and dataset: global minus local, with its interval, and what
+    each mode's training data held per source (the composition a "global" effect partly is)."""
     by_key: dict[str, dict[str, str]] = defaultdict(dict)
     for label, row in rows.items():
         key = json.dumps([row.get(k) for k in CONFIG_KEYS if k not in ("dedup", "dataset")], default=str)
@@ -314,7 +447,9 @@ def _dedup_effect(rows: dict, diff) -> list[dict]:
             entry = {"mix": rows[g]["mix"], "global": g, "local": lo,
                      "delta_bpb": {c: gb[c]["mean"] - lb[c]["mean"] for c in cols},
                      "columns": d["columns"] if d else {}, "paired_docs": bool(d and d["paired_docs"]),
-                     "paired_seeds": bool(d and d["paired_seeds"])}
+                     "paired_seeds": bool(d and d["paired_seeds"]), **(_method(d) if d else {})}
+            if groups:
+                entry["composition"] = {"global": groups[g][0].composition, "local": groups[lo][0].composition}
             out.append(entry)
     return sorted(out, key=lambda e: e["mix"])
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slimpipe.report.stats import describe
+from slimpipe.report.stats import MIN_SEEDS_FOR_CLAIM, describe
 from slimpipe.sources import SOURCES, sort_sources
 
 
@@ -28,32 +28,71 @@ def _ci_text(col: dict | None) -> str:
     return describe(col["diff"], col["ci95"], col.get("note"))
 
 
+def _seeds(n: list[int] | None) -> str:
+    if not n:
+        return "?"
+    return f"{n[0]} seed{'s' if n[0] != 1 else ''} each" if n[0] == n[1] else f"{n[0]} and {n[1]} seeds"
+
+
+def _total_scope(x: dict) -> str:
+    """"total bits per byte", naming the sources its interval leaves out."""
+    ex = x.get("excluded_from_total") or {}
+    return "total bits per byte" + (f" over the sources with intervals; left out: {', '.join(ex)}" if ex else "")
+
+
+def _conditional(x: dict) -> str:
+    """Why a difference is not a verdict: one seed (no training noise in the interval) or fewer than 3."""
+    if not x.get("seed_aware"):
+        return ("conditional on these trained models: the interval covers the evaluation documents only, not "
+                f"training noise ({_seeds(x.get('n_seeds'))}); train at least {MIN_SEEDS_FOR_CLAIM} seeds per "
+                "configuration for a verdict")
+    return (f"conditional on these trained models: {_seeds(x.get('n_seeds'))}, fewer than the "
+            f"{MIN_SEEDS_FOR_CLAIM} a verdict needs")
+
+
 def headline(r: dict) -> list[str]:
-    """The report's first lines: warnings, global vs local with its interval, then the best mix."""
+    """The report's first lines: warnings, global vs local with its interval, then the best mix. "is better"
+    only from an interval over seeds and documents with at least three seeds per configuration."""
     out = [f"**Warning: {w}.**" for w in r["warnings"]]
     for e in r["dedup_effect"]:
         c = e["columns"].get("total")
         d = e["delta_bpb"].get("total")
-        if c and c["detectable"]:
-            better = "global" if c["diff"] < 0 else "local"
-            out.append(f"**Global vs local dedup ({e['mix']} mix): {better} dedup is better** — global − local = "
-                       f"{describe(c['diff'], c['ci95'])} (total bits per byte).")
+        if c and c["ci95"] and e.get("claim_ok"):
+            if c["detectable"]:
+                better = "global" if c["diff"] < 0 else "local"
+                out.append(f"**Global vs local dedup ({e['mix']} mix, {_seeds(e['n_seeds'])}): {better} dedup is "
+                           f"better** — global − local = {describe(c['diff'], c['ci95'])} ({_total_scope(e)}; "
+                           "interval over seeds and documents).")
+            else:
+                out.append(f"Global vs local dedup ({e['mix']} mix, {_seeds(e['n_seeds'])}): "
+                           f"{describe(c['diff'], c['ci95'])}, global − local ({_total_scope(e)}; interval over "
+                           "seeds and documents).")
+        elif c and c["ci95"]:
+            lo, hi = c["ci95"]
+            out.append(f"Global vs local dedup ({e['mix']} mix), {_conditional(e)}: global − local = "
+                       f"{c['diff']:+.4f} bpb, 95% CI [{lo:+.4f}, {hi:+.4f}] ({_total_scope(e)}); no verdict.")
         elif c:
-            out.append(f"Global vs local dedup ({e['mix']} mix): {describe(c['diff'], c['ci95'])}, global − local "
-                       "(total bits per byte).")
+            out.append(f"Global vs local dedup ({e['mix']} mix): global − local = {c['diff']:+.4f} bpb; "
+                       f"no interval ({c.get('note')}), so no difference is claimed.")
         elif d is not None:
             out.append(f"Global vs local dedup ({e['mix']} mix): global − local = {d:+.4f} bpb; no interval "
                        "(the runs saved no per-document losses), so no difference is claimed.")
     w = r["winners"].get("total")
     if w:
-        if w.get("detectable"):
-            out.append(f"**Best mix overall: {w['winner']}** — {w['bpb']:.4f} bits per byte; ahead of "
-                       f"{w['runner_up']} by {w['margin']:.4f} (95% CI [{w['ci95'][0]:+.4f}, {w['ci95'][1]:+.4f}]).")
+        ci = w.get("ci95")
+        gap = f"{w.get('diff', w.get('margin', 0.0)):+.4f} bpb"
+        if w.get("claim"):
+            out.append(f"**Best mix overall: {w['winner']}** — {w['bpb']:.4f} bits per byte; {w['runner_up']} − "
+                       f"{w['winner']} = {gap}, 95% CI [{ci[0]:+.4f}, {ci[1]:+.4f}] ({_total_scope(w)}; interval "
+                       f"over seeds and documents, {_seeds(w.get('n_seeds'))}).")
+        elif "runner_up" in w and ci and not w.get("claim_ok"):
+            out.append(f"Best mix overall, {_conditional(w)}: {w['winner']} ({w['bpb']:.4f}) leads {w['runner_up']} "
+                       f"by {gap}, 95% CI [{ci[0]:+.4f}, {ci[1]:+.4f}] ({_total_scope(w)}); no verdict.")
         elif "runner_up" in w:
-            why = (f"95% CI of the gap [{w['ci95'][0]:+.4f}, {w['ci95'][1]:+.4f}] covers 0" if w.get("ci95")
+            why = (f"95% CI of the gap [{ci[0]:+.4f}, {ci[1]:+.4f}] covers 0" if ci
                    else "no interval: the runs saved no per-document losses")
             out.append(f"Best mix overall: no detectable difference — {w['winner']} ({w['bpb']:.4f}) leads "
-                       f"{w['runner_up']} by {w['margin']:.4f} ({why}).")
+                       f"{w['runner_up']} by {gap} ({why}).")
         else:
             out.append(f"Only one configuration: {w['winner']} ({w['bpb']:.4f} bits per byte).")
     p = r["pairing"]
@@ -66,8 +105,11 @@ def headline(r: dict) -> list[str]:
     else:
         out.append("Configurations ran with different seeds, so intervals pair evaluation documents only.")
     if all(len(row["seeds"]) < 2 for row in r["rows"].values()):
-        out.append("One seed per configuration: the intervals cover the sampling of evaluation documents, not "
-                   "training noise (initialisation, data order); train several seeds to include it.")
+        out.append("One seed per configuration: every interval is conditional on these trained models — it covers "
+                   "the sampling of evaluation documents, not training noise (initialisation, data order); train "
+                   f"at least {MIN_SEEDS_FOR_CLAIM} seeds per configuration for a verdict.")
+    if r.get("interval_method"):
+        out.append(f"Interval method: {r['interval_method']}.")
     return out
 
 
@@ -81,13 +123,15 @@ def render_markdown(r: dict, plots: list[str]) -> str:
     for t in r["tables"]:
         lines += _table(r, t)
     if r.get("small_eval"):
-        lines += ["", "**Evaluation sets smaller than the target** (their figures are less certain):", ""]
+        lines += ["", "**Evaluation sets smaller than they should be** (weakest first; their figures are less "
+                  "certain):", ""]
         lines += [f"- {s}: {why}" for s, why in r["small_eval"].items()]
     if r["missing_eval"]:
         lines += ["", "**Sources without an evaluation figure:**", ""]
         lines += [f"- {s}: {why}" for s, why in r["missing_eval"].items()]
     lines += _tasks(r)
     lines += _differences(r)
+    lines += _composition(r)
     lines += _mixes(r)
     if r.get("bpb_definition"):
         lines += ["", "## What bits per byte counts", "", r["bpb_definition"]]
@@ -111,7 +155,8 @@ def _table(r: dict, t: dict) -> list[str]:
              else "## Bits per byte on runs without a recorded evaluation set (lower is better)", ""]
     lines += ["`total` pools every evaluation document (sources weighted by size); `mean` is the unweighted mean "
               "over sources. Several seeds: mean ± sample standard deviation. **Bold**: best in the column *and* "
-              "its lead over the runner-up has a 95% interval that excludes 0; otherwise nothing is bold.", ""]
+              "its lead over the runner-up has a 95% interval (over seeds and documents, at least "
+              f"{MIN_SEEDS_FOR_CLAIM} seeds) that excludes 0; otherwise nothing is bold.", ""]
     lines.append("| run | seeds | " + " | ".join(cols) + " |")
     lines.append("|---|---:|" + "---:|" * len(cols))
     ordered = sorted(t["rows"], key=lambda lb: rows[lb]["bpb"].get("total", {}).get("mean", 9e9))
@@ -121,7 +166,7 @@ def _table(r: dict, t: dict) -> list[str]:
         for c in cols:
             s = _fmt(row["bpb"].get(c))
             w = t["winners"].get(c, {})
-            if w.get("winner") == label and w.get("detectable"):
+            if w.get("winner") == label and w.get("claim"):
                 s = f"**{s}**"
             cells.append(s)
         lines.append(f"| {label} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
@@ -134,24 +179,82 @@ def _table(r: dict, t: dict) -> list[str]:
     return lines
 
 
+def _about(x: dict) -> str:
+    """How one difference's interval was made, in a few words."""
+    seeds = "seeds and documents" if x.get("seed_aware") else "documents only, conditional on these trained models"
+    verdict = "" if x.get("claim_ok") else f"; no verdict: {_seeds(x.get('n_seeds'))}"
+    ex = x.get("excluded_from_total") or {}
+    left = f"; total and mean leave out {', '.join(ex)}" if ex else ""
+    return (f"interval over {seeds}{verdict}; paired by document: {'yes' if x.get('paired_docs') else 'no'}, "
+            f"by seed: {'yes' if x.get('paired_seeds') else 'no'}{left}")
+
+
 def _differences(r: dict) -> list[str]:
-    lines = ["", "## Differences, each with a paired bootstrap 95% interval", "",
-             "A − B in bits per byte (negative: A is better). \"no detectable difference\" = the interval covers 0."]
+    lines = ["", "## Differences, each with a 95% interval", "",
+             "A − B in bits per byte (negative: A is better). \"no detectable difference\" = the interval covers 0.",
+             "", f"Interval method: {r.get('interval_method') or 'none (no per-document losses)'}."]
+    ex = r.get("excluded_from_intervals") or {}
+    if ex:
+        lines += ["", "Left out of the total and mean intervals: "
+                  + "; ".join(f"{s} ({why})" for s, why in ex.items()) + "."]
     for e in r["dedup_effect"]:
-        lines += ["", f"**{e['global']} − {e['local']}** (global − local dedup; paired by document: "
-                  f"{'yes' if e['paired_docs'] else 'no'}, by seed: {'yes' if e['paired_seeds'] else 'no'}):", ""]
+        lines += ["", f"**{e['global']} − {e['local']}** (global − local dedup; {_about(e)}):", ""]
         lines += [f"- {c}: {_ci_text(e['columns'].get(c))}" for c in ("total", "mean", *r["columns"])
                   if c in e["delta_bpb"]]
     for label, row in sorted(r["rows"].items()):
         vb = row.get("vs_best")
         if not vb:
             continue
-        lines += ["", f"**{label} − {vb['against']}** (against the best in total):", ""]
+        lines += ["", f"**{label} − {vb['against']}** (against the best in total; {_about(vb)}):", ""]
         if not vb["columns"]:
             lines.append(f"- {vb.get('note', 'no interval')}")
             continue
         lines += [f"- {c}: {_ci_text(vb['columns'].get(c))}" for c in ("total", "mean", *r["columns"])
                   if c in vb["columns"]]
+    return lines
+
+
+def _pair(g: dict, lo: dict, s: str, k: str, fmt) -> str:
+    """"global / local (change)" for one source and one figure."""
+    a, b = g.get(s, {}).get(k), lo.get(s, {}).get(k)
+    if a is None and b is None:
+        return "–"
+    cell = f"{fmt(a) if a is not None else '?'} / {fmt(b) if b is not None else '?'}"
+    if a is not None and b:
+        cell += f" ({100 * (a - b) / b:+.1f}%)" if a != b else " (=)"
+    return cell
+
+
+def _tot(d: dict, k: str) -> int | None:
+    vals = [v.get(k) for v in d.values() if v.get(k) is not None]
+    return sum(vals) if vals else None
+
+
+def _composition(r: dict) -> list[str]:
+    """Per source, what each dedup mode's training data held: global dedup moves cross-source duplicates to
+    whichever source keeps them, so part of a "global" effect is composition."""
+    lines: list[str] = []
+    for e in r["dedup_effect"]:
+        comp = e.get("composition") or {}
+        g, lo = comp.get("global") or {}, comp.get("local") or {}
+        srcs = [s for s in sort_sources(set(g) | set(lo))]
+        if not srcs:
+            continue
+
+        lines += ["", f"## What global vs local dedup changed in the training data ({e['mix']} mix)", "",
+                  "Global dedup removes a document duplicated across sources from all but one source, so the two "
+                  "modes train on different text per source before any model sees it; with the same shares and "
+                  "token budget, the global − local difference above is partly this composition and its "
+                  "repetition (epochs), not only the removed duplicates. Each cell: global / local (change).", "",
+                  "| source | train documents | train bytes | tokens available | tokens trained | epochs |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for s in srcs:
+            lines.append(f"| {s} | {_pair(g, lo, s, 'docs', _k)} | {_pair(g, lo, s, 'bytes', _k)} | {_pair(g, lo, s, 'tokens_available', _k)} "
+                         f"| {_pair(g, lo, s, 'tokens_trained', _k)} | {_pair(g, lo, s, 'epochs', lambda x: f'{x:.2f}')} |")
+        td = {k: (_tot(g, k), _tot(lo, k)) for k in ("docs", "bytes", "tokens_available", "tokens_trained")}
+        cells = [f"{_k(a)} / {_k(b)}" + (f" ({100 * (a - b) / b:+.1f}%)" if a is not None and b else "")
+                 for a, b in td.values()]
+        lines.append("| **all** | " + " | ".join(cells) + " | |")
     return lines
 
 
