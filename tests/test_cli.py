@@ -225,6 +225,9 @@ def test_output_folder_rules_hold_on_object_storage(s3_server: dict) -> None:
     assert claim(out, "dedup", "id1", sources=[f"{base}/raw"]) is False  # new: claimed
     assert storage.read_json(f"{out}/{MARKER}")["job"] == "dedup"
     assert claim(out, "dedup", "id1") is True  # the same job again
+    assert claim(out, "dedup", "id1b") is False  # nothing but the claim (a failed start): claimed afresh
+    assert claim(out, "dedup", "id1") is False
+    storage.write_bytes_atomic(f"{out}/kept/part-0.jsonl.zst", b"")  # once the job wrote, OUT is its own
     with pytest.raises(OutputError, match="with other inputs or options"):
         claim(out, "dedup", "id2")
     with pytest.raises(OutputError, match="holds the output of `slimpipe dedup`, not `slimpipe compare`"):

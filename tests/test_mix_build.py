@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 from mix_fixtures import build_slimpajama_dir, sample_documents
 
+from slimpipe.cli import main
 from slimpipe.io.readers import read_all, read_batches
 from slimpipe.io.writers import verify_manifest
 from slimpipe.mix.build import (
@@ -25,6 +26,7 @@ from slimpipe.mix.build import (
 from slimpipe.mix.command import mix_command
 from slimpipe.mix.config import load_mix
 from slimpipe.mix.packed import PackedDataset, open_mix
+from slimpipe.outdir import OutputError
 from slimpipe.sources import SOURCES
 
 SEQ = 128
@@ -192,8 +194,9 @@ def test_trained_tokenizer_is_shared_by_the_mixes_of_an_experiment(corpus, ray_s
 
 def test_clear_errors(docs, dc6, ray_session, tmp_path):
     out, _, opt = dc6
-    with pytest.raises(MixBuildError, match="already holds a mix"):
-        build_mix(Path(dc6[1]["input"]["path"]), load_mix("dc6"), out, opt)
+    assert build_mix(Path(dc6[1]["input"]["path"]), load_mix("dc6"), out, opt) == dc6[1]  # built: nothing to do
+    with pytest.raises(OutputError, match="holds a `slimpipe mix` run with other inputs or options"):
+        build_mix(Path(dc6[1]["input"]["path"]), load_mix("dc5"), out, opt)
     no_se = build_slimpajama_dir(tmp_path / "no_se", [d for d in docs if d[1] != "stackexchange"])
     with pytest.raises(MixBuildError, match=r"stackexchange \(3\.3%\)"):
         build_mix(no_se.root, load_mix("dc6"), tmp_path / "x", opt)
@@ -223,7 +226,9 @@ def test_command_line(corpus, ray_session, tmp_path):
     assert "mix dc2" in result.output and "github" in result.output
     assert json.loads((out / "manifest.json").read_text())["tokens_requested"] == 30_000
     again = CliRunner().invoke(mix_command, args)
-    assert again.exit_code != 0 and "--overwrite" in again.output
+    assert again.exit_code == 0 and "mix dc2" in again.output  # the same mix: already built, nothing to do
+    other = CliRunner().invoke(main, ["mix", *args[:2], "dc1", *args[3:]])  # main: one line, exit 2
+    assert other.exit_code == 2 and "with other inputs or options" in other.output
     bad = CliRunner().invoke(mix_command, [args[0], "--config", "c4=1,red/dit=1", *args[3:]])
     assert bad.exit_code == 2 and "'red/dit' is not a source name" in bad.output
     # any name is a source, which the input must then hold: one line naming it, before any work

@@ -172,7 +172,7 @@ def test_out_or_scratch_behind_a_followed_symlink_is_refused(tmp_path: Path) -> 
 def test_a_failed_start_does_not_poison_out(tmp_path: Path, ray_session) -> None:
     out = tmp_path / "o"
     assert claim(out, "dedup", "wrong-options") is False  # what a start that failed after its claim leaves
-    first = json.loads((out / MARKER).read_text())["claim"]
+    first = json.loads((out / MARKER).read_text()).get("claim")
     assert claim(out, "dedup", "corrected") is False  # nothing but the claim: claimed afresh
     held = json.loads((out / MARKER).read_text())
     assert held["identity"] == "corrected" and held["claim"] != first
@@ -223,3 +223,23 @@ def test_train_force_refuses_every_name_a_run_writes(tmp_path: Path) -> None:
             claim(out, "train", "run", force=True)
         assert (out / name).read_text() == "the user's" and not (out / MARKER).exists()
 
+
+# ------------------------------------------------------------------------------------------------
+# 2. mix claims OUT by the rules every command follows: a user's folder is never deleted
+
+
+def test_mix_never_deletes_a_users_folder(tmp_path: Path) -> None:
+    from mix_fixtures import build_slimpajama_dir, sample_documents
+
+    sp = build_slimpajama_dir(tmp_path / "SP", sample_documents(tmp_path / "sample", size=0.1)).root
+    proj = tmp_path / "proj"
+    (proj / "train").mkdir(parents=True)
+    (proj / "train" / "train.py").write_text("x")
+    base = ("mix", sp, "--config", "redpajama", "--tokens", "2000", "-o", proj, "--quiet")
+    r = _run(*base)
+    assert r.exit_code == 2 and "not a slimpipe output (it holds train)" in r.output, r.output
+    r = _run(*base, "--overwrite")  # gone: it deleted train/ eval/ test/ tokenizer/ of any folder
+    assert r.exit_code == 2, r.output
+    r = _run(*base, "--force")
+    assert r.exit_code == 2 and "already holds train" in r.output, r.output
+    assert (proj / "train" / "train.py").read_text() == "x" and os.listdir(proj) == ["train"]

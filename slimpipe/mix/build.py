@@ -23,9 +23,9 @@ The stages, one module each (Ray only where work is per shard or per bucket; the
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,6 @@ from slimpipe.mix.cache import TokenCache, default_cache_root
 from slimpipe.mix.common import (
     INPUT_INDEX,
     MANIFEST,
-    TOKENIZER_DIR,
     WORK,
     MixBuildError,
     MixContext,
@@ -69,41 +68,20 @@ _run_ordered = run_ordered  # the name benchmarks/bench_tokenize.py imports
 log = logging.getLogger(__name__)
 
 
-def prepare_out(out: str, overwrite: bool) -> None:
-    """Refuse to clobber a finished mix or a foreign folder; clean our own outputs on ``overwrite``."""
-    ours = ("train", "eval", "test", "validation", TOKENIZER_DIR, MANIFEST, INPUT_INDEX)
-    if storage.is_remote(out):
-        try:
-            storage.check_access(out, write=True)
-            present = storage.list_files(out)
-        except (OSError, storage.StorageError) as exc:
-            raise MixBuildError(f"{out}: {exc}") from None
-        finished = storage.exists(storage.join(out, MANIFEST))
-        resumable = any(f[len(out) + 1 :].startswith(f"{WORK}/") for f in present)
-        if present and finished and not overwrite:
-            raise MixBuildError(f"{out} already holds a mix (manifest.json); pass --overwrite to replace it")
-        if present and not (finished or resumable or overwrite):
-            raise MixBuildError(f"{out} is not empty and holds no mix; choose another folder or pass --overwrite")
-        for name in (*ours, WORK) if overwrite else ours:
-            storage.delete_tree(storage.join(out, name))
-        return
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise MixBuildError(f"{out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        finished = (out / MANIFEST).is_file()
-        resumable = (out / WORK).is_dir()
-        if finished and not overwrite:
-            raise MixBuildError(f"{out} already holds a mix (manifest.json); pass --overwrite to replace it")
-        if not (finished or resumable or overwrite):
-            raise MixBuildError(f"{out} is not empty and holds no mix; choose another folder or pass --overwrite")
-        for name in (*ours, WORK) if overwrite else ours:
-            p = out / name
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+def claim_out(root: str, out: str, mix: MixConfig, opt: MixOptions) -> bool:
+    """Claim OUT by the output-folder rules every command follows (:mod:`slimpipe.outdir`): never inside the
+    input, never a folder of the user's files (``force`` writes next to them, never over them), never
+    another job's or another mix's output. True when OUT already holds this mix (finished or not)."""
+    from slimpipe.outdir import claim, identity, input_identity
+
+    options = {k: v for k, v in asdict(opt).items() if k not in _NOT_IDENTITY}
+    ident = identity(inputs=input_identity([root]), mix={"name": mix.name, "shares": dict(mix.shares)},
+                     options=options)
+    return claim(out, "mix", ident, sources=[root], force=opt.force)
+
+
+# options that change nothing in the mix (where it runs, what it prints, the cache it reuses)
+_NOT_IDENTITY = ("warn", "quiet", "ray_address", "force", "token_cache", "keep_work")
 
 
 def _check_sources(root: str, mix: MixConfig, train_shards: list) -> None:
@@ -142,7 +120,12 @@ def build_mix(slimpajama_dir: str | Path, mix: MixConfig, out: str | Path, opt: 
     train_shards = splits["train"]
     _check_sources(root, mix, train_shards)
     cache_root = _cache_root(root, opt)
-    prepare_out(out, opt.overwrite)
+    if claim_out(root, out, mix, opt) and storage.exists(storage.join(out, MANIFEST)):
+        done = storage.read_json(storage.join(out, MANIFEST))
+        if (done.get("input") or {}).get("manifest_sha256") == input_info.get("manifest_sha256"):
+            return done  # this mix of this input is already built: nothing to do
+        raise MixBuildError(f"{out} holds this mix built from an earlier state of {root}; choose a new folder, or "
+                            "delete this one to build it again")
     work = storage.join(out, WORK)
     storage.makedirs(work)
     ensure_ray(opt.ray_address)

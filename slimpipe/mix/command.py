@@ -61,13 +61,15 @@ def _input_location(value: str) -> str:
 @click.option("--token-cache", "token_cache", default=None, metavar="DIR",
               help="Per-source token cache shared by every mix of SLIMPAJAMA_DIR with the same tokenizer "
                    "[default: SLIMPAJAMA_DIR/_cache/tokens].")
-@click.option("--overwrite", is_flag=True, help="Replace a finished mix in OUT.")
+@click.option("--force", is_flag=True,
+              help="Write into a non-empty OUT that is not a slimpipe output (refused if a file there would "
+                   "be overwritten; nothing there is ever deleted).")
 @click.option("--keep-work", is_flag=True, help="Keep OUT/.work (the pieces selected per shard) for inspection.")
 @click.option("--ray-address", default=None, help="Attach to a Ray cluster (default: start a local one).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 def mix_command(slimpajama_dir: str, config: str, tokens: int, out: str, tokenizer: str, vocab_size: int,
                 bpe_sample: int, seq_len: int, seed: int, output_format: str, eval_tokens: int,
-                token_cache: str | None, overwrite: bool,
+                token_cache: str | None, force: bool,
                 keep_work: bool, ray_address: str | None, quiet: bool) -> None:
     """Build a SlimPajama-DC (or custom) mix of SLIMPAJAMA_DIR into OUT.
 
@@ -89,10 +91,10 @@ def mix_command(slimpajama_dir: str, config: str, tokens: int, out: str, tokeniz
 
     opt = MixOptions(tokens=tokens, seq_len=seq_len, seed=seed, output_format=output_format, tokenizer=tokenizer,
                      vocab_size=vocab_size, bpe_sample_bytes=bpe_sample, eval_tokens=eval_tokens,
-                     token_cache=token_cache, overwrite=overwrite, keep_work=keep_work, ray_address=ray_address, quiet=quiet, warn=warn)
+                     token_cache=token_cache, force=force, keep_work=keep_work, ray_address=ray_address, quiet=quiet, warn=warn)
     from slimpipe.outdir import check_not_in_sources
 
-    check_not_in_sources(out, [slimpajama_dir])  # the other output-folder rules are build_mix's own
+    check_not_in_sources(out, [slimpajama_dir])  # now; build_mix claims OUT by the same rules (slimpipe.outdir)
     try:
         manifest = build_mix(slimpajama_dir, mix, out, opt)
     except MixBuildError as exc:

@@ -75,7 +75,7 @@ class MixOptions:
     bucket_tokens: int = 64 << 20  # shuffle-bucket size: bounds the memory of the second shuffle pass
     text_shard_bytes: int = 256 << 20  # uncompressed bytes per output jsonl.zst shard (text format)
     token_cache: str | None = None  # default: SLIMPAJAMA_DIR/_cache/tokens
-    overwrite: bool = False
+    force: bool = False  # write into a non-empty OUT of the user's files (never over one: slimpipe.outdir)
     keep_work: bool = False
     ray_address: str | None = None
     quiet: bool = True

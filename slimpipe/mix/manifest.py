@@ -120,7 +120,7 @@ def write_mix_manifest(ctx: MixContext, *, input_info: dict[str, Any], n_train_s
         "epochs": {s: e["epochs"] for s, e in sources.items() if e.get("tokens_target")},
         "eval_tokens_per_source": opt.eval_tokens,
         "options": {k: v for k, v in asdict(opt).items()
-                    if k not in ("warn", "quiet", "ray_address", "overwrite", "token_cache")},
+                    if k not in ("warn", "quiet", "ray_address", "force", "token_cache")},
         "token_cache": ctx.cache.describe(),
         "warnings": ctx.warnings,
         **extra,

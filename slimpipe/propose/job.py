@@ -86,7 +86,7 @@ def _build(src: Path, weights: dict[str, float], name: str, out: Path, opt: Prop
                                 "run with other options or data?); use a new output folder")
         return m
     mo = MixOptions(tokens=opt.tokens, seq_len=opt.seq_len, seed=opt.seed, tokenizer=tokenizer or opt.tokenizer,
-                    vocab_size=opt.vocab_size, eval_tokens=opt.eval_tokens, overwrite=True,
+                    vocab_size=opt.vocab_size, eval_tokens=opt.eval_tokens,
                     ray_address=opt.ray_address, quiet=True, warn=lambda m: log.info("%s: %s", name, m))
     return build_mix(src, MixConfig(name=name, weights=weights), out, mo)
 
