@@ -395,7 +395,11 @@ def write_bytes_atomic(p: str | os.PathLike, data: bytes) -> None:
 
 def dumps_json(obj: Any) -> bytes:
     """The one JSON layout of small metadata files (indented, UTF-8, trailing newline)."""
-    return (json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n").encode()
+    text = json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n"
+    try:
+        return text.encode()
+    except UnicodeEncodeError:  # a lone surrogate (a file name that is not UTF-8): escaped, json.loads gives it back
+        return (json.dumps(obj, indent=2, ensure_ascii=True, sort_keys=False) + "\n").encode()
 
 
 def write_json_atomic(p: str | os.PathLike, obj: Any) -> None:

@@ -476,3 +476,126 @@ def test_fineweb2_is_not_merged_with_fineweb(tmp_path: Path) -> None:
     _write_jsonl(tmp_path / "fineweb2.jsonl", [{"text": LONG}])
     docs, _, _ = read_all([tmp_path])
     assert sorted(docs.column("source").to_pylist()) == ["fineweb", "fineweb2"]
+
+
+def test_a_lone_surrogate_in_meta_is_escaped_not_a_crash(tmp_path: Path) -> None:
+    # JSON allows "\udc80"; UTF-8 does not. The text is rejected (counted); a meta value is kept escaped (#19.13).
+    path = tmp_path / "c4_sample.jsonl"
+    path.write_text(json.dumps({"text": LONG, "meta": {"n": "\udc80", "ok": "é"}}) + "\n"
+                    + json.dumps({"text": LONG, "meta": {"\ud800key": 1}}) + "\n"
+                    + json.dumps({"text": LONG, "url": "x\udfff"}) + "\n")  # CC shape: top-level fields are meta
+    docs, rejects, (s,) = read_all([path])
+    assert s.read == 3 == s.accepted + s.rejected and s.status == "ok"
+    metas = [json.loads(m) for m in docs.column("meta").to_pylist()]
+    assert metas[0] == {"n": "\udc80", "ok": "é"} and metas[1] == {"\ud800key": 1} and metas[2] == {"url": "x\udfff"}
+
+
+def test_a_file_name_that_is_not_utf8_is_read_under_an_escaped_name(tmp_path: Path) -> None:
+    # os.listdir gives such a name with surrogate escapes; it must not reach Arrow or a hash as is (#19.14).
+    raw = os.path.join(os.fsencode(tmp_path), b"caf\xe9_sample.jsonl")
+    with open(raw, "wb") as fh:
+        fh.write((json.dumps({"text": LONG, "meta": {"source": "arxiv"}}) + "\n{bad\n").encode())
+    (f,) = discover_files([tmp_path])
+    assert f.rel == "caf\\xe9_sample.jsonl"
+    docs, rejects, (s,) = read_all([tmp_path])
+    assert s.read == 2 and s.accepted == 1 and s.rejected == 1
+    assert docs.column("id").to_pylist() == ["arxiv/caf\\xe9_sample.jsonl:0"]
+    assert rejects.column("file").to_pylist() == ["caf\\xe9_sample.jsonl"]
+    from slimpipe.dedup.job import _fingerprint
+
+    assert len(_fingerprint([f])) == 64
+    # named on the command line, too
+    (g,) = discover_files([os.fsdecode(raw)])
+    assert g.rel == "caf\\xe9_sample.jsonl" and os.path.exists(g.path)
+
+
+def test_a_fifo_named_on_the_command_line_is_named_and_skipped(tmp_path: Path) -> None:
+    # opening a FIFO to sniff its format blocks until a writer comes: never open one (#19.15)
+    fifo = tmp_path / "c4_sample.jsonl"
+    os.mkfifo(fifo)
+    good = _write_jsonl(tmp_path / "arxiv_sample.jsonl", _records(2))
+    code = textwrap.dedent(f"""
+        from slimpipe.io.readers import read_all
+        docs, rejects, stats = read_all([{str(fifo)!r}, {str(good)!r}])
+        print(docs.num_rows, sorted((s.file, s.status, s.error) for s in stats))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("2 ") and "('c4_sample.jsonl', 'skipped', 'not a regular file" in out.stdout
+
+
+def _bomb(path: Path, nbytes: int, gz: bool) -> Path:
+    """A small file that decompresses to ``nbytes`` of one JSON line that never ends (zeros)."""
+    import zlib
+
+    zero = bytes(1 << 20)
+    with open(path, "wb") as fh:
+        if gz:
+            z = zlib.compressobj(1, wbits=31)
+            fh.write(z.compress(b'{"text": "'))
+            for _ in range(nbytes >> 20):
+                fh.write(z.compress(zero))
+            fh.write(z.flush())
+        else:
+            w = zstandard.ZstdCompressor(level=1).stream_writer(fh, closefd=False)
+            w.write(b'{"text": "')
+            for _ in range(nbytes >> 20):
+                w.write(zero)
+            w.flush(zstandard.FLUSH_FRAME)
+    return path
+
+
+def test_a_decompression_bomb_is_read_in_bounded_memory(tmp_path: Path) -> None:
+    # 384 MiB of zeros in a 12 KB zstd file (and a 1.7 MB gzip one): each decompressed block was held whole,
+    # so the reader's peak memory grew with the bomb (#19.8). Read in a fresh process to measure its peak RSS.
+    # The record limit is lowered to 8 MiB so the test is quick; the line is one counted reject either way.
+    zst = _bomb(tmp_path / "c4_bomb.jsonl.zst", 384 << 20, gz=False)
+    gz = _bomb(tmp_path / "c4_bomb.jsonl.gz", 384 << 20, gz=True)
+    assert zst.stat().st_size < 64_000 and gz.stat().st_size < 4_000_000
+    code = textwrap.dedent(f"""
+        import json, resource
+        from slimpipe.io import readers
+        readers.MAX_RECORD_BYTES = 8 << 20
+        out = []
+        for p in ({str(zst)!r}, {str(gz)!r}):
+            (f,) = readers.discover_files([p])
+            for _, _, s in readers.read_batches(f):
+                if s is not None:
+                    out.append(s.to_dict())
+        print(json.dumps({{"stats": out, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+    """)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    for s in result["stats"]:
+        assert s["status"] == "ok" and s["read"] == 1 == s["rejected"], s
+        assert s["reasons"] == {"record too large": 1}
+    # Python, pyarrow and zstandard take ~90 MB; the bounded reader adds tens of MB. The old one held 384 MB+.
+    assert result["peak_mb"] < 300, result["peak_mb"]
+
+
+def test_inspect_and_dedup_read_a_surrogate_meta_and_a_non_utf8_name(tmp_path: Path, ray_session) -> None:
+    # #19.13 and #19.14 end to end: both crashed the whole job (UnicodeEncodeError), now the files are read
+    from click.testing import CliRunner
+
+    from slimpipe.cli import main
+
+    src = tmp_path / "s"
+    src.mkdir()
+    with open(os.path.join(os.fsencode(src), b"caf\xe9_sample.jsonl"), "wb") as fh:
+        for i in range(3):
+            fh.write((json.dumps({"text": f"{i} {'alpha beta gamma ' * (i + 1) * 9}", "meta": {"source": "arxiv"}})
+                      + "\n").encode())
+    _write_jsonl(src / "c4_sample.jsonl", [{"text": " ".join(f"c4w{i * 100 + k}" for k in range(60)),
+                                            "meta": {"n": "\udc80"}} for i in range(2)])
+    res = CliRunner().invoke(main, ["inspect", str(src), "--json"])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.output[res.output.index("{"):])
+    assert got["read"] == 5 == got["accepted"] and {f["file"] for f in got["files"]} == {
+        "c4_sample.jsonl", "caf\\xe9_sample.jsonl"}
+    res = CliRunner().invoke(main, ["dedup", str(src), "-o", str(tmp_path / "out"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "5 docs in" in res.output
+    (shard,) = (tmp_path / "out" / "kept" / "c4").glob("*.jsonl.zst")
+    lines = zstandard.ZstdDecompressor().decompress(shard.read_bytes(), max_output_size=1 << 20).splitlines()
+    assert [json.loads(x)["meta"]["n"] for x in lines] == ["\udc80", "\udc80"]  # kept as it came, escaped

@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -72,10 +73,14 @@ def _fingerprint(files: list[InputFile]) -> str:
     h = hashlib.sha256()
     for f in files:
         try:
-            nbytes, mtime = storage.stat(f.path)
+            if storage.is_remote(f.path):
+                nbytes, mtime = storage.stat(f.path)
+            else:  # os.stat takes any local name, one that is not UTF-8 too (#19.14)
+                st = os.stat(f.path)
+                nbytes, mtime = (st.st_size, st.st_mtime) if stat.S_ISREG(st.st_mode) else (-1, 0)
         except OSError:
             nbytes, mtime = -1, 0
-        h.update(f"{f.rel}\0{nbytes}\0{int(mtime)}\n".encode())
+        h.update(f"{f.rel}\0{nbytes}\0{int(mtime)}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()
 
 

@@ -47,6 +47,11 @@ REJECT_SCHEMA = pa.schema(
 
 SUPPORTED_SUFFIXES = (".jsonl", ".jsonl.zst", ".jsonl.zstd", ".json.zst", ".jsonl.gz", ".json.gz", ".parquet")
 _READ_CHUNK = 1 << 20
+# Decompression is fed this much compressed input at a time, so one call's output stays bounded whatever the
+# file holds: a zstd RLE block is 4 bytes for 128 KiB (ratio 32,768), so 1 KiB in gives at most 32 MiB out
+# (a 33 KB "zstd bomb" of 1 GB is read in bounded pieces, never held whole). Outputs are joined up to
+# _READ_CHUNK before they are split into lines, so normal files see the same chunk sizes as before.
+_ZSTD_FEED = 1 << 10
 _EXCERPT = 160
 MAX_RECORD_BYTES = 256 << 20  # a longer line is one counted reject, skipped without holding it in memory
 # A file's content is recognised by its first bytes, whatever its name says.
@@ -158,8 +163,11 @@ def discover_files(paths: list[str | Path], source: str | None = None) -> list[I
                 found.setdefault(key, _input_file(f, rel, forced, skip))
         else:
             if file_format(p) is None:
-                raise InputError(f"unsupported file type: {p} (expected {', '.join(SUPPORTED_SUFFIXES)})")
-            found.setdefault(str(p.resolve()), _input_file(p, p.name, forced))
+                raise InputError(f"unsupported file type: {_display(str(p))} (expected {', '.join(SUPPORTED_SUFFIXES)})")
+            # A FIFO, socket or device named on the command line is named and skipped, as inside folders:
+            # opening a FIFO to sniff its format would block until some writer comes.
+            skip = None if stat.S_ISREG(p.stat().st_mode) else "not a regular file"
+            found.setdefault(str(p if skip else p.resolve()), _input_file(p, p.name, forced, skip))
     return sorted(found.values(), key=lambda f: (f.rel, f.path))
 
 
@@ -232,10 +240,19 @@ def _walk(d: Path, root: Path, chain: set[str], seen: set[str]) -> Iterator[tupl
             yield path, rel, None
 
 
+def _display(name: str) -> str:
+    """``name`` as valid Unicode: bytes of a file name that is not UTF-8 (which Python keeps as lone
+    surrogates) become ``\\xNN`` escapes, so the name can go into ids, Arrow tables, JSON and hashes."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _input_file(path: Path, rel: str, forced: str | None, skip: str | None = None) -> InputFile:
     # Only the part of the path below the input root names the source: a parent such as
-    # /data/c4-runs/ says nothing about the files under it.
+    # /data/c4-runs/ says nothing about the files under it. ``path`` stays the real name (to open it);
+    # ``rel``, which names the file everywhere else, is escaped when the name is not UTF-8.
+    rel = _display(rel)
     if skip:
+        skip = _display(skip)
         return InputFile(path=str(path), rel=rel, source=forced, fmt="", forced=forced is not None, skip=skip)
     return InputFile(path=str(path.resolve()), rel=rel, source=forced or source_from_filename(rel),
                      fmt=file_format(path) or "", forced=forced is not None)
@@ -327,7 +344,12 @@ def _raw_lines(f: InputFile, fmt: str) -> Iterator[bytes]:
 def _line(pieces: list[bytes], n: int, limit: int) -> bytes:
     if n <= limit:
         return b"".join(pieces)
-    out = _TooLong(b"".join(pieces)[:_EXCERPT])
+    head = b""
+    for piece in pieces:  # the excerpt only: joining a line over the limit would copy it whole
+        head += piece[: _EXCERPT - len(head)]
+        if len(head) >= _EXCERPT:
+            break
+    out = _TooLong(head)
     out.size = n
     return out
 
@@ -343,10 +365,10 @@ def _gzip_chunks(fh) -> Iterator[bytes]:
         while block:
             if dobj is None:
                 dobj = zlib.decompressobj(wbits=31)
-            out = dobj.decompress(block)
+            out = dobj.decompress(block, _READ_CHUNK)  # bounded: the rest waits in unconsumed_tail
             if out:
                 yield out
-            block, dobj = (dobj.unused_data, None) if dobj.eof else (b"", dobj)
+            block, dobj = (dobj.unused_data, None) if dobj.eof else (dobj.unconsumed_tail, dobj)
     if dobj is not None:
         raise TruncatedInput("compressed stream ends in the middle of a gzip member (truncated file?)")
 
@@ -369,18 +391,29 @@ def _zstd_chunks(fh) -> Iterator[bytes]:
     dctx = zstandard.ZstdDecompressor()
     dobj = dctx.decompressobj()
     fed = False
+    outs: list[bytes] = []
+    nout = 0
     while True:
         block = fh.read(_READ_CHUNK)
         if not block:
             break
-        while block:
-            if dobj.eof:  # a new frame starts in this block
+        view, pos = memoryview(block), 0
+        while pos < len(block):
+            if dobj.eof:  # a new frame starts here
                 dobj = dctx.decompressobj()
-            out = dobj.decompress(block)
+            piece = view[pos : pos + _ZSTD_FEED]
+            out = dobj.decompress(piece)
             fed = True
+            # a frame that ended inside this piece leaves the rest of the piece for the next frame
+            pos += len(piece) - (len(dobj.unused_data) if dobj.eof else 0)
             if out:
-                yield out
-            block = dobj.unused_data if dobj.eof else b""
+                outs.append(out)
+                nout += len(out)
+                if nout >= _READ_CHUNK:
+                    yield b"".join(outs) if len(outs) > 1 else outs[0]
+                    outs, nout = [], 0
+    if outs:
+        yield b"".join(outs)
     if fed and not dobj.eof:
         raise TruncatedInput("compressed stream ends in the middle of a zstd frame (truncated file?)")
 
@@ -422,9 +455,14 @@ def _meta_json(obj: dict) -> str:
     if meta is None:  # CommonCrawl's top-level shape: keep every field but the text
         meta = {k: v for k, v in obj.items() if k != "text"}
     try:
-        return json.dumps(meta, ensure_ascii=False, separators=(",", ":"), sort_keys=False)
+        out = json.dumps(meta, ensure_ascii=False, separators=(",", ":"), sort_keys=False)
     except (TypeError, ValueError):
         return json.dumps(str(meta))
+    try:
+        out.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate ("\udc80" is valid JSON): keep it escaped, as it came
+        out = json.dumps(meta, ensure_ascii=True, separators=(",", ":"), sort_keys=False)
+    return out
 
 
 class _BatchBuilder:
@@ -564,7 +602,9 @@ def _jsonl_records(f: InputFile, b: _BatchBuilder, fmt: str) -> Iterator[pa.Reco
 def _parquet_records(f: InputFile, b: _BatchBuilder) -> Iterator[pa.RecordBatch]:
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(storage.open_input(f.path) if storage.is_remote(f.path) else f.path)
+    # A local name that is not UTF-8 cannot go to Arrow as a path: open it here (#19.14).
+    local = not storage.is_remote(f.path) and f.path == _display(f.path)
+    pf = pq.ParquetFile(f.path if local else storage.open_input(f.path))
     groups = list(range(pf.num_row_groups))[f.start : f.end]
     row = sum(pf.metadata.row_group(i).num_rows for i in range(f.start))
     for batch in pf.iter_batches(batch_size=1024, row_groups=groups):

@@ -71,7 +71,10 @@ class JsonlZstWriter:
         self._closed = False
 
     def write(self, record: dict) -> None:
-        line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+        try:
+            line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate in meta ("\udc80" is valid JSON): written escaped
+            line = (json.dumps(record, ensure_ascii=True, separators=(",", ":")) + "\n").encode("utf-8")
         self._z.write(line)
         self.records += 1
         self.uncompressed += len(line)
