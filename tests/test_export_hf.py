@@ -140,3 +140,17 @@ def test_export_from_a_checkpoint_when_the_run_has_no_model_folder(run, tmp_path
     x = torch.tensor([tok.encode(TEXTS[0])])
     with torch.no_grad():
         torch.testing.assert_close(hf_model(x).logits, ref(x)[0], atol=1e-4, rtol=0)
+
+
+def test_overwrite_replaces_only_an_earlier_export(run, tmp_path):
+    """#19: --overwrite deleted any folder it was pointed at; it replaces an earlier export, nothing else."""
+    proj = tmp_path / "proj"
+    (proj / "src").mkdir(parents=True)
+    (proj / "src" / "train.py").write_text("x")
+    (proj / "config.json").write_text("{}")
+    with pytest.raises(ExportError, match="holds src, which an export does not write"):
+        export_hf(run, proj, overwrite=True)
+    assert (proj / "src" / "train.py").read_text() == "x" and sorted(p.name for p in proj.iterdir()) == [
+        "config.json", "src"]
+    first = export_hf(run, tmp_path / "hf")
+    assert export_hf(run, tmp_path / "hf", overwrite=True) == first and (first / "model.safetensors").is_file()

@@ -135,7 +135,12 @@ def export_hf(run: str | Path, out_dir: str | Path, *, tokenizer: str | Path | N
             "bos_token_id": tok.eos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.eos_id,
             "do_sample": False, "use_cache": False}, indent=2) + "\n")
         write_tokenizer(tok, tmp, model.cfg.max_seq_len)
-        if out.exists():
+        if out.exists():  # --overwrite replaces an earlier export, never a folder of anything else (#19)
+            foreign = sorted({p.name for p in out.iterdir()} - {p.name for p in tmp.iterdir()})
+            if foreign:
+                shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+                raise ExportError(f"--overwrite: {out} holds {shown}, which an export does not write: it replaces "
+                                  "only an earlier export; move them away or choose another folder")
             shutil.rmtree(out)
         tmp.rename(out)
     finally:
