@@ -126,9 +126,9 @@ def build_mix(slimpajama_dir: str | Path, mix: MixConfig, out: str | Path, opt: 
             return done  # this mix of this input is already built: nothing to do
         raise MixBuildError(f"{out} holds this mix built from an earlier state of {root}; choose a new folder, or "
                             "delete this one to build it again")
+    ensure_ray(opt.ray_address)  # before OUT gets anything but its claim: a failed start leaves it re-admittable
     work = storage.join(out, WORK)
     storage.makedirs(work)
-    ensure_ray(opt.ray_address)
     tok, tok_spec = setup_tokenizer(root, out, splits, opt)
     ctx = MixContext(root=root, out=out, mix=mix, opt=opt, tok=tok, work=work, input_id=work_key(input_info),
                      tok_spec=tok_spec)
