@@ -82,6 +82,15 @@ def test_an_upload_that_fails_midway_publishes_nothing(s3_server: dict) -> None:
         raise RuntimeError("the writer failed")
     assert not storage.exists(f"{base}/report.json")
     assert storage.list_files(base) == [f"{base}/manifest.json"]
+    # what an upload killed outright leaves is a temporary object, which the job's clean-up removes (only its own)
+    from slimpipe.runtime.workspace import remove_temporaries
+
+    left = [f"{base}/kept/c4/.part-00000.jsonl.zst.0a1b.slimpipe.tmp", f"{base}/.manifest.json.2c3d.slimpipe.tmp"]
+    users = [f"{base}/notes/.x.slimpipe.tmp", f"{base}/.draft.tmp", f"{base}/kept/c4/.draft.tmp"]
+    for f in left + users:
+        storage.write_bytes_atomic(f, b"partial")
+    assert remove_temporaries(base, "dedup") == 2
+    assert sorted(storage.list_files(base)) == sorted([f"{base}/manifest.json", *users])
 
 
 # ------------------------------------------------------------------------------------------------

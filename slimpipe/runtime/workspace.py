@@ -126,10 +126,17 @@ def remove_temporaries(root: str | os.PathLike, job: str) -> int:
     A user's ``.draft.tmp``, or anything in a folder the job does not write, is never touched."""
     from slimpipe.outdir import JOB_OUTPUTS, MARKER
 
-    if storage.is_remote(root):
-        return 0  # an object store publishes nothing until an upload completes
-    base = Path(storage.resolve(root)[1])
     names = {*JOB_OUTPUTS[job], MARKER}
+    if storage.is_remote(root):  # an upload killed midway leaves its temporary object (never the final one)
+        found_uris = [f for f in storage.list_files(root, recursive=False)
+                      if any(f.rsplit("/", 1)[-1].startswith(f".{name}.") for name in names)]
+        for name in names:
+            found_uris += storage.list_files(storage.join(root, name))
+        gone = [f for f in found_uris if storage.is_temporary(f.rsplit("/", 1)[-1])]
+        for f in gone:
+            storage.delete_file(f)
+        return len(gone)
+    base = Path(storage.resolve(root)[1])
     n = 0
     found = [p for p in base.glob(".*") if storage.is_temporary(p.name)
              and any(p.name.startswith(f".{name}.") for name in names)]
