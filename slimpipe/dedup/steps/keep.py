@@ -127,9 +127,10 @@ def _check(ws: Workspace, cc: np.ndarray, attrs: np.ndarray, keeper: np.ndarray,
     from slimpipe.dedup.minhash import jaccard_sets, shingle_set
     from slimpipe.dedup.steps.verify import cleaned_texts
 
-    near = (cc["node"] != keeper) & (attrs["xhash"] != attrs["xhash"][np.searchsorted(cc["node"], keeper)])
+    keeper_at = np.searchsorted(cc["node"], keeper)
+    near = (cc["node"] != keeper) & (attrs["xhash"] != attrs["xhash"][keeper_at])
     involved = np.isin(cc["label"], np.unique(cc["label"][near]))
-    head = np.arange(len(cc), dtype=np.int64)
+    head = keeper_at.astype(np.int64)  # components of exact copies only: as the policy chose
     if not involved.any():
         return head, 0
     idx = np.flatnonzero(involved)
