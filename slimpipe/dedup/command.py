@@ -8,6 +8,7 @@ import click
 
 from slimpipe import storage
 from slimpipe.io.readers import InputError, discover_files
+from slimpipe.options import NON_NEGATIVE_INT, OPEN_FRACTION, POSITIVE_INT
 
 
 class _PathOrUri(click.ParamType):
@@ -29,18 +30,18 @@ def dedup_options(fn):
                      help="Dedup preset name in conf/dedup/ or a YAML path (slimpajama, recall)."),
         click.option("--mode", type=click.Choice(["global", "local"]), default=None,
                      help="global: within and across sources; local: within each source. Default: the preset's."),
-        click.option("--threshold", type=float, default=None, help="Jaccard threshold; alone, it re-derives bands/rows."),
-        click.option("--num-perm", type=int, default=None,
+        click.option("--threshold", type=OPEN_FRACTION, default=None, help="Jaccard threshold; alone, it re-derives bands/rows."),
+        click.option("--num-perm", type=POSITIVE_INT, default=None,
                      help="MinHash permutations per document (default: the preset's, 128 for slimpajama)."),
-        click.option("--ngram", type=int, default=None,
+        click.option("--ngram", type=POSITIVE_INT, default=None,
                      help="Shingle length in --unit units (default: the preset's, 13 for slimpajama)."),
         click.option("--unit", type=click.Choice(["char", "word"]), default=None,
                      help="Shingle unit: char n-grams of the cleaned text, or word n-grams. Default: the preset's."),
-        click.option("--bands", type=int, default=None,
+        click.option("--bands", type=POSITIVE_INT, default=None,
                      help="LSH bands; alone, rows become num_perm // bands. Default: the preset's."),
-        click.option("--rows", type=int, default=None,
+        click.option("--rows", type=POSITIVE_INT, default=None,
                      help="LSH rows per band; alone, bands become num_perm // rows. Default: the preset's."),
-        click.option("--min-chars", type=int, default=None, help="Short filter: cleaned chars below this are dropped."),
+        click.option("--min-chars", type=NON_NEGATIVE_INT, default=None, help="Short filter: cleaned chars below this are dropped."),
         click.option("--verify/--no-verify", default=None, help="Check candidate pairs with the exact Jaccard. Default: the preset's (slimpajama: no, recall: yes)."),
         click.option("--keep", type=click.Choice(["smallest-id", "source-priority", "longest"]), default=None,
                      help="Which document of a duplicate cluster is kept. Default: the preset's (smallest-id)."),
@@ -48,8 +49,8 @@ def dedup_options(fn):
                      help="Comma-separated source names for --keep source-priority, most preferred first."),
         click.option("--source", "force_source", default=None,
                      help="Treat every input as this source (any name; RedPajama's aliases such as cc map to theirs)."),
-        click.option("--partitions", type=int, default=None, help="Hash partitions for shuffles (default: by size)."),
-        click.option("--max-edges-in-memory", type=int, default=50_000_000, show_default=True,
+        click.option("--partitions", type=POSITIVE_INT, default=None, help="Hash partitions for shuffles (default: by size)."),
+        click.option("--max-edges-in-memory", type=NON_NEGATIVE_INT, default=50_000_000, show_default=True,
                      help="Above this many edges, connected components run distributed on Ray."),
         click.option("--ray-address", default=None,
                      help="Attach to this Ray cluster (host:port or auto; RAY_ADDRESS works too). Default: a private "

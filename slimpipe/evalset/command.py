@@ -7,20 +7,21 @@ import click
 from slimpipe import storage
 from slimpipe.dedup.command import PATH_OR_URI, check_inputs
 from slimpipe.io.readers import InputError
+from slimpipe.options import OPEN_FRACTION, POSITIVE_INT, SEED
 
 
 def evalset_options(f):
     """The options that size an evaluation set (shared with ``slimpipe slimpajama``)."""
     for opt in reversed([
-        click.option("--eval-seed", "eval_seed", type=int, default=1234, show_default=True,
+        click.option("--eval-seed", "eval_seed", type=SEED, default=1234, show_default=True,
                      help="Seed of the evaluation draw (documents are ordered by a hash of seed and id)."),
-        click.option("--eval-min-tokens", "eval_min_tokens", type=int, default=None,
+        click.option("--eval-min-tokens", "eval_min_tokens", type=POSITIVE_INT, default=None,
                      help="GPT-2 tokens per source (default: --eval-min-seqs x --eval-seq-len)."),
-        click.option("--eval-min-seqs", "eval_min_seqs", type=int, default=64, show_default=True,
+        click.option("--eval-min-seqs", "eval_min_seqs", type=POSITIVE_INT, default=64, show_default=True,
                      help="Sequences of --eval-seq-len tokens per source, where the source has that much."),
-        click.option("--eval-seq-len", "eval_seq_len", type=int, default=2048, show_default=True,
+        click.option("--eval-seq-len", "eval_seq_len", type=POSITIVE_INT, default=2048, show_default=True,
                      help="The model's sequence length (sizes the default target)."),
-        click.option("--eval-max-fraction", "eval_max_fraction", type=float, default=0.1, show_default=True,
+        click.option("--eval-max-fraction", "eval_max_fraction", type=OPEN_FRACTION, default=0.1, show_default=True,
                      help="Never hold out more than this share of a source's text (smaller sources are flagged)."),
     ]):
         f = opt(f)

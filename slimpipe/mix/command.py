@@ -8,6 +8,7 @@ import click
 
 from slimpipe import storage
 from slimpipe.mix.budget import parse_token_count
+from slimpipe.options import SEED
 
 
 class TokenCount(click.ParamType):
@@ -53,7 +54,7 @@ def _input_location(value: str) -> str:
               help="Bytes of train text for --tokenizer train.")
 @click.option("--seq-len", default=2048, show_default=True, type=click.IntRange(min=1),
               help="Packed sequence length (the paper's context is 2048).")
-@click.option("--seed", default=42, show_default=True, type=int, help="Same seed and input, same bytes out.")
+@click.option("--seed", default=42, show_default=True, type=SEED, help="Same seed and input, same bytes out.")
 @click.option("--format", "output_format", type=click.Choice(["packed", "text"]), default="packed",
               show_default=True, help="packed: token sets for `slimpipe train`; text: jsonl.zst in SlimPajama's layout.")
 @click.option("--eval-tokens", default="1M", show_default=True, type=TokenCount(allow_zero=True),

@@ -15,6 +15,7 @@ from slimpipe.dedup.command import (
 )
 from slimpipe.evalset.command import evalset_options, options_from
 from slimpipe.io.readers import InputError
+from slimpipe.options import FRACTION_BELOW_ONE, POSITIVE_INT, SEED, megabytes
 
 
 @click.command("slimpajama")
@@ -22,15 +23,15 @@ from slimpipe.io.readers import InputError
 @click.option("-o", "--output", "out", required=True, type=PATH_OR_URI,
               help="Output folder: a path or a URI (s3://, gs://, hdfs://, file://).")
 @dedup_options
-@click.option("--holdout-fraction", type=float, default=0.0017, show_default=True,
+@click.option("--holdout-fraction", type=FRACTION_BELOW_ONE, default=0.0017, show_default=True,
               help="Share of documents held out (then split half/half into validation and test).")
-@click.option("--seed", type=int, default=42, show_default=True, help="Shuffle seed: chunking and order only.")
-@click.option("--split-seed", type=int, default=42, show_default=True, help="Seed of the train/holdout split.")
-@click.option("--chunks", type=int, default=None, help="Number of chunks (default: by --chunk-mb).")
-@click.option("--chunk-mb", type=float, default=256, show_default=True,
+@click.option("--seed", type=SEED, default=42, show_default=True, help="Shuffle seed: chunking and order only.")
+@click.option("--split-seed", type=SEED, default=42, show_default=True, help="Seed of the train/holdout split.")
+@click.option("--chunks", type=POSITIVE_INT, default=None, help="Number of chunks (default: by --chunk-mb).")
+@click.option("--chunk-mb", type=megabytes(), default=256, show_default=True,
               help="Text per chunk; one chunk is shuffled in memory by one task.")
-@click.option("--shard-mb", type=float, default=256, show_default=True, help="Uncompressed JSON lines per shard.")
-@click.option("--shard-records", type=int, default=None, help="At most this many records per shard.")
+@click.option("--shard-mb", type=megabytes(), default=256, show_default=True, help="Uncompressed JSON lines per shard.")
+@click.option("--shard-records", type=POSITIVE_INT, default=None, help="At most this many records per shard.")
 @click.option("--eval-set", "eval_set", type=PATH_OR_URI, default=None,
               help="Reuse this `slimpipe evalset` folder (a path or URI; copied to OUT/eval) instead of drawing one.")
 @click.option("--no-eval-set", "no_eval_set", is_flag=True,
