@@ -25,12 +25,12 @@ def corpus(tmp_path_factory, ray_session):
     docs = sample_documents(sample, size=0.25)
     fx = build_slimpajama_dir(tmp_path_factory.mktemp("slimpajama"), docs)
     build_eval_set([sample / f for f in FILES], fx.root / "eval",
-                   EvalSetOptions(seed=3, min_tokens=1500, max_fraction=0.3), progress=False)
+                   EvalSetOptions(seed=3, min_tokens=1500, max_fraction=0.3, min_docs=10), progress=False)
     return fx
 
 
 def _opt(tokens: int, **kw) -> MixOptions:
-    return MixOptions(tokens=tokens, seq_len=SEQ, eval_tokens=0, **kw)
+    return MixOptions(tokens=tokens, seq_len=SEQ, **{"eval_tokens": 0, **kw})
 
 
 def test_every_mix_is_scored_on_the_eval_set_and_trains_on_none_of_it(corpus, tmp_path):
@@ -77,3 +77,59 @@ def test_a_broken_eval_set_is_one_clear_error(corpus, tmp_path):
     with pytest.raises(MixBuildError, match=r"eval/manifest.json: not an evaluation set"):
         build_mix(broken.root, load_mix("dc1"), tmp_path / "x", _opt(5_000))
     assert not (tmp_path / "x").exists()
+
+
+def test_every_piece_is_scored_whole_and_the_scored_subset_names_it(corpus, tmp_path):
+    """#18.2/#18.3: every evaluation document, cut into the evaluation set's pieces, scored whole (no cap,
+    no truncated last document, no dropped tail), one loss per document; what was scored has one identity
+    whatever the mix or its seed."""
+    import torch
+
+    from slimpipe.evalset.build import cut_pieces
+    from slimpipe.mix.packed import scored_subset
+    from slimpipe.train.evaluate import final_document_eval, load_document_losses, scored_subset_of
+    from slimpipe.train.model import GPT, ModelConfig
+
+    manifest = json.loads((corpus.root / "eval" / "manifest.json").read_text())
+    a = build_mix(corpus.root, load_mix("dc1"), tmp_path / "a", _opt(20_000, eval_tokens=500))
+    b = build_mix(corpus.root, load_mix("dc6"), tmp_path / "b", _opt(20_000, seed=7))  # another mix, seed and cap
+    _, sets = open_mix(tmp_path / "a")
+    _, sets_b = open_mix(tmp_path / "b")
+    rule = manifest["pieces"]
+    expected: dict[str, tuple[list[str], int]] = {}
+    entries = []
+    for s, ds in sets.items():
+        docs = sorted((i, t) for src, i, t in read_eval_documents(corpus.root / "eval") if src == s)
+        cuts = {i: cut_pieces(t, rule["chars"], rule["max_per_doc"], seed=rule["seed"], doc_id=i) for i, t in docs}
+        entries += [(s, i, x, y) for i, _ in docs for x, y in cuts[i]]
+        expected[s] = ([i for i, _ in docs], sum(len(t[x:y].encode()) for i, t in docs for x, y in cuts[i]))
+        assert ds.pieces["docs"] == expected[s][0]  # every document of the evaluation set, in id order
+        assert ds.index["dropped_tokens"] == 0 and ds.tokens.size == ds.pieces["tokens"].sum() + ds.pieces["tokens"].size + 1
+        v = a["eval"]["validation"][s]
+        assert v["excluded_from_intervals"] == manifest["sources"][s]["excluded_from_intervals"]
+        assert v["docs"] == manifest["sources"][s]["docs"] and v["bytes"] == expected[s][1]
+    whole = [s for s in sets if all(len(cut_pieces(t, rule["chars"])) <= rule["max_per_doc"]
+                                    for src, _, t in read_eval_documents(corpus.root / "eval") if src == s)]
+    assert whole  # sources whose documents are all scored in full: their bytes are the documents' bytes
+    for s in whole:
+        assert expected[s][1] == manifest["sources"][s]["bytes"]
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=sets["c4"].vocab_size, n_layer=1, n_head=2, d_model=32, d_ff=85,
+                            max_seq_len=SEQ)).eval()
+    res = final_document_eval(model, sets, tmp_path / "a", tmp_path / "run", seq_len=SEQ, batch_size=16)
+    per_doc, meta = load_document_losses(tmp_path / "run" / "eval_losses.npz")
+    for s in sets:
+        assert len(per_doc[s]["nll"]) == len(expected[s][0])  # one entry per document, its pieces summed
+        assert int(per_doc[s]["bytes"].sum()) == expected[s][1]  # every piece scored whole
+        assert int(per_doc[s]["tokens"].sum()) == int(sets[s].pieces["tokens"].sum())
+        assert np.all(per_doc[s]["nll"] > 0)
+    assert res["scored_subset"] == meta["scored_subset"] == scored_subset(entries) == scored_subset_of(sets_b)
+    assert scored_subset_of({s: ds for s, ds in sets.items() if s != "c4"}) != res["scored_subset"]
+    excluded = {s: v["reason"] for s, v in manifest["sources"].items() if v["excluded_from_intervals"]}
+    assert excluded and set(excluded) != set(manifest["sources"])  # some sources in the intervals, some not
+    assert res["excluded_from_intervals"] == excluded
+    assert all(res["eval_docs"]["sources"][s]["excluded_from_intervals"] == (s in excluded) for s in sets)
+    # the test split is a holdout sample: whole documents, and too few of them to carry an interval
+    for v in b["eval"]["test"].values():
+        assert v["excluded_from_intervals"] and v["docs"] < 30 and v["dropped_tokens"] == 0

@@ -15,6 +15,7 @@ from slimpipe.mix.packed import (
     apportion_bytes,
     eval_path,
     open_mix,
+    scored_subset,
     token_dtype,
     write_mix,
 )
@@ -63,6 +64,46 @@ def test_stream_layout_and_exact_sequence_bytes(tmp_path):
     assert index["n_tokens"] == n * L + 1
     assert (tmp_path / "s" / "tokens.bin").stat().st_size == (n * L + 1) * 2
     np.testing.assert_array_equal(ds.get_batch([3, 0, 5]), np.stack([ds[3], ds[0], ds[5]]))
+
+
+@pytest.mark.parametrize("n_docs", [60, 2])  # many full sequences and a tail; no full sequence at all
+def test_an_evaluation_set_keeps_its_tail_and_names_its_pieces(tmp_path, n_docs):
+    docs = _docs(np.random.default_rng(5), n_docs)
+    L = 32
+    with PackedWriter(tmp_path / "e", L, vocab_size=1000, eos_id=EOS, keep_tail=True, flush_tokens=50,
+                      warn_empty=False) as w:
+        for i, (ids, blen) in enumerate(docs):
+            w.add(ids, int(blen.sum()), blen, piece=(f"doc{i // 2}", 100 * (i % 2), 100 * (i % 2) + 50))
+    index = json.loads((tmp_path / "e" / "index.json").read_text())
+    stream = [EOS]
+    for ids, _ in docs:
+        stream += ids.tolist() + [EOS]
+    ds = PackedDataset(tmp_path / "e")
+    n = (len(stream) - 1) // L
+    assert len(ds) == n and index["dropped_tokens"] == 0 and index["dropped_bytes"] == 0
+    assert np.asarray(ds.tokens).tolist() == stream  # the whole stream: nothing dropped
+    assert index["tail_tokens"] == len(stream) - 1 - n * L and index["n_tokens"] == len(stream)
+    assert ds.total_bytes == index["total_bytes"]  # what the sequences cover
+    assert index["total_bytes"] + index["tail_bytes"] == sum(int(b.sum()) for _, b in docs)
+    for i in range(n):
+        assert ds[i].tolist() == stream[i * L : i * L + L + 1]
+    # pieces.json: every document of the stream, whole, and the source document it belongs to
+    p = ds.pieces
+    assert p["docs"] == [f"doc{i}" for i in range((n_docs + 1) // 2)] and p["doc"].tolist() == [i // 2 for i in range(n_docs)]
+    assert p["bytes"].tolist() == [int(b.sum()) for _, b in docs] and p["start"].tolist()[:2] == [0, 100]
+    spans = ds.piece_spans()
+    assert [np.asarray(ds.tokens)[a:b].tolist() for a, b in spans] == [ids.tolist() for ids, _ in docs]
+    with PackedWriter(tmp_path / "x", L, vocab_size=1000, eos_id=EOS) as w2, pytest.raises(ValueError, match="all its"):
+        w2.add(docs[0][0], int(docs[0][1].sum()), docs[0][1], piece=("a", 0, 1))
+        w2.add(docs[1][0], int(docs[1][1].sum()), docs[1][1])
+
+
+def test_scored_subset_is_the_set_of_pieces_not_their_order():
+    a = [("c4", "x", 0, 10), ("c4", "y", 0, 5), ("book", "x", 10, 20)]
+    assert scored_subset(a) == scored_subset(list(reversed(a))) and len(scored_subset(a)) == 64
+    assert scored_subset(a) != scored_subset(a[:2])  # a piece fewer
+    assert scored_subset(a) != scored_subset([*a[:2], ("book", "x", 10, 21)])  # another range
+    assert scored_subset(a) != scored_subset([*a[:2], ("wikipedia", "x", 10, 20)])  # another source
 
 
 def test_flush_size_does_not_change_the_files(tmp_path):

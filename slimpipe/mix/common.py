@@ -182,8 +182,9 @@ def read_eval_set(root: str) -> dict[str, Any] | None:
         sources = {str(s): dict(v) for s, v in m["sources"].items()}
         shards = [InputShard(EVAL_SET_SPLIT, f"{EVAL_SET_DIR}/{rel}") for v in sources.values() for rel in v["files"]]
         info = {"eval_set": str(m["eval_set"]), "manifest_sha256": hashlib.sha256(raw).hexdigest(),
-                "seed": m.get("seed"),
-                "sources": {s: {k: v.get(k) for k in ("docs", "tokens", "bytes", "too_small", "reason")}
+                "seed": m.get("seed"), "pieces": m.get("pieces"), "min_docs": m.get("min_docs"),
+                "sources": {s: {k: v.get(k) for k in ("docs", "pieces", "tokens", "bytes", "too_small",
+                                                      "excluded_from_intervals", "reason")}
                             for s, v in sources.items()}}
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise MixBuildError(f"{manifest}: not an evaluation set ({type(exc).__name__}: {exc})") from None

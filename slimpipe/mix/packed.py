@@ -22,7 +22,12 @@ Byte counts come from the tokenizer's per-id byte lengths when those are exact (
 otherwise a document's byte count is spread over its tokens (integer apportionment), which keeps every
 document's and every set's total exact and per-sequence counts within one document's rounding.
 
-Tokens that do not fill a last full sequence are dropped (recorded as ``dropped_tokens``).
+Tokens that do not fill a last full sequence are dropped (recorded as ``dropped_tokens``) in a training
+set. An evaluation set (``eval/<source>``, ``test/<source>``) keeps them: ``tokens.bin`` then holds the
+whole stream, ``n_sequences`` full sequences and after them a tail of ``tail_tokens`` ids (``tail_bytes``
+bytes) that no sequence reads but per-document scoring does, so every document is scored whole. Its
+``pieces.json`` (:func:`~slimpipe.mix.packed_writer.pieces_table`) says what each document of the stream
+is: a character range of one evaluation document, with its token and byte counts.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from slimpipe.mix.packed_writer import (  # noqa: F401  (the format's names, re-
     BYTES_DTYPE,
     FORMAT,
     INDEX,
+    PIECES,
     SEQ_BYTES,
     TOKENS,
     VERSION,
@@ -49,6 +55,8 @@ from slimpipe.mix.packed_writer import (  # noqa: F401  (the format's names, re-
     _read_index,
     apportion_bytes,
     eval_path,
+    pieces_table,
+    scored_subset,
     token_dtype,
     train_path,
     write_parts_index,
@@ -118,6 +126,33 @@ class PackedDataset:
         if self.n_stored != int(self.index["n_sequences"]):
             raise ValueError(f"{self.path}: parts hold {self.n_stored} sequences, index says {self.index['n_sequences']}")
         self._seq_bytes: np.ndarray | None = None
+        self._pieces: dict | None = None
+
+    @property
+    def pieces(self) -> dict | None:
+        """An evaluation set's ``pieces.json`` as arrays (``docs``: document ids; per piece ``doc`` (index
+        into ``docs``), ``start``, ``end`` (characters), ``tokens``, ``bytes``), or None for a set without."""
+        name = self.index.get("files", {}).get("pieces")
+        if not name:
+            return None
+        if self._pieces is None:
+            t = json.loads((self.path / name).read_text())
+            rows = np.asarray(t["pieces"], dtype=np.int64).reshape(-1, 5)
+            self._pieces = {"docs": [str(d) for d in t["docs"]], "doc": rows[:, 0], "start": rows[:, 1],
+                            "end": rows[:, 2], "tokens": rows[:, 3], "bytes": rows[:, 4]}
+        return self._pieces
+
+    def piece_spans(self) -> np.ndarray:
+        """``(n_pieces, 2)`` [start, end) stream positions of each piece's tokens (``EOS p1 EOS p2 ... EOS``)."""
+        p = self.pieces
+        if p is None:
+            raise ValueError(f"{self.path}: no {PIECES}")
+        lens = p["tokens"]
+        starts = 1 + np.concatenate([[0], np.cumsum(lens + 1)[:-1]]).astype(np.int64)
+        expect = int(lens.sum() + lens.size + 1) if lens.size else 0
+        if expect != int(self.tokens.size):
+            raise ValueError(f"{self.path}: {PIECES} accounts for {expect} tokens, the stream holds {self.tokens.size}")
+        return np.stack([starts, starts + lens], axis=1)
 
     @property
     def n_parts(self) -> int:
@@ -296,7 +331,8 @@ def write_mix(mix_dir: str | Path, train_texts: Iterable[str], eval_texts: dict[
     """Pack in-memory texts into a complete mix (``train/``, ``eval/<source>/``, ``tokenizer/``).
 
     The mix stage streams far larger inputs through :class:`PackedWriter` itself; this is the small-data
-    path (tests, benchmarks, examples). Returns each set's index.
+    path (tests, benchmarks, examples). Each evaluation text is one piece, named ``<i>`` (its position),
+    ``[0, len(text))``, and the sets keep their tail, so every text is scored whole. Returns each set's index.
     """
     root = Path(mix_dir)
     common = {"vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id, "tokenizer": tokenizer,
@@ -305,15 +341,18 @@ def write_mix(mix_dir: str | Path, train_texts: Iterable[str], eval_texts: dict[
     targets += [(f"eval/{s}", eval_path(root, s), texts) for s, texts in eval_texts.items()]
     indices = {}
     for name, path, texts in targets:
-        with PackedWriter(path, seq_len, meta={**(meta or {}), "set": name}, **common) as w:
+        is_eval = name != "train"
+        with PackedWriter(path, seq_len, meta={**(meta or {}), "set": name}, keep_tail=is_eval, **common) as w:
             chunk: list[str] = []
-            for text in texts:
-                chunk.append(text)
-                if len(chunk) >= batch:
-                    w.add_texts(chunk, tokenizer)
+            done = 0
+            for text in [*texts, None]:
+                if text is not None:
+                    chunk.append(text)
+                if chunk and (len(chunk) >= batch or text is None):
+                    labels = [(str(done + i), 0, len(t)) for i, t in enumerate(chunk)] if is_eval else None
+                    w.add_texts(chunk, tokenizer, labels)
+                    done += len(chunk)
                     chunk = []
-            if chunk:
-                w.add_texts(chunk, tokenizer)
         indices[name] = json.loads((path / INDEX).read_text())
     if hasattr(tokenizer, "save"):
         tokenizer.save(root / "tokenizer")

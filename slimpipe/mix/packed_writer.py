@@ -23,6 +23,7 @@ VERSION = 1
 INDEX = "index.json"
 TOKENS = "tokens.bin"
 SEQ_BYTES = "seq_bytes.bin"
+PIECES = "pieces.json"
 BYTES_DTYPE = "<u4"
 
 
@@ -62,7 +63,7 @@ class PackedWriter:
 
     def __init__(self, path: str | Path, seq_len: int, *, vocab_size: int, eos_id: int,
                  tokenizer: Any = None, meta: dict | None = None, overwrite: bool = False,
-                 flush_tokens: int = 1 << 20, warn_empty: bool = True) -> None:
+                 flush_tokens: int = 1 << 20, warn_empty: bool = True, keep_tail: bool = False) -> None:
         if seq_len < 1:
             raise ValueError("seq_len must be >= 1")
         if not 0 <= eos_id < vocab_size:
@@ -84,6 +85,8 @@ class PackedWriter:
         self.overwrite = overwrite
         self.flush_tokens = int(flush_tokens)
         self.warn_empty = warn_empty
+        self.keep_tail = keep_tail  # an evaluation set: the stream's tail is stored, not dropped
+        self._pieces: list[tuple[str, int, int, int, int]] = []  # (doc id, start, end, tokens, bytes) per piece
         if self.remote:
             import tempfile
 
@@ -114,11 +117,14 @@ class PackedWriter:
             self.abort()
 
     def add(self, tokens: Sequence[int] | np.ndarray, n_bytes: int,
-            token_bytes: Sequence[int] | np.ndarray | None = None) -> None:
+            token_bytes: Sequence[int] | np.ndarray | None = None, *, piece: tuple[str, int, int] | None = None
+            ) -> None:
         """Append one document (its ids, without EOS) and its UTF-8 byte count.
 
         ``token_bytes`` (per-id byte lengths summing to ``n_bytes``) makes per-sequence bytes exact;
-        without it the document's bytes are apportioned over its tokens.
+        without it the document's bytes are apportioned over its tokens. ``piece`` names what the ids
+        encode, ``(document id, start, end)`` in characters of that document: an evaluation set records
+        every piece in ``pieces.json`` (a set either names all its pieces or none).
         """
         if self._done:
             raise RuntimeError("writer already finalized")
@@ -131,6 +137,10 @@ class PackedWriter:
             return
         if ids.min() < 0 or ids.max() >= self.vocab_size:
             raise ValueError(f"token id outside [0, {self.vocab_size})")
+        if (piece is None) != (not self._pieces) and self.n_documents:
+            raise ValueError("a set names all its pieces or none")
+        if piece is not None:
+            self._pieces.append((str(piece[0]), int(piece[1]), int(piece[2]), int(ids.size), int(n_bytes)))
         if token_bytes is None:
             blen = apportion_bytes(int(n_bytes), ids.size)
             self.exact_bytes = False
@@ -164,18 +174,21 @@ class PackedWriter:
         if self._pending >= self.flush_tokens:
             self._flush()
 
-    def add_texts(self, texts: Iterable[str], tokenizer: Any) -> None:
-        """Tokenize and append documents; per-token byte lengths are used when the tokenizer's are exact."""
+    def add_texts(self, texts: Iterable[str], tokenizer: Any,
+                  pieces: Iterable[tuple[str, int, int]] | None = None) -> None:
+        """Tokenize and append documents; per-token byte lengths are used when the tokenizer's are exact.
+        ``pieces``: what each text is (see :meth:`add`)."""
         texts = list(texts)
+        labels = list(pieces) if pieces is not None else [None] * len(texts)
         table = getattr(tokenizer, "byte_lengths", None)
-        for text, ids in zip(texts, tokenizer.encode_batch(texts), strict=True):
+        for text, ids, label in zip(texts, tokenizer.encode_batch(texts), labels, strict=True):
             n_bytes = len(text.encode("utf-8"))
             tb = None
             if table is not None and ids:
                 tb = table[np.asarray(ids, dtype=np.int64)]
                 if int(tb.sum()) != n_bytes:  # e.g. a normaliser changed the text
                     tb = None
-            self.add(ids, n_bytes, tb)
+            self.add(ids, n_bytes, tb, piece=label)
 
     def _flush(self) -> None:
         ids = np.concatenate(self._ids)
@@ -196,10 +209,16 @@ class PackedWriter:
             raise RuntimeError("writer already finalized")
         self._flush()
         tail_ids, tail_bytes = self._ids[0], self._blen[0]
-        if self.n_sequences > 0:
+        kept_tokens = kept_bytes = 0
+        if self.keep_tail and tail_ids.size > 1:
+            # the stream's end after the last full sequence stays in tokens.bin (scored per document,
+            # never read as a sequence); with no full sequence the whole stream is that tail
+            tail_ids.astype(self.dtype).tofile(self._tok_f)
+            kept_tokens, kept_bytes = int(tail_ids.size - 1), int(tail_bytes[1:].sum())
+        elif self.n_sequences > 0:
             tail_ids[:1].astype(self.dtype).tofile(self._tok_f)  # the last sequence's final target
-        dropped_tokens = int(tail_ids.size - 1)
-        dropped_bytes = int(tail_bytes[1:].sum())
+        dropped_tokens = int(tail_ids.size - 1) - kept_tokens
+        dropped_bytes = int(tail_bytes[1:].sum()) - kept_bytes
         self.dropped = (tail_ids[1:].copy(), tail_bytes[1:].copy())  # what a parallel packer carries over
         self._tok_f.close()
         self._bytes_f.close()
@@ -210,20 +229,29 @@ class PackedWriter:
             "dtype": self.dtype.str,
             "seq_len": self.seq_len,
             "n_sequences": n,
-            "n_tokens": n * self.seq_len + 1 if n else 0,
+            "n_tokens": (n * self.seq_len + 1 if n else 0) + (kept_tokens + (0 if n else 1) if kept_tokens else 0),
             "vocab_size": self.vocab_size,
             "eos_id": self.eos_id,
             "tokenizer": self.tokenizer,
             "n_documents": self.n_documents,
-            "total_bytes": self.total_bytes - dropped_bytes,
+            "total_bytes": self.total_bytes - dropped_bytes - kept_bytes,  # what the sequences cover
             "dropped_tokens": dropped_tokens,
             "dropped_bytes": dropped_bytes,
             "bytes_exact": self.exact_bytes,
             "files": {"tokens": TOKENS, "seq_bytes": SEQ_BYTES, "seq_bytes_dtype": BYTES_DTYPE},
             "meta": self.meta,
         }
+        names = [TOKENS, SEQ_BYTES]
+        if self.keep_tail:
+            # total_bytes stays what the sequences cover; the tail's tokens and bytes are counted apart
+            index.update(tail_tokens=kept_tokens, tail_bytes=kept_bytes)
+        if self._pieces:
+            index["files"]["pieces"] = PIECES
+            index["n_pieces"] = len(self._pieces)
+            (self._tmp / PIECES).write_text(json.dumps(pieces_table(self._pieces)) + "\n")
+            names.append(PIECES)
         (self._tmp / INDEX).write_text(json.dumps(index, indent=1) + "\n")
-        for name in (TOKENS, SEQ_BYTES, INDEX):
+        for name in (*names, INDEX):
             with open(self._tmp / name, "rb") as f:
                 os.fsync(f.fileno())
         self.index = index
@@ -249,7 +277,8 @@ class PackedWriter:
         """Object storage: each file is one atomic upload, ``index.json`` (the set's completion mark) last."""
         from slimpipe import storage
 
-        for name in (TOKENS, SEQ_BYTES, INDEX):
+        names = [TOKENS, SEQ_BYTES, *([PIECES] if self._pieces else []), INDEX]
+        for name in names:
             with open(self._tmp / name, "rb") as src, storage.open_output(storage.join(self.remote, name)) as dst:
                 shutil.copyfileobj(src, dst, 8 << 20)
         shutil.rmtree(self._tmp, ignore_errors=True)
@@ -261,6 +290,31 @@ class PackedWriter:
                 f.close()
         shutil.rmtree(self._tmp, ignore_errors=True)
         self._done = True
+
+
+def pieces_table(pieces: Sequence[tuple[str, int, int, int, int]]) -> dict:
+    """``pieces.json``: what each document of an evaluation stream is, in stream order.
+
+    ``docs`` lists the source documents once each (first appearance); ``pieces`` holds one row
+    ``[doc, start, end, tokens, bytes]`` per document of the stream: the index of its source document in
+    ``docs``, the character range of that document it encodes, its token count (without EOS) and its
+    UTF-8 bytes. A source document's pieces are one cluster when intervals resample."""
+    docs: dict[str, int] = {}
+    rows = [[docs.setdefault(d, len(docs)), a, b, t, n] for d, a, b, t, n in pieces]
+    return {"format": "slimpipe-pieces", "unit": "characters", "columns": ["doc", "start", "end", "tokens", "bytes"],
+            "docs": list(docs), "pieces": rows}
+
+
+def scored_subset(entries: Iterable[tuple[str, str, int, int]]) -> str:
+    """The identity of what was scored: SHA-256 of the sorted ``source\tdocument id\tstart\tend`` lines
+    (character ranges), so runs scored on the same pieces of the same documents share it whatever the
+    tokenizer, seed or file layout."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for line in sorted(f"{s}\t{d}\t{a}\t{b}" for s, d, a, b in entries):
+        h.update(line.encode("utf-8") + b"\n")
+    return h.hexdigest()
 
 
 def _read_index(path: Path) -> dict:

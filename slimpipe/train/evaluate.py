@@ -102,8 +102,11 @@ DOC_BPB_DEFINITION = (
 def documents(ds: PackedDataset) -> np.ndarray:
     """``(n_docs, 2)`` [start, end) positions of each document's tokens in a packed set's token stream.
 
-    The stream is ``EOS doc EOS doc ...``; a last document cut by the packer's dropped tail is kept as the
-    piece the set holds."""
+    The stream is ``EOS doc EOS doc ...``; a set with ``pieces.json`` (an evaluation set: each document of
+    the stream is a piece of an evaluation document) gives its pieces' spans from their token counts. A
+    last document cut by an older packer's dropped tail is kept as the piece the set holds."""
+    if getattr(ds, "pieces", None) is not None:
+        return ds.piece_spans()
     tokens = np.asarray(ds.tokens)
     if tokens.size == 0:
         return np.zeros((0, 2), dtype=np.int64)
@@ -186,10 +189,18 @@ def evaluate_documents(model: torch.nn.Module, sets: dict[str, PackedDataset], *
             dist.all_reduce(reduced)
             nll = reduced.cpu()
         tokens = (spans[:, 1] - spans[:, 0]).astype(np.int64)
-        nbytes = _doc_bytes(ds, spans, byte_lengths, decode)
-        per_doc[name] = {"nll": nll.numpy(), "tokens": tokens, "bytes": nbytes}
-        out["sources"][name] = {**summarize(float(nll.sum()), int(tokens.sum()), int(nbytes.sum())),
-                                "docs": len(spans)}
+        pieces = getattr(ds, "pieces", None)
+        if pieces is not None:  # one entry per evaluation document: the sums over its pieces (one cluster)
+            n_docs = len(pieces["docs"])
+            doc_nll = np.bincount(pieces["doc"], weights=nll.numpy(), minlength=n_docs)
+            tokens = np.bincount(pieces["doc"], weights=tokens, minlength=n_docs).astype(np.int64)
+            nbytes = np.bincount(pieces["doc"], weights=pieces["bytes"], minlength=n_docs).astype(np.int64)
+        else:
+            doc_nll, nbytes = nll.numpy(), _doc_bytes(ds, spans, byte_lengths, decode)
+        excluded = bool((ds.index.get("meta") or {}).get("excluded_from_intervals"))
+        per_doc[name] = {"nll": doc_nll, "tokens": tokens, "bytes": nbytes}
+        out["sources"][name] = {**summarize(float(doc_nll.sum()), int(tokens.sum()), int(nbytes.sum())),
+                                "docs": len(doc_nll), "pieces": len(spans), "excluded_from_intervals": excluded}
     if was_training:
         model.train()
     tot = [sum(v[k] for v in out["sources"].values()) for k in ("nll", "tokens", "bytes")]
@@ -224,14 +235,53 @@ def load_document_losses(path) -> tuple[dict[str, dict[str, np.ndarray]], dict]:
     return per_doc, meta
 
 
+def scored_subset_of(sets: dict[str, PackedDataset]) -> str | None:
+    """The identity of what :func:`evaluate_documents` scores on ``sets``: the hash of every (source,
+    document id, character range) piece (:func:`slimpipe.mix.packed.scored_subset`); None when a set
+    names no pieces."""
+    from slimpipe.mix.packed import scored_subset
+
+    entries = []
+    for name, ds in sets.items():
+        p = getattr(ds, "pieces", None)
+        if p is None:
+            return None
+        entries += [(name, p["docs"][d], a, b) for d, a, b in zip(p["doc"].tolist(), p["start"].tolist(),
+                                                                   p["end"].tolist(), strict=True)]
+    return scored_subset(entries)
+
+
+def excluded_sources(sets: dict[str, PackedDataset], mix_dir) -> dict[str, str]:
+    """``{source: reason}`` of the sources left out of the total and mean intervals (fewer than 30
+    evaluation documents): from each set's ``index.json`` meta and the mix manifest's ``eval`` entry
+    (a source with no evaluation document at all has no set)."""
+    import json
+    from pathlib import Path
+
+    out = {}
+    manifest = Path(mix_dir) / "manifest.json"
+    if manifest.is_file():
+        for s, v in ((json.loads(manifest.read_text()).get("eval") or {}).get("validation") or {}).items():
+            if isinstance(v, dict) and v.get("excluded_from_intervals"):
+                out[s] = v.get("reason") or "fewer evaluation documents than an interval needs"
+    for name, ds in sets.items():
+        meta = ds.index.get("meta") or {}
+        if meta.get("excluded_from_intervals"):
+            out[name] = meta.get("reason") or out.get(name) or "fewer evaluation documents than an interval needs"
+    return out
+
+
 def final_document_eval(model: torch.nn.Module, sets: dict[str, PackedDataset], mix_dir, out_dir, *, seq_len: int,
                         batch_size: int, device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None,
                         write: bool = True) -> dict:
     """The end-of-training evaluation compare uses: per-document bits per byte on every eval set, the
     per-document losses in ``OUT/eval_losses.npz`` and the mix's evaluation-set identity.
 
-    Returns what goes into ``metrics.json``: ``{"eval_docs": summary, "eval_set": hash or None}``
-    (``eval_docs`` holds ``error`` instead when the mix has no tokenizer to count bytes with)."""
+    Returns what goes into ``metrics.json``: ``{"eval_docs": summary, "eval_set": hash or None,
+    "scored_subset": hash or None, "excluded_from_intervals": {source: reason}}`` (``eval_docs`` holds
+    ``error`` instead when the mix has no tokenizer to count bytes with). ``scored_subset`` identifies the
+    scored (source, document id, character range) pieces (:func:`scored_subset_of`); None for a mix whose
+    sets name no pieces (built before pieces existed)."""
     import json
     import logging
     from pathlib import Path
@@ -244,7 +294,8 @@ def final_document_eval(model: torch.nn.Module, sets: dict[str, PackedDataset], 
         eval_set = json.loads(manifest.read_text()).get("eval_set")
         if isinstance(eval_set, dict):
             eval_set = eval_set.get("eval_set") or eval_set.get("hash")
-    result: dict = {"eval_set": eval_set}
+    result: dict = {"eval_set": eval_set, "scored_subset": scored_subset_of(sets),
+                    "excluded_from_intervals": excluded_sources(sets, mix_dir)}
     byte_lengths, decode = None, None
     try:
         from slimpipe.mix.tokenizer import load_tokenizer
@@ -259,6 +310,7 @@ def final_document_eval(model: torch.nn.Module, sets: dict[str, PackedDataset], 
                                           byte_lengths=byte_lengths, decode=decode, device=device,
                                           autocast_dtype=autocast_dtype)
     if write:
-        save_document_losses(out_dir / "eval_losses.npz", per_doc, {"eval_set": eval_set, "seq_len": seq_len})
+        save_document_losses(out_dir / "eval_losses.npz", per_doc, {"eval_set": eval_set, "seq_len": seq_len,
+                                                                    "scored_subset": result["scored_subset"]})
     result["eval_docs"] = summary
     return result
