@@ -1,12 +1,24 @@
-"""The comparison's PNGs: curves (final points joined and labelled), per-source panels with axes fitted to
-the data, and the differences with their intervals. Legends sit outside the axes, so they cover nothing."""
+"""The comparison's PNGs, each showing the numbers the report states (per-document bits per byte, the
+same intervals), labelled where the reader looks rather than in a far legend.
+
+* ``curves.png``: training loss (smoothed, mean over seeds, one line per configuration) and the packed-
+  window evaluation during training, ending in a star at the final *per-document* figure of the report.
+* ``per_source_bpb.png``: per source (and total, mean), each configuration's difference from the best
+  configuration in total with its 95% interval, on one shared axis so a 0.01 gap looks like 0.01 everywhere.
+* ``differences.png``: global − local apart from the "vs best" rows; blue: the interval excludes 0 and
+  carries a verdict, grey: it covers 0, orange: conditional (fewer than 3 seeds).
+"""
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
 
+import numpy as np
+
 from slimpipe.io.writers import atomic_write_bytes
+
+VERDICT, NO_DIFFERENCE, CONDITIONAL = "tab:blue", "tab:gray", "tab:orange"
 
 
 def _plt():
@@ -33,99 +45,57 @@ def _colors(labels: list[str]) -> dict[str, tuple]:
     return {lb: cmap(i % cmap.N) for i, lb in enumerate(sorted(labels))}
 
 
+def _smooth(y: np.ndarray, k: int) -> np.ndarray:
+    """Centred running mean over ``k`` points (shrinking at the ends), so noisy steps read as a trend."""
+    if k <= 1 or y.size < 3:
+        return y
+    c = np.cumsum(np.insert(y, 0, 0.0))
+    out = np.empty_like(y, dtype=np.float64)
+    h = k // 2
+    for i in range(y.size):
+        a, b = max(0, i - h), min(y.size, i + h + 1)
+        out[i] = (c[b] - c[a]) / (b - a)
+    return out
+
+
+def _mean_curve(logs: list[list[dict]], key) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over seeds at the x values every seed logged (seeds of one configuration log the same steps)."""
+    curves = [{x["tokens"]: key(x) for x in log if key(x) is not None} for log in logs]
+    curves = [c for c in curves if c]
+    if not curves:
+        return np.zeros(0), np.zeros(0)
+    xs = sorted(set.intersection(*(set(c) for c in curves)))
+    return np.array(xs, dtype=np.float64), np.array([np.mean([c[x] for c in curves]) for x in xs])
+
+
+def _label_right(ax, ends: list[tuple[float, str, tuple]], x: float) -> None:
+    """Name each line at its right end, nudging labels apart so they do not overlap."""
+    if not ends:
+        return
+    ends = sorted(ends)
+    lo, hi = ax.get_ylim()
+    gap = (hi - lo) / 24
+    placed: list[float] = []
+    for y, text, c in ends:
+        yy = max(y, placed[-1] + gap) if placed else y
+        placed.append(yy)
+        ax.annotate(text, xy=(x, y), xytext=(1.02, yy), textcoords=("axes fraction", "data"), fontsize=8,
+                    color=c, va="center", annotation_clip=False,
+                    arrowprops={"arrowstyle": "-", "color": c, "lw": 0.5})
+    ax.set_ylim(lo, max(hi, placed[-1] + gap))
+
+
 def comparison_plots(out: Path, runs: list, r: dict) -> list[str]:
-    plt = _plt()
-    made: list[str] = []
-    colors = _colors(list(r["rows"]))
-
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 4.5))
-    for run in sorted(runs, key=lambda x: (x.label, str(x.seed))):
-        tag = run.label + (f" s{run.seed}" if run.seed is not None else "")
-        c = colors.get(run.label)
-        if run.train_log:
-            a1.plot([x["tokens"] for x in run.train_log], [x["loss"] for x in run.train_log], color=c, lw=1, label=tag)
-        ev = sorted((x for x in run.eval_log if x.get("total", {}).get("bpb") is not None), key=lambda x: x["tokens"])
-        if ev:  # interval and final evaluations on one line; the final point is a star and carries the label
-            xs, ys = [x["tokens"] for x in ev], [x["total"]["bpb"] for x in ev]
-            a2.plot(xs, ys, color=c, lw=1, marker="o", ms=3)
-            if ev[-1].get("final"):
-                a2.plot(xs[-1:], ys[-1:], color=c, marker="*", ms=11, ls="none")
-        if len(run.metrics.get("phases") or []) > 1:  # multi-phase runs: dashed line where each phase starts
-            from slimpipe.train.phases import draw_phase_boundaries
-
-            for ax in (a1, a2):
-                draw_phase_boundaries(ax, run.metrics, color=c)
-    _label_ends(a2, runs, colors)
-    a1.set_xlabel("training tokens")
-    a1.set_ylabel("training loss (nats/token)")
-    a1.set_title("Training loss")
-    if a1.lines:
-        a1.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.15), ncol=3, frameon=False)
-    a2.set_xlabel("training tokens")
-    a2.set_ylabel("bits per byte (packed evaluation windows)")
-    a2.set_title("Evaluation bits per byte during training (★ final)")
-    fig.tight_layout()
-    save_png(fig, out / "plots" / "curves.png")
-    made.append("plots/curves.png")
-
-    cols = r["columns"] + ["total"]
-    labels = sorted(r["rows"], key=lambda lb: r["rows"][lb]["bpb"].get("total", {}).get("mean", 9e9))
-    if labels and r["columns"]:
-        n = len(cols)
-        ncol = min(4, n)
-        nrow = -(-n // ncol)
-        fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol, 2.8 * nrow), squeeze=False)
-        for ax, col in zip(axes.flat, cols, strict=False):
-            for i, lb in enumerate(labels):
-                cell = r["rows"][lb]["bpb"].get(col)
-                if cell:
-                    ax.errorbar([i], [cell["mean"]], yerr=[cell["std"]] if cell["n"] > 1 else None, fmt="o",
-                                color=colors[lb], capsize=3, label=lb)
-            size = r["rows"][labels[0]]["eval_size"]
-            if col in size:
-                sub = f"{size[col].get('docs')} docs, {size[col].get('tokens')} tok"
-            else:
-                sub = (f"{sum((v.get('docs') or 0) for v in size.values())} docs, "
-                       f"{sum((v.get('tokens') or 0) for v in size.values())} tok")
-            ax.set_title(f"{col}\n({sub})", fontsize=9)
-            ax.set_xticks([])
-            ax.margins(x=0.15, y=0.15)  # the axis is fitted to the points, never forced to 0
-            ax.tick_params(labelsize=7)
-        for ax in list(axes.flat)[n:]:
-            ax.axis("off")
-        axes[0][0].set_ylabel("bits per byte")
-        handles = [plt.Line2D([], [], color=colors[lb], marker="o", ls="none") for lb in labels]
-        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False,
-                   title="best total first")
-        fig.suptitle("Per-source evaluation bits per byte (lower is better; each panel's axis fitted to its data)",
-                     fontsize=10)
-        fig.tight_layout()
-        save_png(fig, out / "plots" / "per_source_bpb.png")
-        made.append("plots/per_source_bpb.png")
-
-    diffs = [(f"{lb} − {r['rows'][lb]['vs_best']['against']}", r["rows"][lb]["vs_best"]["columns"].get("total"))
-             for lb in labels if r["rows"][lb].get("vs_best")]
-    diffs += [(f"{e['global']} − {e['local']}", e["columns"].get("total")) for e in r["dedup_effect"]]
-    diffs = [(name, c) for name, c in diffs if c]
-    if diffs:
-        fig, ax = plt.subplots(figsize=(8, 0.45 * len(diffs) + 1.2))
-        for i, (_name, c) in enumerate(diffs):
-            lo, hi = c["ci95"]
-            color = "tab:blue" if c["detectable"] else "tab:gray"
-            ax.plot([lo, hi], [i, i], color=color, lw=2)
-            ax.plot([c["diff"]], [i], "o", color=color)
-        ax.axvline(0.0, color="black", lw=0.8)
-        ax.set_yticks(range(len(diffs)), [n for n, _ in diffs], fontsize=8)
-        ax.invert_yaxis()
-        ax.set_xlabel("difference in total bits per byte, 95% paired bootstrap interval (grey: covers 0)")
-        ax.set_title("Differences against the best configuration, and global − local dedup")
-        fig.tight_layout()
-        save_png(fig, out / "plots" / "differences.png")
-        made.append("plots/differences.png")
+    made = [_curves(out, runs, r)]
+    for f in (_per_source, _differences):
+        p = f(out, r)
+        if p:
+            made.append(p)
     with_lengths = [run for run in runs if run.metrics.get("context_length")]
     if with_lengths:  # runs trained with --eval-seq-lens (slimpipe.train.interp)
         from slimpipe.train.interp import plot_context_length_runs
 
+        colors = _colors(list(r["rows"]))
         plot_context_length_runs([(run.label + (f" s{run.seed}" if run.seed is not None else ""),
                                    colors.get(run.label), run.metrics["context_length"]) for run in with_lengths],
                                  out / "plots" / "context_length.png")
@@ -133,26 +103,176 @@ def comparison_plots(out: Path, runs: list, r: dict) -> list[str]:
     return made
 
 
-def _label_ends(ax, runs: list, colors: dict) -> None:
-    """Name each evaluation curve at its last point, nudging labels apart so they do not overlap."""
-    ends = []
+def _curves(out: Path, runs: list, r: dict) -> str:
+    plt = _plt()
+    colors = _colors(list(r["rows"]))
+    by_row: dict[str, list] = {}
     for run in runs:
-        ev = [x for x in run.eval_log if x.get("total", {}).get("bpb") is not None]
-        if ev:
-            last = max(ev, key=lambda x: x["tokens"])
-            tag = run.label + (f" s{run.seed}" if run.seed is not None else "")
-            ends.append((last["total"]["bpb"], last["tokens"], tag, colors.get(run.label)))
-    if not ends:
-        return
-    ends.sort()
-    lo, hi = ax.get_ylim()
-    x_lo, x_hi = ax.get_xlim()
-    gap = (hi - lo) / 22
-    placed: list[float] = []
-    for y, x, tag, c in ends:
-        yy = max(y, placed[-1] + gap) if placed else y
-        placed.append(yy)
-        ax.annotate(tag, xy=(x, y), xytext=(x + 0.04 * (x_hi - x_lo), yy), textcoords="data", fontsize=7, color=c,
-                    va="center", arrowprops={"arrowstyle": "-", "color": c, "lw": 0.5})
-    ax.set_ylim(lo, max(hi, placed[-1] + gap))
-    ax.set_xlim(x_lo, x_hi + 0.45 * (x_hi - x_lo))  # room for the labels inside the axes
+        by_row.setdefault(run.label, []).append(run)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(14, 5))
+    fig.subplots_adjust(wspace=0.55)
+    ends1, ends2, late = [], [], []
+    for label in sorted(by_row):
+        rs, c = by_row[label], colors.get(label)
+        n = len(rs)
+        tag = label + (f" ({n} seeds)" if n > 1 else "")
+        xs, ys = _mean_curve([x.train_log for x in rs], lambda e: e.get("loss"))
+        if xs.size:
+            ys = _smooth(ys, max(1, xs.size // 12))
+            a1.plot(xs, ys, color=c, lw=1.4)
+            ends1.append((ys[-1], f"{label} {ys[-1]:.3f}", c))
+            late.append(ys[xs.size // 5:])
+        xs, ys = _mean_curve([x.eval_log for x in rs], lambda e: (e.get("total") or {}).get("bpb"))
+        if xs.size:
+            a2.plot(xs, ys, color=c, lw=1, marker="o", ms=2.5, alpha=0.8)
+        final = r["rows"][label]["bpb"].get("total")
+        if final and xs.size:  # the report's figure: per document, mean over seeds
+            a2.plot([xs[-1]], [final["mean"]], color=c, marker="*", ms=12, ls="none")
+            ends2.append((final["mean"], f"{tag} {final['mean']:.4f}", c))
+        for run in rs:
+            if len(run.metrics.get("phases") or []) > 1:  # multi-phase runs: dashed line where each phase starts
+                from slimpipe.train.phases import draw_phase_boundaries
+
+                for ax in (a1, a2):
+                    draw_phase_boundaries(ax, run.metrics, color=c)
+                break
+    if late:  # the first fifth of training (the initial drop) would flatten every difference that matters
+        lo = min(float(np.min(y)) for y in late if y.size)
+        hi = max(float(np.max(y)) for y in late if y.size)
+        pad = 0.08 * (hi - lo or 1.0)
+        a1.set_ylim(lo - pad, hi + pad)
+    a1.set_xlabel("training tokens")
+    a1.set_ylabel("training loss (nats/token)")
+    a1.set_title("Training loss, mean over seeds, smoothed\n(y axis from the first fifth of training on)", fontsize=10)
+    _label_right(a1, ends1, a1.get_xlim()[1])
+    a2.set_xlabel("training tokens")
+    a2.set_ylabel("bits per byte")
+    a2.set_title("Evaluation during training: packed windows (dots, approximate);\n★ final per-document bits per "
+                 "byte, the report's figure (mean over seeds)", fontsize=10)
+    _label_right(a2, ends2, a2.get_xlim()[1])
+    save_png(fig, out / "plots" / "curves.png")
+    return "plots/curves.png"
+
+
+def _color(c: dict | None, claim_ok: bool) -> str:
+    if not c or not c.get("ci95") or not c.get("detectable"):
+        return NO_DIFFERENCE
+    return VERDICT if claim_ok else CONDITIONAL
+
+
+def _legend(fig, used: set[str]) -> None:
+    """The colours actually used, below the figure (outside every axis, so it covers nothing)."""
+    plt = _plt()
+    names = {VERDICT: "interval excludes 0 (a verdict)", NO_DIFFERENCE: "interval covers 0: no detectable difference",
+             CONDITIONAL: "excludes 0 but conditional on these trained models (fewer than 3 seeds): no verdict"}
+    handles = [plt.Line2D([], [], color=k, marker="o", lw=2, label=v) for k, v in names.items() if k in used]
+    if handles:
+        fig.legend(handles=handles, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(handles),
+                   frameon=False)
+
+
+def _per_source(out: Path, r: dict) -> str | None:
+    """Per column, each configuration minus the best configuration in total, with its 95% interval, on one
+    x axis shared by every panel (so equal gaps look equal), configurations named on the y axis."""
+    plt = _plt()
+    labels = sorted(r["rows"], key=lambda lb: r["rows"][lb]["bpb"].get("total", {}).get("mean", 9e9))
+    best = next((lb for lb in labels if not r["rows"][lb].get("vs_best")), None)
+    cols = [c for c in r["columns"] if any(c in r["rows"][lb]["bpb"] for lb in labels)] + ["total", "mean"]
+    if not labels or not r["columns"] or best is None or len(labels) < 2:
+        return None
+    ncol = min(5, len(cols))
+    nrow = -(-len(cols) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(2.7 * ncol + 2.2, 0.3 * len(labels) * nrow + 1.3 * nrow + 0.6),
+                             squeeze=False, sharex=True, sharey=True)
+    size = r["rows"][best]["eval_size"]
+    excluded = r.get("excluded_from_intervals") or {}
+    used: set[str] = set()
+    for ax, col in zip(axes.flat, cols, strict=False):
+        ref = r["rows"][best]["bpb"].get(col)
+        for i, lb in enumerate(labels):
+            cell = r["rows"][lb]["bpb"].get(col)
+            if lb == best:
+                if cell:
+                    ax.plot([0.0], [i], marker="D", color="black", ms=5)
+                continue
+            vb = r["rows"][lb].get("vs_best") or {}
+            c = (vb.get("columns") or {}).get(col)
+            if c is None and cell and ref:  # no per-document losses: the point without an interval
+                ax.plot([cell["mean"] - ref["mean"]], [i], "o", color=NO_DIFFERENCE, mfc="none")
+                continue
+            if c is None:
+                continue
+            color = _color(c, bool(vb.get("claim_ok")))
+            used.add(color)
+            if c.get("ci95"):
+                ax.plot(c["ci95"], [i, i], color=color, lw=2)
+            ax.plot([c["diff"]], [i], "o", color=color, mfc=color if c.get("ci95") else "none")
+        ax.axvline(0.0, color="black", lw=0.7)
+        docs = size.get(col, {}).get("docs") if col in size else sum((v.get("docs") or 0) for v in size.values())
+        note = " — no interval" if col in excluded else ""
+        head = f"{ref['mean']:.4f}" if ref else "–"
+        ax.set_title(f"{col} ({docs} docs){note}\nbest-total run: {head} bpb", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(axis="x", lw=0.3, alpha=0.6)
+    for ax in list(axes.flat)[len(cols):]:
+        ax.axis("off")
+    axes[0][0].set_yticks(range(len(labels)), labels, fontsize=8)
+    axes[0][0].invert_yaxis()
+    for ax in axes[-1]:
+        ax.set_xlabel("Δ bpb vs best", fontsize=8)
+    fig.suptitle(f"Per-source bits per byte: each configuration minus {best} (◆), 95% interval; one x axis "
+                 "for every panel (lower is better)", fontsize=10)
+    fig.tight_layout()
+    _legend(fig, used)
+    save_png(fig, out / "plots" / "per_source_bpb.png")
+    return "plots/per_source_bpb.png"
+
+
+def _differences(out: Path, r: dict) -> str | None:
+    plt = _plt()
+    labels = sorted(r["rows"], key=lambda lb: r["rows"][lb]["bpb"].get("total", {}).get("mean", 9e9))
+    groups = []
+    dedup = [(f"{e['global']} − {e['local']}", e["columns"].get("total"), bool(e.get("claim_ok")))
+             for e in r["dedup_effect"]]
+    dedup = [x for x in dedup if x[1] and x[1].get("ci95")]
+    if dedup:
+        groups.append(("global − local dedup (same mix)", dedup))
+    vs = [(f"{lb} − {r['rows'][lb]['vs_best']['against']}", r["rows"][lb]["vs_best"]["columns"].get("total"),
+           bool(r["rows"][lb]["vs_best"].get("claim_ok"))) for lb in labels if r["rows"][lb].get("vs_best")]
+    vs = [x for x in vs if x[1] and x[1].get("ci95")]
+    if vs:
+        groups.append(("each configuration − the best in total", vs))
+    if not groups:
+        return None
+    n = sum(len(g) for _, g in groups) + len(groups)
+    fig, ax = plt.subplots(figsize=(9, 0.42 * n + 1.4))
+    y, ticks, names, used = 0, [], [], set()
+    for gi, (title, items) in enumerate(groups):
+        if gi:
+            ax.axhline(y - 0.5, color="black", lw=0.6)
+        ax.text(0.01, y, title, transform=ax.get_yaxis_transform(), fontsize=9, fontweight="bold", va="center")
+        y += 1
+        for name, c, claim_ok in items:
+            color = _color(c, claim_ok)
+            used.add(color)
+            lo, hi = c["ci95"]
+            ax.plot([lo, hi], [y, y], color=color, lw=2.5)
+            ax.plot([c["diff"]], [y], "o", color=color)
+            ax.annotate(f"{c['diff']:+.4f} [{lo:+.4f}, {hi:+.4f}]", xy=(hi, y), xytext=(4, 0),
+                        textcoords="offset points", fontsize=7, va="center", color=color)
+            ticks.append(y)
+            names.append(name)
+            y += 1
+    ax.axvline(0.0, color="black", lw=0.8)
+    ax.set_yticks(ticks, names, fontsize=8)
+    ax.set_ylim(y - 0.5, -0.7)
+    xlo, xhi = ax.get_xlim()
+    ax.set_xlim(xlo, xhi + 0.3 * (xhi - xlo))  # room for the numbers
+    method = "over seeds and documents" if "seeds and documents" in (r.get("interval_method") or "") else \
+        "over documents" if r.get("interval_method") else ""
+    ax.set_xlabel(f"A − B in total bits per byte (negative: A is better), 95% interval {method}".strip())
+    ax.set_title("Differences in total bits per byte", fontsize=10)
+    fig.tight_layout()
+    _legend(fig, used)
+    save_png(fig, out / "plots" / "differences.png")
+    return "plots/differences.png"

@@ -108,6 +108,13 @@ def headline(r: dict) -> list[str]:
         out.append("One seed per configuration: every interval is conditional on these trained models — it covers "
                    "the sampling of evaluation documents, not training noise (initialisation, data order); train "
                    f"at least {MIN_SEEDS_FOR_CLAIM} seeds per configuration for a verdict.")
+    ex = r.get("excluded_from_intervals") or {}
+    if ex:
+        rows = list(r["rows"].values())
+        size = rows[0]["eval_size"] if rows else {}
+        named = sorted(ex, key=lambda s: ((size.get(s) or {}).get("docs") or 0, s))
+        out.append("Left out of the total and mean intervals (too few evaluation documents; reasons below): "
+                   + ", ".join(f"{s} ({(size.get(s) or {}).get('docs', 0)} docs)" for s in named) + ".")
     if r.get("interval_method"):
         out.append(f"Interval method: {r['interval_method']}.")
     return out

@@ -159,9 +159,12 @@ def train_command(mix_dir: str | None, model: str, output: str, max_steps: int |
                              cpus_per_worker=cpus_per_worker)
         except (FileExistsError, ValueError) as exc:
             raise click.ClickException(str(exc)) from exc
-    ev = metrics["eval"]
+    docs = metrics.get("eval_docs") or {}
+    ev = docs if docs.get("sources") else metrics["eval"]  # per document: the figure compare reports
     click.echo(f"{metrics['preset']}: {metrics['n_params'] / 1e6:.2f}M params, {metrics['steps']} steps, "
                f"{metrics['tokens']:,} tokens, {metrics['throughput']['tokens_per_s'] or 0:,.0f} tokens/s")
+    click.echo("evaluation, " + ("each document scored on its own (the figures compare reports)" if ev is docs
+                                 else "packed windows (documents cut at window edges)") + ":")
     click.echo(f"{'source':<16}{'loss':>9}{'bpb':>9}{'tokens':>12}")
     for name, s in ev["sources"].items():
         click.echo(f"{name:<16}{s['loss']:>9.4f}{s['bpb']:>9.4f}{s['tokens']:>12,}")
