@@ -139,3 +139,33 @@ def test_the_private_ray_listens_on_loopback_only(ray_session) -> None:
                  if c.status == psutil.CONN_LISTEN and c.pid in ours]
     assert listening, "found no listening socket of this session's Ray"
     assert all(ip in ("127.0.0.1", "::ffff:127.0.0.1") for _, ip, _ in listening), listening
+
+
+def test_auto_is_only_the_cluster_ray_start_recorded_never_another_private_ray(ray_session, corpus: Path) -> None:
+    """#19.7: this session's private Ray runs on the machine, but no `ray start` recorded a cluster in the
+    temp folder the run sees: `auto` is refused with one line instead of attaching to the private Ray."""
+    empty = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    try:
+        r = subprocess.run([sys.executable, "-m", "slimpipe.cli", "inspect", str(corpus), "--ray-address", "auto"],
+                           capture_output=True, text=True, cwd=ROOT, timeout=300,
+                           env=_env(RAY_TMPDIR=empty, RAY_AUTH_MODE="token"))
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 1 and lines == [
+            f"Error: --ray-address auto: no cluster recorded by `ray start` on this machine ({empty}/ray/"
+            "ray_current_cluster not found); start one with `ray start --head` or give its address as host:port"], \
+            r.stderr[-3000:]
+    finally:
+        shutil.rmtree(empty, ignore_errors=True)
+
+
+def test_a_wrong_ray_token_is_one_line(other_cluster: tuple, corpus: Path) -> None:
+    """#19.17: a refused token is told in one line, without Ray's raw gcs_client.cc warnings (one per
+    second for 20 s before) — the cluster's GCS is asked once, before ray.init."""
+    address, _ = other_cluster
+    r = subprocess.run([sys.executable, "-m", "slimpipe.cli", "inspect", str(corpus), "--ray-address", address],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300,
+                       env=_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="0" * 32))
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        f"Error: cannot reach the Ray cluster at {address}: its authentication token is missing or wrong here "
+        "(set RAY_AUTH_MODE=token and put the cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN)"], r.stderr[-3000:]
