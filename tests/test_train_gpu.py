@@ -133,8 +133,8 @@ def test_cuda_training_with_a_bare_cuda_device_resumes_bitwise(tmp_path):
     full, cut = tmp_path / "full", tmp_path / "cut"
     metrics = train(TrainConfig(out_dir=str(full), **kw))
     assert metrics["device"].startswith("cuda:") and metrics["throughput"]["peak_memory_gb"] > 0
-    rng = torch.load(checkpoints(full)[0] / "rng_0.pt", weights_only=False)
-    assert rng["cuda"].device.type == "cpu"
+    rng = json.loads((checkpoints(full)[0] / "rng_0.json").read_text())
+    assert isinstance(rng["cuda"], str)  # the CUDA generator's state, saved as bytes (base64), not a pickle
     shutil.copytree(full, cut)
     shutil.rmtree(cut / "checkpoints" / "step_0000006")
     (cut / "metrics.json").unlink()

@@ -55,8 +55,10 @@ def mix(tmp_path_factory) -> Path:
 
 
 def cfg_for(mix: Path, out: Path, **kw) -> TrainConfig:
+    # device pinned to the CPU: on a GPU machine these tests would otherwise train on CUDA and change meaning
+    # (GPU coverage lives in tests/test_train_gpu.py)
     base = dict(mix_dir=str(mix / "mix"), out_dir=str(out), model=str(mix / "micro.yaml"), eval_sequences=8,
-                export=False)
+                export=False, device="cpu")
     base.update(kw)
     return TrainConfig(**base)
 
@@ -197,12 +199,51 @@ def test_resume_equals_uninterrupted_run_bitwise(mix, tmp_path):
         train(cfg_for(mix, cut, resume=True, **{**kw, "batch_size": 8}))
 
 
+class _Payload:
+    """A pickle that, when unpickled, writes a marker file (what a crafted run folder would do)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').write('ran')",)
+
+
+def test_a_crafted_run_folder_never_runs_code(mix, tmp_path):
+    """#19.6: export, eval and --init-from read safetensors and JSON only; --resume refuses a pickle that
+    names anything but DCP's metadata classes. Every pickle of the run folder is replaced by a payload."""
+    import pickle
+
+    from slimpipe.train.export import load_run
+
+    run = tmp_path / "run"
+    train(cfg_for(mix, run, max_steps=2, eval_interval=0, checkpoint_interval=2))
+    marker = tmp_path / "MARKER"
+    ckpt = checkpoints(run)[-1]
+    trained = load_model_state(ckpt)
+    for name in ("trainer.pt", "rng_0.pt"):  # what older checkpoints held: torch.save pickles
+        torch.save(_Payload(marker), ckpt / name)
+    (ckpt / ".metadata").write_bytes(pickle.dumps(_Payload(marker)))  # DCP's metadata: a plain pickle
+    # export and eval (both go through load_run) on a run without model/: the checkpoint's weights
+    model, _tok, info = load_run(run, require_tokenizer=False)
+    assert info["source"] == str(ckpt) and not marker.exists()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, trained[k]), k
+    # --init-from
+    train(cfg_for(mix, tmp_path / "cont", max_steps=1, eval_interval=0, init_from=str(run), keep_checkpoints=0))
+    assert not marker.exists()
+    # --resume reads DCP's files: the crafted .metadata is refused, its payload never runs
+    with pytest.raises(ValueError, match="refusing to load"):
+        train(cfg_for(mix, run, max_steps=2, eval_interval=0, checkpoint_interval=2, resume=True))
+    assert not marker.exists()
+
+
 def test_cli_trains_and_reports(mix, tmp_path):
     out = tmp_path / "cli-run"
     result = CliRunner().invoke(train_command, [
         str(mix / "mix"), "--model", str(mix / "micro.yaml"), "-o", str(out), "--max-steps", "3",
         "--eval-interval", "2", "--eval-sequences", "4", "--micro-batch", "4", "--seq-len", "32",
-        "--schedule", "cosine"])
+        "--schedule", "cosine", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "github" in result.output and "total" in result.output
     metrics = json.loads((out / "metrics.json").read_text())
@@ -212,7 +253,7 @@ def test_cli_trains_and_reports(mix, tmp_path):
     assert metrics["steps"] == 3 and metrics["tokens"] == 3 * 16 * 32
     assert metrics["attention"] == "sdpa" and metrics["throughput"]["tokens_per_s"] > 0
     assert (out / "model" / "model.safetensors").is_file() and (out / "model" / "tokenizer").is_dir()
-    again = CliRunner().invoke(train_command, [str(mix / "mix"), "-o", str(out), "--max-steps", "3"])
+    again = CliRunner().invoke(train_command, [str(mix / "mix"), "-o", str(out), "--max-steps", "3", "--device", "cpu"])
     assert again.exit_code != 0 and "--resume" in again.output
 
 
@@ -236,7 +277,8 @@ def test_global_batch_is_exact_or_refused_with_the_nearest_choices():
 
 def test_exact_batch_refusal_is_one_line_on_the_cli(mix, tmp_path):
     result = CliRunner().invoke(train_command, [str(mix / "mix"), "--model", str(mix / "micro.yaml"), "-o",
-                                                str(tmp_path / "r"), "--max-steps", "1", "--micro-batch", "5"])
+                                                str(tmp_path / "r"), "--max-steps", "1", "--micro-batch", "5",
+                                                "--device", "cpu"])
     assert result.exit_code != 0
     assert "micro-batch 5 does not divide the 16 sequences per worker" in result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1

@@ -161,8 +161,11 @@ def load_run(run: str | Path, *, tokenizer: str | Path | None = None, device: st
     elif (ckpt_path := _latest_checkpoint(p)) is not None:
         from slimpipe.train.checkpoint import load_model_state, read_meta
 
-        model = GPT(ModelConfig.from_dict(read_meta(ckpt_path)["plan"]["model"]))
-        model.load_state_dict(load_model_state(ckpt_path))
+        try:  # trainer.json and model.safetensors: a run folder's pickles are never read here
+            model = GPT(ModelConfig.from_dict(read_meta(ckpt_path)["plan"]["model"]))
+            model.load_state_dict(load_model_state(ckpt_path))
+        except ValueError as exc:
+            raise ExportError(str(exc)) from None
         model.to(device).eval()
         info["source"] = str(ckpt_path)
         run_cfg = json.loads((p / CONFIG).read_text()) if (p / CONFIG).is_file() else {}
