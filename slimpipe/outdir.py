@@ -71,7 +71,8 @@ def _inside(child: str, parent: str) -> bool:
 
 
 def _linked_folders(src: str, limit: int = 100_000) -> list[str]:
-    """The real paths of the folders a local SOURCE's input walk reaches through symlinks (recursively)."""
+    """The real paths of the folders a local SOURCE's input walk reaches through symlinks (recursively), by
+    the walk's rules (:func:`slimpipe.io.readers.discover_files`: links followed, ``.``/``_`` names skipped)."""
     if storage.is_remote(src) or not os.path.isdir(src):
         return []
     seen = {os.path.realpath(src)}
@@ -84,6 +85,8 @@ def _linked_folders(src: str, limit: int = 100_000) -> list[str]:
             continue
         for e in entries:
             n += 1
+            if e.name.startswith((".", "_")):  # the input walk skips these (slimpipe.io.readers)
+                continue
             try:
                 if not e.is_dir():  # follows a link: a link to a folder counts
                     continue
