@@ -1,0 +1,95 @@
+"""#19.7: `ray job submit`, as the README documents it, runs `slimpipe dedup` on a real Ray head with its job
+server (the dashboard of `ray[default]`, in the dev extras), and keeps what a local run keeps.
+
+The head is started by the test (`ray start --head --block` with its own temp folder, on loopback) and
+stopped in teardown by the ids of the processes it started. Slow-ish (a head with a dashboard, a job and
+a local run: about a minute on 2 busy cores); nothing else exercises the job server.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from tests.test_engine import RAY, ROOT, _env, _free_port
+
+WORDS = [f"{a}{b}" for a in ("ka", "lo", "mi", "nu", "pe", "ra", "si") for b in ("", "n", "st", "mp", "sh", "th")]
+
+
+@pytest.fixture(scope="module")
+def head_with_job_server():
+    """A Ray head with its dashboard (job server) on 127.0.0.1; yields the job server's http address."""
+    psutil = pytest.importorskip("psutil")
+    pytest.importorskip("aiohttp_cors", reason="the job server needs ray[default] (dev extras)")
+    port, dash = _free_port(), _free_port()
+    ray_tmp = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Ray's socket paths live under it
+    proc = subprocess.Popen(
+        [str(RAY), "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=true",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--node-ip-address=127.0.0.1", "--block",
+         "--disable-usage-stats"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=_env(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_TMPDIR=ray_tmp, PYTHONPATH=str(ROOT)))
+    seen = []
+    deadline = time.monotonic() + 180
+    for line in proc.stdout:  # blocks on the child's output, no sleeping
+        seen.append(line)
+        if "Ray runtime started" in line or time.monotonic() > deadline:
+            break
+    try:
+        if proc.poll() is not None or not any("Ray runtime started" in x for x in seen):
+            pytest.fail("could not start a Ray head with its job server:\n" + "".join(seen[-20:]))
+        yield f"http://127.0.0.1:{dash}"
+    finally:
+        started = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        for child in started:  # only what this fixture's `ray start` launched, by id
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                pass
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def _kept(out: Path) -> dict[str, bytes]:
+    files = {p.relative_to(out).as_posix(): p.read_bytes() for p in (out / "kept").rglob("*") if p.is_file()}
+    assert files, f"no kept shards under {out}"
+    return files
+
+
+def test_ray_job_submit_runs_dedup_and_keeps_what_a_local_run_keeps(head_with_job_server: str,
+                                                                   tmp_path: Path) -> None:
+    rng = random.Random(5)
+    docs = [" ".join(rng.choice(WORDS) + str(rng.randrange(500)) for _ in range(150)) for _ in range(20)]
+    docs += [d.upper() + "!" for d in docs[:4]]  # copies the dedup removes
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "c4_sample.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in docs))
+    cli = [sys.executable, "-m", "slimpipe.cli"]
+    dedup = ["dedup", str(src), "--preset", "recall", "-q"]
+
+    local = subprocess.run([*cli, *dedup, "-o", str(tmp_path / "local")], capture_output=True, text=True, cwd=ROOT,
+                           timeout=600, env=_env(PYTHONPATH=str(ROOT)))
+    assert local.returncode == 0, local.stderr[-3000:]
+    job = subprocess.run([str(RAY), "job", "submit", "--address", head_with_job_server, "--",
+                          *cli, "-v", *dedup, "-o", str(tmp_path / "job")],
+                         capture_output=True, text=True, cwd=ROOT, timeout=600,
+                         env=_env(RAY_AUTH_MODE="token", PYTHONPATH=str(ROOT)))
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    assert "succeeded" in job.stdout and "ray: attached to the Ray cluster at 127.0.0.1:" in job.stdout, job.stdout
+    kept = _kept(tmp_path / "job")
+    assert kept == _kept(tmp_path / "local")
+    lines = b"".join(zstandard.ZstdDecompressor().decompressobj().decompress(v) for v in kept.values()).splitlines()
+    assert len(lines) == 20  # the four copies were removed
