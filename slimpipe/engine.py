@@ -54,6 +54,21 @@ def private_ray_env() -> dict[str, str] | None:
     return dict(_PRIVATE_ENV) if _PRIVATE_ENV is not None else None
 
 
+def _check_command_line() -> None:
+    """Ray names its driver by this process's command line and fails on bytes that are not UTF-8 (#19.14):
+    say which argument it is, in one line, instead of Ray's UnicodeEncodeError."""
+    import sys
+
+    for arg in sys.argv:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            raise RayConnectError(f"'{shown}' on the command line is not valid UTF-8, and Ray cannot start with it: "
+                                  "name the folder above it (files in it are read whatever their names), "
+                                  "or rename it") from None
+
+
 def ensure_ray(address: str | None = None, num_cpus: int | None = None, quiet: bool = True) -> None:
     """Start a private Ray, or attach to a cluster, once per process; a second call is a no-op."""
     loud = verbose()
@@ -91,6 +106,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, quiet: b
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     if target is not None:
         _check_reachable(target)
+    _check_command_line()
     try:
         ray.init(**kwargs)
     except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception when its node times out starting

@@ -599,3 +599,15 @@ def test_inspect_and_dedup_read_a_surrogate_meta_and_a_non_utf8_name(tmp_path: P
     (shard,) = (tmp_path / "out" / "kept" / "c4").glob("*.jsonl.zst")
     lines = zstandard.ZstdDecompressor().decompress(shard.read_bytes(), max_output_size=1 << 20).splitlines()
     assert [json.loads(x)["meta"]["n"] for x in lines] == ["\udc80", "\udc80"]  # kept as it came, escaped
+
+
+def test_a_source_named_on_the_command_line_that_is_not_utf8_is_one_clear_line(tmp_path: Path) -> None:
+    # Ray names its driver by the command line and cannot encode such bytes: say so, and what to do (#19.14)
+    folder = os.path.join(os.fsencode(tmp_path), b"d\xe9")
+    os.mkdir(folder)
+    _write_jsonl(Path(os.fsdecode(folder)) / "c4_sample.jsonl", _records(1))
+    r = subprocess.run([sys.executable, "-c", "from slimpipe.cli import main; main()", "inspect", folder],
+                       capture_output=True, text=True, timeout=300)
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert r.returncode != 0 and len(lines) == 1, r.stderr
+    assert "d\\xe9' on the command line is not valid UTF-8" in lines[0] and "folder above it" in lines[0]
