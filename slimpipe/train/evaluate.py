@@ -91,11 +91,12 @@ def evaluate_sets(model: torch.nn.Module, sets: dict[str, PackedDataset], *, bat
 
 DOC_BPB_DEFINITION = (
     "bits per byte = sum over evaluation documents of the NLL (nats) of the document's own tokens / "
-    "(ln 2 x the UTF-8 bytes of those tokens). Each document is scored on its own, as lm-eval's rolling "
-    "log-likelihood does: its first token is predicted from the end-of-text token alone, later tokens from "
-    "up to seq_len preceding tokens of the same document (disjoint prediction windows, each with full "
-    "context); no window crosses a document boundary and the end-of-text token that follows a document "
-    "is never predicted, so no prediction is counted against 0 bytes. total pools every document of every "
+    "(ln 2 x the UTF-8 bytes of those tokens). A document is scored as its pieces (character ranges of about "
+    "one context, named in the set's pieces.json; a document's figure sums its pieces), each piece on its own, as "
+    "lm-eval's rolling log-likelihood does on that text: its first token is predicted from the end-of-text "
+    "token alone, later tokens from up to seq_len preceding tokens of the same piece (disjoint prediction "
+    "windows, each with full context); no window crosses a piece boundary and the end-of-text token that "
+    "follows a piece is never predicted, so no prediction is counted against 0 bytes. total pools every document of every "
     "source; mean is the unweighted mean of the per-source figures.")
 
 
