@@ -10,9 +10,18 @@ Steps (each resumable: a mix with a manifest, a proxy with a ``metrics.json``, i
    never on the mix).
 4. *train*: the K proxies in parallel as Ray tasks, one CPU each (one GPU each when the cluster has
    GPUs). A failed proxy is retried once, then excluded from the fit and named in the report.
-5. *fit*: every model family, chosen by cross-validated rank correlation (:mod:`slimpipe.propose.fit`).
-6. *propose*: the feasible mix with the lowest predicted objective, with a bootstrap interval, written
-   as ``OUT/proposed.yaml`` (a mix file ``slimpipe mix --config`` takes) and ``OUT/report.md``.
+5. *fit* on the selection half: the evaluation documents are split by a hash of their id
+   (:mod:`slimpipe.propose.halves`); each proxy's per-source bits per byte over the selection half are
+   fitted by every model family, chosen by cross-validated rank correlation, the choice measured by nested
+   cross-validation, and judged (:func:`slimpipe.propose.fit.judge`): a fit that does not predict is no
+   basis for a proposal.
+6. *propose*: the mean of the fit's top-k feasible mixes (RegMix), bounded by ``--max-epochs`` at the
+   target run's budget, with a bootstrap interval; when the fit does not predict, the best proxy actually
+   trained, and the first line says so.
+7. *confirm* on the other half: the proposal, natural, DC-6 and the best proxy trained with
+   ``confirm_seeds`` seeds, their differences measured on the confirmation half with seed-aware intervals
+   (:func:`slimpipe.report.stats.difference`); ``OUT/proposed.yaml``, ``OUT/report.md`` and
+   ``OUT/report.json`` (written even when the run fails).
 
 With ``reuse`` (``--reuse PREV_OUT``), steps 2-6 work in a smaller space: the unchanged sources are one
 composite domain in PREV_OUT's proposed ratios, and only the added or changed sources are free
@@ -33,12 +42,28 @@ from typing import Any
 import numpy as np
 import yaml
 
+from slimpipe.propose import halves as H
 from slimpipe.propose import reuse as R
-from slimpipe.propose.fit import FAMILIES, bootstrap_predictions, choose, cross_validate, make_model
+from slimpipe.propose.fit import (
+    FAMILIES,
+    bootstrap_predictions,
+    choose,
+    cross_validate,
+    judge,
+    make_model,
+    nested_cross_validate,
+    spread,
+)
+from slimpipe.propose.halves import Split, eval_document_ids
 from slimpipe.propose.optimize import objective_fn, parse_objective, round_shares, search
 from slimpipe.propose.sample import ProposalError, draw_mixtures, natural_shares, upper_bounds, within_bounds
 
 log = logging.getLogger(__name__)
+
+REPORT_FORMAT = "slimpipe-propose-report"
+UNBOUNDED_FACTOR = 10  # a prediction interval wider than this many times the proxies' spread says nothing
+INTERVAL_METHOD = ("paired bootstrap of slimpipe.report.stats.difference over the confirmation half's documents "
+                   "(within source) and the seeds")
 
 
 @dataclass
@@ -46,7 +71,11 @@ class ProposeOptions:
     proxies: int = 16
     tokens: int = 131_072  # training tokens of each proxy (and the mix budget)
     model: str = "tiny"
-    objective: str = "mean"
+    objective: str = "natural"  # natural | uniform | total | weights file | SOURCE=WEIGHT pairs
+    target_tokens: int | None = None  # the target run's budget: the repetition bound of the proposal
+    confirm_seeds: int = 3  # seeds of each confirmation run (the proposal, natural, DC-6, the best proxy)
+    average_top: int = 16  # RegMix: the proposal is the mean of the top-k candidates
+    replicates: int = 2000  # bootstrap replicates of the confirmation intervals
     seed: int = 0
     max_epochs: float = 4.0
     concentration: float = 1.0
@@ -139,15 +168,35 @@ def _train_all(jobs: list[tuple], use_gpu: bool, quiet: bool) -> list[dict]:
 
 
 def run_propose(slimpajama_dir: str | Path, out: str | Path, opt: ProposeOptions) -> dict:
-    """The whole proposal; returns ``OUT/proposal.json``'s content."""
+    """The whole proposal; returns ``OUT/proposal.json``'s content. ``OUT/report.json`` is written in
+    every case once the output folder exists, a failure included (``status: "error"``)."""
+    src, out = Path(slimpajama_dir), Path(out)
+    if opt.proxies < 4:
+        raise ProposalError(f"--proxies {opt.proxies}: a fit needs at least 4 proxies (RegMix used 512)")
+    if opt.confirm_seeds < 1:
+        raise ProposalError(f"--confirm-seeds {opt.confirm_seeds}: confirmation needs at least one seed")
+    try:
+        return _run(src, out, opt)
+    except BaseException as exc:
+        report = out / "report.json"
+        ours = True
+        if report.exists():
+            try:
+                ours = json.loads(report.read_text()).get("format") == REPORT_FORMAT
+            except (OSError, ValueError, AttributeError):
+                ours = False
+        if out.is_dir() and ours:
+            msg = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ProposalError) else str(exc)
+            _write_report_json(out, None, [f"no proposal: {msg}"], error=msg)
+        raise
+
+
+def _run(src: Path, out: Path, opt: ProposeOptions) -> dict:
     import ray
 
     from slimpipe.engine import ensure_ray
     from slimpipe.mix.build import read_input
-
-    src, out = Path(slimpajama_dir), Path(out)
-    if opt.proxies < 4:
-        raise ProposalError(f"--proxies {opt.proxies}: a fit needs at least 4 proxies (RegMix used 512)")
+    from slimpipe.train.evaluate import load_document_losses
     splits, _ = read_input(src)
     present = sorted({s for sh in splits["train"] for s in (sh.counts or {}) if sh.source_units(s, "docs")})
     if not present:
@@ -174,11 +223,15 @@ def run_propose(slimpajama_dir: str | Path, out: str | Path, opt: ProposeOptions
     if empty:
         raise ProposalError("sources with no tokens to draw from: " + ", ".join(empty))
     natural = natural_shares(available)
-    bounds = upper_bounds(available, opt.tokens, opt.max_epochs)
+    # The repetition bound is the target run's: a source may not repeat more than --max-epochs at the budget
+    # the proposal is for (--target-tokens), nor in a proxy at its own budget; the larger budget binds.
+    bound_tokens = max(opt.tokens, opt.target_tokens or 0)
+    bounds = upper_bounds(available, bound_tokens, opt.max_epochs)
     tight = [s for s in present if bounds[s] < natural[s]]
     if tight:
         opt.warn("these sources have too few tokens to reach even their natural share within "
-                 f"{opt.max_epochs:g} epochs: " + ", ".join(f"{s} ({available[s]:,} tokens)" for s in tight))
+                 f"{opt.max_epochs:g} epochs of {bound_tokens:,} tokens: "
+                 + ", ".join(f"{s} ({available[s]:,} tokens)" for s in tight))
 
     # 2. draw (natural and DC-6 first, when the bound allows them; with reuse, the previous proposal)
     dc6 = {s: v for s, v in _dc6().items() if s in present}
@@ -192,20 +245,21 @@ def run_propose(slimpajama_dir: str | Path, out: str | Path, opt: ProposeOptions
         plan.reused = reused
         swarm = R.reuse_swarm_size(opt.proxies, plan)
         anchor = {d: float(d == R.COMPOSITE) for d in dims}  # the previous proposal, nothing of the new sources
-        if within_bounds(anchor, upper_bounds(dim_avail, opt.tokens, opt.max_epochs)):
+        if within_bounds(anchor, upper_bounds(dim_avail, bound_tokens, opt.max_epochs)):
             refs["previous"] = anchor
         include = [anchor] if "previous" in refs and not reused else []  # a reused proxy IS the anchor
         n_draw = max(swarm - len(reused), len(include))
         expand = plan.expand
     else:
-        dims, dim_avail, n_draw, include = present, available, opt.proxies, [natural]
+        dims, dim_avail, n_draw = present, available, opt.proxies
+        include = [natural] if within_bounds(natural, bounds) else []  # trained in confirmation in any case
         refs["natural"] = natural
         if dc6_shares:  # predicted in any case; a proxy only when the bound allows it
             refs["dc6"] = {s: dc6_shares.get(s, 0.0) for s in present}
-            if all(dc6_shares.get(s, 0) <= bounds[s] + 1e-9 for s in present):
+            if all(dc6_shares.get(s, 0) <= bounds[s] + 1e-9 for s in present):  # DC-6 as a proxy too
                 include.append(refs["dc6"])
         expand = dict  # the draw space is the sources
-    drawn = draw_mixtures(dim_avail, opt.tokens, n_draw, max_epochs=opt.max_epochs,
+    drawn = draw_mixtures(dim_avail, bound_tokens, n_draw, max_epochs=opt.max_epochs,
                           concentration=opt.concentration, seed=opt.seed, include=include)
     mixtures = [r["point"] for r in reused] + drawn  # draw-space points; reused proxies first
     (out / "mixtures.json").write_text(json.dumps({"sources": present, "available_tokens": available,
@@ -232,82 +286,248 @@ def run_propose(slimpajama_dir: str | Path, out: str | Path, opt: ProposeOptions
     for i, r in zip(todo, trained, strict=True):
         results[i] = r
 
-    # 5. fit
-    targets = [s for s in present if all(s in scores(r["metrics"]) for r in results if r["ok"])]
-    ok = [i for i, r in enumerate(results) if r["ok"]]
+    # 5. choose on the selection half: every proxy's per-source bpb over the selection documents only
+    split = Split(eval_document_ids(probe_dir, src / "eval"))
+    losses: dict[int, dict] = {}
+    for i, r in enumerate(results):
+        if not r["ok"]:
+            continue
+        f = Path(jobs[i][1]) / "eval_losses.npz"
+        if not f.is_file():
+            results[i] = {"ok": False, "error": f"no per-document losses ({f} missing)"}
+            continue
+        losses[i] = load_document_losses(f)[0]
+    ok = sorted(losses)
     failed = [{"proxy": mix_dirs[i].name, "error": results[i]["error"]} for i in range(len(results))
               if not results[i]["ok"]]
     for f in failed:
-        opt.warn(f"proxy {f['proxy']} failed twice and is excluded from the fit: {f['error']}")
+        opt.warn(f"proxy {f['proxy']} failed and is excluded from the fit: {f['error']}")
     if len(ok) < 4:
         raise ProposalError(f"only {len(ok)} proxies trained; a fit needs at least 4 ({len(failed)} failed)")
+    usable, left_out = split.usable()
+    targets = [s for s in present if s in usable and all(s in losses[i] for i in ok)]
+    left_out.update({s: "no evaluation set in every proxy" for s in present if s not in targets and s not in left_out})
+    for s, why in left_out.items():
+        opt.warn(f"{s} is left out of the objective: {why}")
     if not targets:
-        raise ProposalError("no source has an evaluation set in every proxy; see the mixes' manifests")
+        raise ProposalError("no source has evaluation documents in both halves in every proxy; see the mixes' "
+                            "manifests")
+    sel = {i: H.half_losses(losses[i], split, H.SELECTION, targets) for i in ok}
     X = np.array([[mixtures[i][d] for d in dims] for i in ok])
-    Y = np.array([[scores(results[i]["metrics"])[s]["bpb"] for s in targets] for i in ok])
-    eval_bytes = {s: int(scores(results[ok[0]]["metrics"])[s].get("bytes", 0)) for s in targets}
-    desc, w = parse_objective(opt.objective, targets, eval_bytes)
+    Y = np.array([[H.bpb(sel[i])[s] for s in targets] for i in ok])
+    eval_bytes = {s: int(np.sum(sel[ok[0]][s]["bytes"])) for s in targets}
+    desc, w = parse_objective(opt.objective, targets, eval_bytes, natural)
+    weights = dict(zip(targets, w.tolist(), strict=True))
     obj = objective_fn(w)
     cv = [cross_validate(f, X, Y, obj, seed=opt.seed) for f in opt.families]
-    best = choose(cv)
-    model = make_model(best.family, opt.seed).fit(X, Y)
+    nested = nested_cross_validate(opt.families, X, Y, obj, seed=opt.seed)
+    passing, why_not_predicting = judge(cv, nested)
+    observed = obj(Y)
+    best_i = ok[int(np.argmin(observed))]  # the best proxy actually trained, on the selection half
 
-    # 6. propose
-    dim_bounds, dim_natural = upper_bounds(dim_avail, opt.tokens, opt.max_epochs), natural_shares(dim_avail)
-    # Trust region: no share beyond the largest any proxy trained on, so the fit never extrapolates a
-    # source past what was observed (an unbounded search on a few proxies runs to a corner of the simplex).
-    bound_arr = np.minimum(np.array([dim_bounds[d] for d in dims]), X.max(axis=0))
-    nat_arr = np.array([dim_natural[d] for d in dims])
-    x = search(model, obj, bound_arr, nat_arr, seed=opt.seed)
-    at = np.vstack([x] + [np.array([ref[d] for d in dims]) for ref in refs.values()])
-    point = model.predict(at)
-    boot = bootstrap_predictions(best.family, X, Y, at, n_boot=opt.bootstrap, seed=opt.seed)
-    lo, hi = np.percentile(boot, [2.5, 97.5], axis=0)
-    obj_boot = np.stack([obj(b) for b in boot])  # (n_boot, len(at))
-    olo, ohi = np.percentile(obj_boot, [2.5, 97.5], axis=0)
-    diff = obj_boot[:, 0][:, None] - obj_boot[:, 1:]
-    dlo, dhi = np.percentile(diff, [2.5, 97.5], axis=0)
-    shares = expand({d: float(v) for d, v in zip(dims, x, strict=True)})
+    # 6. propose: the fit's optimum when it predicts, else the best proxy (never an extrapolation)
+    dim_bounds, dim_natural = upper_bounds(dim_avail, bound_tokens, opt.max_epochs), natural_shares(dim_avail)
     names = ["proposed", *refs]
-    # The stated prediction is the bootstrap median (bagged): the single fit's value at its own optimum
-    # is biased low (the search picks the fit's most optimistic point), and is kept as "fit_objective".
-    med = np.median(boot, axis=0)
-    predicted = {n: {"objective": float(np.median(obj_boot[:, j])), "objective_ci95": [float(olo[j]), float(ohi[j])],
-                     "fit_objective": float(obj(point[j:j + 1])[0]),
-                     "bpb": {s: float(med[j, t]) for t, s in enumerate(targets)},
-                     "bpb_ci95": {s: [float(lo[j, t]), float(hi[j, t])] for t, s in enumerate(targets)}}
-                 for j, n in enumerate(names)}
-    for j, n in enumerate(names[1:]):
-        predicted[n]["proposed_minus_this_ci95"] = [float(dlo[j]), float(dhi[j])]
+    predicted: dict[str, dict] = {}
+    best = choose(passing) if passing else None
+    if best is not None:
+        model = make_model(best.family, opt.seed).fit(X, Y)
+        # Trust region: no share beyond the largest any proxy trained on, so the fit never extrapolates a
+        # source past what was observed (an unbounded search on a few proxies runs to a corner of the simplex).
+        bound_arr = np.minimum(np.array([dim_bounds[d] for d in dims]), X.max(axis=0))
+        nat_arr = np.array([dim_natural[d] for d in dims])
+        x = search(model, obj, bound_arr, nat_arr, seed=opt.seed, average_top=opt.average_top)
+        at = np.vstack([x] + [np.array([ref[d] for d in dims]) for ref in refs.values()])
+        point = model.predict(at)
+        boot = bootstrap_predictions(best.family, X, Y, at, n_boot=opt.bootstrap, seed=opt.seed)
+        with np.errstate(invalid="ignore", over="ignore"):
+            obj_boot = np.stack([obj(b) for b in boot])  # (n_boot, len(at))
+            lo, hi = np.percentile(boot, [2.5, 97.5], axis=0)
+            olo, ohi = np.percentile(obj_boot, [2.5, 97.5], axis=0)
+            diff = obj_boot[:, 0][:, None] - obj_boot[:, 1:]
+            dlo, dhi = np.percentile(diff, [2.5, 97.5], axis=0)
+        limit = UNBOUNDED_FACTOR * max(spread(observed), 1e-6)
+        if not (np.isfinite(olo[0]) and np.isfinite(ohi[0]) and ohi[0] - olo[0] <= limit):
+            why_not_predicting.append(f"{best.family}: the proposal's prediction interval [{olo[0]:.4g}, {ohi[0]:.4g}] "
+                                      f"is unbounded (wider than {UNBOUNDED_FACTOR}x the proxies' spread)")
+            best = None
+        else:
+            # The stated prediction is the bootstrap median (bagged): the single fit's value at its own optimum
+            # is biased low (the search picks the fit's most optimistic point), and is kept as "fit_objective".
+            med = np.median(boot, axis=0)
+            predicted = {n: {"objective": float(np.median(obj_boot[:, j])),
+                             "objective_ci95": [float(olo[j]), float(ohi[j])],
+                             "fit_objective": float(obj(point[j:j + 1])[0]),
+                             "bpb": {s: float(med[j, t]) for t, s in enumerate(targets)},
+                             "bpb_ci95": {s: [float(lo[j, t]), float(hi[j, t])] for t, s in enumerate(targets)},
+                             "half": H.SELECTION}
+                         for j, n in enumerate(names)}
+            for j, n in enumerate(names[1:]):
+                predicted[n]["proposed_minus_this_ci95"] = [float(dlo[j]), float(dhi[j])]
+            shares = expand({d: float(v) for d, v in zip(dims, x, strict=True)})
+    if best is None:
+        shares = expand(dict(mixtures[best_i]))
+    status = "proposed" if best is not None else "not_predicting"
     pct = round_shares(shares)
-    epochs = {s: shares[s] * opt.tokens / available[s] for s in present}
+    epochs = {s: shares[s] * bound_tokens / available[s] for s in present}
     proposal = {
-        "sources": present, "targets": targets, "objective": {"spec": opt.objective, "description": desc,
-                                                               "weights": dict(zip(targets, w.tolist(), strict=True))},
+        "status": status, "why_not_predicting": why_not_predicting,
+        "best_proxy": mix_dirs[best_i].name,
+        "sources": present, "targets": targets, "left_out": left_out,
+        "objective": {"spec": opt.objective, "description": desc, "weights": weights},
+        "split": {"method": H.METHOD, "selection_set": split.selection_set,
+                  "confirmation_set": split.confirmation_set, "documents": split.counts()},
         "available_tokens": available, "bounds": bounds, "max_epochs": opt.max_epochs,
+        "target_tokens": bound_tokens,
         "trust_region": {d: float(v) for d, v in zip(dims, X.max(axis=0), strict=True)},
         "dims": dims, "natural_shares": natural, "dc6_shares": dc6_shares,
         "reference_shares": {n: expand(ref) for n, ref in refs.items()}, "source_stats": stats,
         "proxies": [{"name": mix_dirs[i].name, "shares": expand(mixtures[i]), "point": mixtures[i],
-                     "ok": results[i]["ok"], "reused": i < len(reused), "mix": str(mix_dirs[i]), "run": jobs[i][1],
-                     "bpb": ({s: scores(results[i]["metrics"])[s]["bpb"] for s in targets}
-                             if results[i]["ok"] else None),
+                     "ok": i in losses, "reused": i < len(reused), "mix": str(mix_dirs[i]), "run": jobs[i][1],
+                     "bpb": ({s: H.bpb(sel[i])[s] for s in targets} if i in losses else None),
+                     "objective": float(obj(np.array([[H.bpb(sel[i])[s] for s in targets]]))[0])
+                     if i in losses else None,
                      "error": results[i].get("error")} for i in range(len(results))],
         "proxies_trained": len(drawn), "reuse": (R.reuse_record(plan, opt.proxies, len(mixtures), len(drawn), why_not)
                                                 if plan else None),
         "failed": failed,
-        "cv": [r.to_dict() for r in cv], "chosen": best.family,
-        "cv_heldout": {"predicted": best.predicted.tolist(), "observed": best.observed.tolist()},
+        "cv": [r.to_dict() for r in cv], "nested_cv": nested.to_dict(), "spread": spread(observed),
+        "chosen": best.family if best is not None else None,
+        "cv_heldout": {"predicted": (best or choose(cv)).predicted.tolist(),
+                       "observed": (best or choose(cv)).observed.tolist(),
+                       "family": (best or choose(cv)).family},
         "shares": shares, "weights_pct": pct, "epochs": epochs, "predicted": predicted,
         "options": {k: v for k, v in asdict(opt).items() if k not in ("warn", "ray_address", "quiet")},
         "tokenizer": tokenizer,
     }
+
+    # 7. confirm on the other half: the proposal, the natural mix, DC-6 and the best proxy, with seeds
+    configs = {"proposed": shares, "natural": natural, "best_proxy": proposal["proxies"][best_i]["shares"]}
+    if dc6_shares:
+        configs["dc6"] = {s: dc6_shares.get(s, 0.0) for s in present}
+    proposal["confirmation"] = _confirm(src, out, opt, configs, proposal, split, targets, weights, tokenizer,
+                                        use_gpu)
     (out / "proposal.json").write_text(json.dumps(proposal, indent=1, default=_json_default))
     _write_yaml(out / "proposed.yaml", proposal)
-    from slimpipe.propose.report import write_report
+    from slimpipe.propose.report import headline_lines, write_report
 
     write_report(out, proposal)
+    _write_report_json(out, proposal, headline_lines(proposal))
     return proposal
+
+
+def _same(a: dict[str, float], b: dict[str, float]) -> bool:
+    return all(abs(a.get(s, 0.0) - b.get(s, 0.0)) <= 1e-9 for s in {*a, *b})
+
+
+def _confirm(src: Path, out: Path, opt: ProposeOptions, configs: dict[str, dict[str, float]], proposal: dict,
+             split: Split, targets: list[str], weights: dict[str, float], tokenizer: str, use_gpu: bool) -> dict:
+    """Train each configuration with ``confirm_seeds`` seeds (a proxy with the same mixture is its first
+    seed's run), and measure the proposal against the others on the confirmation half only."""
+    from slimpipe.report import stats
+    from slimpipe.train.evaluate import load_document_losses
+
+    seeds = [opt.seed + k for k in range(opt.confirm_seeds)]
+    device = "cuda" if use_gpu else "cpu"
+    runs: dict[str, dict[int, str]] = {}
+    mixes: dict[str, str] = {}
+    jobs = []
+    for name, shares in configs.items():
+        same = [p for p in proposal["proxies"] if p["ok"] and _same(p["shares"], shares)]
+        other = next((n for n in mixes if _same(configs[n], shares)), None)
+        if other is not None:  # the proposal is the best proxy (or natural): the very same runs
+            runs[name] = runs[other]
+            mixes[name] = mixes[other]
+            continue
+        if same:
+            mixes[name] = same[0]["mix"]
+        else:
+            d = out / "mixes" / f"confirm-{name}"
+            _build(src, shares, f"confirm-{name}", d, opt, tokenizer)
+            mixes[name] = str(d)
+        runs[name] = {}
+        for sd in seeds:
+            if same and sd == opt.seed:
+                runs[name][sd] = same[0]["run"]
+                continue
+            run = str(out / "confirm" / f"{name}-s{sd}")
+            runs[name][sd] = run
+            if not (Path(run) / "metrics.json").exists():
+                jobs.append((mixes[name], run, opt.model, opt.tokens, sd, device))
+    results = _train_all(jobs, use_gpu, opt.quiet) if jobs else []
+    errors = {j[1]: r["error"] for j, r in zip(jobs, results, strict=True) if not r["ok"]}
+    rows, realised, failed, confs = {}, {}, {}, {}
+    for name, by_seed in runs.items():
+        bad = [f"{run}: {errors[run]}" for run in by_seed.values() if run in errors]
+        bad += [f"{run}: no eval_losses.npz" for run in by_seed.values()
+                if run not in errors and not (Path(run) / "eval_losses.npz").is_file()]
+        if bad:
+            failed[name] = bad
+            continue
+        conf = [H.half_losses(load_document_losses(Path(run) / "eval_losses.npz")[0], split, H.CONFIRMATION, targets)
+                for run in by_seed.values()]
+        rows[name] = H.weighted_row(list(by_seed), conf, weights)
+        confs[name] = conf
+        realised[name] = float(np.mean([sum(weights[s] * v for s, v in H.bpb(c).items()) for c in conf]))
+    # The interval pools the sources with enough confirmation documents to carry one (the rest are named);
+    # the objective's weights are renormalised over them, and the point difference is over every target.
+    min_docs = int(getattr(stats, "MIN_DOCS", 5))
+    counts = split.counts()
+    pooled = [s for s in targets if counts[s][H.CONFIRMATION] >= min_docs]
+    too_few = {s: f"{counts[s][H.CONFIRMATION]} confirmation documents, fewer than {min_docs}"
+               for s in targets if s not in pooled}
+    pw = {s: weights[s] for s in pooled}
+    if sum(pw.values()) > 0:
+        pw = {s: v / sum(pw.values()) for s, v in pw.items()}
+    comparisons: dict[str, dict] = {}
+    method = None
+    for ref in ("natural", "dc6", "best_proxy"):
+        if ref not in configs:
+            comparisons[ref] = {"diff": None, "ci95": None, "seeds": 0, "note": "not among the sources"}
+            continue
+        if "proposed" not in rows or ref not in rows:
+            comparisons[ref] = {"diff": None, "ci95": None, "seeds": 0,
+                                "note": "runs failed: " + "; ".join(failed.get("proposed", []) + failed.get(ref, []))}
+            continue
+        c = {"diff": realised["proposed"] - realised[ref], "ci95": None, "seeds": len(seeds),
+             "same_runs": runs[ref] == runs["proposed"], "pooled_sources": pooled, "left_out": too_few}
+        if pooled and sum(pw.values()) > 0:
+            d = stats.difference(H.weighted_row(rows["proposed"].seeds, confs["proposed"], pw),
+                                 H.weighted_row(rows[ref].seeds, confs[ref], pw),
+                                 replicates=opt.replicates, seed=opt.seed)
+            col = d["columns"].get("mean")
+            if col is not None and col.get("ci95"):
+                c.update(diff=col["diff"], ci95=col["ci95"], detectable=col.get("detectable"),
+                         claim_ok=d.get("claim_ok"))
+            method = method or d.get("interval_method")
+        if c["ci95"] is None:
+            c["note"] = ("no interval: no source has " + str(min_docs) + " or more confirmation documents ("
+                         + "; ".join(f"{s} {v}" for s, v in too_few.items()) + ")")
+        comparisons[ref] = c
+    return {"half": H.CONFIRMATION, "seeds": seeds, "runs": runs, "mixes": mixes, "realised": realised,
+            "comparisons": comparisons, "failed": failed, "interval_method": method or INTERVAL_METHOD,
+            "conditional": len(seeds) < 3, "pooled_sources": pooled, "left_out_of_intervals": too_few}
+
+
+def _write_report_json(out: Path, p: dict | None, headline: list[str], error: str | None = None) -> None:
+    """``OUT/report.json``: written by every run that got as far as its output folder, failed or not."""
+    doc: dict[str, Any] = {"format": REPORT_FORMAT, "status": "error" if error else p["status"],
+                           "headline": headline, "error": error}
+    if p is not None:
+        conf = p.get("confirmation") or {}
+        doc.update({
+            "objective": p["objective"], "selection_set": p["split"]["selection_set"],
+            "confirmation_set": p["split"]["confirmation_set"], "split": p["split"],
+            "comparisons": conf.get("comparisons"), "realised_confirmation": conf.get("realised"),
+            "interval_method": conf.get("interval_method"), "seeds": conf.get("seeds"),
+            "conditional": conf.get("conditional"),
+            "proposed": {"weights_pct": p["weights_pct"],
+                         "from": "fit" if p["status"] == "proposed" else f"best proxy {p['best_proxy']}"},
+            "fit": {"chosen": p["chosen"], "why_not_predicting": p["why_not_predicting"], "cv": p["cv"],
+                    "nested_cv": p["nested_cv"], "spread": p["spread"]},
+            "predicted": p["predicted"], "left_out": p["left_out"],
+        })
+    (out / "report.json").write_text(json.dumps(doc, indent=1, default=_json_default))
 
 
 def _json_default(o: Any) -> Any:
@@ -319,25 +539,48 @@ def _json_default(o: Any) -> Any:
 
 
 def _write_yaml(path: Path, p: dict) -> None:
-    pred = p["predicted"]["proposed"]
+    """The proposal as a mix file: the fit's optimum, or (when the fit does not predict) the best proxy
+    actually trained, never an extrapolation. ``prediction`` is the fit's (selection half); ``confirmed``
+    (``prediction.confirmed``) what the trained proposal realised on the confirmation half against natural,
+    DC-6 and the best proxy."""
+    pred = p["predicted"].get("proposed")
+    conf = p.get("confirmation") or {}
+    n_ok = len(p["proxies"]) - len(p["failed"])
+    if p["status"] == "proposed":
+        what = (f"proposed by slimpipe propose from {n_ok} proxies ({p['options']['model']}, "
+                f"{p['options']['tokens']:,} tokens each), model {p['chosen']}")
+    else:
+        what = (f"NOT A FIT'S PROPOSAL: the fit does not predict, so this is the best of the {n_ok} proxies "
+                f"actually trained ({p['best_proxy']}) on the selection half")
     doc = {
         "name": "proposed",
-        "description": (f"proposed by slimpipe propose from {len(p['proxies']) - len(p['failed'])} proxies "
-                        f"({p['options']['model']}, {p['options']['tokens']:,} tokens each), model "
-                        f"{p['chosen']}, objective: {p['objective']['description']}"
+        "description": (what + f", objective: {p['objective']['description']}"
                         + (f"; reusing {p['reuse']['previous']}'s mix for {len(p['reuse']['unchanged'])} unchanged "
                            "sources" if p.get("reuse") else "")),
         "weights": p["weights_pct"],
-        "prediction": {"objective": round(pred["objective"], 5),
-                       "objective_ci95": [round(v, 5) for v in pred["objective_ci95"]],
-                       "bpb": {s: round(v, 5) for s, v in pred["bpb"].items()},
-                       "bpb_ci95": {s: [round(a, 5), round(b, 5)] for s, (a, b) in pred["bpb_ci95"].items()},
-                       "cv_spearman": None if not math.isfinite(_cv(p)) else round(_cv(p), 4),
-                       "valid_for": {"tokens": p["options"]["tokens"], "model": p["options"]["model"]}},
     }
-    path.write_text("# slimpipe mix --config " + path.name + " uses `weights`; `prediction` is a record\n"
+    doc["prediction"] = {"fit": None, "note": "the fit does not predict: no prediction is made"}
+    if pred is not None:
+        doc["prediction"] = {"half": "selection", "objective": round(pred["objective"], 5),
+                             "objective_ci95": [round(v, 5) for v in pred["objective_ci95"]],
+                             "bpb": {s: round(v, 5) for s, v in pred["bpb"].items()},
+                             "bpb_ci95": {s: [round(a, 5), round(b, 5)] for s, (a, b) in pred["bpb_ci95"].items()},
+                             "cv_spearman": None if not math.isfinite(_cv(p)) else round(_cv(p), 4),
+                             "valid_for": {"tokens": p["options"]["tokens"], "model": p["options"]["model"]}}
+    if conf:  # (mix files accept `prediction` as an informative record; the confirmation lives inside it)
+        doc["prediction"]["confirmed"] = {"half": "confirmation", "set": p["split"]["confirmation_set"], "seeds": len(conf["seeds"]),
+                            "objective": _round(conf["realised"].get("proposed")),
+                            "proposed_minus": {k: {"diff": _round(v["diff"]),
+                                                   "ci95": [_round(x) for x in v["ci95"]] if v["ci95"] else None}
+                                               for k, v in conf["comparisons"].items()}}
+    path.write_text("# slimpipe mix --config " + path.name + " uses `weights`; `prediction` (the fit's, on the "
+                    "selection half, and what was confirmed on the other half) is a record\n"
                     + yaml.safe_dump(doc, sort_keys=False))
 
 
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(float(v), 5)
+
+
 def _cv(p: dict) -> float:
-    return next(r["spearman"] for r in p["cv"] if r["family"] == p["chosen"])
+    return next((r["spearman"] for r in p["cv"] if r["family"] == p["chosen"]), float("nan"))

@@ -3,7 +3,6 @@ proxies, and the proposed weights next to DC-6's and the natural shares."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -13,61 +12,122 @@ def _fmt_ci(ci: list[float]) -> str:
     return f"[{ci[0]:.4f}, {ci[1]:.4f}]"
 
 
+def _cmp(label: str, c: dict, seeds: int) -> str:
+    if c.get("diff") is None:
+        return f"- proposed − {label}: not measured ({c.get('note', 'no runs')})"
+    ci = c.get("ci95")
+    if not ci:
+        return f"- proposed − {label}: {c['diff']:+.4f} bpb ({c.get('note') or 'no interval'})"
+    lo, hi = ci
+    verdict = ("proposed is better" if hi < 0 else "proposed is worse" if lo > 0 else "no detectable difference")
+    if c.get("same_runs"):
+        verdict = "the same runs (the proposal is this mix)"
+    elif seeds < 3:
+        verdict += f", conditional on these trained models ({seeds} seed{'s' if seeds != 1 else ''})"
+    return f"- proposed − {label}: {c['diff']:+.4f} bpb, 95% CI [{lo:+.4f}, {hi:+.4f}] → {verdict}"
+
+
+def headline_lines(p: dict) -> list[str]:
+    """The first lines of the report, the terminal and ``report.json["headline"]``: the refusal when the
+    fit does not predict, the declared objective, then the proposal against DC-6 and natural (and the best
+    proxy), measured on the confirmation half."""
+    conf = p.get("confirmation") or {}
+    seeds = len(conf.get("seeds") or [])
+    lines = []
+    if p["status"] != "proposed":
+        lines.append("NOT A PROPOSAL: the fit does not predict (" + "; ".join(p["why_not_predicting"])
+                     + f"); proposed.yaml is the best proxy actually trained, {p['best_proxy']}, never an "
+                     "extrapolation")
+    lines.append(f"Objective: {p['objective']['description']}")
+    lines.append(f"Measured on the confirmation half ({seeds} seed{'s' if seeds != 1 else ''} per mix; the "
+                 "selection half chose the mix):")
+    comps = conf.get("comparisons") or {}
+    for ref in ("dc6", "natural", "best_proxy"):
+        if ref in comps:
+            lines.append(_cmp(_LABEL.get(ref, ref), comps[ref], seeds))
+    return lines
+
+
 def write_report(out: Path, p: dict) -> Path:
     plots = _plots(out, p)
     targets, sources = p["targets"], p["sources"]
     pred = p["predicted"]
-    chosen = next(r for r in p["cv"] if r["family"] == p["chosen"])
-    rho = chosen["spearman"]
-    lines = ["# Mix proposal", ""]
-    lines += [f"**Proposed mix** (`proposed.yaml`, use with `slimpipe mix --config {out / 'proposed.yaml'}`): "
+    lines = ["# Mix proposal", ""] + [ln + "  " for ln in headline_lines(p)] + [""]
+    lines += [f"**{'Proposed mix' if p['status'] == 'proposed' else 'Best proxy (no proposal)'}** (`proposed.yaml`, "
+              f"use with `slimpipe mix --config {out / 'proposed.yaml'}`): "
               + ", ".join(f"{s} {v:.2f}%" for s, v in p["weights_pct"].items() if v > 0) + ".", ""]
-    lines += [f"Objective: {p['objective']['description']}. Predicted {pred['proposed']['objective']:.4f} "
-              f"(95% bootstrap interval over proxies {_fmt_ci(pred['proposed']['objective_ci95'])})."]
+    sp = p["split"]
+    counts = sp["documents"]
+    lines += [f"Choose on one half, confirm on the other: the evaluation documents are split {sp['method']}. "
+              f"Selection set `{sp['selection_set'][:16]}` ("
+              + ", ".join(f"{s} {c['selection']}" for s, c in counts.items()) + " documents) scored the proxies, "
+              f"the fit and the search; confirmation set `{sp['confirmation_set'][:16]}` ("
+              + ", ".join(f"{s} {c['confirmation']}" for s, c in counts.items()) + ") scored everything above.", ""]
+    if p.get("left_out"):
+        lines += ["Left out of the objective: " + "; ".join(f"{s} ({why})" for s, why in p["left_out"].items()), ""]
+    conf = p.get("confirmation") or {}
+    if conf.get("realised"):
+        lines += ["| mix | realised objective, confirmation half (mean over seeds) | predicted (selection half) |",
+                  "|---|---:|---:|"]
+        for name, v in conf["realised"].items():
+            pr = pred.get(name, {}).get("objective")
+            lines.append(f"| {_LABEL.get(name, name)} | {v:.4f} | {'–' if pr is None else f'{pr:.4f}'} |")
+        lines += ["", f"Intervals: {conf.get('interval_method')}.", ""]
+    if pred:
+        lines += [f"Predicted {pred['proposed']['objective']:.4f} on the selection half (95% bootstrap interval "
+                  f"over proxies {_fmt_ci(pred['proposed']['objective_ci95'])})."]
     refs = [r for r in pred if r != "proposed"]
     for ref in refs:
-        if ref in pred:
-            ci = pred[ref]["proposed_minus_this_ci95"]
-            verdict = ("predicted better" if ci[1] < 0 else "predicted worse" if ci[0] > 0
-                       else "no detectable difference predicted")
-            label = _LABEL.get(ref, ref)
-            lines.append(f"- vs {label}: predicted {pred[ref]['objective']:.4f}; proposed − {label} 95% interval "
-                         f"{_fmt_ci(ci)} → {verdict}.")
-    lines += ["", f"Fit: **{p['chosen']}** chosen by cross-validation; held-out rank correlation (Spearman, "
-              f"predicted vs observed objective) **{rho:.3f}**" if math.isfinite(rho) else
-              f"Fit: **{p['chosen']}**; held-out rank correlation undefined (constant predictions)", ""]
-    lines += ["| model | held-out Spearman | held-out RMSE (bpb) |", "|---|---:|---:|"]
+        ci = pred[ref]["proposed_minus_this_ci95"]
+        label = _LABEL.get(ref, ref)
+        lines.append(f"- predicted vs {label}: {pred[ref]['objective']:.4f}; proposed − {label} 95% interval "
+                     f"{_fmt_ci(ci)}.")
+    nested = p["nested_cv"]
+    nlo, nhi = nested["spearman_ci95"]
+    chosen = f"**{p['chosen']}** chosen by cross-validation" if p["chosen"] else "no family predicts"
+    lines += ["", f"Fit: {chosen}. Nested cross-validation (the family chosen inside each fold, so held-out "
+              f"proxies take no part in the choice): Spearman {nested['spearman']:.3f}, 95% interval "
+              f"[{nlo:.2f}, {nhi:.2f}], objective error {nested['rmse_objective']:.4f} bpb against a spread of "
+              f"the proxies' own results of {p['spread']:.4f}.", ""]
+    lines += ["| model | held-out Spearman | 95% interval | held-out RMSE (bpb) | objective RMSE |",
+              "|---|---:|---|---:|---:|"]
     for r in p["cv"]:
+        lo, hi = r["spearman_ci95"]
         lines.append(f"| {r['family']}{' (chosen)' if r['family'] == p['chosen'] else ''} | {r['spearman']:.3f} | "
-                     f"{r['rmse']:.4f} |")
+                     f"[{lo:.2f}, {hi:.2f}] | {r['rmse']:.4g} | {r['rmse_objective']:.4g} |")
+    if p["why_not_predicting"]:
+        lines += [""] + [f"- rejected: {w}" for w in p["why_not_predicting"]]
     lines += ["", "A prediction is only as good as the proxies: they are small models trained on "
               f"{p['options']['tokens']:,} tokens each ({p['options']['model']}); the interval covers the fit's "
-              "uncertainty over proxies, not the gap between proxy and target scale. Validate the proposal by "
-              "training it beside DC-6 with several seeds (`benchmarks/bench_propose.py`). Predictions are "
-              "bootstrap medians (the single fit is optimistic at its own optimum), and the search stays inside "
-              "the proxies' trust region: no share above the largest any proxy trained on.", ""]
+              "uncertainty over proxies, not the gap between proxy and target scale (`benchmarks/bench_propose.py` "
+              "measures that transfer). Predictions are bootstrap medians, the search stays inside the proxies' "
+              "trust region (no share above the largest any proxy trained on) and averages the top "
+              f"{p['options'].get('average_top', 1)} candidates.", ""]
     if p.get("reuse"):
         lines += _reuse_section(p["reuse"])
     cols = _columns(p)
-    lines += ["## Weights", "", "| source | available tokens | bound (share) | " + " | ".join(cols)
+    lines += ["## Weights", "", f"Bound: at most {p['max_epochs']:g} epochs of a source in "
+              f"{p.get('target_tokens', p['options']['tokens']):,} tokens (the target run's budget).", "",
+              "| source | available tokens | bound (share) | " + " | ".join(cols)
               + " | proposed | epochs |", "|---|---:|---:|" + "---:|" * (len(cols) + 2)]
     for s in sources:
         lines.append(f"| {s} | {p['available_tokens'][s]:,} | {p['bounds'][s]:.1%} | "
                      + " | ".join(f"{sh.get(s, 0.0):.1%}" for sh in cols.values())
                      + f" | {p['shares'][s]:.1%} | {p['epochs'][s]:.2f} |")
-    lines += ["", "## Predicted bits per byte", "",
-              "| source | proposed | 95% interval | " + " | ".join(_LABEL.get(r, r) for r in refs) + " |",
-              "|---|---:|---|" + "---:|" * len(refs)]
-    for s in targets:
-        lines.append(f"| {s} | {pred['proposed']['bpb'][s]:.4f} | {_fmt_ci(pred['proposed']['bpb_ci95'][s])} | "
-                     + " | ".join(f"{pred[r]['bpb'][s]:.4f}" for r in refs) + " |")
+    if pred:
+        lines += ["", "## Predicted bits per byte (selection half)", "",
+                  "| source | proposed | 95% interval | " + " | ".join(_LABEL.get(r, r) for r in refs) + " |",
+                  "|---|---:|---|" + "---:|" * len(refs)]
+        for s in targets:
+            lines.append(f"| {s} | {pred['proposed']['bpb'][s]:.4f} | {_fmt_ci(pred['proposed']['bpb_ci95'][s])} | "
+                         + " | ".join(f"{pred[r]['bpb'][s]:.4f}" for r in refs) + " |")
     missing = [s for s in sources if s not in targets]
     if missing:
-        lines += ["", "Not scored (no evaluation set in every proxy): " + ", ".join(missing)]
+        lines += ["", "Not in the objective: " + ", ".join(missing) + " (see above)"]
     n_reused = sum(1 for px in p["proxies"] if px.get("reused"))
     lines += ["", f"## Proxies ({len(p['proxies'])}, {len(p['failed'])} failed"
               + (f", {n_reused} reused from PREV_OUT" if n_reused else "") + ")", "",
-              "| proxy | " + " | ".join(sources) + " | " + " | ".join(f"bpb {s}" for s in targets) + " |",
+              "| proxy | " + " | ".join(sources) + " | " + " | ".join(f"bpb {s} (selection)" for s in targets) + " |",
               "|---|" + "---:|" * (len(sources) + len(targets))]
     for px in p["proxies"]:
         bpb = px["bpb"] or {}
@@ -129,6 +189,8 @@ def _plots(out: Path, p: dict) -> list[str]:
 
     names = []
     po, oo = np.array(p["cv_heldout"]["predicted"]), np.array(p["cv_heldout"]["observed"])
+    fin = np.isfinite(po) & np.isfinite(oo)
+    po, oo = (po[fin], oo[fin]) if fin.any() else (oo, oo)
     fig, ax = plt.subplots(figsize=(5.2, 4.6))
     ax.scatter(oo, po, s=22, color="tab:blue", label="held-out proxy")
     lo, hi = float(min(oo.min(), po.min())), float(max(oo.max(), po.max()))
@@ -138,8 +200,9 @@ def _plots(out: Path, p: dict) -> list[str]:
     ax.set_ylim(lo - pad, hi + pad)
     ax.set_xlabel("observed objective (bits per byte)")
     ax.set_ylabel("predicted when held out")
-    rho = next(r["spearman"] for r in p["cv"] if r["family"] == p["chosen"])
-    ax.set_title(f"{p['chosen']}: held-out Spearman ρ = {rho:.3f}")
+    fam = p["cv_heldout"].get("family", p["chosen"])
+    rho = next((r["spearman"] for r in p["cv"] if r["family"] == fam), float("nan"))
+    ax.set_title(f"{fam}{'' if p['chosen'] else ' (rejected)'}: held-out Spearman ρ = {rho:.3f} (selection half)")
     ax.legend(loc="upper left", frameon=False)
     fig.tight_layout()
     fig.savefig(out / "predicted_vs_observed.png", dpi=110)
