@@ -2,15 +2,24 @@
 
 sample → one evaluation set drawn from the raw sample → SlimPajama with global dedup, and with local
 dedup, both decontaminated against that evaluation set → the six DC mixes (from global) and the
-RedPajama baseline (from local) → one tiny model per mix, every run scored on the same evaluation set
-and seeded alike → compare, with a paired bootstrap interval on every difference. Each step is the same
-command a user would run, invoked in-process, and each is resumable, so an interrupted demo picks up
-where it stopped.
+RedPajama baseline (from local) → three tiny models per mix (seeds 1-3, paired across mixes), every run
+scored on the same evaluation set → compare, with an interval over seeds and documents on every
+difference. Each step is the same command a user would run (in-process; the trainings as ``slimpipe
+train`` processes, one CPU thread each, as many at once as there are cores), and each is resumable, so
+an interrupted demo picks up where it stopped. Warnings the mixes repeat are said once, at the end.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
+import os
+import re
+import subprocess
+import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import click
@@ -35,7 +44,10 @@ def _invoke(cmd: click.Command, args: list[str]) -> None:
 @click.option("--train-tokens", default=None, help="Tokens each model trains on (default: the tiny preset's budget).")
 @click.option("--vocab-size", type=int, default=4096, show_default=True,
               help="Byte-level BPE trained once on the global train split and shared by every mix.")
-@click.option("--seeds", type=int, default=1, show_default=True, help="Training seeds per mix (mean ± spread).")
+@click.option("--seeds", type=int, default=3, show_default=True,
+              help="Training seeds per mix; fewer than 3 gives no verdict (intervals conditional on the trained models).")
+@click.option("--parallel", type=int, default=None,
+              help="Trainings at once, one CPU thread each (default: the CPUs this process may use, at most 4).")
 @click.option("--eval-tokens", default="32k", show_default=True,
               help="Evaluation tokens per source a mix packs, evaluated at every interval and at the end.")
 @click.option("--eval-min-seqs", type=int, default=64, show_default=True,
@@ -48,7 +60,8 @@ def _invoke(cmd: click.Command, args: list[str]) -> None:
               help="Attach to this Ray cluster (host:port or auto; RAY_ADDRESS works too). Default: a private "
                    "local Ray on 127.0.0.1.")
 def demo_command(out: Path, size: float, tokens: str, train_tokens: str | None, vocab_size: int, seeds: int,
-                 eval_tokens: str, eval_min_seqs: int, model: str, corpus: Path | None, quiet: bool, ray_address: str | None) -> None:
+                 parallel: int | None, eval_tokens: str, eval_min_seqs: int, model: str, corpus: Path | None,
+                 quiet: bool, ray_address: str | None) -> None:
     """sample → one evaluation set → SlimPajama (global and local dedup, both decontaminated against it) →
     DC-1..DC-6 + RedPajama mixes → a model per mix and seed → comparison report with intervals
     (OUT/report/report.md). Re-running resumes."""
@@ -58,7 +71,6 @@ def demo_command(out: Path, size: float, tokens: str, train_tokens: str | None, 
     from slimpipe.pipeline.command import slimpajama_command
     from slimpipe.report.command import compare_command
     from slimpipe.sample import sample_command
-    from slimpipe.train.command import train_command
 
     ensure_ray(ray_address)
     start = time.perf_counter()
@@ -85,34 +97,134 @@ def demo_command(out: Path, size: float, tokens: str, train_tokens: str | None, 
     mixes = [(m, "global") for m in DC_MIXES] + [("redpajama", "local"), ("redpajama", "global")]
     mix_dirs = []
     tokenizer = None
+    warned = _Warnings()
     for i, (mix, mode) in enumerate(mixes):
         _step(f"4/6 mix {mix} on {mode} dedup ({i + 1}/{len(mixes)})", start)
         mix_dir = out / "mixes" / f"{mix}-{mode}"
         if not (mix_dir / "manifest.json").exists():
             tok_args = (["--tokenizer", tokenizer] if tokenizer
                         else ["--tokenizer", "train", "--vocab-size", vocab_size])
-            _invoke(mix_command, [data[mode], "--config", mix, "--tokens", tokens, "-o", mix_dir,
-                                  "--seq-len", 128, "--eval-tokens", eval_tokens] + tok_args + q)
+            with warned.collect(mix_dir.name):
+                _invoke(mix_command, [data[mode], "--config", mix, "--tokens", tokens, "-o", mix_dir,
+                                      "--seq-len", 128, "--eval-tokens", eval_tokens] + tok_args + q)
         tokenizer = tokenizer or mix_dir  # the first mix trains the BPE; every other mix reuses it
         mix_dirs.append(mix_dir)
-    runs = []
-    for i, mix_dir in enumerate(mix_dirs):
+    warned.summary(len(mixes))
+    jobs = []
+    # the global/local pair first: the report's first line needs its three seeds, whatever happens later
+    for mix_dir in sorted(mix_dirs, key=lambda d: not d.name.startswith("redpajama")):
         for seed in range(1, seeds + 1):
-            _step(f"5/6 train {model} on {mix_dir.name}, seed {seed} ({i + 1}/{len(mix_dirs)})", start)
             run = out / "runs" / f"{mix_dir.name}-s{seed}"
-            if not (run / "metrics.json").exists():
-                # interval evaluations on the whole (small) held-out sets, so the curve ends at the final figure
-                args = [mix_dir, "--model", model, "-o", run, "--seed", seed, "--eval-interval", 16,
-                        "--eval-sequences", 1_000_000]
-                if train_tokens:
-                    args += ["--tokens", train_tokens]
-                if run.exists():
-                    args.append("--resume")
-                _invoke(train_command, args)
-            runs.append(run)
+            # interval evaluations on the first 32 sequences of each held-out set (the curve's dots); the
+            # final evaluation scores every document
+            args = [mix_dir, "--model", model, "-o", run, "--seed", seed, "--eval-interval", 16,
+                    "--eval-sequences", 32, "--threads", 1]
+            if train_tokens:
+                args += ["--tokens", train_tokens]
+            jobs.append((run, args))
+    n_par = parallel or min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    _step(f"5/6 train {model}: {len(mix_dirs)} mixes × {seeds} seed(s), {n_par} at a time", start)
+    _train_all(jobs, out / "logs", max(1, n_par), start)
     _step("6/6 compare", start)
-    _invoke(compare_command, [*runs, "-o", out / "report"])
+    _invoke(compare_command, [*(run for run, _ in jobs), "-o", out / "report"])
     click.echo(f"\ndemo finished in {time.perf_counter() - start:.0f}s: {out / 'report' / 'report.md'}")
+
+
+def _train_all(jobs: list[tuple[Path, list]], logs: Path, parallel: int, start: float) -> None:
+    """``slimpipe train`` for every (run, arguments), ``parallel`` processes at a time, each logging to
+    ``logs/<run>.log``; a finished run is skipped, an interrupted one resumed. One line per finished run
+    with its per-document total bits per byte (the figure the report uses)."""
+    logs.mkdir(parents=True, exist_ok=True)
+    todo = [(run, args + (["--resume"] if run.exists() else [])) for run, args in jobs
+            if not (run / "metrics.json").exists()]
+    running: list[tuple[Path, subprocess.Popen, float, object]] = []
+    done = len(jobs) - len(todo)
+    try:
+        _train_loop(todo, running, done, len(jobs), logs, parallel, start)
+    finally:  # interrupted or failed: no training is left running behind the demo (re-running resumes it)
+        for _, proc, _, log in running:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait()
+            log.close()
+
+
+def _train_loop(todo: list, running: list, done: int, n_jobs: int, logs: Path, parallel: int, start: float) -> None:
+    while todo or running:
+        while todo and len(running) < parallel:
+            run, args = todo.pop(0)
+            log = open(logs / f"{run.name}.log", "w")  # noqa: SIM115 - closed when the process ends
+            cmd = [sys.executable, "-c", "from slimpipe.cli import main; main()", "train", *map(str, args)]
+            running.append((run, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), time.perf_counter(), log))
+        time.sleep(0.5)
+        for item in list(running):
+            run, proc, t0, log = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            log.close()
+            if proc.returncode != 0:
+                tail = (logs / f"{run.name}.log").read_text(errors="replace").strip().splitlines()[-5:]
+                raise click.ClickException(f"training {run.name} failed (exit {proc.returncode}; log "
+                                           f"{logs / (run.name + '.log')}): " + " | ".join(tail))
+            done += 1
+            total = (json.loads((run / "metrics.json").read_text()).get("eval_docs") or {}).get("total") or {}
+            bpb = f"total {total['bpb']:.4f} bits per byte (per document)" if "bpb" in total else "no per-document total"
+            _step(f"5/6 trained {run.name} ({done}/{n_jobs}) in {time.perf_counter() - t0:.0f}s: {bpb}", start)
+
+
+class _Warnings:
+    """Collects the ``warning:`` lines the mixes print, passing everything else through, and says each
+    once for the whole job: identical warnings with the mixes that gave them, and one line for the sources
+    the mixes repeat (more than one epoch)."""
+
+    REPEAT = re.compile(r"^(?P<source>[\w.-]+): the mix asks for .*repeating it (?P<n>[\d.]+) ?(?:epochs|times|x)?")
+
+    def __init__(self) -> None:
+        self.seen: dict[str, list[str]] = defaultdict(list)
+        self.repeats: list[str] = []
+
+    @contextlib.contextmanager
+    def collect(self, name: str):
+        real = sys.stderr
+        outer = self
+
+        class Tee(io.TextIOBase):
+            buf = ""
+
+            def write(self, text: str) -> int:
+                self.buf += text
+                while "\n" in self.buf:
+                    line, self.buf = self.buf.split("\n", 1)
+                    if line.startswith("warning: "):
+                        outer.add(name, line[len("warning: "):])
+                    else:
+                        real.write(line + "\n")
+                return len(text)
+
+            def flush(self) -> None:
+                real.flush()
+
+        tee = Tee()
+        with contextlib.redirect_stderr(tee):
+            yield
+        if tee.buf:
+            real.write(tee.buf)
+
+    def add(self, name: str, msg: str) -> None:
+        m = self.REPEAT.match(msg)
+        if m:
+            self.repeats.append(f"{name} {m.group('source')} ×{m.group('n')}")
+        else:
+            self.seen[msg].append(name)
+
+    def summary(self, n_mixes: int) -> None:
+        for msg, names in self.seen.items():
+            who = f"all {n_mixes} mixes" if len(set(names)) == n_mixes else ", ".join(dict.fromkeys(names))
+            click.echo(f"warning: {msg} ({who})", err=True)
+        if self.repeats:
+            click.echo(f"warning: {len(self.repeats)} source(s) repeated across the mixes (more than one epoch of "
+                       f"the available text): {', '.join(self.repeats)}; see each mix's manifest", err=True)
 
 
 def _step(text: str, start: float) -> None:

@@ -85,7 +85,7 @@ def test_every_figure_comes_from_a_run(demo: Path) -> None:
             assert cell["values"] == want, (label, col)
         # the Markdown row shows exactly those numbers, rounded
         line = next(x for x in md.splitlines() if x.startswith(f"| {label} |"))
-        shown = [float(x) for x in re.findall(r"\d+\.\d{4}", line)]
+        shown = [float(x) for x in re.findall(r"(\d+\.\d{4})(?: ± \d+\.\d{4})?", line)]  # the means, not the sd
         expected = [round(row["bpb"][c]["mean"], 4) for c in report["columns"] + ["total", "mean"] if c in row["bpb"]]
         assert shown == pytest.approx(expected, abs=1e-4)
     w = report["winners"]["total"]

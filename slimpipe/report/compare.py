@@ -343,8 +343,8 @@ def compare(runs: list[Run], replicates: int = 2000) -> dict:
                                  paired_docs=d["paired_docs"], paired_seeds=d["paired_seeds"],
                                  **_method(d))
                     entry["claim"] = entry["detectable"] and d["claim_ok"]
-                else:
-                    entry["ci95"] = None  # no per-document losses: no interval, so never a stated winner
+                else:  # no per-document losses, or no source with enough documents: never a stated winner
+                    entry.update(ci95=None, **(_method(d) if d else {}))
             winners[col] = entry
         best_total = winners.get("total", {}).get("winner")
         for lb in labels:

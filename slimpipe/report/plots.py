@@ -19,6 +19,7 @@ import numpy as np
 from slimpipe.io.writers import atomic_write_bytes
 
 VERDICT, NO_DIFFERENCE, CONDITIONAL = "tab:blue", "tab:gray", "tab:orange"
+NO_INTERVAL = "no interval"  # a hollow grey point: too few documents, or no per-document losses
 
 
 def _plt():
@@ -166,9 +167,12 @@ def _legend(fig, used: set[str]) -> None:
     names = {VERDICT: "interval excludes 0 (a verdict)", NO_DIFFERENCE: "interval covers 0: no detectable difference",
              CONDITIONAL: "excludes 0 but conditional on these trained models (fewer than 3 seeds): no verdict"}
     handles = [plt.Line2D([], [], color=k, marker="o", lw=2, label=v) for k, v in names.items() if k in used]
+    if NO_INTERVAL in used:
+        handles.append(plt.Line2D([], [], color=NO_DIFFERENCE, marker="o", mfc="none", ls="none",
+                                  label="no interval (too few evaluation documents or no per-document losses)"))
     if handles:
-        fig.legend(handles=handles, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(handles),
-                   frameon=False)
+        fig.legend(handles=handles, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+                   ncol=min(2, len(handles)), frameon=False)
 
 
 def _per_source(out: Path, r: dict) -> str | None:
@@ -199,20 +203,24 @@ def _per_source(out: Path, r: dict) -> str | None:
             c = (vb.get("columns") or {}).get(col)
             if c is None and cell and ref:  # no per-document losses: the point without an interval
                 ax.plot([cell["mean"] - ref["mean"]], [i], "o", color=NO_DIFFERENCE, mfc="none")
+                used.add(NO_INTERVAL)
                 continue
             if c is None:
                 continue
+            if not c.get("ci95"):
+                ax.plot([c["diff"]], [i], "o", color=NO_DIFFERENCE, mfc="none")
+                used.add(NO_INTERVAL)
+                continue
             color = _color(c, bool(vb.get("claim_ok")))
             used.add(color)
-            if c.get("ci95"):
-                ax.plot(c["ci95"], [i, i], color=color, lw=2)
-            ax.plot([c["diff"]], [i], "o", color=color, mfc=color if c.get("ci95") else "none")
+            ax.plot(c["ci95"], [i, i], color=color, lw=2)
+            ax.plot([c["diff"]], [i], "o", color=color)
         ax.axvline(0.0, color="black", lw=0.7)
         docs = size.get(col, {}).get("docs") if col in size else sum((v.get("docs") or 0) for v in size.values())
         note = " — no interval" if col in excluded else ""
         head = f"{ref['mean']:.4f}" if ref else "–"
         ax.set_title(f"{col} ({docs} docs){note}\nbest-total run: {head} bpb", fontsize=8)
-        ax.tick_params(labelsize=7)
+        ax.tick_params(labelsize=7, labelbottom=True)  # every panel keeps its numbers, shared axis or not
         ax.grid(axis="x", lw=0.3, alpha=0.6)
     for ax in list(axes.flat)[len(cols):]:
         ax.axis("off")
@@ -230,16 +238,29 @@ def _per_source(out: Path, r: dict) -> str | None:
 
 def _differences(out: Path, r: dict) -> str | None:
     plt = _plt()
-    labels = sorted(r["rows"], key=lambda lb: r["rows"][lb]["bpb"].get("total", {}).get("mean", 9e9))
+    rows = r["rows"]
+    labels = sorted(rows, key=lambda lb: rows[lb]["bpb"].get("total", {}).get("mean", 9e9))
+
+    def total(lb: str) -> float | None:
+        return (rows[lb]["bpb"].get("total") or {}).get("mean")
+
     groups = []
-    dedup = [(f"{e['global']} − {e['local']}", e["columns"].get("total"), bool(e.get("claim_ok")))
-             for e in r["dedup_effect"]]
-    dedup = [x for x in dedup if x[1] and x[1].get("ci95")]
+    dedup = [(f"{e['global']} − {e['local']}", e["columns"].get("total") or (
+        {"diff": e["delta_bpb"]["total"], "ci95": None} if "total" in e["delta_bpb"] else None),
+        bool(e.get("claim_ok"))) for e in r["dedup_effect"]]
+    dedup = [x for x in dedup if x[1]]
     if dedup:
         groups.append(("global − local dedup (same mix)", dedup))
-    vs = [(f"{lb} − {r['rows'][lb]['vs_best']['against']}", r["rows"][lb]["vs_best"]["columns"].get("total"),
-           bool(r["rows"][lb]["vs_best"].get("claim_ok"))) for lb in labels if r["rows"][lb].get("vs_best")]
-    vs = [x for x in vs if x[1] and x[1].get("ci95")]
+    vs = []
+    for lb in labels:
+        vb = rows[lb].get("vs_best")
+        if not vb:
+            continue
+        c = vb["columns"].get("total")
+        if c is None and total(lb) is not None and total(vb["against"]) is not None:
+            c = {"diff": total(lb) - total(vb["against"]), "ci95": None}  # no interval: the point alone
+        if c:
+            vs.append((f"{lb} − {vb['against']}", c, bool(vb.get("claim_ok"))))
     if vs:
         groups.append(("each configuration − the best in total", vs))
     if not groups:
@@ -253,13 +274,20 @@ def _differences(out: Path, r: dict) -> str | None:
         ax.text(0.01, y, title, transform=ax.get_yaxis_transform(), fontsize=9, fontweight="bold", va="center")
         y += 1
         for name, c, claim_ok in items:
-            color = _color(c, claim_ok)
-            used.add(color)
-            lo, hi = c["ci95"]
-            ax.plot([lo, hi], [y, y], color=color, lw=2.5)
-            ax.plot([c["diff"]], [y], "o", color=color)
-            ax.annotate(f"{c['diff']:+.4f} [{lo:+.4f}, {hi:+.4f}]", xy=(hi, y), xytext=(4, 0),
-                        textcoords="offset points", fontsize=7, va="center", color=color)
+            if c.get("ci95"):
+                color = _color(c, claim_ok)
+                used.add(color)
+                lo, hi = c["ci95"]
+                ax.plot([lo, hi], [y, y], color=color, lw=2.5)
+                ax.plot([c["diff"]], [y], "o", color=color)
+                text = f"{c['diff']:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+            else:
+                color, hi = NO_DIFFERENCE, c["diff"]
+                used.add(NO_INTERVAL)
+                ax.plot([c["diff"]], [y], "o", color=color, mfc="none")
+                text = f"{c['diff']:+.4f} (no interval)"
+            ax.annotate(text, xy=(hi, y), xytext=(7, 0), textcoords="offset points", fontsize=7, va="center",
+                        color=color)
             ticks.append(y)
             names.append(name)
             y += 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slimpipe.report.stats import MIN_SEEDS_FOR_CLAIM, describe
+from slimpipe.report.stats import MIN_DOCS, MIN_SEEDS_FOR_CLAIM, describe
 from slimpipe.sources import SOURCES, sort_sources
 
 
@@ -74,6 +74,10 @@ def headline(r: dict) -> list[str]:
         elif c:
             out.append(f"Global vs local dedup ({e['mix']} mix): global − local = {c['diff']:+.4f} bpb; "
                        f"no interval ({c.get('note')}), so no difference is claimed.")
+        elif d is not None and e.get("interval_method"):
+            out.append(f"Global vs local dedup ({e['mix']} mix): global − local = {d:+.4f} bpb (total over every "
+                       f"source); no interval: every source has fewer than {MIN_DOCS} evaluation documents, so no "
+                       "source carries a pooled interval and no difference is claimed.")
         elif d is not None:
             out.append(f"Global vs local dedup ({e['mix']} mix): global − local = {d:+.4f} bpb; no interval "
                        "(the runs saved no per-document losses), so no difference is claimed.")
@@ -90,7 +94,8 @@ def headline(r: dict) -> list[str]:
                        f"by {gap}, 95% CI [{ci[0]:+.4f}, {ci[1]:+.4f}] ({_total_scope(w)}); no verdict.")
         elif "runner_up" in w:
             why = (f"95% CI of the gap [{ci[0]:+.4f}, {ci[1]:+.4f}] covers 0" if ci
-                   else "no interval: the runs saved no per-document losses")
+                   else f"no interval: every source has fewer than {MIN_DOCS} evaluation documents"
+                   if w.get("interval_method") else "no interval: the runs saved no per-document losses")
             out.append(f"Best mix overall: no detectable difference — {w['winner']} ({w['bpb']:.4f}) leads "
                        f"{w['runner_up']} by {gap} ({why}).")
         else:

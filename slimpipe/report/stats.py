@@ -147,7 +147,7 @@ def difference(a: RowLosses, b: RowLosses, *, replicates: int = DEFAULT_REPLICAT
     wa = {s: _doc_weights(rng, a.bytes[s].size, replicates) for s in sources}
     wb = wa if paired_docs else {s: _doc_weights(rng, b.bytes[s].size, replicates) for s in sources}
     rep_a, rep_b = per_seed(wa, wb)
-    seed_aware = False
+    seed_aware = n_a >= 2 if paired_seeds else n_a + n_b >= 3  # a between-seed variance can be estimated
     alpha = (1.0 - confidence) / 2.0
     cols = {}
     for col in obs_a:
@@ -159,9 +159,9 @@ def difference(a: RowLosses, b: RowLosses, *, replicates: int = DEFAULT_REPLICAT
         r = stat(rep_a[col], rep_b[col])
         r = r[np.isfinite(r)]
         v_doc = float(np.var(r, ddof=1)) if r.size > 1 else 0.0
-        if paired_seeds and n_a >= 2:
+        if seed_aware and paired_seeds:
             v_seed, df_seed = float(np.var(xa - xb, ddof=1)) / n_a, n_a - 1
-        elif not paired_seeds and n_a + n_b >= 3:
+        elif seed_aware:
             ss = float(((xa - xa.mean()) ** 2).sum() + ((xb - xb.mean()) ** 2).sum())
             df_seed = (n_a - 1) + (n_b - 1)
             v_seed = ss / df_seed * (1.0 / n_a + 1.0 / n_b)
@@ -170,7 +170,6 @@ def difference(a: RowLosses, b: RowLosses, *, replicates: int = DEFAULT_REPLICAT
         if v_seed is None:
             var, df = v_doc, math.inf
         else:
-            seed_aware = True
             var = v_doc + v_seed
             df = df_seed  # not Welch–Satterthwaite: it inflates df exactly when the seed variance is underestimated
         se = math.sqrt(var)
