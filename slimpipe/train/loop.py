@@ -461,7 +461,7 @@ def _train(cfg: TrainConfig, device: torch.device | str | None, on_eval: Callabl
         record = {"step": at_step, "tokens": data.tokens_at(at_step), "final": final, **res}
         if rank == 0:
             _append_jsonl(out / "eval_log.jsonl", record)
-            log.info("eval step %d: loss %.4f bpb %.4f (%s)", at_step, res["total"]["loss"], res["total"]["bpb"],
+            log.info("eval step %d (packed windows): loss %.4f bpb %.4f (%s)", at_step, res["total"]["loss"], res["total"]["bpb"],
                      ", ".join(f"{k} {v['bpb']:.3f}" for k, v in res["sources"].items()))
         if on_eval is not None:
             on_eval({"step": at_step, "eval_bpb": res["total"]["bpb"], "eval_loss": res["total"]["loss"]})
