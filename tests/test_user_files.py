@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from slimpipe import storage
 from slimpipe.cli import main
-from slimpipe.outdir import MARKER, OutputError, check_not_in_sources, claim
+from slimpipe.outdir import JOB_OUTPUTS, MARKER, OutputError, check_not_in_sources, claim
 
 
 def _text(i: int, topic: str) -> str:
@@ -128,6 +128,8 @@ def test_force_leaves_the_users_temporary_files(tmp_path: Path, ray_session) -> 
     assert r.exit_code == 0, r.output
     assert (out / ".draft.tmp").read_text() == "d" and (out / "notes" / ".todo.md.tmp").read_text() == "t"
     assert (out / "notes" / ".a.json.x1y2z3.slimpipe.tmp").is_file()
+    written = set(os.listdir(out)) - {".draft.tmp", "notes"}
+    assert written <= {*JOB_OUTPUTS["dedup"], MARKER}, "a name --force does not check before writing"
     # what a killed writer of this job leaves (its own temporary names, in its own outputs) does go
     left = out / "kept" / "c4" / ".part-00009.jsonl.zst.abcd1234.slimpipe.tmp"
     left.write_bytes(b"partial")
@@ -214,6 +216,7 @@ def test_evalset_sources_never_meet_a_users_folder_or_its_own_files(tmp_path: Pa
     assert (e / "arxiv" / "part-00000.jsonl.zst").read_bytes() == b"the user's own arxiv part"
     m = json.loads((e / "manifest.json").read_text())
     assert set(m["sources"]) == {"arxiv", "c4"}
+    assert set(os.listdir(e)) - {"arxiv"} <= {*JOB_OUTPUTS["evalset"], MARKER}
     assert all(f.startswith("sources/") and (e / f).is_file() for v in m["sources"].values() for f in v["files"])
     for name in ("report.md", "manifest.json"):  # a source may have any name, the job's own files included
         out = tmp_path / f"named-{name}"
@@ -231,6 +234,14 @@ def test_train_force_refuses_every_name_a_run_writes(tmp_path: Path) -> None:
         with pytest.raises(OutputError, match=f"already holds {name}"):
             claim(out, "train", "run", force=True)
         assert (out / name).read_text() == "the user's" and not (out / MARKER).exists()
+
+
+def test_a_training_run_writes_only_the_names_train_force_checks(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from export_fixtures import make_run
+
+    run = make_run(tmp_path, steps=2)
+    assert set(os.listdir(run)) <= {*JOB_OUTPUTS["train"], MARKER}, sorted(os.listdir(run))
 
 
 # ------------------------------------------------------------------------------------------------
