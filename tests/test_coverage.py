@@ -80,3 +80,10 @@ def test_one_seed_gets_no_verdict_in_the_report(tmp_path) -> None:
                             "interval covers the evaluation documents only, not training noise (1 seed each)")
     assert "is better" not in first and "no verdict" in first
     assert r["interval_method"].startswith("documents only")
+
+
+def test_intervals_need_the_documents_the_evaluation_set_is_sized_to() -> None:
+    from slimpipe.evalset.build import MIN_DOCS as SIZED_TO
+    from slimpipe.report.stats import MIN_DOCS
+
+    assert MIN_DOCS == SIZED_TO and N_DOCS >= MIN_DOCS

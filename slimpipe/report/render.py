@@ -19,6 +19,8 @@ def _fmt(cell: dict | None) -> str:
 def _k(n: float | None) -> str:
     if n is None:
         return "?"
+    if n >= 1_000_000:
+        return f"{n / 1e6:.2f}M"
     return f"{n / 1000:.1f}k" if n >= 1000 else str(int(n))
 
 
@@ -104,9 +106,10 @@ def headline(r: dict) -> list[str]:
     if p["same_seeds_in_every_row"]:
         what = ["the same seeds"]
         what += ["the same initial weights"] if p["same_init"] else []
-        what += ["the same data order"] if p["same_data_order"] else ["(data orders differ: different mix sizes)"]
+        what += ["the same data order"] if p["same_data_order"] else []
+        tail = "" if p["same_data_order"] else "; their data orders differ (different mix sizes)"
         out.append(f"Intervals are paired by evaluation document and by seed: every configuration ran with "
-                   f"{', '.join(what)}.")
+                   f"{', '.join(what[:-1]) + ' and ' + what[-1] if len(what) > 1 else what[0]}{tail}.")
     else:
         out.append("Configurations ran with different seeds, so intervals pair evaluation documents only.")
     if all(len(row["seeds"]) < 2 for row in r["rows"].values()):

@@ -42,6 +42,7 @@ import numpy as np
 LN2 = math.log(2.0)
 DEFAULT_REPLICATES = 2000
 MIN_DOCS = 30  # fewer evaluation documents: no interval of the source's own, and left out of total/mean
+# (the evaluation set is sized to slimpipe.evalset.build.MIN_DOCS; tests/test_coverage.py checks they agree)
 MIN_SEEDS_FOR_CLAIM = 3  # fewer seeds in either row: the difference is stated as conditional, never "is better"
 SEED_AWARE_METHOD = ("seeds and documents: diff ± t(seeds − 1)·√(document-bootstrap variance + between-seed "
                      "variance of the paired per-seed differences / seeds)")
