@@ -27,7 +27,8 @@ WORDS = [f"{a}{b}" for a in ("ka", "lo", "mi", "nu", "pe", "ra", "si") for b in 
 
 @pytest.fixture(scope="module")
 def head_with_job_server():
-    """A Ray head with its dashboard (job server) on 127.0.0.1; yields the job server's http address."""
+    """A Ray head with its dashboard (job server) on 127.0.0.1: yields the job server's http address (``jobs``),
+    the head's GCS address (``gcs``) and its Ray temp folder (``tmp``)."""
     psutil = pytest.importorskip("psutil")
     pytest.importorskip("aiohttp_cors", reason="the job server needs ray[default] (dev extras)")
     port, dash = _free_port(), _free_port()
@@ -47,7 +48,7 @@ def head_with_job_server():
     try:
         if proc.poll() is not None or not any("Ray runtime started" in x for x in seen):
             pytest.fail("could not start a Ray head with its job server:\n" + "".join(seen[-20:]))
-        yield f"http://127.0.0.1:{dash}"
+        yield {"jobs": f"http://127.0.0.1:{dash}", "gcs": f"127.0.0.1:{port}", "tmp": ray_tmp}
     finally:
         started = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []
         proc.terminate()
@@ -69,7 +70,7 @@ def _kept(out: Path) -> dict[str, bytes]:
     return files
 
 
-def test_ray_job_submit_runs_dedup_and_keeps_what_a_local_run_keeps(head_with_job_server: str,
+def test_ray_job_submit_runs_dedup_and_keeps_what_a_local_run_keeps(head_with_job_server: dict,
                                                                    tmp_path: Path) -> None:
     rng = random.Random(5)
     docs = [" ".join(rng.choice(WORDS) + str(rng.randrange(500)) for _ in range(150)) for _ in range(20)]
@@ -83,7 +84,7 @@ def test_ray_job_submit_runs_dedup_and_keeps_what_a_local_run_keeps(head_with_jo
     local = subprocess.run([*cli, *dedup, "-o", str(tmp_path / "local")], capture_output=True, text=True, cwd=ROOT,
                            timeout=600, env=_env(PYTHONPATH=str(ROOT)))
     assert local.returncode == 0, local.stderr[-3000:]
-    job = subprocess.run([str(RAY), "job", "submit", "--address", head_with_job_server, "--",
+    job = subprocess.run([str(RAY), "job", "submit", "--address", head_with_job_server["jobs"], "--",
                           *cli, "-v", *dedup, "-o", str(tmp_path / "job")],
                          capture_output=True, text=True, cwd=ROOT, timeout=600,
                          env=_env(RAY_AUTH_MODE="token", PYTHONPATH=str(ROOT)))
@@ -93,3 +94,41 @@ def test_ray_job_submit_runs_dedup_and_keeps_what_a_local_run_keeps(head_with_jo
     assert kept == _kept(tmp_path / "local")
     lines = b"".join(zstandard.ZstdDecompressor().decompressobj().decompress(v) for v in kept.values()).splitlines()
     assert len(lines) == 20  # the four copies were removed
+
+
+def test_a_driver_attached_to_the_cluster_leaks_no_secret(head_with_job_server: dict, s3_server: dict,
+                                                         tmp_path: Path) -> None:
+    """#19.5 on a cluster, where the credentials do travel to the tasks: a driver with a planted secret
+    (moto accepts any) attaches to the head and dedups from and to S3; the secret is in no file of the
+    head's Ray temp folder, no output object and no task of `ray.util.state.list_tasks(detail=True)`."""
+    import uuid
+
+    from slimpipe import storage
+
+    secret = f"planted-{uuid.uuid4().hex}"
+    rng = random.Random(6)
+    base = f"{s3_server['url']}/job-{uuid.uuid4().hex[:8]}"
+    docs = [" ".join(rng.choice(WORDS) + str(rng.randrange(500)) for _ in range(120)) for _ in range(10)]
+    storage.write_bytes_atomic(f"{base}/in/c4_sample.jsonl",
+                               "".join(json.dumps({"text": t}) + "\n" for t in docs).encode())
+    env = _env(RAY_AUTH_MODE="token", PYTHONPATH=str(ROOT), AWS_SECRET_ACCESS_KEY=secret)
+    r = subprocess.run([sys.executable, "-m", "slimpipe.cli", "dedup", f"{base}/in", "-o", f"{base}/out", "-q",
+                        "--ray-address", head_with_job_server["gcs"]], capture_output=True, text=True, cwd=ROOT, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    outputs = storage.list_files(f"{base}/out")
+    assert outputs and not [f for f in outputs if secret.encode() in storage.read_bytes(f)]
+    leaked = [str(p) for p in Path(head_with_job_server["tmp"]).rglob("*") if p.is_file() and not p.is_symlink() and _holds(p, secret)]
+    assert leaked == []
+    tasks = subprocess.run([sys.executable, "-c", "import sys; from ray.util.state import list_tasks; "
+                            "print(repr(list_tasks(address=sys.argv[1], detail=True, limit=10000)))",
+                            head_with_job_server["jobs"]], capture_output=True, text=True, timeout=300,
+                           env=_env(RAY_AUTH_MODE="token"))
+    assert tasks.returncode == 0 and "_run_task" in tasks.stdout, tasks.stderr[-3000:]
+    assert secret not in tasks.stdout
+
+
+def _holds(p: Path, secret: str) -> bool:
+    try:
+        return secret.encode() in p.read_bytes()
+    except OSError:
+        return False
