@@ -365,13 +365,16 @@ def _gzip_chunks(fh) -> Iterator[bytes]:
         block = fh.read(_READ_CHUNK)
         if not block:
             break
-        while block:
+        while True:
             if dobj is None:
                 dobj = zlib.decompressobj(wbits=31)
             out = dobj.decompress(block, _READ_CHUNK)  # bounded: the rest waits in unconsumed_tail
             if out:
                 yield out
             block, dobj = (dobj.unused_data, None) if dobj.eof else (dobj.unconsumed_tail, dobj)
+            # a full output may leave more inside zlib with no input left: ask again (with b"") until it is short
+            if not block and (dobj is None or len(out) < _READ_CHUNK):
+                break
     if dobj is not None:
         raise TruncatedInput("compressed stream ends in the middle of a gzip member (truncated file?)")
 
