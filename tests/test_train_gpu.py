@@ -97,7 +97,7 @@ def test_backends_agree_forward_and_backward_on_cuda(mup):
         m = GPT(_cfg(attention=name, mup=mup)).cuda()
         m.load_state_dict(ref.state_dict())
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            logits, loss = m(x[:, :-1], x[:, 1:])
+            logits, loss = m(x[:, :-1], x[:, 1:], return_logits=True)
         loss.backward()
         assert torch.all(logits[..., 1000:] == float("-inf"))  # padded vocab masked under bf16 too
         outs[name] = (loss.detach().float(), logits.detach()[..., :1000].float(),

@@ -125,7 +125,7 @@ def test_vocab_padded_to_128_and_padding_logits_masked_everywhere():
     model = GPT(cfg)
     assert model.wte.weight.shape == (128, 32)
     x = torch.randint(0, 97, (2, 12))
-    logits, loss = model(x[:, :-1], x[:, 1:])
+    logits, loss = model(x[:, :-1], x[:, 1:], return_logits=True)
     assert logits.shape[-1] == 128
     assert torch.all(logits[..., 97:] == float("-inf")) and torch.isfinite(logits[..., :97]).all()
     # the loss equals a cross-entropy over the real vocabulary only
@@ -284,6 +284,50 @@ def test_loss_reductions_agree():
     assert math.log(97) - 1 < mean.item() < math.log(97) + 1  # fresh init predicts ~uniformly
 
 
+@pytest.mark.parametrize("mup", [False, True])
+def test_fused_head_equals_the_plain_logits_path(mup, monkeypatch):
+    """#20.3: training and evaluation never build (B, T, vocab) logits; the chunked linear + cross-entropy
+    gives the plain path's loss and gradients (padded vocabulary, muP logit scale, ignored targets, several
+    chunks), and the same per-token and summed losses without gradients."""
+    import slimpipe.train.model as model_mod
+
+    torch.manual_seed(0)
+    plain, fused = GPT(small_cfg(mup=mup, mup_base_width=16)), GPT(small_cfg(mup=mup, mup_base_width=16))
+    fused.load_state_dict(plain.state_dict())
+    monkeypatch.setattr(model_mod, "HEAD_CHUNK_LOGITS", 7 * 128)  # 7 tokens a chunk: 5 chunks of 34 tokens
+    x = torch.randint(0, 97, (2, 18))
+    y = x[:, 1:].clone()
+    y[0, :4] = -100
+    logits, ref = plain(x[:, :-1], y, return_logits=True)
+    none, loss = fused(x[:, :-1], y)
+    assert logits is not None and none is None
+    ref.backward()
+    loss.backward()
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
+    for (name, p), q in zip(plain.named_parameters(), fused.parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-6, msg=name)
+    assert fused.wte.weight.grad[97:].abs().sum() == 0  # padding rows learn nothing
+    with torch.no_grad():
+        for reduction in ("sum", "none"):
+            _, a = plain(x[:, :-1], y, reduction=reduction, return_logits=True)
+            _, b = fused(x[:, :-1], y, reduction=reduction)
+            torch.testing.assert_close(b.view(-1), a.view(-1), rtol=1e-6, atol=1e-6)
+
+
+def test_fused_head_keeps_no_logits_for_backward():
+    """What autograd saves for the backward pass holds no tensor with vocab-size rows per token."""
+    torch.manual_seed(0)
+    model = GPT(small_cfg(vocab_size=1000))
+    x = torch.randint(0, 1000, (4, 30))
+    shapes: list[tuple] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: shapes.append(tuple(t.shape)) or t, lambda t: t):
+        _, loss = model(x[:, :-1], x[:, 1:])
+    assert all(not (len(s) >= 2 and s[-1] == 1024 and math.prod(s[:-1]) == 4 * 29) for s in shapes), shapes
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: shapes.append(tuple(t.shape)) or t, lambda t: t):
+        model(x[:, :-1], x[:, 1:], return_logits=True)
+    assert any(len(s) >= 2 and s[-1] == 1024 and math.prod(s[:-1]) == 4 * 29 for s in shapes)  # the plain path does
+
+
 def test_context_longer_than_trained_is_refused():
     model = GPT(small_cfg(max_seq_len=8))
     with pytest.raises(ValueError):
@@ -320,7 +364,7 @@ def test_regional_compilation_matches_eager_forward_and_backward():
     x = torch.randint(0, 97, (2, 17))
     losses = []
     for m in (eager, compiled):
-        logits, loss = m(x[:, :-1], x[:, 1:])
+        logits, loss = m(x[:, :-1], x[:, 1:], return_logits=True)
         loss.backward()
         losses.append(loss.item())
         assert torch.all(logits[..., 97:] == float("-inf"))

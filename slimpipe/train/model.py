@@ -272,7 +272,8 @@ class GPT(nn.Module):
         self.embed_mult = cfg.mup_embed_mult if cfg.mup else 1.0
         self.logit_mult = 1.0 / cfg.width_mult
         self.activation_checkpointing = False  # recompute each block's activations in backward (training)
-        self._output = self._logits_and_loss  # replaced by a compiled version in compile_regions()
+        self._output = self._logits_and_loss  # replaced by compiled versions in compile_regions()
+        self._loss = self._head_loss
         if self.wte.weight.device.type != "meta":
             self.reset_parameters()
 
@@ -299,10 +300,13 @@ class GPT(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                reduction: str = "mean") -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits ``(B, T, V)`` and, given targets, the cross-entropy in nats (``reduction`` as in
-        ``F.cross_entropy``: "mean" for training, "sum"/"none" for exact evaluation)."""
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, reduction: str = "mean",
+                return_logits: bool = False) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``(logits, loss)``: logits ``(B, T, V)`` without targets; given targets, the cross-entropy in nats
+        (``reduction`` as in ``F.cross_entropy``: "mean" for training, "sum"/"none" for exact evaluation;
+        targets ``-100`` are ignored) and logits ``None``: the loss is computed chunk by chunk
+        (:func:`fused_linear_cross_entropy`) so the ``(B, T, V)`` logits never exist, in training or
+        evaluation. ``return_logits=True`` takes the plain path instead (full logits, then the loss)."""
         if idx.shape[1] > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {idx.shape[1]} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
         x = self.wte(idx)
@@ -317,7 +321,15 @@ class GPT(nn.Module):
                 x = torch.utils.checkpoint.checkpoint(block, x, self.alibi, use_reentrant=False)
             else:
                 x = block(x, self.alibi)
+        if targets is not None and not return_logits:
+            return None, self._loss(x, targets, reduction)
         return self._output(x, targets, reduction)
+
+    def _head_loss(self, x: torch.Tensor, targets: torch.Tensor, reduction: str) -> torch.Tensor:
+        x = self.ln_f(x)  # "none": flat (B*T,) losses, as F.cross_entropy on flattened logits gives
+        return fused_linear_cross_entropy(x.reshape(-1, x.size(-1)), self.wte.weight, targets.reshape(-1),
+                                          scale=self.logit_mult, vocab_size=self.cfg.vocab_size,
+                                          reduction=reduction)
 
     def _logits_and_loss(self, x: torch.Tensor, targets: torch.Tensor | None,
                          reduction: str) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -339,6 +351,7 @@ class GPT(nn.Module):
         for block in self.blocks:
             block.compile(**compile_kwargs)
         self._output = torch.compile(self._logits_and_loss, **compile_kwargs)
+        self._loss = torch.compile(self._head_loss, **compile_kwargs)
         return self
 
     def vocab_pad_mask(self, device: torch.device) -> torch.Tensor:
@@ -381,6 +394,99 @@ class GPT(nn.Module):
             if eos_id is not None and bool((nxt == eos_id).all()):
                 break
         return idx
+
+
+# Tokens per chunk of the fused head: about 2^24 logits (64 MB in fp32) at a time, whatever the vocabulary.
+HEAD_CHUNK_LOGITS = 1 << 24
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Sum (or mean) cross-entropy of ``scale * h @ weight.T`` against ``targets``, chunk by chunk over tokens.
+
+    The gradients are computed in the forward pass, chunk by chunk (softmax minus one-hot, then two small
+    matmuls), so neither the logits nor their softmax are kept for the backward pass: what is saved is
+    ``grad_h`` (N x d) and ``grad_weight`` (V x d, accumulated in fp32). Backward only scales them by the
+    incoming gradient. The same recipe as Liger's fused linear cross-entropy, in plain torch."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, scale: float, vocab_size: int,
+                chunk: int, mean: bool) -> torch.Tensor:
+        valid_all = targets != -100
+        grad_h = torch.empty_like(h)
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        for s in range(0, h.shape[0], chunk):
+            hc, tc, valid = h[s : s + chunk], targets[s : s + chunk], valid_all[s : s + chunk]
+            logits = F.linear(hc, weight)  # bf16 under autocast, as in the plain path
+            lf = logits.float()
+            if scale != 1.0:
+                lf.mul_(scale)
+            if vocab_size < lf.shape[1]:
+                lf[:, vocab_size:] = float("-inf")
+            lsm = torch.log_softmax(lf, dim=1)  # one fused kernel; its exp is the softmax the gradient needs
+            del lf
+            tgt = tc.clamp(min=0)
+            nll = lsm.gather(1, tgt[:, None]).squeeze(1).neg_().masked_fill_(~valid, 0.0)
+            total += nll.sum()
+            # d(nll)/d(logits) = softmax - onehot (zero on ignored rows); times scale for the linear output
+            g = lsm.exp_()
+            g[torch.arange(g.shape[0], device=g.device), tgt] -= 1.0
+            g.mul_(valid[:, None].to(g.dtype) * scale)
+            gd = g.to(logits.dtype)
+            grad_h[s : s + chunk] = (gd @ weight.to(gd.dtype)).to(h.dtype)
+            grad_w += (gd.t() @ hc.to(gd.dtype)).float()
+        # mean over the counted targets (0/0 = nan when none, as F.cross_entropy); a tensor: no host sync
+        div = valid_all.sum().to(torch.float32) if mean else torch.ones((), device=h.device)
+        ctx.save_for_backward(grad_h, grad_w, div)
+        ctx.w_dtype = weight.dtype
+        return total / div
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        grad_h, grad_w, div = ctx.saved_tensors
+        g = grad_out / div
+        return (grad_h * g.to(grad_h.dtype)), (grad_w * g).to(ctx.w_dtype), None, None, None, None, None
+
+
+def fused_linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *, scale: float = 1.0,
+                               vocab_size: int | None = None, reduction: str = "mean",
+                               chunk: int | None = None) -> torch.Tensor:
+    """``F.cross_entropy(scale * h @ weight.T, targets, reduction)`` (rows ``vocab_size:`` of ``weight`` are
+    padding: their logits count as ``-inf``; targets ``-100`` are ignored) without ever holding the
+    ``(N, V)`` logits: ``chunk`` tokens at a time (default ~2^24 logits). With gradients ("mean"/"sum")
+    they are computed during the forward pass (:class:`_LinearCrossEntropy`); without, or for "none", the
+    chunks are scored and dropped. Numerically the plain path up to summation order."""
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', not {reduction!r}")
+    vocab_size = weight.shape[0] if vocab_size is None else vocab_size
+    chunk = chunk or max(1, HEAD_CHUNK_LOGITS // weight.shape[0])
+    needs_grad = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
+    if needs_grad and reduction != "none":
+        return _LinearCrossEntropy.apply(h, weight, targets, float(scale), int(vocab_size), int(chunk),
+                                         reduction == "mean")
+    if needs_grad:  # per-token losses with gradients: rare (not training); chunked, autograd keeps the logits
+        parts = [_plain_ce(h[s : s + chunk], weight, targets[s : s + chunk], scale, vocab_size, "none")
+                 for s in range(0, h.shape[0], chunk)]
+        return torch.cat(parts) if parts else h.new_zeros(0, dtype=torch.float32)
+    with torch.no_grad():
+        parts = [_plain_ce(h[s : s + chunk], weight, targets[s : s + chunk], scale, vocab_size, "none")
+                 for s in range(0, h.shape[0], chunk)]
+    nll = torch.cat(parts) if parts else h.new_zeros(0, dtype=torch.float32)
+    if reduction == "none":
+        return nll
+    if reduction == "sum":
+        return nll.sum()
+    return nll.sum() / (targets != -100).sum()
+
+
+def _plain_ce(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, scale: float, vocab_size: int,
+              reduction: str) -> torch.Tensor:
+    logits = F.linear(h, weight).float()
+    if scale != 1.0:
+        logits = logits * scale
+    if vocab_size < logits.shape[1]:
+        logits = logits[:, :vocab_size]
+    return F.cross_entropy(logits, targets, reduction=reduction)
 
 
 def training_flops_per_token(n_params: int, n_layer: int, d_model: int, seq_len: int) -> float:
