@@ -617,3 +617,17 @@ def test_a_source_named_on_the_command_line_that_is_not_utf8_is_one_clear_line(t
     lines = [x for x in r.stderr.splitlines() if x.strip()]
     assert r.returncode != 0 and len(lines) == 1, r.stderr
     assert "d\\xe9' on the command line is not valid UTF-8" in lines[0] and "folder above it" in lines[0]
+
+
+def test_rejects_listed_per_file_are_capped_and_every_one_is_counted(tmp_path: Path, monkeypatch) -> None:
+    # a 33 KB zstd of newlines is 10^9 blank lines: listing each reject held them all in memory (#19.8)
+    from slimpipe.io import readers
+
+    monkeypatch.setattr(readers, "MAX_REJECT_ROWS", 5)
+    path = tmp_path / "c4_sample.jsonl.zst"
+    path.write_bytes(zstandard.ZstdCompressor().compress(b"\n" * 12 + json.dumps({"text": LONG}).encode() + b"\n{x\n"))
+    docs, rejects, (s,) = read_all([path])
+    assert docs.num_rows == 1 and s.read == 14 == s.accepted + s.rejected and s.rejected == 13
+    assert s.reasons == {"blank line": 12, "malformed JSON": 1}
+    assert rejects.column("line").to_pylist() == [0, 1, 2, 3, 4, -1]
+    assert rejects.column("reason")[5].as_py().startswith("not listed: 8 more rejected lines")

@@ -55,6 +55,10 @@ _READ_CHUNK = 1 << 20
 _ZSTD_FEED = 256
 _EXCERPT = 160
 MAX_RECORD_BYTES = 256 << 20  # a longer line is one counted reject, skipped without holding it in memory
+# Rejects listed (file, line, reason, excerpt) per file or range; beyond, each is still counted (stats,
+# reasons) and one last row says how many more there were: a file of 10^9 bad lines (a 33 KB zstd of
+# newlines) must not hold 10^9 rows in memory.
+MAX_REJECT_ROWS = 100_000
 # A file's content is recognised by its first bytes, whatever its name says.
 _MAGIC = ((b"\x28\xb5\x2f\xfd", "jsonl.zst"), (b"PAR1", "parquet"), (b"\x1f\x8b", "jsonl.gz"))
 
@@ -479,6 +483,7 @@ class _BatchBuilder:
         self.max_rows, self.max_bytes = max_rows, max_bytes
         self._reset()
         self.rejects: dict[str, list] = {k: [] for k in REJECT_SCHEMA.names}
+        self.unlisted = 0  # counted rejects beyond MAX_REJECT_ROWS
 
     def _reset(self) -> None:
         self.cols: dict[str, list] = {k: [] for k in DOC_SCHEMA.names}
@@ -503,17 +508,20 @@ class _BatchBuilder:
         return None
 
     def reject(self, line: int, source: str | None, reason: str, raw: bytes = b"", count: bool = True) -> None:
+        if count:
+            self.stats.read += 1
+            self.stats.rejected += 1
+        key = reason.split(":")[0]
+        self.stats.reasons[key] = self.stats.reasons.get(key, 0) + 1
+        if count and len(self.rejects["line"]) >= MAX_REJECT_ROWS:
+            self.unlisted += 1
+            return
         r = self.rejects
         r["file"].append(self.f.rel)
         r["line"].append(line)
         r["source"].append(source)
         r["reason"].append(reason)
         r["excerpt"].append(_excerpt(raw))
-        if count:
-            self.stats.read += 1
-            self.stats.rejected += 1
-        key = reason.split(":")[0]
-        self.stats.reasons[key] = self.stats.reasons.get(key, 0) + 1
 
     def flush(self) -> pa.RecordBatch | None:
         if not self.cols["id"]:
@@ -523,6 +531,12 @@ class _BatchBuilder:
         return batch
 
     def reject_batch(self) -> pa.RecordBatch:
+        if self.unlisted:
+            for k, v in (("file", self.f.rel), ("line", -1), ("source", self.f.source), ("excerpt", ""),
+                         ("reason", f"not listed: {self.unlisted:,} more rejected lines (the first "
+                                    f"{MAX_REJECT_ROWS:,} are listed; every one is counted in the stats)")):
+                self.rejects[k].append(v)
+            self.unlisted = 0
         return pa.RecordBatch.from_pydict(self.rejects, schema=REJECT_SCHEMA)
 
 
