@@ -25,7 +25,7 @@ def corpus(tmp_path_factory, ray_session):
     docs = sample_documents(sample, size=0.25)
     fx = build_slimpajama_dir(tmp_path_factory.mktemp("slimpajama"), docs)
     build_eval_set([sample / f for f in FILES], fx.root / "eval",
-                   EvalSetOptions(seed=3, min_tokens=1500, max_fraction=0.3, min_docs=10), progress=False)
+                   EvalSetOptions(seed=3, min_tokens=6000, max_fraction=0.3, min_docs=10), progress=False)
     return fx
 
 
@@ -91,8 +91,8 @@ def test_every_piece_is_scored_whole_and_the_scored_subset_names_it(corpus, tmp_
     from slimpipe.train.model import GPT, ModelConfig
 
     manifest = json.loads((corpus.root / "eval" / "manifest.json").read_text())
-    a = build_mix(corpus.root, load_mix("dc1"), tmp_path / "a", _opt(20_000, eval_tokens=500))
-    b = build_mix(corpus.root, load_mix("dc6"), tmp_path / "b", _opt(20_000, seed=7))  # another mix, seed and cap
+    a = build_mix(corpus.root, load_mix("dc1"), tmp_path / "a", _opt(20_000))  # eval_tokens 0: the whole set
+    b = build_mix(corpus.root, load_mix("dc6"), tmp_path / "b", _opt(20_000, seed=7))  # another mix and seed
     _, sets = open_mix(tmp_path / "a")
     _, sets_b = open_mix(tmp_path / "b")
     rule = manifest["pieces"]
@@ -130,6 +130,18 @@ def test_every_piece_is_scored_whole_and_the_scored_subset_names_it(corpus, tmp_
     assert excluded and set(excluded) != set(manifest["sources"])  # some sources in the intervals, some not
     assert res["excluded_from_intervals"] == excluded
     assert all(res["eval_docs"]["sources"][s]["excluded_from_intervals"] == (s in excluded) for s in sets)
+    # a cap (in bytes of the set's own draw order, whole documents, never under min_docs) is another scored
+    # subset, the same for any mix and seed
+    build_mix(corpus.root, load_mix("dc1"), tmp_path / "c", _opt(20_000, eval_tokens=300))
+    build_mix(corpus.root, load_mix("dc6"), tmp_path / "d", _opt(20_000, seed=7, eval_tokens=300))
+    _, sets_c = open_mix(tmp_path / "c")
+    _, sets_d = open_mix(tmp_path / "d")
+    assert scored_subset_of(sets_c) == scored_subset_of(sets_d) != res["scored_subset"]
+    for s, ds in sets_c.items():
+        n = len(ds.pieces["docs"])
+        assert n <= len(expected[s][0]) and n >= min(manifest["min_docs"], len(expected[s][0]))
+        assert set(ds.pieces["docs"]) <= set(expected[s][0]) and ds.index["dropped_tokens"] == 0
+    assert any(len(ds.pieces["docs"]) < len(expected[s][0]) for s, ds in sets_c.items())  # the cap took fewer
     # the test split is a holdout sample: whole documents, and too few of them to carry an interval
     for v in b["eval"]["test"].values():
         assert v["excluded_from_intervals"] and v["docs"] < 30 and v["dropped_tokens"] == 0

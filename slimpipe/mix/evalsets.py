@@ -1,10 +1,12 @@
 """Stage *evalsets*: per-source evaluation sets, the same for every mix built from one input.
 
-With the one evaluation set (``SLIMPAJAMA_DIR/eval``, ``slimpipe evalset``), ``eval/<source>`` holds every
-one of its documents, whatever the mix, its seed, tokenizer or ``eval_tokens``. Without one, a seeded
-sample of the holdout per source: whole documents in the seed's order until the source has
-:data:`~slimpipe.evalset.build.MIN_DOCS` documents and ``eval_tokens`` tokens (the last document whole,
-never cut).
+With the one evaluation set (``SLIMPAJAMA_DIR/eval``, ``slimpipe evalset``), ``eval/<source>`` holds its
+documents, whatever the mix, its seed or tokenizer: all of them, or with ``eval_tokens`` a prefix of the
+set's own draw order (:func:`~slimpipe.evalset.build.doc_key`) of whole documents until ``min_docs`` of
+them and ``eval_tokens x 4`` scored UTF-8 bytes, a cap counted in bytes so that it means the same
+documents under any tokenizer. Without one, a seeded sample of the holdout per source: whole documents
+in the seed's order until the source has :data:`~slimpipe.evalset.build.MIN_DOCS` documents and
+``eval_tokens`` tokens (the last document whole, never cut).
 
 Every document is scored as pieces (:func:`slimpipe.evalset.build.cut_pieces`: character ranges, the
 same for any tokenizer); each piece is one document of the packed stream, named in the set's
@@ -21,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from slimpipe import storage
-from slimpipe.evalset.build import MAX_PIECES, MIN_DOCS, cut_pieces, piece_chars
+from slimpipe.evalset.build import BYTES_PER_TOKEN, MAX_PIECES, MIN_DOCS, cut_pieces, doc_key, piece_chars
 from slimpipe.io.writers import ShardInfo, ShardWriter, slimpajama_record
 from slimpipe.mix.common import (
     EVAL,
@@ -95,6 +97,24 @@ def selected_documents(ctx: MixContext, shards: list[InputShard], tables: list[p
     return out
 
 
+def cap_documents(items: list[tuple[str, str]], rule: dict[str, int], eval_tokens: int) -> list[tuple[str, str]]:
+    """An evaluation set's documents under a cap: in the set's own draw order (``doc_key(seed, id)``), whole
+    documents until ``min_docs`` of them and ``eval_tokens x BYTES_PER_TOKEN`` scored bytes; all of them
+    when ``eval_tokens`` is 0. Depends on the set and the cap only (never on the mix, its seed or tokenizer);
+    returned in id order."""
+    if not eval_tokens:
+        return items
+    budget = eval_tokens * BYTES_PER_TOKEN
+    taken, used = [], 0
+    for doc_id, text in sorted(items, key=lambda d: doc_key(rule["seed"], d[0])):
+        if len(taken) >= rule["min_docs"] and used >= budget:
+            break
+        taken.append((doc_id, text))
+        used += sum(len(text[a:b].encode("utf-8"))
+                    for a, b in cut_pieces(text, rule["chars"], rule["max_per_doc"], seed=rule["seed"], doc_id=doc_id))
+    return sorted(taken)
+
+
 def _exclusion(s: str, n_docs: int, rule: dict[str, int], eval_set: dict[str, Any] | None) -> tuple[bool, str | None]:
     """Whether source ``s`` is left out of pooled intervals, and why: the evaluation set's verdict when
     there is one, else fewer than ``min_docs`` documents in the holdout sample."""
@@ -119,6 +139,8 @@ def write_eval_packed(ctx: MixContext, split: str, split_idx: int, shards: list[
     rule = piece_rule(ctx, eval_set)
     sel = eval_selection(ctx, tables, split_idx, everything=eval_set is not None, rule=rule)
     docs = selected_documents(ctx, shards, tables, sel)
+    if eval_set is not None:
+        docs = {s: cap_documents(items, rule, ctx.opt.eval_tokens) for s, items in docs.items()}
     out: dict[str, dict] = {}
     L = ctx.opt.seq_len
     kind = "eval" if split == "validation" else "test"
@@ -166,6 +188,8 @@ def write_eval_text(ctx: MixContext, split: str, split_idx: int, shards: list[In
     rule = piece_rule(ctx, eval_set)
     sel = eval_selection(ctx, tables, split_idx, everything=eval_set is not None, rule=rule)
     docs = selected_documents(ctx, shards, tables, sel)
+    if eval_set is not None:
+        docs = {s: cap_documents(items, rule, ctx.opt.eval_tokens) for s, items in docs.items()}
     stats: dict[str, dict] = {}
     index_items: list[dict] = []
     per_shard: dict[str, dict[str, dict[str, int]]] = {}
