@@ -58,9 +58,10 @@ def _input_location(value: str) -> str:
 @click.option("--format", "output_format", type=click.Choice(["packed", "text"]), default="packed",
               show_default=True, help="packed: token sets for `slimpipe train`; text: jsonl.zst in SlimPajama's layout.")
 @click.option("--eval-tokens", default="1M", show_default=True, type=TokenCount(allow_zero=True),
-              help="Held-out sample per source when SLIMPAJAMA_DIR has no evaluation set: whole documents until "
-                   "30 and this many tokens (0 = the whole holdout). An evaluation set (SLIMPAJAMA_DIR/eval) is "
-                   "always scored whole.")
+              help="Evaluation documents per source: whole documents until 30 of them and this many tokens "
+                   "(0 = all). From SLIMPAJAMA_DIR/eval, in the evaluation set's own order with tokens counted as "
+                   "UTF-8 bytes / 4, so every mix and tokenizer scores the same documents; else a seeded sample "
+                   "of each held-out split.")
 @click.option("--token-cache", "token_cache", default=None, metavar="DIR",
               help="Per-source token cache shared by every mix of SLIMPAJAMA_DIR with the same tokenizer "
                    "[default: SLIMPAJAMA_DIR/_cache/tokens].")

@@ -71,7 +71,7 @@ class MixOptions:
     tokenizer: str = "gpt2"  # gpt2 | path to tokenizer.json / tokenizer dir / previous mix | train
     vocab_size: int = 32768  # for tokenizer="train"
     bpe_sample_bytes: int = 256 << 20  # training text for tokenizer="train"
-    eval_tokens: int = 1_000_000  # holdout samples: tokens per source and split (and >= 30 documents); 0 = all
+    eval_tokens: int = 1_000_000  # evaluation tokens per source (whole documents, >= 30 of them); 0 = all
     bucket_tokens: int = 64 << 20  # shuffle-bucket size: bounds the memory of the second shuffle pass
     text_shard_bytes: int = 256 << 20  # uncompressed bytes per output jsonl.zst shard (text format)
     token_cache: str | None = None  # default: SLIMPAJAMA_DIR/_cache/tokens
