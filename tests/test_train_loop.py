@@ -275,6 +275,21 @@ def test_global_batch_is_exact_or_refused_with_the_nearest_choices():
         split_batch(528, 5)
 
 
+def test_command_modules_import_without_torch_and_help_names_the_preset_option():
+    """#23.8: train, tune, export and eval --help do not import torch (2-4 s); train's help says the preset
+    comes from --model, not from MIX_DIR."""
+    import subprocess
+    import sys
+
+    code = ("import sys, slimpipe.train.command, slimpipe.train.tune, slimpipe.evaluation.command; "
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout[:300]
+    result = CliRunner().invoke(train_command, ["--help"])
+    assert result.exit_code == 0 and "Train the --model preset" in result.output
+    assert "MIX_DIR's model preset" not in result.output
+
+
 def test_exact_batch_refusal_is_one_line_on_the_cli(mix, tmp_path):
     result = CliRunner().invoke(train_command, [str(mix / "mix"), "--model", str(mix / "micro.yaml"), "-o",
                                                 str(tmp_path / "r"), "--max-steps", "1", "--micro-batch", "5",

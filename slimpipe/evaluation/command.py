@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from slimpipe.train.export import ExportError
+from slimpipe.train.errors import ExportError  # torch-free: --help stays fast
 
 log = logging.getLogger(__name__)
 

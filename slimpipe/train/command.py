@@ -12,8 +12,6 @@ from pathlib import Path
 
 import click
 
-from slimpipe.train.loop import TrainConfig
-
 _SUFFIX = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
 
 
@@ -127,11 +125,13 @@ def train_command(mix_dir: str | None, model: str, output: str, max_steps: int |
                   num_workers: int, cpus_per_worker: int | None, use_gpu: bool, resume: bool,
                   compile_: bool | None, threads: int | None, phases_file: str | None = None,
                   init_from: str | None = None, eval_seq_lens: str | None = None, force: bool = False) -> None:
-    """Train MIX_DIR's model preset, evaluating loss and bits per byte on each source's held-out set.
+    """Train the --model preset (tiny by default) on MIX_DIR, evaluating loss and bits per byte on each
+    source's held-out set.
 
     Writes RUN/train_log.jsonl, RUN/eval_log.jsonl, RUN/metrics.json, RUN/checkpoints/ and RUN/model/.
     """
     from slimpipe.train.launch import launch
+    from slimpipe.train.loop import TrainConfig  # torch is imported here, not at import: --help stays fast
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from slimpipe.mix.tokenizer import Tokenizer, load_tokenizer
+from slimpipe.train.errors import ExportError  # noqa: F401  (re-exported: defined without torch)
 from slimpipe.train.model import GPT, ModelConfig, alibi_slopes
 
 log = logging.getLogger(__name__)
@@ -26,9 +27,6 @@ CONFIG = "config.json"
 TOKENIZER_DIR = "tokenizer"
 MODEL_TYPE = "slimpipe-alibi-swiglu"
 
-
-class ExportError(ValueError):
-    """A run cannot be exported or evaluated; the message names what is missing."""
 
 
 def _find_tokenizer(mix_dir: str | Path | None, info: dict | None) -> Tokenizer | None:

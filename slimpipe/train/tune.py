@@ -26,9 +26,6 @@ from pathlib import Path
 
 import click
 
-from slimpipe.train.model import swiglu_width
-from slimpipe.train.presets import load_preset
-
 log = logging.getLogger(__name__)
 
 
@@ -45,6 +42,9 @@ def parse_floats(text: str, what: str) -> list[float]:
 def proxy_preset(base: str, width: int, *, mup: bool, init_std: float, seq_len: int | None = None,
                  batch_size: int | None = None) -> dict:
     """The ``base`` preset (name or YAML) at ``width``: same depth and head size, SwiGLU width rule."""
+    from slimpipe.train.model import swiglu_width
+    from slimpipe.train.presets import load_preset  # torch is imported on use, not at import (--help)
+
     p = load_preset(base)
     m = p.model
     head = m.head_dim
@@ -143,6 +143,8 @@ def write_outputs(result: dict, out: str | Path, model: str) -> Path:
     atomic_write_bytes(out / "report.md", ("\n".join(render_report(result)) + "\n").encode())
     preset_path = out / "mup.yaml"
     if result["parametrisation"] == "mup":
+        from slimpipe.train.presets import load_preset
+
         p = load_preset(model)
         data = {"name": f"{p.name}-mup-tuned",
                 "model": {k: v for k, v in dataclasses.asdict(p.model).items() if k != "attention"},
@@ -202,6 +204,8 @@ def tune_command(mix_dir: str, widths: str, lrs: str, init_stds: str | None, mod
             raise ValueError(f"{mix_dir}: no held-out sets (eval/<source>/) to score the proxies on")
         w = [int(x) for x in parse_floats(widths, "--widths")]
         grid = parse_floats(lrs, "--lrs")
+        from slimpipe.train.presets import load_preset
+
         p = load_preset(model)
         stds = parse_floats(init_stds, "--init-stds") if init_stds else [
             p.model.init_std if sp else p.model.mup_base_init_std]
