@@ -184,11 +184,13 @@ def _eval_lines(e: dict | None) -> list[str]:
              f"Removed from train: the evaluation documents themselves, exact copies (full-text SHA-256 or cleaned "
              f"text), and near-duplicates ({e['shingles']}, MinHash-LSH {e['bands']}x{e['rows']}, recall "
              f"{e['recall_at_threshold']:.3%} at J = {e['threshold']}, each candidate verified by exact Jaccard "
-             f">= {e['threshold']}). These are part of the decontaminated column above.", "",
-             "| source | evaluation document | exact copy | near-duplicate |", "|---|---:|---:|---:|"]
+             f">= {e['threshold']})" + (f", and containments ({e['containment_rule']})" if e.get("containment_rule")
+                                        else "") + ". These are part of the decontaminated column above.", "",
+             "| source | evaluation document | exact copy | near-duplicate | containment |", "|---|---:|---:|---:|---:|"]
     for src, reasons in sorted(e["removed"].items()):
-        cells = [f"{reasons.get(k, [0, 0])[0]:,}" for k in ("evaluation document", "exact copy", "near-duplicate")]
+        cells = [f"{reasons.get(k, [0, 0])[0]:,}" for k in ("evaluation document", "exact copy", "near-duplicate",
+                                                           "containment")]
         lines.append(f"| {src} | " + " | ".join(cells) + " |")
     if not e["removed"]:
-        lines.append("| (none) | 0 | 0 | 0 |")
+        lines.append("| (none) | 0 | 0 | 0 | 0 |")
     return lines
