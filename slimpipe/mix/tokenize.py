@@ -158,11 +158,9 @@ def tokenize_shard(job: dict[str, Any], holdout: np.ndarray | None = None) -> di
     stats: dict[str, dict[str, int]] = {s: _zero_stats() for s in (job["sources"] or ())}
     hashes: list[np.ndarray] = []
     rejected, status, error = 0, "ok", None
-    for docs, rejects, fstats in read_batches(shard_input(job["file"])):
-        if rejects is not None:
-            rejected += rejects.num_rows
-        if fstats is not None:
-            status, error = fstats.status, fstats.error
+    for docs, _rejects, fstats in read_batches(shard_input(job["file"])):
+        if fstats is not None:  # every rejected line, also past the listed rows' cap (MAX_REJECT_ROWS)
+            rejected, status, error = fstats.rejected, fstats.status, fstats.error
         if docs is None or docs.num_rows == 0:
             continue
         srcs = docs.column("source").to_pylist()
