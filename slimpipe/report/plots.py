@@ -119,7 +119,7 @@ def _curves(out: Path, runs: list, r: dict) -> str:
         tag = label + (f" ({n} seeds)" if n > 1 else "")
         xs, ys = _mean_curve([x.train_log for x in rs], lambda e: e.get("loss"))
         if xs.size:
-            ys = _smooth(ys, max(1, xs.size // 12))
+            ys = _smooth(ys, max(1, xs.size // 8))
             a1.plot(xs, ys, color=c, lw=1.4)
             ends1.append((ys[-1], f"{label} {ys[-1]:.3f}", c))
             late.append(ys[xs.size // 5:])
@@ -144,12 +144,13 @@ def _curves(out: Path, runs: list, r: dict) -> str:
         a1.set_ylim(lo - pad, hi + pad)
     a1.set_xlabel("training tokens")
     a1.set_ylabel("training loss (nats/token)")
-    a1.set_title("Training loss, mean over seeds, smoothed\n(y axis from the first fifth of training on)", fontsize=10)
+    a1.set_title("Training loss on each mix's own data (not comparable across mixes),\nmean over seeds, smoothed; "
+                 "y axis from the first fifth of training on", fontsize=10)
     _label_right(a1, ends1, a1.get_xlim()[1])
     a2.set_xlabel("training tokens")
     a2.set_ylabel("bits per byte")
-    a2.set_title("Evaluation during training: packed windows (dots, approximate);\n★ final per-document bits per "
-                 "byte, the report's figure (mean over seeds)", fontsize=10)
+    a2.set_title("Evaluation during training: packed windows (dots: a subset during training, all at the end);\n★ final "
+                 "per-document bits per byte, the report's figure (mean over seeds)", fontsize=10)
     _label_right(a2, ends2, a2.get_xlim()[1])
     save_png(fig, out / "plots" / "curves.png")
     return "plots/curves.png"
@@ -179,6 +180,8 @@ def _per_source(out: Path, r: dict) -> str | None:
     """Per column, each configuration minus the best configuration in total, with its 95% interval, on one
     x axis shared by every panel (so equal gaps look equal), configurations named on the y axis."""
     plt = _plt()
+    from matplotlib.ticker import MaxNLocator
+
     labels = sorted(r["rows"], key=lambda lb: r["rows"][lb]["bpb"].get("total", {}).get("mean", 9e9))
     best = next((lb for lb in labels if not r["rows"][lb].get("vs_best")), None)
     cols = [c for c in r["columns"] if any(c in r["rows"][lb]["bpb"] for lb in labels)] + ["total", "mean"]
@@ -187,39 +190,60 @@ def _per_source(out: Path, r: dict) -> str | None:
     ncol = min(5, len(cols))
     nrow = -(-len(cols) // ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(2.7 * ncol + 2.2, 0.3 * len(labels) * nrow + 1.3 * nrow + 0.6),
-                             squeeze=False, sharex=True, sharey=True)
+                             squeeze=False, sharey=True)
     size = r["rows"][best]["eval_size"]
     excluded = r.get("excluded_from_intervals") or {}
     used: set[str] = set()
-    for ax, col in zip(axes.flat, cols, strict=False):
+    points: dict[str, list[tuple[int, float, list | None, str]]] = {}  # col -> (row, diff, ci, colour)
+    for col in cols:
         ref = r["rows"][best]["bpb"].get(col)
+        pts = points[col] = []
         for i, lb in enumerate(labels):
             cell = r["rows"][lb]["bpb"].get(col)
-            if lb == best:
-                if cell:
-                    ax.plot([0.0], [i], marker="D", color="black", ms=5)
-                continue
             vb = r["rows"][lb].get("vs_best") or {}
             c = (vb.get("columns") or {}).get(col)
-            if c is None and cell and ref:  # no per-document losses: the point without an interval
-                ax.plot([cell["mean"] - ref["mean"]], [i], "o", color=NO_DIFFERENCE, mfc="none")
-                used.add(NO_INTERVAL)
+            if lb == best or (c is None and not (cell and ref)):
                 continue
-            if c is None:
+            if c is None:  # no per-document losses: the point without an interval
+                pts.append((i, cell["mean"] - ref["mean"], None, NO_DIFFERENCE))
+            else:
+                pts.append((i, c["diff"], c.get("ci95"), _color(c, bool(vb.get("claim_ok")))))
+    # one x range for every panel, fitted to the intervals (a point without one, beyond it, sits at the edge)
+    with_ci = [v for pts in points.values() for _, d, ci, _ in pts if ci for v in (d, *ci)]
+    every = with_ci or [d for pts in points.values() for _, d, _, _ in pts]
+    lo, hi = min([0.0, *every]), max([0.0, *every])
+    pad = 0.08 * (hi - lo or 0.01)
+    lo, hi = lo - pad, hi + pad
+    for ax, col in zip(axes.flat, cols, strict=False):
+        ref = r["rows"][best]["bpb"].get(col)
+        if ref:
+            ax.plot([0.0], [labels.index(best)], marker="D", color="black", ms=5)
+        for i, d, ci, color in points[col]:
+            if ci:
+                used.add(color)
+                ax.plot(ci, [i, i], color=color, lw=2)
+                ax.plot([d], [i], "o", color=color)
                 continue
-            if not c.get("ci95"):
-                ax.plot([c["diff"]], [i], "o", color=NO_DIFFERENCE, mfc="none")
-                used.add(NO_INTERVAL)
-                continue
-            color = _color(c, bool(vb.get("claim_ok")))
-            used.add(color)
-            ax.plot(c["ci95"], [i, i], color=color, lw=2)
-            ax.plot([c["diff"]], [i], "o", color=color)
+            used.add(NO_INTERVAL)
+            if lo <= d <= hi:
+                ax.plot([d], [i], "o", color=NO_DIFFERENCE, mfc="none")
+            else:  # off the shared range: an arrow at the edge, with its value
+                x = hi if d > hi else lo
+                ax.plot([x], [i], ">" if d > hi else "<", color=NO_DIFFERENCE, mfc="none", clip_on=False)
+                ax.annotate(f"{d:+.3f}", xy=(x, i), xytext=(-4 if d > hi else 4, 6), textcoords="offset points",
+                            fontsize=7, color=NO_DIFFERENCE, ha="right" if d > hi else "left")
+        ax.set_xlim(lo, hi)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
         ax.axvline(0.0, color="black", lw=0.7)
-        docs = size.get(col, {}).get("docs") if col in size else sum((v.get("docs") or 0) for v in size.values())
-        note = " — no interval" if col in excluded else ""
-        head = f"{ref['mean']:.4f}" if ref else "–"
-        ax.set_title(f"{col} ({docs} docs){note}\nbest-total run: {head} bpb", fontsize=8)
+        if col in size:
+            title = f"{col} ({size[col].get('docs')} docs)" + (" — no interval" if col in excluded else "")
+            head = f"\nbest-total run: {ref['mean']:.4f} bpb" if ref else ""
+        else:  # total / mean: the intervals pool the sources that carry one
+            pooled = [s for s in size if s not in excluded]
+            n = sum((size[s].get("docs") or 0) for s in pooled)
+            title = f"{col} ({n} docs)" if not excluded else f"{col} over {', '.join(pooled) or 'no source'} ({n} docs)"
+            head = f"\nbest-total run: {ref['mean']:.4f} bpb" if ref and not excluded else ""
+        ax.set_title(title + head, fontsize=8)
         ax.tick_params(labelsize=7, labelbottom=True)  # every panel keeps its numbers, shared axis or not
         ax.grid(axis="x", lw=0.3, alpha=0.6)
     for ax in list(axes.flat)[len(cols):]:
@@ -298,7 +322,10 @@ def _differences(out: Path, r: dict) -> str | None:
     ax.set_xlim(xlo, xhi + 0.3 * (xhi - xlo))  # room for the numbers
     method = "over seeds and documents" if "seeds and documents" in (r.get("interval_method") or "") else \
         "over documents" if r.get("interval_method") else ""
-    ax.set_xlabel(f"A − B in total bits per byte (negative: A is better), 95% interval {method}".strip())
+    ex = r.get("excluded_from_intervals") or {}
+    pooled = [c for c in r["columns"] if c not in ex]
+    scope = f" over {', '.join(pooled)} (the sources with intervals)" if ex and pooled else ""
+    ax.set_xlabel(f"A − B in total bits per byte{scope} (negative: A is better),\n95% interval {method}".strip())
     ax.set_title("Differences in total bits per byte", fontsize=10)
     fig.tight_layout()
     _legend(fig, used)

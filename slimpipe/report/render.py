@@ -111,7 +111,8 @@ def headline(r: dict) -> list[str]:
         out.append(f"Intervals are paired by evaluation document and by seed: every configuration ran with "
                    f"{', '.join(what[:-1]) + ' and ' + what[-1] if len(what) > 1 else what[0]}{tail}.")
     else:
-        out.append("Configurations ran with different seeds, so intervals pair evaluation documents only.")
+        out.append("Not every configuration ran with the same seeds: intervals pair runs by seed where two "
+                   "configurations share their seeds, and always by evaluation document.")
     if all(len(row["seeds"]) < 2 for row in r["rows"].values()):
         out.append("One seed per configuration: every interval is conditional on these trained models — it covers "
                    "the sampling of evaluation documents, not training noise (initialisation, data order); train "
