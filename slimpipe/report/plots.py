@@ -123,9 +123,13 @@ def _curves(out: Path, runs: list, r: dict) -> str:
             a1.plot(xs, ys, color=c, lw=1.4)
             ends1.append((ys[-1], f"{label} {ys[-1]:.3f}", c))
             late.append(ys[xs.size // 5:])
-        xs, ys = _mean_curve([x.eval_log for x in rs], lambda e: (e.get("total") or {}).get("bpb"))
-        if xs.size:
+        xs, ys = _mean_curve([x.eval_log for x in rs], lambda e: None if e.get("final") else (e.get("total") or {}).get("bpb"))
+        if xs.size:  # interval evaluations (the first sequences of each set) joined by a line
             a2.plot(xs, ys, color=c, lw=1, marker="o", ms=2.5, alpha=0.8)
+        fx, fy = _mean_curve([x.eval_log for x in rs], lambda e: (e.get("total") or {}).get("bpb") if e.get("final") else None)
+        if fx.size:  # the final packed evaluation on every window: not joined (a different subset)
+            a2.plot(fx, fy, color=c, marker="o", ms=5, mfc="none", ls="none")
+            xs = np.append(xs, fx) if xs.size else fx
         final = r["rows"][label]["bpb"].get("total")
         if final and xs.size:  # the report's figure: per document, mean over seeds
             a2.plot([xs[-1]], [final["mean"]], color=c, marker="*", ms=12, ls="none")
@@ -149,8 +153,8 @@ def _curves(out: Path, runs: list, r: dict) -> str:
     _label_right(a1, ends1, a1.get_xlim()[1])
     a2.set_xlabel("training tokens")
     a2.set_ylabel("bits per byte")
-    a2.set_title("Evaluation during training: packed windows (dots: a subset during training, all at the end);\n★ final "
-                 "per-document bits per byte, the report's figure (mean over seeds)", fontsize=10)
+    a2.set_title("Evaluation, mean over seeds: packed windows (• a subset during training, ○ every window at the "
+                 "end);\n★ final per-document bits per byte, the report's figure", fontsize=10)
     _label_right(a2, ends2, a2.get_xlim()[1])
     save_png(fig, out / "plots" / "curves.png")
     return "plots/curves.png"
