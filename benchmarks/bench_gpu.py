@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import shutil
 import sys
@@ -47,15 +48,19 @@ VOCAB = 50257  # GPT-2's
 
 # Dense (no sparsity) bf16 tensor-core peaks from the vendors' data sheets, FLOP/s. First match wins.
 PEAK_BF16 = [
-    ("GH200", 989e12), ("H200", 989e12), ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12),
+    ("GH200", 989e12), ("H200 NVL", 835e12), ("H200", 989e12), ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12),
     ("H800", 989e12), ("H20", 148e12), ("B200", 2250e12), ("B100", 1750e12), ("A100", 312e12), ("A800", 312e12),
     ("L40S", 362e12), ("L40", 181e12), ("L4", 121e12), ("A10G", 70e12), ("A10", 125e12), ("A6000", 155e12),
-    ("RTX 4090", 165e12), ("MI300X", 1307e12), ("MI250X", 383e12),
+    ("RTX 4090", 82.6e12),  # bf16 with fp32 accumulate (what training uses); 165 is with fp16 accumulate ("MI300X", 1307e12), ("MI250X", 383e12),
 ]
 
 
 def known_peak(name: str) -> float | None:
+    """The data-sheet peak of a whole GPU named ``name``; None for a MIG slice (a fraction of the GPU:
+    measured instead) or an unknown GPU."""
     low = name.lower()
+    if "mig" in low:
+        return None
     for key, peak in PEAK_BF16:
         if key.lower() in low:
             return peak
@@ -109,11 +114,12 @@ class Row:
     backend: str
     micro: int
     accum: int
-    tokens_per_s: float | None = None
-    mfu: float | None = None
+    tokens_per_s: float | None = None  # per GPU (the trainer's figure is global: divided by its world size)
+    mfu: float | None = None  # from the per-GPU tokens/s and one GPU's peak
     peak_gb: float | None = None
     seconds: float = 0.0
     note: str = ""
+    compiles: int | None = None  # graphs torch.compile built during the run (dynamo's unique_graphs)
 
 
 def run_one(mix: Path, work: Path, model: str, backend: str, micro: int, accum: int, steps: int,
@@ -124,21 +130,27 @@ def run_one(mix: Path, work: Path, model: str, backend: str, micro: int, accum: 
     cfg = TrainConfig(mix_dir=str(mix), out_dir=str(out), model=model, max_steps=steps, eval_interval=0,
                       batch_size=micro * accum, micro_batch=micro, attention=backend, device=str(device),
                       export=False, keep_checkpoints=0, compile=compile_, seed=1)  # no 15 GB checkpoint writes
+    gc.collect()  # every GPT sits in a reference cycle: free the previous configuration before measuring
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
     t = time.perf_counter()
     try:
         m = train(cfg)
     except torch.OutOfMemoryError:
         row.note = "out of memory"
+        gc.collect()  # drop the failed run's model and optimizer before the retry
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
         return row
     finally:
         row.seconds = time.perf_counter() - t
+        row.compiles = int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
         shutil.rmtree(out, ignore_errors=True)
     tp = m["throughput"]
-    row.tokens_per_s = tp["tokens_per_s"]
+    row.tokens_per_s = tp.get("tokens_per_s_per_device")
     row.peak_gb = tp.get("peak_memory_gb")
     if row.tokens_per_s:
         row.mfu = row.tokens_per_s * tp["model_flops_per_token"] / peak
@@ -223,12 +235,14 @@ def main(argv: list[str] | None = None) -> int:
                 row = run_one(mix, work, model, backend, micro, accum, steps, device, peak,
                               compile_=device.type == "cuda")
                 if row.note == "out of memory" and micro > 1:
+                    gc.collect()
                     row = run_one(mix, work, model, backend, micro // 2, accum * 2, steps, device, peak,
                                   compile_=device.type == "cuda")
                     row.note = (row.note + "; " if row.note else "") + f"micro {micro} ran out of memory"
                 rows.append(row)
-                print(f"    {row.tokens_per_s or 0:,.0f} tokens/s, MFU {100 * (row.mfu or 0):.1f}%, "
-                      f"peak {row.peak_gb or 0:.1f} GB, {row.seconds:.0f} s {row.note}", flush=True)
+                print(f"  {model} x {row.backend}: {row.tokens_per_s or 0:,.0f} tokens/s per GPU, MFU "
+                      f"{100 * (row.mfu or 0):.1f}%, peak {row.peak_gb or 0:.1f} GB, {row.compiles} compiles, "
+                      f"{row.seconds:.0f} s {row.note}", flush=True)
         res_model, res_micro = ("tiny", 2) if args.cpu_smoke else ("111m", 4)
         res_backend = "sdpa" if device.type == "cpu" else "auto"
         print(f"  resume check: {res_model}, 3 steps, checkpoint after 2, resume ...", flush=True)
@@ -236,13 +250,13 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    header = ["model", "attention", "micro x accum", "tokens/s", "MFU", "peak GB", "wall s", "note"]
+    header = ["model", "attention", "micro x accum", "tokens/s per GPU", "MFU", "peak GB", "compiles", "wall s", "note"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         lines.append(f"| {r.model} | {r.backend} | {r.micro} x {r.accum} | "
                      f"{f'{r.tokens_per_s:,.0f}' if r.tokens_per_s else '-'} | "
                      f"{f'{100 * r.mfu:.1f}%' if r.mfu else '-'} | {f'{r.peak_gb:.1f}' if r.peak_gb else '-'} | "
-                     f"{r.seconds:.0f} | {r.note} |")
+                     f"{r.compiles if r.compiles is not None else '-'} | {r.seconds:.0f} | {r.note} |")
     resume_line = (f"resume after a checkpoint: {'bitwise equal' if res['bitwise'] else 'not bitwise'}, max |dw| "
                    f"{res['max_abs_diff']:.2e}, losses {[round(x, 5) for x in res['losses']]} vs resumed "
                    f"{[round(x, 5) for x in res['resumed_losses']]}: {'PASS' if res['ok'] else 'FAIL'}")

@@ -25,7 +25,7 @@ MODEL=${MODEL:-1.3b}            # 111m / 256m / 590m for cheaper ablations
 SEEDS=${SEEDS:-1}               # >1 gives mean ± spread per mix in the report
 WORKERS=${WORKERS:-8}           # Ray Train workers, one GPU each
 RAY=${RAY_ADDRESS:?set RAY_ADDRESS to your Ray cluster}
-GPU_TFLOPS=${GPU_TFLOPS:-989}   # dense bf16 peak per GPU (H100 SXM / H200: 989; A100: 312)
+GPU_TFLOPS=${GPU_TFLOPS:-989}   # dense bf16 peak per GPU (H100 SXM / H200 SXM: 989; H200 NVL: 835; A100: 312)
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 
 cost_estimate() {  # prints FLOPs and GPU-hours per run, and which MFU it used
@@ -50,7 +50,9 @@ else:
         rows = [r for r in json.loads(Path(bench).read_text()).get("rows", []) if r.get("model") == model and r.get("mfu")]
         measured = max(rows, key=lambda r: r["mfu"]) if rows else None
     if measured:
-        mfu, source = measured["mfu"], f"MFU measured by bench_gpu.py ({measured['backend']}, one GPU)"
+        mfu, source = measured["mfu"], (f"MFU measured by bench_gpu.py ({measured['backend']}) on ONE GPU"
+                                         + (f", reused for {workers} GPUs: ASSUMES no scaling loss (DDP/FSDP "
+                                            "communication not measured)" if int(workers) > 1 else ""))
     else:
         mfu, source = 0.40, "ASSUMED 40% MFU (no measurement: run benchmarks/bench_gpu.py on a GPU)"
 hours = flops / (mfu * float(tflops) * 1e12) / 3600

@@ -60,6 +60,7 @@ def test_bench_gpu_cpu_smoke_runs_end_to_end_with_only_torch_numpy_safetensors()
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
     lines = [ln for ln in r.stdout.splitlines() if ln.strip()]
     assert "| tiny | sdpa | 2 x 2 |" in r.stdout and "bitwise equal" in r.stdout
+    assert "tiny x sdpa:" in r.stdout and "tokens/s per GPU" in r.stdout and "compiles" in r.stdout
     assert lines[-2].startswith("CPU smoke run (not a GPU figure)") and lines[-2].endswith("resume PASS")
 
 
@@ -75,6 +76,8 @@ def test_bench_gpu_peak_table_matches_the_specific_model_first():
     assert (peak("NVIDIA L4"), peak("NVIDIA L40"), peak("NVIDIA L40S")) == (121e12, 181e12, 362e12)
     assert (peak("NVIDIA A10G"), peak("NVIDIA A10")) == (70e12, 125e12)
     assert peak("Some Future GPU") is None  # then the benchmark uses a measured matmul
+    assert peak("NVIDIA H200 NVL") == 835e12 and peak("NVIDIA GeForce RTX 4090") == 82.6e12  # #20.7
+    assert peak("NVIDIA H100 80GB HBM3 MIG 3g.40gb") is None  # a slice, not the whole GPU: measured instead
 
 
 # ---------------------------------------------------------------------------------------------- CUDA only
