@@ -145,7 +145,8 @@ def test_only_proxies_in_the_new_space_on_the_same_eval_set_are_reused(tmp_path)
 # --- end to end ------------------------------------------------------------------------------------------
 
 OPT = {"tokens": 4096, "seq_len": 64, "eval_tokens": 2048, "vocab_size": 512, "bootstrap": 20, "quiet": True,
-       "families": ("linear",)}  # the fits are tested in test_propose_math; dml on 4 proxies is slow
+       "families": ("linear",),  # the fits are tested in test_propose_math; dml on 4 proxies is slow
+       "confirm_seeds": 1, "replicates": 200}  # confirmation is tested in test_propose
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +187,9 @@ def test_reuse_end_to_end_on_the_sample(corpora, ray_session, tmp_path):
         kept = sum(shares[s] for s in prev_ratio)
         assert {s: shares[s] / kept for s in prev_ratio} == pytest.approx(prev_ratio, abs=1e-9)
     # the first drawn proxy is PREV_OUT's proposal itself (nothing of wikipedia), and it is predicted beside
-    assert p["proxies"][0]["shares"]["wikipedia"] == 0 and "previous" in p["predicted"]
+    # (4 proxies cannot give a rank correlation an interval above 0: the best proxy stands in, unpredicted)
+    assert p["proxies"][0]["shares"]["wikipedia"] == 0
+    assert "previous" in p["predicted"] if p["status"] == "proposed" else p["predicted"] == {}
     assert sum(p["shares"].values()) == pytest.approx(1.0) and set(p["shares"]) == set(first["sources"]) | {"wikipedia"}
     for s, v in p["shares"].items():
         assert v <= p["bounds"][s] + 1e-9
@@ -227,7 +230,9 @@ def test_reuse_end_to_end_on_the_sample(corpora, ray_session, tmp_path):
     assert r["proxies_trained"] == 3 and r["compute_saved"] == pytest.approx(1 / 2)
     assert len(list((tmp_path / "third" / "proxies").glob("p*/metrics.json"))) == 3
     assert q["proxies"][0]["reused"] and q["proxies"][0]["bpb"] == p["proxies"][0]["bpb"]
-    assert {x["reason"] for x in r["proxies_not_reused"]} == {
-        "its mixture is not in the new space (only a mixture giving the unchanged sources the previous "
-        "proposal's ratios, and nothing to the others, is)"}
+    # (a Dirichlet draw with a tiny share of the new source can land on the previous proposal exactly)
+    not_in_space = ("its mixture is not in the new space (only a mixture giving the unchanged sources the previous "
+                    "proposal's ratios, and nothing to the others, is)")
+    reasons = {x["reason"] for x in r["proxies_not_reused"]}
+    assert not_in_space in reasons and reasons <= {not_in_space, "the same mixture as p000, already reused"}
     assert "(reused)" in (tmp_path / "third" / "report.md").read_text()
