@@ -254,7 +254,9 @@ def plan_run(cfg: TrainConfig, stored_seq_len: int, vocab_size: int, world: int,
                 micro_batch=micro, accum=accum, world_size=world, global_batch=global_batch,
                 total_steps=steps, warmup_steps=int(min(warmup, steps)), lr=float(lr),
                 schedule=schedule, min_lr_ratio=float(min_ratio), device=str(device),
-                autocast="bfloat16" if device.type == "cuda" else None, compile=bool(use_compile),
+                # bf16 autocast on CUDA, except under FSDP2, where MixedPrecisionPolicy alone casts (#20.4)
+                autocast="bfloat16" if device.type == "cuda" and parallel != "fsdp" else None,
+                compile=bool(use_compile),
                 attention=attention, tokens_per_step=tokens_per_step, parallel=parallel)
 
 
@@ -277,6 +279,20 @@ def tune_cpu_malloc() -> bool:
         return False
     M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # from <malloc.h>
     return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
+
+
+CPU_EVAL_TOKENS = 16384  # tokens per evaluation forward pass on the CPU (no gradients, no logits kept)
+
+
+def eval_batch_size(cfg: TrainConfig, plan: Plan, device: torch.device) -> int:
+    """Sequences per evaluation batch: ``--eval-batch`` if given; on the CPU about 16k tokens (evaluation
+    keeps no activations and, with the chunked head, no logits, and with 2 threads a 16-sequence batch
+    spends most of its time in per-op overhead: 2-2.5x slower per token, measured); else the micro-batch."""
+    if cfg.eval_batch:
+        return cfg.eval_batch
+    if device.type == "cpu":
+        return max(plan.micro_batch, CPU_EVAL_TOKENS // plan.seq_len)
+    return plan.micro_batch
 
 
 # ---------------------------------------------------------------------------------------------- files
@@ -309,9 +325,12 @@ def _wrap(model: GPT, plan: Plan, dev: torch.device, world: int) -> torch.nn.Mod
     if plan.parallel == "fsdp":
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+        # the policy alone sets the numerics (no autocast on top: plan_run); the last block is not resharded
+        # after forward, since backward needs it at once (torchtitan's choice)
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-        for block in model.blocks:
-            fully_shard(block, mp_policy=mp)
+        last = len(model.blocks) - 1
+        for i, block in enumerate(model.blocks):
+            fully_shard(block, mp_policy=mp, reshard_after_forward=i < last)
         fully_shard(model, mp_policy=mp)
         return model
     if world > 1:
@@ -407,14 +426,19 @@ def _train(cfg: TrainConfig, device: torch.device | str | None, on_eval: Callabl
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     random.seed(cfg.seed)
-    model = GPT(ModelConfig.from_dict(plan.model)).to(dev)
+    with torch.device("meta"):  # no CPU copy first: the weights are materialised on this rank's device
+        model = GPT(ModelConfig.from_dict(plan.model))
+    model.to_empty(device=dev)
+    model.init_weights()
     model.activation_checkpointing = cfg.activation_checkpointing
     init_info = None
     if cfg.init_from:  # continual pretraining from another run's final weights (slimpipe.train.continual)
         from slimpipe.train.continual import init_from_run
 
         init_info = init_from_run(model, cfg.init_from, train_set, cfg.mix_dir, eval_sets,
-                                  batch_size=cfg.eval_batch or plan.micro_batch, device=dev)
+                                  batch_size=eval_batch_size(cfg, plan, dev), device=dev)
+    if plan.compile:  # each block + the output head, before DDP/FSDP2 wrap them (compiles in ~one layer's time)
+        model.compile_regions()
     run_model = _wrap(model, plan, dev, world)  # before the optimizer: FSDP2 replaces the parameters
     optimizer = torch.optim.AdamW(model.param_groups(plan.lr, cfg.weight_decay), lr=plan.lr,
                                   betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
@@ -424,7 +448,7 @@ def _train(cfg: TrainConfig, device: torch.device | str | None, on_eval: Callabl
 
     step = 0
     if cfg.resume and existing:
-        saved = ckpt_io.read_meta(existing[-1])["plan"]
+        saved = ckpt_io.read_meta(existing[-1], legacy=True)["plan"]
         mismatched = [k for k in _RESUME_KEYS if _comparable(k, saved.get(k)) != _comparable(k, getattr(plan, k))]
         if mismatched:
             raise ValueError(f"cannot resume {existing[-1]}: {mismatched} differ from this run's settings")
@@ -438,11 +462,9 @@ def _train(cfg: TrainConfig, device: torch.device | str | None, on_eval: Callabl
                                            "phases": data.describe()})
 
     eval_model: torch.nn.Module = model
-    if plan.compile:  # each block + the output head: compiles in about one layer's time (GPT.compile_regions)
-        model.compile_regions()
     autocast_dtype = torch.bfloat16 if plan.autocast == "bfloat16" else None
     local_batch = plan.micro_batch * plan.accum
-    eval_batch = cfg.eval_batch or plan.micro_batch
+    eval_batch = eval_batch_size(cfg, plan, dev)
     checkpointer = ckpt_io.Checkpointer(out, device=dev, keep=cfg.keep_checkpoints, every_steps=cfg.checkpoint_interval,
                                         interval_s=(cfg.checkpoint_minutes or 0) * 60, async_save=cfg.async_checkpoint)
     lo, hi = rank * local_batch, (rank + 1) * local_batch
@@ -537,7 +559,8 @@ def _train(cfg: TrainConfig, device: torch.device | str | None, on_eval: Callabl
         "tokens": data.tokens_at(step), "final_train_loss": last_loss,
         "eval": {"sources": final["sources"], "total": final["total"], "mean_bpb": final.get("mean_bpb")},
         "throughput": {
-            "tokens_per_s": train_tokens / train_time if train_time else None,  # first step excluded
+            "tokens_per_s": train_tokens / train_time if train_time else None,  # all ranks; first step excluded
+            "tokens_per_s_per_device": train_tokens / train_time / world if train_time else None,  # for MFU
             "model_flops_per_token": training_flops_per_token(
                 plan.n_params, plan.model["n_layer"], plan.model["d_model"], plan.seq_len),
             "steps_timed": max(0, step - first_step - 1) if plan.total_steps - first_step > 1 else 1,

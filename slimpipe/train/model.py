@@ -277,6 +277,12 @@ class GPT(nn.Module):
         if self.wte.weight.device.type != "meta":
             self.reset_parameters()
 
+    def init_weights(self) -> None:
+        """Initialise a model built on the meta device and moved with ``to_empty``: the weights
+        (:meth:`reset_parameters`) and the ALiBi slopes (a non-persistent buffer)."""
+        self.alibi.slopes = alibi_slopes(self.cfg.n_head).to(self.wte.weight.device)
+        self.reset_parameters()
+
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """Cerebras-GPT init: N(0, std) weights, output projections std/sqrt(2L), zero biases, unit LN.
