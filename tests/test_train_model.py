@@ -373,3 +373,34 @@ def test_regional_compilation_matches_eager_forward_and_backward():
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-7, msg=name)
     assert set(compiled.state_dict()) == set(eager.state_dict())  # compiling does not rename weights
     dynamo.reset()
+
+
+def test_a_full_evaluation_compiles_at_most_one_graph_per_length_bucket(tmp_path):
+    """#20.1: evaluation pads each batch to one of 4 lengths, so a compiled model (FlexAttention on CUDA)
+    compiles at most 4 graphs over a whole evaluation, instead of one per window length (and past
+    recompile_limit, an unfused eager fallback). Counted with dynamo's counters on CPU through the SDPA path
+    (FlexAttention has no CPU backward and compiling it on CPU is slow), static shapes as on CUDA's flex."""
+    import numpy as np
+    import torch._dynamo as dynamo
+
+    from slimpipe.mix.packed import PackedDataset
+    from slimpipe.mix.packed_writer import PackedWriter
+    from slimpipe.train.evaluate import evaluate_documents
+
+    rng = np.random.default_rng(0)
+    with PackedWriter(tmp_path / "ev", 32, vocab_size=97, eos_id=0) as w:  # documents of 1..40 tokens
+        for n in rng.integers(1, 41, size=60):
+            w.add(rng.integers(1, 97, size=int(n)), int(n))
+    ds = PackedDataset(tmp_path / "ev")
+    torch.manual_seed(0)
+    model = GPT(small_cfg(attention="sdpa"))
+    plain, _ = evaluate_documents(model, {"s": ds}, seq_len=32, batch_size=4, byte_lengths=np.ones(97, np.int64))
+    dynamo.reset()
+    dynamo.utils.counters.clear()
+    model.compile_regions(backend="eager", dynamic=False)
+    got, _ = evaluate_documents(model, {"s": ds}, seq_len=32, batch_size=4, byte_lengths=np.ones(97, np.int64))
+    graphs = dynamo.utils.counters["stats"]["unique_graphs"]
+    dynamo.reset()
+    assert got["total"]["nll"] == pytest.approx(plain["total"]["nll"], rel=1e-5)
+    # one graph per bucket for the blocks (one compiled block serves all layers) and per bucket for the head
+    assert 0 < graphs <= 2 * 4, graphs

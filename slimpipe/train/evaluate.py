@@ -132,6 +132,18 @@ def _windows(spans: np.ndarray, L: int) -> list[tuple[int, int, int, int]]:
     return out
 
 
+def length_bucket(T: int, max_len: int, buckets: int = 4) -> int:
+    """The evaluation length ``T`` is padded to (targets there ignored): the smallest of ``max_len``,
+    ``max_len/2``, ... (``buckets`` lengths) that holds it, so a compiled model (FlexAttention on CUDA) sees
+    at most ``buckets`` shapes over a whole evaluation instead of one per window length (#20.1)."""
+    size = max_len
+    for _ in range(buckets - 1):
+        if T > size // 2 or size // 2 < 1:
+            break
+        size //= 2
+    return max(size, T)
+
+
 def _doc_bytes(ds: PackedDataset, spans: np.ndarray, byte_lengths: np.ndarray | None, decode) -> np.ndarray:
     tokens = np.asarray(ds.tokens)
     if byte_lengths is not None:
@@ -166,13 +178,19 @@ def evaluate_documents(model: torch.nn.Module, sets: dict[str, PackedDataset], *
         wins.sort(key=lambda w: w[2] - w[1])  # similar lengths share a batch: little padding
         mine = wins[rank::world]
         n_batches = -(-len(wins) // (world * batch_size)) if wins else 0
+        # pad lengths to a bucket and the last batch with ignored rows (#20.1) where shapes cost compiles;
+        # an eager CPU model would only pay for the padding
+        pad_shapes = device.type != "cpu" or bool(getattr(model, "compiled_regions", False))
         nll = torch.zeros(len(spans), dtype=torch.float64)
         for bi in range(n_batches):
             chunk = mine[bi * batch_size : (bi + 1) * batch_size] or wins[:1]  # ranks run equal passes
             scored = bool(mine[bi * batch_size : (bi + 1) * batch_size])
             T = max(e - s for _, s, e, _ in chunk)
-            x = torch.full((len(chunk), T), ds.eos_id, dtype=torch.long)
-            y = torch.full((len(chunk), T), -100, dtype=torch.long)
+            rows_b = len(chunk)
+            if pad_shapes:  # a compiled model (CUDA, or compile_regions): few distinct shapes, no recompiles
+                T, rows_b = length_bucket(T, seq_len), batch_size
+            x = torch.full((rows_b, T), ds.eos_id, dtype=torch.long)
+            y = torch.full((rows_b, T), -100, dtype=torch.long)
             for r, (_, s, e, first) in enumerate(chunk):
                 x[r, : e - s] = stream[s:e]
                 tgt = stream[s + 1 : e + 1].clone()
@@ -182,7 +200,7 @@ def evaluate_documents(model: torch.nn.Module, sets: dict[str, PackedDataset], *
             with ctx:
                 _, loss = model(x.to(device), y.to(device), reduction="none")
             if scored:
-                per_row = loss.view(len(chunk), T).double().cpu().sum(dim=1)
+                per_row = loss.view(rows_b, T).double().cpu().sum(dim=1)
                 for r, (d, *_rest) in enumerate(chunk):
                     nll[d] += float(per_row[r])
         if distributed:

@@ -249,15 +249,17 @@ class AlibiBias(nn.Module):
             from torch.nn.attention.flex_attention import flex_attention
 
             return flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)
-        return self._flex_fn(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)
+        if q.device.type == "cuda":  # never silenced on CUDA: eager flex there materialises B*H*T*T scores
+            return self._flex_fn(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)
+        with warnings.catch_warnings():  # CPU (forward only, tests): eager flex is exact but slow, by design
+            warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
+            return self._flex_fn(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)
 
 
 def _causal(b, h, qi, ki):  # FlexAttention mask_mod
     return qi >= ki
 
 
-# Eager FlexAttention (CPU forward, tests) is exact but slow; torch says so on every call.
-warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
 
 
 class GPT(nn.Module):
@@ -358,6 +360,7 @@ class GPT(nn.Module):
             block.compile(**compile_kwargs)
         self._output = torch.compile(self._logits_and_loss, **compile_kwargs)
         self._loss = torch.compile(self._head_loss, **compile_kwargs)
+        self.compiled_regions = True  # evaluation then pads to a few shapes (evaluate.length_bucket)
         return self
 
     def vocab_pad_mask(self, device: torch.device) -> torch.Tensor:
