@@ -94,6 +94,11 @@ def headline(r: dict) -> list[str]:
         elif "runner_up" in w and ci and not w.get("claim_ok"):
             out.append(f"Best mix overall, {_conditional(w)}: {w['winner']} ({w['bpb']:.4f}) leads {w['runner_up']} "
                        f"by {gap}, 95% CI [{ci[0]:+.4f}, {ci[1]:+.4f}] ({_total_scope(w)}); no verdict.")
+        elif "runner_up" in w and ci and w.get("excluded_from_total"):  # the interval's total is over fewer sources
+            out.append(f"Best mix overall: no detectable difference — {w['winner']} has the lowest total over every "
+                       f"source ({w['bpb']:.4f}, {w['margin']:.4f} below {w['runner_up']}); over the sources with "
+                       f"intervals {w['runner_up']} − {w['winner']} = {gap}, 95% CI [{ci[0]:+.4f}, {ci[1]:+.4f}], "
+                       "which covers 0.")
         elif "runner_up" in w:
             why = (f"95% CI of the gap [{ci[0]:+.4f}, {ci[1]:+.4f}] covers 0" if ci
                    else f"no interval: every source has fewer than {MIN_DOCS} evaluation documents"
