@@ -33,13 +33,13 @@ def setup(tmp_path_factory) -> dict:
     mixes = build_mixes(root)
     base = root / "base"
     train(TrainConfig(mix_dir=str(mixes["web"]), out_dir=str(base), model=str(mixes["model"]), max_steps=12,
-                      eval_interval=0, export=False, checkpoint_interval=12))
+                      eval_interval=0, export=False, checkpoint_interval=12, device="cpu"))
     return {**mixes, "root": root, "base": base}
 
 
 def cfg(setup: dict, mix: Path, out: Path, **kw) -> TrainConfig:
     base = dict(mix_dir=str(mix), out_dir=str(out), model=str(setup["model"]), eval_interval=0, export=False,
-                init_from=str(setup["base"]), warmup_steps=1)
+                init_from=str(setup["base"]), warmup_steps=1, device="cpu")  # CPU even on a GPU machine
     base.update(kw)
     return TrainConfig(**base)
 

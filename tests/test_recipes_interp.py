@@ -47,7 +47,7 @@ def test_eval_seq_lens_reports_bpb_per_length_plain_and_interpolated(mixes, tmp_
     out = tmp_path / "run"
     res = CliRunner().invoke(train_command, [
         str(mixes["web"]), "--model", str(mixes["model"]), "-o", str(out), "--max-steps", "12", "--seq-len", "32",
-        "--eval-interval", "0", "--eval-seq-lens", "64,16,32,128", "--no-compile"])
+        "--eval-interval", "0", "--eval-seq-lens", "64,16,32,128", "--no-compile", "--device", "cpu"])
     assert res.exit_code == 0, res.output
     m = json.loads((out / "metrics.json").read_text())
     cl = m["context_length"]

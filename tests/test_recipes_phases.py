@@ -34,7 +34,7 @@ def write_phases(path: Path, phases: list[dict]) -> Path:
 
 def cfg(mixes: dict[str, Path], out: Path, phases: list[dict], **kw) -> TrainConfig:
     base = dict(mix_dir=str(phases[-1]["mix"]), out_dir=str(out), model=str(mixes["model"]), eval_sequences=4,
-                eval_interval=0, export=False, phases=phases)
+                eval_interval=0, export=False, phases=phases, device="cpu")  # CPU even on a GPU machine
     base.update(kw)
     return TrainConfig(**base)
 
@@ -125,7 +125,7 @@ def test_cli_phases_with_relative_mix_paths(mixes, tmp_path):
     yaml_path.write_text("phases:\n  - {mix: web, tokens: 512, seq_len: 32}\n  - {mix: code, steps: 1}\n")
     out = tmp_path / "cli"
     res = CliRunner().invoke(train_command, ["--phases", str(yaml_path), "--model", str(mixes["model"]),
-                                             "-o", str(out), "--eval-sequences", "2", "--no-compile"])
+                                             "-o", str(out), "--eval-sequences", "2", "--no-compile", "--device", "cpu"])
     assert res.exit_code == 0, res.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert [p["steps"] for p in metrics["phases"]] == [2, 1] and metrics["tokens"] == 2 * 256 + 512
