@@ -103,6 +103,9 @@ def _build(src: Path, weights: dict[str, float], name: str, out: Path, opt: Prop
     from slimpipe.mix.build import MixOptions, build_mix
     from slimpipe.mix.config import MixConfig
 
+    # a share worth less than one token of the budget is no share (the builder would ask for 0 documents)
+    total = math.fsum(weights.values())
+    weights = {s: v for s, v in weights.items() if v > 0 and v / total * opt.tokens >= 1.0}
     if (out / "manifest.json").exists():  # resume, but only the same mix of the same data
         m = json.loads((out / "manifest.json").read_text())
         total = math.fsum(weights.values())
@@ -505,7 +508,9 @@ def _confirm(src: Path, out: Path, opt: ProposeOptions, configs: dict[str, dict[
                          + "; ".join(f"{s} {v}" for s, v in too_few.items()) + ")")
         comparisons[ref] = c
     return {"half": H.CONFIRMATION, "seeds": seeds, "runs": runs, "mixes": mixes, "realised": realised,
-            "comparisons": comparisons, "failed": failed, "interval_method": method or INTERVAL_METHOD,
+            "comparisons": comparisons, "failed": failed,
+            "interval_method": method or ("none: no source has enough confirmation documents for an interval"
+                                          if not pooled else INTERVAL_METHOD),
             "conditional": len(seeds) < 3, "pooled_sources": pooled, "left_out_of_intervals": too_few}
 
 
