@@ -240,4 +240,4 @@ def test_a_predicting_fit_opens_with_the_objective(tmp_path):
     lines = headline_lines(p)
     assert lines[0].startswith("Objective: natural")
     assert [ln.split(":")[0] for ln in lines[2:]] == ["- proposed − DC-6", "- proposed − natural",
-                                                       "- proposed − best_proxy"]
+                                                       "- proposed − best proxy"]

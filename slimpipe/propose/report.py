@@ -141,7 +141,7 @@ def write_report(out: Path, p: dict) -> Path:
     return path
 
 
-_LABEL = {"natural": "natural", "dc6": "DC-6", "previous": "PREV_OUT's mix"}
+_LABEL = {"natural": "natural", "dc6": "DC-6", "previous": "PREV_OUT's mix", "best_proxy": "best proxy"}
 
 
 def _columns(p: dict) -> dict[str, dict[str, float]]:
@@ -202,7 +202,8 @@ def _plots(out: Path, p: dict) -> list[str]:
     ax.set_ylabel("predicted when held out")
     fam = p["cv_heldout"].get("family", p["chosen"])
     rho = next((r["spearman"] for r in p["cv"] if r["family"] == fam), float("nan"))
-    ax.set_title(f"{fam}{'' if p['chosen'] else ' (rejected)'}: held-out Spearman ρ = {rho:.3f} (selection half)")
+    ax.set_title(f"{fam}{'' if p['chosen'] else ' (rejected)'}: held-out Spearman ρ = {rho:.3f}\n"
+                 "(proxies scored on the selection half)", fontsize=10)
     ax.legend(loc="upper left", frameon=False)
     fig.tight_layout()
     fig.savefig(out / "predicted_vs_observed.png", dpi=110)
