@@ -110,7 +110,8 @@ def _build(src: Path, weights: dict[str, float], name: str, out: Path, opt: Prop
         m = json.loads((out / "manifest.json").read_text())
         total = math.fsum(weights.values())
         had = (m.get("mix") or {}).get("shares") or {}
-        same = (m.get("input", {}).get("path") == str(src.resolve()) and m.get("tokens_requested") == opt.tokens
+        same = (Path(m.get("input", {}).get("path") or "").resolve() == src.resolve()  # recorded as given
+                and m.get("tokens_requested") == opt.tokens
                 and m.get("seq_len") == opt.seq_len
                 and all(abs(had.get(s, 0.0) - weights.get(s, 0.0) / total) <= 1e-9 for s in {*had, *weights}))
         if not same:
