@@ -20,7 +20,7 @@ pytestmark = pytest.mark.timeout(1800)
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory, ray_session, live_output) -> Path:
     out = tmp_path_factory.mktemp("demo")
-    with live_output("demo fixture: sample -> eval set -> slimpajama x2 -> 8 mixes -> 8 tiny models -> compare"):
+    with live_output("demo fixture: sample -> eval set -> slimpajama x2 -> 8 mixes -> 8 x 3 seeds of tiny models -> compare"):
         demo_command.main(["-o", str(out), "--size", "0.4", "--tokens", "100k", "--train-tokens", "8192",
                            "--vocab-size", "1024", "--quiet"], standalone_mode=False)
     return out
