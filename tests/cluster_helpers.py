@@ -3,11 +3,17 @@ views of an output folder that may be a local path or a URI (read through slimpi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
+import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,3 +103,50 @@ def reports_without_timings(uri: str) -> dict[str, dict]:
 
 def intermediates(uri: str) -> list[str]:
     return [k for k in files(uri) if INTERMEDIATE.search(k)]
+
+
+@contextlib.contextmanager
+def ray_head(ray_args: list[str], environ: dict[str, str], tmp_prefix: str,
+             timeout: float = 180) -> Iterator[tuple[int, str]]:
+    """``ray start --head --block`` on 127.0.0.1 with its own Ray temp folder (short: Ray's socket paths live
+    under it), as another user or a cluster's head would run it. Yields ``(port, temp folder)`` once Ray says
+    it started (read from its output: no sleeping); stops exactly the processes it launched, by id, and
+    removes the folder. ``ray_args`` are added to the command (resources, dashboard)."""
+    import psutil
+
+    port = free_port()
+    ray_tmp = tempfile.mkdtemp(prefix=tmp_prefix, dir="/tmp")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("ray")), "start", "--head", f"--port={port}",
+         "--node-ip-address=127.0.0.1", "--block", "--disable-usage-stats", *ray_args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_TMPDIR": ray_tmp})
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    for line in proc.stdout:  # blocks on the child's output
+        seen.append(line)
+        if "Ray runtime started" in line or time.monotonic() > deadline:
+            break
+    try:
+        if proc.poll() is not None or not any("Ray runtime started" in x for x in seen):
+            raise RuntimeError("could not start a Ray head:\n" + "".join(seen[-20:]))
+        yield port, ray_tmp
+    finally:
+        started = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        for child in started:  # only what this `ray start` launched
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                pass
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

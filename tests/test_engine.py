@@ -10,24 +10,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.cluster_helpers import free_port, ray_head
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = Path(sys.executable).with_name("ray")
 LONG = "A sentence long enough to be a document of its own, repeated a few times. " * 4
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -38,39 +34,11 @@ def _env(**extra: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def other_cluster():
-    """Another user's Ray on this machine: a head node with one CPU, on loopback."""
-    psutil = pytest.importorskip("psutil")
-    port = _free_port()
-    # its own temp folder (short: Ray's socket paths live under it), so `auto` finds this cluster only
-    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
-    proc = subprocess.Popen(
-        [str(RAY), "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
-         "--node-ip-address=127.0.0.1", "--block", "--disable-usage-stats"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env=_env(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_TMPDIR=ray_tmp))
-    seen = []
-    deadline = time.monotonic() + 120
-    for line in proc.stdout:  # blocks on the child's output, no sleeping
-        seen.append(line)
-        if "Ray runtime started" in line or time.monotonic() > deadline:
-            break
-    try:
-        if proc.poll() is not None or not any("Ray runtime started" in x for x in seen):
-            pytest.fail("could not start a second Ray cluster:\n" + "".join(seen[-20:]))
+    """Another user's Ray on this machine: a head node with one CPU, on loopback, with its own temp folder
+    (so `auto` finds this cluster only)."""
+    pytest.importorskip("psutil")
+    with ray_head(["--num-cpus=1", "--include-dashboard=false"], _env(), "rt", timeout=120) as (port, ray_tmp):
         yield f"127.0.0.1:{port}", ray_tmp
-    finally:
-        started = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        for child in started:  # only what this fixture's `ray start` launched, by id
-            try:
-                child.kill()
-            except psutil.NoSuchProcess:
-                pass
-        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def _inspect(corpus: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
@@ -123,7 +91,7 @@ def test_without_v_ray_start_up_is_silent(corpus: Path) -> None:
 
 def test_an_unreachable_address_is_one_line(corpus: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "slimpipe.cli", "inspect", str(corpus), "--ray-address",
-                        f"127.0.0.1:{_free_port()}"], capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=300)
+                        f"127.0.0.1:{free_port()}"], capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=300)
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [f"Error: cannot reach the Ray cluster at {r.args[-1]}: Connection refused"]
 

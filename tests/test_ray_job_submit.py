@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
 import zstandard
 
-from tests.test_engine import RAY, ROOT, _env, _free_port
+from tests.cluster_helpers import free_port, ray_head
+from tests.test_engine import RAY, ROOT, _env
 
 WORDS = [f"{a}{b}" for a in ("ka", "lo", "mi", "nu", "pe", "ra", "si") for b in ("", "n", "st", "mp", "sh", "th")]
 
@@ -29,39 +27,12 @@ WORDS = [f"{a}{b}" for a in ("ka", "lo", "mi", "nu", "pe", "ra", "si") for b in 
 def head_with_job_server():
     """A Ray head with its dashboard (job server) on 127.0.0.1: yields the job server's http address (``jobs``),
     the head's GCS address (``gcs``) and its Ray temp folder (``tmp``)."""
-    psutil = pytest.importorskip("psutil")
+    pytest.importorskip("psutil")
     pytest.importorskip("aiohttp_cors", reason="the job server needs ray[default] (dev extras)")
-    port, dash = _free_port(), _free_port()
-    ray_tmp = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Ray's socket paths live under it
-    proc = subprocess.Popen(
-        [str(RAY), "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=true",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--node-ip-address=127.0.0.1", "--block",
-         "--disable-usage-stats"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env=_env(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_TMPDIR=ray_tmp, PYTHONPATH=str(ROOT)))
-    seen = []
-    deadline = time.monotonic() + 180
-    for line in proc.stdout:  # blocks on the child's output, no sleeping
-        seen.append(line)
-        if "Ray runtime started" in line or time.monotonic() > deadline:
-            break
-    try:
-        if proc.poll() is not None or not any("Ray runtime started" in x for x in seen):
-            pytest.fail("could not start a Ray head with its job server:\n" + "".join(seen[-20:]))
+    dash = free_port()
+    args = ["--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}"]
+    with ray_head(args, _env(PYTHONPATH=str(ROOT)), "rj") as (port, ray_tmp):
         yield {"jobs": f"http://127.0.0.1:{dash}", "gcs": f"127.0.0.1:{port}", "tmp": ray_tmp}
-    finally:
-        started = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        for child in started:  # only what this fixture's `ray start` launched, by id
-            try:
-                child.kill()
-            except psutil.NoSuchProcess:
-                pass
-        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def _kept(out: Path) -> dict[str, bytes]:
