@@ -12,6 +12,7 @@ import json
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -55,10 +56,17 @@ def test_ray_job_submit_runs_dedup_and_keeps_what_a_local_run_keeps(head_with_jo
     local = subprocess.run([*cli, *dedup, "-o", str(tmp_path / "local")], capture_output=True, text=True, cwd=ROOT,
                            timeout=600, env=_env(PYTHONPATH=str(ROOT)))
     assert local.returncode == 0, local.stderr[-3000:]
-    job = subprocess.run([str(RAY), "job", "submit", "--address", head_with_job_server["jobs"], "--",
-                          *cli, "-v", *dedup, "-o", str(tmp_path / "job")],
-                         capture_output=True, text=True, cwd=ROOT, timeout=600,
-                         env=_env(RAY_AUTH_MODE="token", PYTHONPATH=str(ROOT)))
+    # "Ray runtime started" comes before the head's dashboard agent takes jobs: the job server answers
+    # "No available agent to submit job, please try again later" until then (a bounded readiness poll)
+    deadline = time.monotonic() + 120
+    while True:
+        job = subprocess.run([str(RAY), "job", "submit", "--address", head_with_job_server["jobs"], "--",
+                              *cli, "-v", *dedup, "-o", str(tmp_path / "job")],
+                             capture_output=True, text=True, cwd=ROOT, timeout=600,
+                             env=_env(RAY_AUTH_MODE="token", PYTHONPATH=str(ROOT)))
+        if "No available agent" not in job.stdout + job.stderr or time.monotonic() > deadline:
+            break
+        time.sleep(2)
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
     assert "succeeded" in job.stdout and "ray: attached to the Ray cluster at 127.0.0.1:" in job.stdout, job.stdout
     kept = _kept(tmp_path / "job")
