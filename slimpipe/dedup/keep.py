@@ -69,8 +69,11 @@ def policy_order(
     source_priority: Sequence | None = None,
 ) -> np.ndarray:
     """Indices sorting nodes by component, then the policy's preference, then id (the first is kept)."""
-    key = _policy_key(np.asarray(labels).size, policy, source, length, source_priority)
-    return np.lexsort((np.asarray(ids, np.int64), key, np.asarray(labels, np.int64)))
+    labels = np.asarray(labels, dtype=np.int64)
+    key = _policy_key(labels.size, policy, source, length, source_priority)
+    if key.shape != labels.shape:
+        raise ValueError("per-node attributes must have one value per node")
+    return np.lexsort((np.asarray(ids, np.int64), key, labels))
 
 
 def check_clusters(
@@ -131,10 +134,7 @@ def representatives(
         raise ValueError("labels and ids must have the same length")
     if labels.size == 0:
         return labels.copy(), ids.copy()
-    key = _policy_key(labels.size, policy, source, length, source_priority)
-    if key.shape != labels.shape:
-        raise ValueError("per-node attributes must have one value per node")
-    order = np.lexsort((ids, key, labels))
+    order = policy_order(labels, ids, policy, source=source, length=length, source_priority=source_priority)
     sorted_labels = labels[order]
     first = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
     return sorted_labels[first], ids[order[first]]
