@@ -44,7 +44,7 @@ threads without the GIL. Inputs must already be cleaned (:func:`slimpipe.text.cl
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -293,20 +293,27 @@ def signatures(texts_clean: Sequence[str], params: DedupParams) -> np.ndarray:
     Python work per shingle and only ``len()`` per document. An empty text gets the empty-set
     signature (all 2^32-1).
     """
-    n_docs = len(texts_clean)
-    out = np.empty((n_docs, int(params.num_perm)), dtype=np.uint32)
-    lengths = np.fromiter((len(t) for t in texts_clean), dtype=np.int64, count=n_docs)
+    out = np.empty((len(texts_clean), int(params.num_perm)), dtype=np.uint32)
+    for start, stop, cp, offsets in codepoint_chunks(texts_clean):
+        out[start:stop] = signatures_from_codepoints(cp, offsets, params)
+    return out
+
+
+def codepoint_chunks(texts: list[str], chunk_chars: int | None = None
+                     ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+    """``(start, stop, code points, offsets)`` over consecutive documents ``texts[start:stop]`` joined, about
+    ``chunk_chars`` code points at a time (at least one document): what the compiled kernels take."""
+    chunk_chars = chunk_chars or _CHUNK_CHARS
+    n_docs = len(texts)
+    lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=n_docs)
     start = 0
     while start < n_docs:
-        # Take documents until the chunk holds ~_CHUNK_CHARS code points (at least one document).
         csum = np.cumsum(lengths[start:])
-        stop = start + max(1, int(np.searchsorted(csum, _CHUNK_CHARS, side="right")))
+        stop = start + max(1, int(np.searchsorted(csum, chunk_chars, side="right")))
         offsets = np.zeros(stop - start + 1, dtype=np.int64)
         np.cumsum(lengths[start:stop], out=offsets[1:])
-        cp = _codepoints("".join(texts_clean[start:stop]))
-        out[start:stop] = signatures_from_codepoints(cp, offsets, params)
+        yield start, stop, _codepoints("".join(texts[start:stop])), offsets
         start = stop
-    return out
 
 
 def band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:

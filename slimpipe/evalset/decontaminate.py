@@ -45,10 +45,10 @@ import numpy as np
 from numba import njit
 
 from slimpipe.dedup.minhash import (
-    _codepoints,
     _gram_hashes,
     _word_tokens,
     band_keys,
+    codepoint_chunks,
     exact_hashes,
     permutation_params,
     shingle_set,
@@ -227,18 +227,10 @@ class ContainmentIndex:
             return doc, frac
         p = self.params
         base, wbase, hseed, _, _ = permutation_params(int(p.seed), 1)
-        lengths = np.fromiter((len(t) for t in clean), dtype=np.int64, count=n_docs)
-        start = 0
-        while start < n_docs:
-            csum = np.cumsum(lengths[start:])
-            stop = start + max(1, int(np.searchsorted(csum, _CHUNK_CHARS, side="right")))
-            offsets = np.zeros(stop - start + 1, dtype=np.int64)
-            np.cumsum(lengths[start:stop], out=offsets[1:])
-            cp = _codepoints("".join(clean[start:stop]))
+        for start, stop, cp, offsets in codepoint_chunks(clean, _CHUNK_CHARS):
             _containment_kernel(cp, offsets, int(p.ngram), p.unit == "word", base, wbase, hseed, self.bloom,
                                 self.bloom_shift, self.table, self.multi, self.sizes, self.eval_min,
                                 self.threshold, doc[start:stop], frac[start:stop])
-            start = stop
         return doc, frac
 
 
