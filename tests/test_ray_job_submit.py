@@ -31,7 +31,11 @@ def head_with_job_server():
     pytest.importorskip("psutil")
     pytest.importorskip("aiohttp_cors", reason="the job server needs ray[default] (dev extras)")
     dash = free_port()
-    args = ["--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}"]
+    # The job server hands jobs to the head's dashboard agent. Its HTTP port defaults to 52365, which the
+    # test session's own private Ray already holds: an agent that cannot bind never registers, and every
+    # submission is answered "No available agent to submit job" (what CI saw). Give it a free port.
+    args = ["--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+            f"--dashboard-agent-listen-port={free_port()}"]
     with ray_head(args, _env(PYTHONPATH=str(ROOT)), "rj") as (port, ray_tmp):
         yield {"jobs": f"http://127.0.0.1:{dash}", "gcs": f"127.0.0.1:{port}", "tmp": ray_tmp}
 
