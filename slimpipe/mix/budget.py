@@ -16,15 +16,14 @@ ever silently shrunk.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-TOLERANCE_PP = 0.5  # realised shares must be within this many percentage points of the mix's shares
+from slimpipe.units import parse_count
 
-_SUFFIXES = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
+TOLERANCE_PP = 0.5  # realised shares must be within this many percentage points of the mix's shares
 
 
 class BudgetError(ValueError):
@@ -32,23 +31,9 @@ class BudgetError(ValueError):
 
 
 def parse_token_count(value: str | int | float) -> int:
-    """``330B``, ``5M``, ``2.5k``, ``1e6``, ``1_000_000`` -> an int; zero, negative and fractional counts fail."""
-    if isinstance(value, bool):
-        raise ValueError(f"not a token count: {value!r}")
-    if isinstance(value, (int, float)):
-        number = float(value)
-    else:
-        s = str(value).strip().replace("_", "").replace(",", "")
-        m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([kKmMbBgGtT]?)", s)
-        if not m:
-            raise ValueError(f"not a token count: {value!r} (examples: 330B, 5M, 2.5k, 1e6)")
-        number = float(m.group(1)) * _SUFFIXES[m.group(2).upper()]
-    if not math.isfinite(number) or number <= 0:
-        raise ValueError(f"token count must be positive, got {value!r}")
-    count = round(number)
-    if abs(count - number) > 1e-6 * max(1.0, number):
-        raise ValueError(f"token count must be a whole number, got {value!r}")
-    return int(count)
+    """``330B``, ``5M``, ``2.5k``, ``1e6``, ``1_000_000`` -> an int; zero, negative and fractional counts fail
+    (:func:`slimpipe.units.parse_count`, the one count parser of every command)."""
+    return parse_count(value, what="token count")
 
 
 def apportion(total: int, weights: Sequence[float]) -> list[int]:

@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from slimpipe import storage
-from slimpipe.mix.budget import parse_token_count
 from slimpipe.options import SEED
+from slimpipe.units import parse_count
 
 
 class TokenCount(click.ParamType):
@@ -22,10 +22,10 @@ class TokenCount(click.ParamType):
     def convert(self, value, param, ctx) -> int:
         if isinstance(value, int):
             return value
-        if self.allow_zero and str(value).strip() in ("0", "all"):
+        if self.allow_zero and str(value).strip() == "all":
             return 0
         try:
-            return parse_token_count(value)
+            return parse_count(value, allow_zero=self.allow_zero, what="token count")
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -12,24 +11,17 @@ from pathlib import Path
 
 import click
 
-_SUFFIX = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
+from slimpipe.units import parse_count
 
 
-def parse_count(text: str | None) -> int | None:
-    """``"131072"``, ``"2.2e9"``, ``"500M"``, ``"2B"`` -> int."""
+def _count(text: str | None) -> int | None:
+    """``--tokens``: ``"131072"``, ``"2.2e9"``, ``"500M"``, ``"2B"`` -> int (:func:`slimpipe.units.parse_count`)."""
     if text is None:
         return None
-    s = text.strip().lower().replace("_", "")
-    mult = 1.0
-    if s and s[-1] in _SUFFIX:
-        mult, s = _SUFFIX[s[-1]], s[:-1]
     try:
-        value = float(s) * mult
+        return parse_count(text)
     except ValueError as exc:
-        raise click.BadParameter(f"not a count: {text!r}") from exc
-    if not math.isfinite(value) or value <= 0:
-        raise click.BadParameter(f"must be positive: {text!r}")
-    return int(value)
+        raise click.BadParameter(str(exc), param_hint="--tokens") from exc
 
 
 def _mix_location(value: str | None) -> str | None:
@@ -141,7 +133,7 @@ def train_command(mix_dir: str | None, model: str, output: str, max_steps: int |
         mix_dir, phases, seq_lens = recipe_inputs(mix_dir, phases_file, eval_seq_lens)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
-    cfg = TrainConfig(mix_dir=mix_dir, out_dir=output, model=model, max_steps=max_steps, tokens=parse_count(tokens),
+    cfg = TrainConfig(mix_dir=mix_dir, out_dir=output, model=model, max_steps=max_steps, tokens=_count(tokens),
                       eval_interval=eval_interval, eval_sequences=eval_sequences, seed=seed, lr=lr,
                       schedule=schedule, warmup_steps=warmup_steps, batch_size=batch_size, micro_batch=micro_batch,
                       seq_len=seq_len, attention=attention, mup=mup, checkpoint_interval=checkpoint_interval,

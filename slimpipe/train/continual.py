@@ -197,7 +197,7 @@ def extend_tokenizer_command(base: str, sources: tuple[str, ...], new_tokens: in
     """Append tokens learnt from SOURCES (RedPajama-style files or folders) to BASE (a tokenizer.json, its
     folder, a mix or a run), keeping every old id; for continual pretraining with --init-from."""
     from slimpipe.io.readers import discover_files, read_batches
-    from slimpipe.train.command import parse_count
+    from slimpipe.units import parse_count
 
     b = Path(base)
     candidates = [b, b / "tokenizer", b / "model" / "tokenizer", b / "model"]
@@ -207,7 +207,10 @@ def extend_tokenizer_command(base: str, sources: tuple[str, ...], new_tokens: in
     tok = load_tokenizer(folder)
     if not isinstance(tok, HFTokenizer):
         raise click.ClickException(f"{base}: only byte-level BPE tokenizer.json files can be extended")
-    limit = parse_count(max_bytes) or 0
+    try:
+        limit = parse_count(max_bytes, what="byte count")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--max-bytes") from exc
     texts: list[str] = []
     used = 0
     for f in discover_files(list(sources)):  # streamed: only --max-bytes of text is ever held

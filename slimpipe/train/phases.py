@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from slimpipe.mix.packed import INDEX, PackedDataset, ShuffledSampler, open_mix, train_path
+from slimpipe.units import parse_count
 
 if TYPE_CHECKING:
     import torch
@@ -43,11 +44,9 @@ TRAINABLE = ("all", "embeddings")
 
 
 def _count(value: Any, what: str) -> int:
-    from slimpipe.train.command import parse_count
-
     try:
-        return parse_count(str(value))  # type: ignore[return-value]
-    except Exception as exc:  # click.BadParameter
+        return parse_count(str(value))
+    except ValueError as exc:
         raise ValueError(f"{what}: not a positive count: {value!r}") from exc
 
 
