@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
 from slimpipe import storage
 from slimpipe.io.readers import InputError, discover_files
-from slimpipe.options import NON_NEGATIVE_INT, OPEN_FRACTION, POSITIVE_INT
+from slimpipe.options import (
+    NON_NEGATIVE_INT,
+    OPEN_FRACTION,
+    POSITIVE_INT,
+    argument,
+    command_options,
+    group,
+    option,
+)
 
 
 class _PathOrUri(click.ParamType):
@@ -23,49 +33,61 @@ class _PathOrUri(click.ParamType):
 PATH_OR_URI = _PathOrUri()
 
 
-def dedup_options(fn):
-    """Options shared by ``dedup`` and ``slimpajama`` (which runs dedup as one of its stages)."""
-    opts = [
-        click.option("--preset", default="slimpajama", show_default=True,
-                     help="Dedup preset name in conf/dedup/ or a YAML path (slimpajama, recall)."),
-        click.option("--mode", type=click.Choice(["global", "local"]), default=None,
-                     help="global: within and across sources; local: within each source. Default: the preset's."),
-        click.option("--threshold", type=OPEN_FRACTION, default=None, help="Jaccard threshold; alone, it re-derives bands/rows."),
-        click.option("--num-perm", type=POSITIVE_INT, default=None,
-                     help="MinHash permutations per document (default: the preset's, 128 for slimpajama)."),
-        click.option("--ngram", type=POSITIVE_INT, default=None,
-                     help="Shingle length in --unit units (default: the preset's, 13 for slimpajama)."),
-        click.option("--unit", type=click.Choice(["char", "word"]), default=None,
-                     help="Shingle unit: char n-grams of the cleaned text, or word n-grams. Default: the preset's."),
-        click.option("--bands", type=POSITIVE_INT, default=None,
-                     help="LSH bands; alone, rows become num_perm // bands. Default: the preset's."),
-        click.option("--rows", type=POSITIVE_INT, default=None,
-                     help="LSH rows per band; alone, bands become num_perm // rows. Default: the preset's."),
-        click.option("--min-chars", type=NON_NEGATIVE_INT, default=None, help="Short filter: cleaned chars below this are dropped."),
-        click.option("--verify/--no-verify", default=None, help="Check candidate pairs with the exact Jaccard. Default: the preset's (slimpajama: no, recall: yes)."),
-        click.option("--keep", type=click.Choice(["smallest-id", "source-priority", "longest"]), default=None,
-                     help="Which document of a duplicate cluster is kept. Default: the preset's (smallest-id)."),
-        click.option("--source-priority", default=None,
-                     help="Comma-separated source names for --keep source-priority, most preferred first."),
-        click.option("--source", "force_source", default=None,
-                     help="Treat every input as this source (any name; RedPajama's aliases such as cc map to theirs)."),
-        click.option("--partitions", type=POSITIVE_INT, default=None, help="Hash partitions for shuffles (default: by size)."),
-        click.option("--max-edges-in-memory", type=NON_NEGATIVE_INT, default=50_000_000, show_default=True,
-                     help="Above this many edges, connected components run distributed on Ray."),
-        click.option("--ray-address", default=None,
-                     help="Attach to this Ray cluster (host:port or auto; RAY_ADDRESS works too). Default: a private "
-                          "local Ray on 127.0.0.1."),
-        click.option("--scratch", default=None,
-                     help="Where intermediates live while the job runs (a path or URI; default OUT/_work)."),
-        click.option("--keep-intermediates", is_flag=True,
-                     help="Keep the intermediates after success (default: deleted once the job has finished)."),
-        click.option("--force", is_flag=True,
-                     help="Write into a non-empty OUT that is not a slimpipe output (refused if a file there would "
-                          "be overwritten)."),
-    ]
-    for opt in reversed(opts):
-        fn = opt(fn)
-    return fn
+@dataclass(frozen=True, kw_only=True)
+class DedupOptions:
+    """The options shared by ``dedup`` and ``slimpajama`` (which runs dedup as one of its stages).
+
+    The fields named like :class:`~slimpipe.dedup.params.DedupParams`' override the preset's (``None``: keep
+    the preset's value); :meth:`params` builds the job's parameters from them.
+    """
+
+    preset: str = option("--preset", default="slimpajama", show_default=True,
+                         help="Dedup preset name in conf/dedup/ or a YAML path (slimpajama, recall).")
+    mode: str | None = option("--mode", type=click.Choice(["global", "local"]), default=None,
+                              help="global: within and across sources; local: within each source. Default: the preset's.")
+    threshold: float | None = option("--threshold", type=OPEN_FRACTION, default=None,
+                                     help="Jaccard threshold; alone, it re-derives bands/rows.")
+    num_perm: int | None = option("--num-perm", type=POSITIVE_INT, default=None,
+                                  help="MinHash permutations per document (default: the preset's, 128 for slimpajama).")
+    ngram: int | None = option("--ngram", type=POSITIVE_INT, default=None,
+                               help="Shingle length in --unit units (default: the preset's, 13 for slimpajama).")
+    unit: str | None = option("--unit", type=click.Choice(["char", "word"]), default=None,
+                              help="Shingle unit: char n-grams of the cleaned text, or word n-grams. Default: the preset's.")
+    bands: int | None = option("--bands", type=POSITIVE_INT, default=None,
+                               help="LSH bands; alone, rows become num_perm // bands. Default: the preset's.")
+    rows: int | None = option("--rows", type=POSITIVE_INT, default=None,
+                              help="LSH rows per band; alone, bands become num_perm // rows. Default: the preset's.")
+    min_chars: int | None = option("--min-chars", type=NON_NEGATIVE_INT, default=None,
+                                   help="Short filter: cleaned chars below this are dropped.")
+    verify: bool | None = option("--verify/--no-verify", default=None,
+                                 help="Check candidate pairs with the exact Jaccard. Default: the preset's (slimpajama: no, recall: yes).")
+    keep: str | None = option("--keep", type=click.Choice(["smallest-id", "source-priority", "longest"]), default=None,
+                              help="Which document of a duplicate cluster is kept. Default: the preset's (smallest-id).")
+    source_priority: str | None = option("--source-priority", default=None,
+                                         help="Comma-separated source names for --keep source-priority, most preferred first.")
+    force_source: str | None = option("--source", default=None,
+                                      help="Treat every input as this source (any name; RedPajama's aliases such as cc map to theirs).")
+    partitions: int | None = option("--partitions", type=POSITIVE_INT, default=None,
+                                    help="Hash partitions for shuffles (default: by size).")
+    max_edges_in_memory: int = option("--max-edges-in-memory", type=NON_NEGATIVE_INT, default=50_000_000, show_default=True,
+                                      help="Above this many edges, connected components run distributed on Ray.")
+    ray_address: str | None = option("--ray-address", default=None,
+                                     help="Attach to this Ray cluster (host:port or auto; RAY_ADDRESS works too). Default: a private "
+                                          "local Ray on 127.0.0.1.")
+    scratch: str | None = option("--scratch", default=None,
+                                 help="Where intermediates live while the job runs (a path or URI; default OUT/_work).")
+    keep_intermediates: bool = option("--keep-intermediates", is_flag=True,
+                                      help="Keep the intermediates after success (default: deleted once the job has finished).")
+    force: bool = option("--force", is_flag=True,
+                         help="Write into a non-empty OUT that is not a slimpipe output (refused if a file there would "
+                              "be overwritten).")
+
+    def params(self):
+        """The job's :class:`~slimpipe.dedup.params.DedupParams`: the preset with this command's overrides."""
+        from slimpipe.dedup.params import DedupParams
+
+        names = {f.name for f in dataclasses.fields(DedupParams)}
+        return params_from_options(self.preset, **{k: v for k, v in dataclasses.asdict(self).items() if k in names})
 
 
 def check_inputs(sources, force_source: str | None) -> None:
@@ -119,25 +141,29 @@ def params_from_options(preset: str, **kw):
         raise click.BadParameter(str(exc)) from exc
 
 
+@dataclass(frozen=True, kw_only=True)
+class DedupCommand:
+    """``slimpipe dedup``'s arguments and options."""
+
+    sources: tuple[str | Path, ...] = argument(nargs=-1, required=True, type=PATH_OR_URI)
+    out: str | Path = option("-o", "--output", required=True, type=PATH_OR_URI,
+                             help="Output folder: a path or a URI (s3://, gs://, hdfs://, file://).")
+    dedup: DedupOptions = group(DedupOptions)
+    quiet: bool = option("-q", "--quiet", is_flag=True, help="No progress output.")
+
+
 @click.command("dedup")
-@click.argument("sources", nargs=-1, required=True, type=PATH_OR_URI)
-@click.option("-o", "--output", "out", required=True, type=PATH_OR_URI,
-              help="Output folder: a path or a URI (s3://, gs://, hdfs://, file://).")
-@dedup_options
-@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
-def dedup_command(sources, out, preset, mode, threshold, num_perm, ngram, unit, bands, rows, min_chars, verify,
-                  keep, source_priority, force_source, partitions, max_edges_in_memory, ray_address, force,
-                  scratch, keep_intermediates,
-                  quiet) -> None:
+@command_options(DedupCommand)
+def dedup_command(opts: DedupCommand) -> None:
     """Deduplicate SOURCES (RedPajama-style files or folders) into OUT.
 
     OUT gets kept/<source>/*.jsonl.zst, removed/*.parquet (id, source, reason, cluster, duplicate_of),
     rejects.parquet, manifest.json, report.json, report.md and plots/. Re-running the same command
     after an interruption resumes where it stopped.
     """
-    params = params_from_options(preset, mode=mode, threshold=threshold, num_perm=num_perm, ngram=ngram, unit=unit,
-                                 bands=bands, rows=rows, min_chars=min_chars, verify=verify, keep=keep,
-                                 source_priority=source_priority)
+    sources, out, d, quiet = opts.sources, opts.out, opts.dedup, opts.quiet
+    force, force_source, scratch, partitions = d.force, d.force_source, d.scratch, d.partitions
+    params = d.params()
     check_inputs(sources, force_source)
     claim_out("dedup", sources, out, force, force_source, scratch=scratch, params=params.to_dict(),
               partitions=partitions)
@@ -145,8 +171,8 @@ def dedup_command(sources, out, preset, mode, threshold, num_perm, ngram, unit, 
 
     try:
         report = run_dedup(list(sources), out, params, source=force_source, partitions=partitions,
-                           max_edges_in_memory=max_edges_in_memory, progress=not quiet, ray_address=ray_address,
-                           scratch=scratch, keep_intermediates=keep_intermediates)
+                           max_edges_in_memory=d.max_edges_in_memory, progress=not quiet, ray_address=d.ray_address,
+                           scratch=scratch, keep_intermediates=d.keep_intermediates)
     except InputError as exc:
         raise click.ClickException(str(exc)) from exc
     t = report["total"]

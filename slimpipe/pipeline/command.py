@@ -2,47 +2,76 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import click
 
 from slimpipe import storage
 from slimpipe.dedup.command import (
     PATH_OR_URI,
+    DedupOptions,
     check_inputs,
     claim_out,
-    dedup_options,
     echo_not_read,
-    params_from_options,
 )
-from slimpipe.evalset.command import evalset_options, options_from
+from slimpipe.evalset.command import EvalDrawOptions
 from slimpipe.io.readers import InputError
-from slimpipe.options import FRACTION_BELOW_ONE, POSITIVE_INT, SEED, megabytes
+from slimpipe.options import (
+    FRACTION_BELOW_ONE,
+    POSITIVE_INT,
+    SEED,
+    argument,
+    command_options,
+    group,
+    megabytes,
+    option,
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SlimpajamaCommand:
+    """``slimpipe slimpajama``'s arguments and options: dedup's, the pipeline's own, the evaluation set's."""
+
+    sources: tuple[str | Path, ...] = argument(nargs=-1, required=True, type=PATH_OR_URI)
+    out: str | Path = option("-o", "--output", required=True, type=PATH_OR_URI,
+                             help="Output folder: a path or a URI (s3://, gs://, hdfs://, file://).")
+    dedup: DedupOptions = group(DedupOptions)
+    holdout_fraction: float = option("--holdout-fraction", type=FRACTION_BELOW_ONE, default=0.0017, show_default=True,
+                                     help="Share of documents held out (then split half/half into validation and test).")
+    seed: int = option("--seed", type=SEED, default=42, show_default=True, help="Shuffle seed: chunking and order only.")
+    split_seed: int = option("--split-seed", type=SEED, default=42, show_default=True,
+                             help="Seed of the train/holdout split.")
+    chunks: int | None = option("--chunks", type=POSITIVE_INT, default=None, help="Number of chunks (default: by --chunk-mb).")
+    chunk_mb: float = option("--chunk-mb", type=megabytes(), default=256, show_default=True,
+                             help="Text per chunk; one chunk is shuffled in memory by one task.")
+    shard_mb: float = option("--shard-mb", type=megabytes(), default=256, show_default=True,
+                             help="Uncompressed JSON lines per shard.")
+    shard_records: int | None = option("--shard-records", type=POSITIVE_INT, default=None,
+                                       help="At most this many records per shard.")
+    eval_set: str | Path | None = option("--eval-set", type=PATH_OR_URI, default=None,
+                                         help="Reuse this `slimpipe evalset` folder (a path or URI; copied to OUT/eval) "
+                                              "instead of drawing one.")
+    no_eval_set: bool = option("--no-eval-set", is_flag=True,
+                               help="SlimPajama as published: no evaluation set, exact-SHA holdout decontamination only.")
+    draw: EvalDrawOptions = group(EvalDrawOptions)
+    quiet: bool = option("-q", "--quiet", is_flag=True, help="No progress output.")
+
+    def pipeline_options(self):
+        """The library's :class:`~slimpipe.pipeline.job.PipelineOptions` (sizes in bytes)."""
+        from slimpipe.pipeline.job import PipelineOptions
+
+        try:
+            return PipelineOptions(holdout_fraction=self.holdout_fraction, seed=self.seed, split_seed=self.split_seed,
+                                   chunks=self.chunks, chunk_bytes=int(self.chunk_mb * 2**20),
+                                   shard_bytes=int(self.shard_mb * 2**20), shard_records=self.shard_records)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from exc
 
 
 @click.command("slimpajama")
-@click.argument("sources", nargs=-1, required=True, type=PATH_OR_URI)
-@click.option("-o", "--output", "out", required=True, type=PATH_OR_URI,
-              help="Output folder: a path or a URI (s3://, gs://, hdfs://, file://).")
-@dedup_options
-@click.option("--holdout-fraction", type=FRACTION_BELOW_ONE, default=0.0017, show_default=True,
-              help="Share of documents held out (then split half/half into validation and test).")
-@click.option("--seed", type=SEED, default=42, show_default=True, help="Shuffle seed: chunking and order only.")
-@click.option("--split-seed", type=SEED, default=42, show_default=True, help="Seed of the train/holdout split.")
-@click.option("--chunks", type=POSITIVE_INT, default=None, help="Number of chunks (default: by --chunk-mb).")
-@click.option("--chunk-mb", type=megabytes(), default=256, show_default=True,
-              help="Text per chunk; one chunk is shuffled in memory by one task.")
-@click.option("--shard-mb", type=megabytes(), default=256, show_default=True, help="Uncompressed JSON lines per shard.")
-@click.option("--shard-records", type=POSITIVE_INT, default=None, help="At most this many records per shard.")
-@click.option("--eval-set", "eval_set", type=PATH_OR_URI, default=None,
-              help="Reuse this `slimpipe evalset` folder (a path or URI; copied to OUT/eval) instead of drawing one.")
-@click.option("--no-eval-set", "no_eval_set", is_flag=True,
-              help="SlimPajama as published: no evaluation set, exact-SHA holdout decontamination only.")
-@evalset_options
-@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
-def slimpajama_command(sources, out, preset, mode, threshold, num_perm, ngram, unit, bands, rows, min_chars, verify,
-                       keep, source_priority, force_source, partitions, max_edges_in_memory, ray_address, force,
-                       scratch, keep_intermediates,
-                       holdout_fraction, seed, split_seed, chunks, chunk_mb, shard_mb, shard_records, eval_set, no_eval_set,
-                       eval_seed, eval_min_tokens, eval_min_seqs, eval_seq_len, eval_max_fraction, quiet) -> None:
+@command_options(SlimpajamaCommand)
+def slimpajama_command(opts: SlimpajamaCommand) -> None:
     """Run SlimPajama's recipe on SOURCES: NFC → short filter → MinHash dedup → interleave and shuffle →
     train/holdout split → decontaminate → jsonl.zst shards in SlimPajama's layout, with a report.
 
@@ -54,18 +83,12 @@ def slimpajama_command(sources, out, preset, mode, threshold, num_perm, ngram, u
     """
     from slimpipe.evalset.build import EvalSetError
 
-    params = params_from_options(preset, mode=mode, threshold=threshold, num_perm=num_perm, ngram=ngram, unit=unit,
-                                 bands=bands, rows=rows, min_chars=min_chars, verify=verify, keep=keep,
-                                 source_priority=source_priority)
-    check_inputs(sources, force_source)
-    from slimpipe.pipeline.job import PipelineOptions, run_slimpajama  # heavy imports once the inputs exist
+    sources, out, d, eval_set, no_eval_set = opts.sources, opts.out, opts.dedup, opts.eval_set, opts.no_eval_set
+    params = d.params()
+    check_inputs(sources, d.force_source)
+    from slimpipe.pipeline.job import run_slimpajama  # heavy imports once the inputs exist
 
-    try:
-        opts = PipelineOptions(holdout_fraction=holdout_fraction, seed=seed, split_seed=split_seed, chunks=chunks,
-                               chunk_bytes=int(chunk_mb * 2**20), shard_bytes=int(shard_mb * 2**20),
-                               shard_records=shard_records)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from exc
+    pipeline = opts.pipeline_options()
     if eval_set and not no_eval_set:
         from slimpipe.evalset.build import load_manifest
 
@@ -73,14 +96,13 @@ def slimpajama_command(sources, out, preset, mode, threshold, num_perm, ngram, u
             load_manifest(eval_set)  # a missing or unfinished --eval-set fails before OUT is claimed
         except EvalSetError as exc:
             raise click.BadParameter(str(exc), param_hint="--eval-set") from exc
-    evaluation = None if no_eval_set else {"reuse": eval_set} if eval_set else {"options": options_from(
-        eval_seed, eval_min_tokens, eval_min_seqs, eval_seq_len, eval_max_fraction)}
-    claim_out("slimpajama", sources, out, force, force_source, scratch=scratch, params=params.to_dict(), options=repr(opts),
-              partitions=partitions, eval_set=repr(evaluation))
+    evaluation = None if no_eval_set else {"reuse": eval_set} if eval_set else {"options": opts.draw.build()}
+    claim_out("slimpajama", sources, out, d.force, d.force_source, scratch=d.scratch, params=params.to_dict(),
+              options=repr(pipeline), partitions=d.partitions, eval_set=repr(evaluation))
     try:
-        report = run_slimpajama(list(sources), out, params, opts, source=force_source, partitions=partitions,
-                                max_edges_in_memory=max_edges_in_memory, progress=not quiet, ray_address=ray_address,
-                                scratch=scratch, keep_intermediates=keep_intermediates,
+        report = run_slimpajama(list(sources), out, params, pipeline, source=d.force_source, partitions=d.partitions,
+                                max_edges_in_memory=d.max_edges_in_memory, progress=not opts.quiet,
+                                ray_address=d.ray_address, scratch=d.scratch, keep_intermediates=d.keep_intermediates,
                                 eval_set=evaluation)
     except (InputError, EvalSetError) as exc:
         raise click.ClickException(str(exc)) from exc
