@@ -55,25 +55,13 @@ def identity(**parts) -> str:
 
 def canonical(p: str | os.PathLike) -> str:
     """A path made absolute with symlinks resolved, or a URI with a trailing ``/`` dropped."""
-    s = os.fspath(p)
-    if storage.is_remote(s):
-        return s.rstrip("/")
-    if storage.scheme_of(s):  # file://
-        fs, s = storage.resolve(s)
-    return os.path.realpath(os.path.expanduser(s))
-
-
-def _inside(child: str, parent: str) -> bool:
-    if child == parent:
-        return True
-    sep = "/" if storage.is_remote(parent) else os.sep
-    return child.startswith(parent.rstrip(sep) + sep)
+    return storage.canonical(p)
 
 
 def _linked_folders(src: str, limit: int = 100_000) -> list[str]:
     """The real paths of the folders a local SOURCE's input walk reaches through symlinks (recursively), by
     the walk's rules (:func:`slimpipe.io.readers.discover_files`: links followed, ``.``/``_`` names skipped)."""
-    if storage.is_remote(src) or not os.path.isdir(src):
+    if storage.local_path(src) is None or not os.path.isdir(src):  # a store has no symlinks
         return []
     seen = {os.path.realpath(src)}
     todo, found, n = [src], [], 0
@@ -109,12 +97,12 @@ def check_not_in_sources(out: str | os.PathLike, sources: Iterable[str | os.Path
     o = canonical(out)
     for src in sources:
         s = canonical(src)
-        if _inside(o, s):
+        if storage.contains(s, o):
             where = "is" if o == s else "lies inside"
             raise OutputError(f"{what} {storage.display(out)} {where} the input {storage.display(src)}: "
                               "its outputs would be read back as inputs; choose a folder outside the inputs")
         for linked in _linked_folders(s):
-            if _inside(o, linked):
+            if storage.contains(linked, o):
                 raise OutputError(f"{what} {storage.display(out)} lies inside {linked}, which the input "
                                   f"{storage.display(src)} links to: its outputs would be read back as inputs; "
                                   "choose a folder outside the inputs")
@@ -153,8 +141,7 @@ def claim(out: str | os.PathLike, job: str, ident: str, sources: Iterable[str | 
     check_not_in_sources(out, sources)
     if scratch:
         check_not_in_sources(scratch, sources, what="--scratch")
-    if storage.is_remote(out):
-        storage.check_access(out, write=True)  # endpoint, credentials, bucket: one line naming the URI, now
+    storage.check_store(out, write=True)  # endpoint, credentials, bucket: one line naming the URI, now
     names = _entries(out)
     marker = storage.join(out, MARKER)
     if names and MARKER in names:
@@ -203,8 +190,8 @@ def release(out: str | os.PathLike) -> None:
     marker = storage.join(out, MARKER)
     if storage.exists(marker):
         storage.delete_file(marker)
-    if not storage.is_remote(out) and _entries(out) == []:
-        os.rmdir(canonical(out))
+    if _entries(out) == []:
+        storage.remove_empty_dir(out)
 
 
 def input_identity(sources: Iterable[str | os.PathLike]) -> list[str]:

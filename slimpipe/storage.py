@@ -1,6 +1,26 @@
 """Every path slimpipe reads or writes: a local path or a URI (``file://``, ``s3://``, ``gs://``, ``hdfs://``).
 
-One module so that every stage, task and command goes through the same rules:
+One module so that every stage, task and command goes through the same rules, and the only one that asks
+whether a path is local or remote: everything else names a folder once as a :class:`Folder` (or hands a
+path string to the functions here) and reads, writes, lists and commits through it, never branching on
+the kind of store. Where a question really differs between stores, a function here answers it by name:
+
+* :class:`Folder` -- one folder, local or remote (the model is datatrove's ``DataFolder``): ``join``,
+  ``folder``, ``exists``, ``list``, ``open``, ``read_*``/``write_*`` (every write atomic), ``delete``,
+  ``staged`` (a local folder for libraries that write with ``open()``, uploaded on a clean exit),
+  ``remove_temporaries``, ``check``; ``local_path`` (its name on this machine, or None) and ``shared``
+  (every node of a cluster sees it as written).
+* Reading a file the fast way for its store: :func:`read_arrow` and :func:`read_arrow_batch` memory-map a
+  local Arrow IPC file and use ranged reads on an object store; :func:`load_npy` likewise.
+* Local copies and views: :func:`local_copy` (a file), :func:`local_view` (a folder), :func:`staged_folder`.
+* Checks: :func:`check_access`, :func:`check_store` (network stores only), :func:`missing_local_dir`
+  (command-line checks), :func:`canonical` and :func:`contains` (is OUT inside a SOURCE).
+* **One atomic-write API**: :func:`open_output` (a stream), :func:`write_bytes_atomic`,
+  :func:`write_json_atomic`, :func:`write_arrow_atomic`, :func:`upload`, and the Folder's ``write_*``
+  on top of them. (``slimpipe.io.writers.atomic_write_bytes``/``atomic_write_json`` are aliases kept for
+  modules not yet moved over.)
+
+The rules:
 
 * **Filesystems** come from :mod:`pyarrow.fs` (local, S3, GCS, HDFS), with fsspec for any other scheme
   fsspec knows. Endpoints and credentials come from the standard environment, never from the command
@@ -25,17 +45,22 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import io
 import json
 import os
 import shutil
+import stat as _stat
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.ipc as ipc
 
 # Schemes with a native pyarrow filesystem; anything else with "://" goes to fsspec.
 _S3 = ("s3", "s3a", "s3n")
@@ -79,6 +104,42 @@ def scheme_of(p: str | os.PathLike) -> str:
 def is_remote(p: str | os.PathLike) -> bool:
     """True for a URI that is not a local file (``s3://``, ``gs://``, ``hdfs://``, any fsspec scheme)."""
     return scheme_of(p) not in ("", "file", "local")
+
+
+def local_path(p: str | os.PathLike) -> str | None:
+    """The name of ``p`` on this machine's filesystem, or None for a store reached over the network.
+
+    A plain path comes back as given (relative stays relative), a ``file://`` URI as its absolute path.
+    For code that needs a real file or folder: libraries that write with ``open()``, a walk that follows
+    symlinks. Everything else goes through the functions below, which work on both.
+    """
+    if is_remote(p):
+        return None
+    return _local_path(p) if scheme_of(p) else os.fspath(p)
+
+
+def is_shared(p: str | os.PathLike) -> bool:
+    """True when every node of a cluster reaches ``p`` as written (a URI of a remote store); a local path is
+    this node's own (a shared mount cannot be told from a local disk)."""
+    return is_remote(p)
+
+
+def canonical(p: str | os.PathLike) -> str:
+    """A path made absolute with symlinks resolved, or a URI with a trailing ``/`` dropped."""
+    s = os.fspath(p)
+    if is_remote(s):
+        return s.rstrip("/")
+    if scheme_of(s):  # file://
+        s = _local_path(s)
+    return os.path.realpath(os.path.expanduser(s))
+
+
+def contains(parent: str, child: str) -> bool:
+    """True when the :func:`canonical` name ``child`` is ``parent`` or lies below it."""
+    if child == parent:
+        return True
+    sep = "/" if is_remote(parent) else os.sep
+    return child.startswith(parent.rstrip(sep) + sep)
 
 
 def _local_path(p: str | os.PathLike) -> str:
@@ -223,15 +284,21 @@ def is_dir(p: str | os.PathLike) -> bool:
 
 
 def size(p: str | os.PathLike) -> int:
-    fs, path = resolve(p)
-    info = fs.get_file_info(path)
-    if info.type != pafs.FileType.File:
-        raise FileNotFoundError(f"{display(p)}: not a file")
-    return int(info.size)
+    return stat(p)[0]
 
 
 def stat(p: str | os.PathLike) -> tuple[int, float]:
-    """(size in bytes, modification time in seconds; 0.0 where the store has none)."""
+    """(size in bytes, modification time in seconds; 0.0 where the store has none) of a file.
+
+    Local names go to ``os.stat``, which takes any name, one that is not UTF-8 too (#19.14); anything that
+    is not a regular file raises :class:`FileNotFoundError`.
+    """
+    lp = local_path(p)
+    if lp is not None:
+        st = os.stat(lp)
+        if not _stat.S_ISREG(st.st_mode):
+            raise FileNotFoundError(f"{display(p)}: not a file")
+        return int(st.st_size), st.st_mtime
     fs, path = resolve(p)
     info = fs.get_file_info(path)
     if info.type != pafs.FileType.File:
@@ -273,6 +340,43 @@ def list_files(p: str | os.PathLike, recursive: bool = True) -> list[str]:
         rel = info.path[len(base):].lstrip("/") if info.path.startswith(base) else info.path
         out.append(join(s, rel) if is_remote(s) else os.path.join(path, rel))
     return sorted(out)
+
+
+def list_relative(p: str | os.PathLike, recursive: bool = True) -> list[str]:
+    """The files under a folder as ``/``-separated names relative to it (sorted)."""
+    fs, path = resolve(p)
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=recursive, allow_not_found=True))
+    base = path.rstrip("/")
+    rels = (i.path[len(base):] if i.path.startswith(base) else i.path for i in infos if i.type == pafs.FileType.File)
+    return sorted(r.replace(os.sep, "/").lstrip("/") for r in rels)
+
+
+def read_arrow(p: str | os.PathLike) -> pa.Table:
+    """A whole Arrow IPC file: memory-mapped where it is local, one read where it is remote."""
+    lp = local_path(p)
+    if lp is None:
+        return ipc.open_file(pa.BufferReader(read_bytes(p))).read_all()
+    with pa.memory_map(lp, "r") as source:
+        return ipc.open_file(source).read_all()
+
+
+def read_arrow_batch(p: str | os.PathLike, b: int) -> pa.RecordBatch:
+    """Record batch ``b`` of an Arrow IPC file, reading only its bytes (memory map, or ranged reads)."""
+    lp = local_path(p)
+    if lp is None:
+        fs, path = resolve(p)
+        with fs.open_input_file(path) as f:
+            return ipc.open_file(f).get_batch(b)
+    with pa.memory_map(lp, "r") as source:
+        return ipc.open_file(source).get_batch(b)
+
+
+def load_npy(p: str | os.PathLike, mmap: bool = False) -> np.ndarray:
+    """A ``.npy`` array (never a pickle); ``mmap`` memory-maps a local file (a remote one is read whole)."""
+    lp = local_path(p)
+    if lp is None:
+        return np.load(io.BytesIO(read_bytes(p)), allow_pickle=False)
+    return np.load(_local_path(lp), mmap_mode="r" if mmap else None, allow_pickle=False)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -406,6 +510,13 @@ def write_json_atomic(p: str | os.PathLike, obj: Any) -> None:
     write_bytes_atomic(p, dumps_json(obj))
 
 
+def write_arrow_atomic(p: str | os.PathLike, schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> None:
+    """An Arrow IPC file published whole (through :func:`open_output`)."""
+    with open_output(p) as fh, ipc.new_file(fh, schema) as w:
+        for b in batches:
+            w.write_batch(b)
+
+
 def makedirs(p: str | os.PathLike) -> None:
     fs, path = resolve(p)
     if _is_posix(fs):
@@ -429,6 +540,13 @@ def delete_tree(p: str | os.PathLike) -> None:
     elif _is_object_store(fs):  # a prefix with objects but no directory marker
         with contextlib.suppress(FileNotFoundError):
             fs.delete_dir_contents(path, missing_dir_ok=True)
+
+
+def remove_empty_dir(p: str | os.PathLike) -> None:
+    """Remove a local folder that is empty (its real path); a store's folders are prefixes: nothing to do."""
+    lp = local_path(p)
+    if lp is not None:
+        os.rmdir(canonical(lp))
 
 
 def delete_file(p: str | os.PathLike) -> None:
@@ -472,6 +590,20 @@ def check_access(p: str | os.PathLike, write: bool = False) -> None:
         raise StorageError(f"{s}: cannot {'write' if write else 'read'} ({_one_line(exc)})") from exc
 
 
+def check_store(p: str | os.PathLike, write: bool = False) -> None:
+    """:func:`check_access` for a store reached over the network (endpoint, credentials, bucket: one line
+    naming the URI, before any work); a local path passes here, its first use names what is wrong."""
+    if is_remote(p):
+        check_access(p, write=write)
+
+
+def missing_local_dir(p: str | os.PathLike) -> bool:
+    """True when ``p`` names a local folder that does not exist (a command-line check; a URI is checked
+    when it is first read, with :func:`check_access`'s one line)."""
+    lp = local_path(p)
+    return lp is not None and not os.path.isdir(_local_path(lp))
+
+
 def local_copy(p: str | os.PathLike, cache_dir: str | os.PathLike) -> Path:
     """A local path holding ``p``'s bytes: ``p`` itself when local, else a download cached by URI and size.
 
@@ -492,38 +624,230 @@ def local_copy(p: str | os.PathLike, cache_dir: str | os.PathLike) -> Path:
     return dest
 
 
-def write_tree(dest: str | os.PathLike, render: Callable[[Path], Any]) -> None:
-    """Have ``render(folder)`` write files into ``dest``: directly for a local path, else into a temporary
-    folder that is then uploaded (reports and plots are written by libraries that want a local path)."""
-    if not is_remote(dest):
-        render(Path(resolve(dest)[1]))
+@contextlib.contextmanager
+def staged_folder(dest: str | os.PathLike, download: bool = False, last: Iterable[str] = ()) -> Iterator[Path]:
+    """A local folder for writers that want one (reports, plots, tokenizers, a training run): ``dest``
+    itself when it is local; else a temporary folder (holding ``dest``'s files first when ``download``)
+    that is uploaded to ``dest`` when the ``with`` block exits cleanly, each file atomically, the names in
+    ``last`` last (a completion mark). A failed block uploads nothing. The folder exists in both cases."""
+    lp = local_path(dest)
+    if lp is not None:
+        os.makedirs(lp, exist_ok=True)
+        yield Path(lp)
         return
     with tempfile.TemporaryDirectory(prefix="slimpipe-out-") as tmp:
-        render(Path(tmp))
-        upload_tree(tmp, dest)
+        if download:
+            download_tree(dest, tmp)
+        yield Path(tmp)
+        upload_tree(tmp, dest, last=last)
 
 
-def upload_tree(local_dir: str | os.PathLike, dest: str | os.PathLike) -> list[str]:
-    """Copy every file under a local folder to ``dest`` (a path or URI), each committed atomically."""
+def write_tree(dest: str | os.PathLike, render: Callable[[Path], Any]) -> None:
+    """Have ``render(folder)`` write files into ``dest`` (see :func:`staged_folder`)."""
+    with staged_folder(dest) as folder:
+        render(folder)
+
+
+def local_view(src: str | os.PathLike, dest: str | os.PathLike, recursive: bool = True) -> Path:
+    """A local folder holding ``src``'s files: ``src`` itself when it is local, else a copy made in ``dest``
+    (every file below it, or only its top-level files)."""
+    lp = local_path(src)
+    if lp is not None:
+        return Path(lp)
+    Path(dest).mkdir(parents=True, exist_ok=True)
+    download_tree(src, dest, recursive=recursive)
+    return Path(dest)
+
+
+def upload_tree(local_dir: str | os.PathLike, dest: str | os.PathLike, last: Iterable[str] = ()) -> list[str]:
+    """Copy every file under a local folder to ``dest`` (a path or URI), each committed atomically; the
+    relative names in ``last`` go last, in that order (a completion mark, e.g. ``metrics.json``)."""
     root = Path(local_dir)
+    late = list(last)
+    files = [p.relative_to(root).as_posix() for p in sorted(root.rglob("*")) if p.is_file()]
+    files = [f for f in files if f not in late] + [f for f in late if f in files]
     out = []
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            target = join(dest, p.relative_to(root).as_posix())
-            with open(p, "rb") as src:
-                upload(src, target)
-            out.append(target)
+    for rel in files:
+        target = join(dest, rel)
+        with open(root / rel, "rb") as src:
+            upload(src, target)
+        out.append(target)
     return out
 
 
-def download_tree(src: str | os.PathLike, local_dir: str | os.PathLike) -> list[Path]:
-    """Copy every file under ``src`` (a path or URI) into a local folder; the inverse of :func:`upload_tree`."""
-    base = join(src)
+def download_tree(src: str | os.PathLike, local_dir: str | os.PathLike, recursive: bool = True) -> list[Path]:
+    """Copy every file under ``src`` (a path or URI; only its top-level files unless ``recursive``) into a
+    local folder; the inverse of :func:`upload_tree`."""
     root = Path(local_dir)
     out = []
-    for f in list_files(src):
-        target = root / f[len(base):].lstrip("/")
-        with open_input(f) as fh, open_output(target) as dst:
+    for rel in list_relative(src, recursive=recursive):
+        target = root / rel
+        with open_input(join(src, rel)) as fh, open_output(target) as dst:
             shutil.copyfileobj(fh, dst, _CHUNK)
         out.append(target)
     return out
+
+
+def remove_temporaries(root: str | os.PathLike, names: Iterable[str]) -> int:
+    """Delete the temporaries (:func:`is_temporary`) a killed writer left in ``root``: only those of the
+    top-level ``names`` (``.<name>.*``) and those anywhere inside the folders ``names``; returns how many.
+    Locally, symlinks are never followed nor deleted (what a link points to is not ours)."""
+    names = list(names)
+    lp = local_path(root)
+    if lp is None:  # an upload killed midway leaves its temporary object (never the final one)
+        found_uris = [f for f in list_files(root, recursive=False)
+                      if any(f.rsplit("/", 1)[-1].startswith(f".{name}.") for name in names)]
+        for name in names:
+            found_uris += list_files(join(root, name))
+        gone = [f for f in found_uris if is_temporary(f.rsplit("/", 1)[-1])]
+        for f in gone:
+            delete_file(f)
+        return len(gone)
+    base = Path(_local_path(lp))
+    n = 0
+    found = [p for p in base.glob(".*") if is_temporary(p.name)
+             and any(p.name.startswith(f".{name}.") for name in names)]
+    for name in names:
+        top = base / name
+        if top.is_dir() and not top.is_symlink():
+            found += [p for p in top.rglob(f"*{TMP_SUFFIX}") if is_temporary(p.name)]
+    for p in found:
+        if p.is_file() and not p.is_symlink():
+            p.unlink(missing_ok=True)
+            n += 1
+    return n
+
+
+# ----------------------------------------------------------------------------------------------------
+# one folder
+
+
+class Folder:
+    """One folder, local or remote, built once from a path or URI; files are named relative to it.
+
+    Everything a step does with its files goes through here (or the functions above, for a path it was
+    handed): it never asks whether the folder is remote. Writes are atomic (:func:`open_output`), reads of
+    Arrow and ``.npy`` files memory-map where the folder is local and use ranged reads where it is not.
+    A Folder pickles as its name only: the filesystem (and any credentials in it) is rebuilt from the
+    environment of the process that uses it, never shipped with a task.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = join(path)  # a path (as given, normalised) or a URI without a trailing "/"
+
+    def __fspath__(self) -> str:
+        return self.path
+
+    def __str__(self) -> str:
+        return self.path
+
+    def __repr__(self) -> str:
+        return f"Folder({self.path!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Folder) and other.path == self.path
+
+    def __hash__(self) -> int:
+        return hash(self.path)
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict) -> None:
+        self.path = state["path"]
+
+    # names ---------------------------------------------------------------------------------------
+
+    def join(self, *parts: str) -> str:
+        """The path or URI of ``parts`` below this folder."""
+        return join(self.path, *parts)
+
+    def folder(self, *parts: str) -> Folder:
+        return Folder(self.join(*parts))
+
+    @property
+    def local_path(self) -> str | None:
+        """The folder's name on this machine's filesystem, or None (see :func:`local_path`)."""
+        return local_path(self.path)
+
+    @property
+    def shared(self) -> bool:
+        """Every node of a cluster sees this folder as written (see :func:`is_shared`)."""
+        return is_shared(self.path)
+
+    @property
+    def canonical(self) -> str:
+        return canonical(self.path)
+
+    # reading -------------------------------------------------------------------------------------
+
+    def exists(self, rel: str = "") -> bool:
+        return exists(self.join(rel) if rel else self.path)
+
+    def is_dir(self, rel: str = "") -> bool:
+        return is_dir(self.join(rel) if rel else self.path)
+
+    def size(self, rel: str) -> int:
+        return size(self.join(rel))
+
+    def list(self, rel: str = "", recursive: bool = True) -> list[str]:
+        """Files below the folder (or below ``rel``) as ``/``-separated names relative to it, sorted."""
+        sub = self.join(rel) if rel else self.path
+        prefix = rel.strip("/") + "/" if rel else ""
+        return [prefix + r for r in list_relative(sub, recursive=recursive)]
+
+    def open(self, rel: str, mode: str = "rb") -> Any:
+        """``"rb"``: a seekable binary file (the caller closes it); ``"wb"``: a context manager whose file
+        is published whole when the ``with`` block exits cleanly (:func:`open_output`)."""
+        if mode == "rb":
+            return open_input(self.join(rel))
+        if mode == "wb":
+            return open_output(self.join(rel))
+        raise ValueError(f"mode {mode!r}: 'rb' or 'wb'")
+
+    def read_bytes(self, rel: str) -> bytes:
+        return read_bytes(self.join(rel))
+
+    def read_json(self, rel: str) -> Any:
+        return read_json(self.join(rel))
+
+    def read_arrow(self, rel: str) -> pa.Table:
+        return read_arrow(self.join(rel))
+
+    def read_arrow_batch(self, rel: str, b: int) -> pa.RecordBatch:
+        return read_arrow_batch(self.join(rel), b)
+
+    def load_npy(self, rel: str, mmap: bool = False) -> np.ndarray:
+        return load_npy(self.join(rel), mmap=mmap)
+
+    # writing (every write is atomic) -------------------------------------------------------------
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        write_bytes_atomic(self.join(rel), data)
+
+    def write_json(self, rel: str, obj: Any) -> None:
+        write_json_atomic(self.join(rel), obj)
+
+    def write_arrow(self, rel: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> None:
+        write_arrow_atomic(self.join(rel), schema, batches)
+
+    def makedirs(self) -> None:
+        makedirs(self.path)
+
+    def delete(self, rel: str = "") -> None:
+        """Delete ``rel`` (a file or folder), or the whole folder; a missing one is not an error."""
+        delete_tree(self.join(rel) if rel else self.path)
+
+    def delete_file(self, rel: str) -> None:
+        delete_file(self.join(rel))
+
+    def staged(self, download: bool = False, last: Iterable[str] = ()) -> contextlib.AbstractContextManager[Path]:
+        """A local folder whose files land here (see :func:`staged_folder`)."""
+        return staged_folder(self.path, download=download, last=last)
+
+    def remove_temporaries(self, names: Iterable[str]) -> int:
+        return remove_temporaries(self.path, names)
+
+    def check(self, write: bool = False) -> None:
+        """Fail fast, in one line, when a remote store cannot be reached (see :func:`check_store`)."""
+        check_store(self.path, write=write)

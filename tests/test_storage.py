@@ -135,3 +135,106 @@ def test_unknown_scheme_is_one_line() -> None:
     with pytest.raises(StorageError) as err:
         storage.check_access("nosuchscheme://x/y")
     assert "\n" not in str(err.value) and "nosuchscheme" in str(err.value)
+
+
+# ------------------------------------------------------------------------------------------- Folder
+
+
+def _folder_roundtrip(root: str, tmp_path: Path) -> None:
+    """Everything a step does with a Folder, the same on a local folder and an S3 prefix."""
+    import pickle
+
+    import numpy as np
+    import pyarrow as pa
+
+    f = storage.Folder(root + "/")  # a trailing "/" is dropped, for paths and URIs alike
+    assert f.path == storage.join(root) and os.fspath(f) == f.path
+    assert not f.exists("a.json") and f.list() == []
+    f.write_json("a.json", {"x": 1})
+    f.write_bytes("sub/deep/b.bin", b"\x00\x01")
+    with f.open("sub/c.txt", "wb") as fh:
+        fh.write(b"hello")
+    with pytest.raises(RuntimeError), f.open("sub/d.txt", "wb") as fh:  # a failed block publishes nothing
+        fh.write(b"half")
+        raise RuntimeError("killed")
+    assert f.read_json("a.json") == {"x": 1}
+    assert f.list() == ["a.json", "sub/c.txt", "sub/deep/b.bin"]
+    assert f.list("sub", recursive=False) == ["sub/c.txt"]
+    assert f.is_dir("sub") and f.exists("sub/deep/b.bin") and f.size("sub/c.txt") == 5
+    with f.open("sub/c.txt") as fh:
+        fh.seek(1)
+        assert fh.read(3) == b"ell"
+    sub = f.folder("sub")
+    assert sub.read_bytes("deep/b.bin") == b"\x00\x01" and sub == storage.Folder(f.join("sub"))
+    # Arrow IPC: whole file and one record batch (memory map locally, ranged reads remotely)
+    batches = [pa.record_batch({"v": pa.array(range(i * 3, i * 3 + 3), pa.int64())}) for i in range(3)]
+    f.write_arrow("t.arrow", batches[0].schema, batches)
+    assert f.read_arrow("t.arrow").column("v").to_pylist() == list(range(9))
+    assert f.read_arrow_batch("t.arrow", 2).column("v").to_pylist() == [6, 7, 8]
+    buf = __import__("io").BytesIO()
+    np.save(buf, np.arange(5, dtype=np.uint16), allow_pickle=False)
+    f.write_bytes("a.npy", buf.getvalue())
+    for mmap in (False, True):
+        assert f.load_npy("a.npy", mmap=mmap).tolist() == [0, 1, 2, 3, 4]
+    # a local folder for libraries that write with open(), published here on a clean exit, the mark last
+    with f.folder("staged").staged(last=["done.json"]) as d:
+        (d / "done.json").write_text("{}")
+        (d / "x" / "y.txt").parent.mkdir()
+        (d / "x" / "y.txt").write_text("y")
+    assert f.folder("staged").list() == ["done.json", "x/y.txt"]
+    with pytest.raises(RuntimeError), f.folder("failed").staged() as d:
+        (d / "z.txt").write_text("z")
+        if not f.shared:
+            raise RuntimeError("local: written in place")
+        raise RuntimeError("remote: nothing uploaded")
+    assert f.folder("failed").list() == ([] if f.shared else ["z.txt"])
+    view = storage.local_view(f.join("sub"), tmp_path / "view", recursive=False)
+    assert sorted(p.name for p in view.iterdir() if p.is_file()) == ["c.txt"]
+    # a killed writer's temporaries: only slimpipe's own, only of the names given
+    f.write_bytes(f"sub/.e.bin.1234{storage.TMP_SUFFIX}", b"")
+    f.write_bytes(f".sub.99{storage.TMP_SUFFIX}", b"")
+    f.write_bytes("sub/.draft.tmp", b"mine")
+    assert f.remove_temporaries(["sub"]) == 2
+    assert f.exists("sub/.draft.tmp") and not f.exists(f".sub.99{storage.TMP_SUFFIX}")
+    # pickles as its name only (no filesystem object, no credentials)
+    state = pickle.dumps(f)
+    assert b"testing" not in state and pickle.loads(state) == f
+    f.delete("sub")
+    assert not f.exists("sub/c.txt") and f.exists("a.json")
+    f.delete()
+    assert f.list() == []
+
+
+def test_folder_local(tmp_path: Path) -> None:
+    root = tmp_path / "out"
+    f = storage.Folder(root)
+    assert f.local_path == os.fspath(root) and not f.shared
+    assert storage.Folder(f"file://{root}").local_path == os.fspath(root)
+    _folder_roundtrip(os.fspath(root), tmp_path)
+
+
+def test_folder_s3(s3_server: dict, tmp_path: Path) -> None:
+    root = f"{s3_server['url']}/folder-{uuid.uuid4().hex[:8]}"
+    f = storage.Folder(root)
+    assert f.local_path is None and f.shared
+    f.check(write=True)
+    _folder_roundtrip(root, tmp_path)
+
+
+def test_stat_takes_local_names_that_are_not_utf8(tmp_path: Path) -> None:
+    name = os.fsdecode(b"caf\xe9.jsonl")  # a Latin-1 name: lone surrogates in Python, refused by Arrow
+    try:
+        (tmp_path / name).write_bytes(b"abc")
+    except (OSError, UnicodeEncodeError):
+        pytest.skip("this filesystem refuses names that are not UTF-8")
+    assert storage.stat(tmp_path / name)[0] == 3 and storage.size(tmp_path / name) == 3
+    with pytest.raises(FileNotFoundError):
+        storage.stat(tmp_path)  # a folder is not a file
+
+
+def test_missing_local_dir_and_check_store(tmp_path: Path) -> None:
+    assert storage.missing_local_dir(tmp_path / "absent") and not storage.missing_local_dir(tmp_path)
+    assert not storage.missing_local_dir("s3://bucket/checked-when-read")
+    storage.check_store(tmp_path / "absent")  # a local path is checked by its first use
+    assert storage.contains(storage.canonical(tmp_path), storage.canonical(tmp_path / "a"))
+    assert not storage.contains("s3://b/x", "s3://b/xy")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -38,9 +37,10 @@ class Workspace:
 
             owner = f"{canonical(self.out)}\0{claim_id(self.out)}"
             key = hashlib.sha256(owner.encode()).hexdigest()[:16]
-            self.root = storage.join(scratch, f"slimpipe-{key}")
+            self.folder = storage.Folder(scratch).folder(f"slimpipe-{key}")
         else:
-            self.root = storage.join(self.out, "_work")
+            self.folder = storage.Folder(self.out).folder("_work")
+        self.root = self.folder.path
         self.files_written = 0
         self.bytes_written = 0
 
@@ -49,50 +49,51 @@ class Workspace:
 
     def __setstate__(self, state: dict) -> None:
         self.out, self.root = state["out"], state["root"]
+        self.folder = storage.Folder(self.root)
         self.files_written = self.bytes_written = 0
 
     # paths and manifests ------------------------------------------------------------------------
 
     def path(self, *parts: str) -> str:
-        return storage.join(self.root, *parts)
+        return self.folder.join(*parts)
 
     def manifest_path(self, step: str) -> str:
         return self.path(f"{step}.done.json")
 
     def done(self, step: str) -> dict | None:
         """The committed manifest of ``step``, or None when the step has not finished."""
-        p = self.manifest_path(step)
-        return storage.read_json(p) if storage.exists(p) else None
+        rel = f"{step}.done.json"
+        return self.folder.read_json(rel) if self.folder.exists(rel) else None
 
     def commit(self, step: str, manifest: dict) -> None:
-        storage.write_json_atomic(self.manifest_path(step), manifest)
+        self.folder.write_json(f"{step}.done.json", manifest)
 
     def put_inputs(self, name: str, obj) -> str:
         """Commit a step's input list (e.g. every map task's shuffle file) once, for all its tasks to read."""
-        storage.write_json_atomic(self.path("inputs", f"{name}.json"), obj)
+        self.folder.write_json(f"inputs/{name}.json", obj)
         return name
 
     def inputs(self, name: str):
         """A committed input list (cached per process: a worker runs many tasks of one step)."""
         key = (self.root, name)
         if key not in _INPUTS:
-            _INPUTS[key] = storage.read_json(self.path("inputs", f"{name}.json"))
+            _INPUTS[key] = self.folder.read_json(f"inputs/{name}.json")
         return _INPUTS[key]
 
     def delete(self) -> None:
         """Remove every intermediate (the job succeeded and nobody asked to keep them)."""
-        storage.delete_tree(self.root)
+        self.folder.delete()
 
     # counted I/O --------------------------------------------------------------------------------
 
     def write_bytes(self, rel: str, data: bytes) -> dict:
-        storage.write_bytes_atomic(self.path(rel), data)
+        self.folder.write_bytes(rel, data)
         self.files_written += 1
         self.bytes_written += len(data)
         return {"path": rel, "bytes": len(data)}
 
     def read_bytes(self, rel: str) -> bytes:
-        return storage.read_bytes(self.path(rel))
+        return self.folder.read_bytes(rel)
 
     def save_array(self, rel: str, array: np.ndarray) -> dict:
         buf = io.BytesIO()
@@ -100,10 +101,7 @@ class Workspace:
         return self.write_bytes(rel, buf.getvalue())
 
     def load_array(self, rel: str, mmap: bool = False) -> np.ndarray:
-        p = self.path(rel)
-        if not storage.is_remote(p):
-            return np.load(storage.resolve(p)[1], mmap_mode="r" if mmap else None, allow_pickle=False)
-        return np.load(io.BytesIO(storage.read_bytes(p)), allow_pickle=False)
+        return self.folder.load_npy(rel, mmap=mmap)
 
     def save_table(self, rel: str, table: pa.Table, row_group_size: int | None = None) -> dict:
         buf = io.BytesIO()
@@ -111,12 +109,12 @@ class Workspace:
         return self.write_bytes(rel, buf.getvalue())
 
     def load_table(self, rel: str, columns: list[str] | None = None) -> pa.Table:
-        with storage.open_input(self.path(rel)) as fh:
+        with self.folder.open(rel) as fh:
             return pq.read_table(fh, columns=columns)
 
     def open_parquet(self, rel: str) -> pq.ParquetFile:
         """A parquet file opened for row-group reads (the caller closes it via ``.close()``)."""
-        return pq.ParquetFile(storage.open_input(self.path(rel)))
+        return pq.ParquetFile(self.folder.open(rel))
 
 
 def remove_temporaries(root: str | os.PathLike, job: str) -> int:
@@ -126,26 +124,4 @@ def remove_temporaries(root: str | os.PathLike, job: str) -> int:
     A user's ``.draft.tmp``, or anything in a folder the job does not write, is never touched."""
     from slimpipe.outdir import JOB_OUTPUTS, MARKER
 
-    names = {*JOB_OUTPUTS[job], MARKER}
-    if storage.is_remote(root):  # an upload killed midway leaves its temporary object (never the final one)
-        found_uris = [f for f in storage.list_files(root, recursive=False)
-                      if any(f.rsplit("/", 1)[-1].startswith(f".{name}.") for name in names)]
-        for name in names:
-            found_uris += storage.list_files(storage.join(root, name))
-        gone = [f for f in found_uris if storage.is_temporary(f.rsplit("/", 1)[-1])]
-        for f in gone:
-            storage.delete_file(f)
-        return len(gone)
-    base = Path(storage.resolve(root)[1])
-    n = 0
-    found = [p for p in base.glob(".*") if storage.is_temporary(p.name)
-             and any(p.name.startswith(f".{name}.") for name in names)]
-    for name in names:
-        top = base / name
-        if top.is_dir() and not top.is_symlink():
-            found += [p for p in top.rglob(f"*{storage.TMP_SUFFIX}") if storage.is_temporary(p.name)]
-    for p in found:
-        if p.is_file() and not p.is_symlink():
-            p.unlink(missing_ok=True)
-            n += 1
-    return n
+    return storage.remove_temporaries(root, {*JOB_OUTPUTS[job], MARKER})
