@@ -6,11 +6,13 @@ import json
 import logging
 import os
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
 
+from slimpipe.options import argument, command_options, option
 from slimpipe.train.errors import ExportError  # torch-free: --help stays fast
 
 log = logging.getLogger(__name__)
@@ -105,23 +107,32 @@ def task_summary(results: dict) -> dict[str, dict[str, float]]:
     return out
 
 
+@dataclass(frozen=True, kw_only=True)
+class EvalCommand:
+    """``slimpipe eval``'s arguments and options."""
+
+    run: str = argument()
+    tasks: str | None = option("--tasks", help="Comma-separated lm-eval tasks, each optionally NAME:FEWSHOT (e.g. "
+                               "arc_challenge:25,hellaswag:10). Default: SlimPajama-DC's suite arc_challenge:25, "
+                               "hellaswag:10, mmlu:5, truthfulqa_mc2:0 (needs the Hugging Face hub).")
+    include_path: str | None = option("--include-path", type=click.Path(exists=True, file_okay=False),
+                                      help="Folder of extra lm-eval task YAMLs (local tasks, e.g. tests/lm_eval_tasks).")
+    batch_size: int = option("--batch-size", type=int, default=8, show_default=True, help="Requests per forward pass.")
+    limit: float | None = option("--limit", type=float,
+                                 help="Only the first N documents per task (a fraction if < 1), for a smoke run.")
+    device: str | None = option("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available).")
+    tokenizer: str | None = option("--tokenizer",
+                                   help="Tokenizer to use when the run has none (gpt2, a tokenizer.json, a folder).")
+    log_samples: bool = option("--log-samples", is_flag=True,
+                               help="Also write every request and response (lm-eval's samples).")
+    seed: int = option("--seed", type=int, default=0, show_default=True, help="Seed for few-shot sampling.")
+    output: str | None = option("-o", "--output",
+                                help=f"Results JSON (default: RUN/{RESULTS_FILE}, where compare finds it).")
+
+
 @click.command(name="eval")
-@click.argument("run")
-@click.option("--tasks", help="Comma-separated lm-eval tasks, each optionally NAME:FEWSHOT (e.g. "
-              "arc_challenge:25,hellaswag:10). Default: SlimPajama-DC's suite arc_challenge:25, hellaswag:10, "
-              "mmlu:5, truthfulqa_mc2:0 (needs the Hugging Face hub).")
-@click.option("--include-path", type=click.Path(exists=True, file_okay=False),
-              help="Folder of extra lm-eval task YAMLs (local tasks, e.g. tests/lm_eval_tasks).")
-@click.option("--batch-size", type=int, default=8, show_default=True, help="Requests per forward pass.")
-@click.option("--limit", type=float, help="Only the first N documents per task (a fraction if < 1), for a smoke run.")
-@click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available).")
-@click.option("--tokenizer", help="Tokenizer to use when the run has none (gpt2, a tokenizer.json, a folder).")
-@click.option("--log-samples", is_flag=True, help="Also write every request and response (lm-eval's samples).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for few-shot sampling.")
-@click.option("-o", "--output", help=f"Results JSON (default: RUN/{RESULTS_FILE}, where compare finds it).")
-def eval_command(run: str, tasks: str | None, include_path: str | None, batch_size: int, limit: float | None,
-                 device: str | None, tokenizer: str | None, log_samples: bool, seed: int,
-                 output: str | None) -> None:
+@command_options(EvalCommand)
+def eval_command(opts: EvalCommand) -> None:
     """Score RUN (a run directory or an export) on lm-evaluation-harness tasks; writes lm-eval's results dict."""
     from slimpipe import storage
 
@@ -133,8 +144,9 @@ def eval_command(run: str, tasks: str | None, include_path: str | None, batch_si
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if tasks:
-        chosen = parse_tasks(tasks)
+    run, batch_size = opts.run, opts.batch_size
+    if opts.tasks:
+        chosen = parse_tasks(opts.tasks)
     else:
         ok, why = hub_reachable()
         if not ok:
@@ -144,10 +156,10 @@ def eval_command(run: str, tasks: str | None, include_path: str | None, batch_si
         chosen = dict(DEFAULT_TASKS)
     if batch_size < 1:
         raise click.BadParameter("must be >= 1", param_hint="--batch-size")
-    out = output or str(Path(run) / RESULTS_FILE)
+    out = opts.output or str(Path(run) / RESULTS_FILE)
     try:
-        results = run_tasks(run, chosen, include_path=include_path, batch_size=batch_size, device=device,
-                            limit=limit, tokenizer=tokenizer, log_samples=log_samples, seed=seed)
+        results = run_tasks(run, chosen, include_path=opts.include_path, batch_size=batch_size, device=opts.device,
+                            limit=opts.limit, tokenizer=opts.tokenizer, log_samples=opts.log_samples, seed=opts.seed)
     except ExportError as exc:
         raise click.ClickException(str(exc)) from exc
     from lm_eval.utils import handle_non_serializable
@@ -158,19 +170,27 @@ def eval_command(run: str, tasks: str | None, include_path: str | None, batch_si
     click.echo(f"wrote {out}")
 
 
+@dataclass(frozen=True, kw_only=True)
+class ExportCommand:
+    """``slimpipe export``'s arguments and options."""
+
+    run: str = argument(type=click.Path(exists=True, file_okay=False))
+    fmt: str = option("--format", type=click.Choice(["hf"]), default="hf", show_default=True,
+                      help="hf: a Hugging Face transformers folder (trust_remote_code) that lm-eval's --model hf loads.")
+    output: str = option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Folder to write.")
+    tokenizer: str | None = option("--tokenizer",
+                                   help="Tokenizer when the run has none (gpt2, a tokenizer.json, a mix's tokenizer/).")
+    overwrite: bool = option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+
+
 @click.command(name="export")
-@click.argument("run", type=click.Path(exists=True, file_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["hf"]), default="hf", show_default=True,
-              help="hf: a Hugging Face transformers folder (trust_remote_code) that lm-eval's --model hf loads.")
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Folder to write.")
-@click.option("--tokenizer", help="Tokenizer when the run has none (gpt2, a tokenizer.json, a mix's tokenizer/).")
-@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
-def export_command(run: str, fmt: str, output: str, tokenizer: str | None, overwrite: bool) -> None:
+@command_options(ExportCommand)
+def export_command(opts: ExportCommand) -> None:
     """Export RUN's model (RUN/model, or its latest checkpoint) and tokenizer for other tools."""
     from slimpipe.hf.export import export_hf
 
     try:
-        out = export_hf(run, output, tokenizer=tokenizer, overwrite=overwrite)
+        out = export_hf(opts.run, opts.output, tokenizer=opts.tokenizer, overwrite=opts.overwrite)
     except ExportError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"wrote {out}: AutoModelForCausalLM.from_pretrained('{out}', trust_remote_code=True); "

@@ -5,9 +5,12 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
+
+from slimpipe.options import argument, command_options, option
 
 
 def _run_location(ctx, param, values: tuple[str, ...]) -> tuple[str | Path, ...]:
@@ -48,19 +51,27 @@ def _local(runs: tuple[str | Path, ...], out: str | Path) -> Iterator[tuple[list
             storage.upload_tree(local_out, out)
 
 
+@dataclass(frozen=True, kw_only=True)
+class CompareCommand:
+    """``slimpipe compare``'s arguments and options."""
+
+    runs: tuple[str | Path, ...] = argument(nargs=-1, required=True, callback=_run_location)
+    out: str = option("-o", "--output", required=True, help="Report folder: a path, or a URI (s3://, gs://, ...).")
+    force: bool = option("--force", is_flag=True, help="Write into a non-empty folder that is not a slimpipe output "
+                                                       "(refused if a file there would be overwritten).")
+
+
 @click.command("compare")
-@click.argument("runs", nargs=-1, required=True, callback=_run_location)
-@click.option("-o", "--output", "out", required=True, help="Report folder: a path, or a URI (s3://, gs://, ...).")
-@click.option("--force", is_flag=True, help="Write into a non-empty folder that is not a slimpipe output "
-                                            "(refused if a file there would be overwritten).")
-def compare_command(runs: tuple[str | Path, ...], out: str, force: bool) -> None:
+@command_options(CompareCommand)
+def compare_command(opts: CompareCommand) -> None:
     """Compare trained runs (``slimpipe train`` outputs): per-source bits per byte, rows keyed by the full
     training configuration (seeds inside a row), a paired bootstrap 95% interval on every difference,
     curves, provenance. Runs on different evaluation sets are never ranked together."""
     from slimpipe.outdir import claim, release
     from slimpipe.report.compare import CompareError, write_compare_report
 
-    held = claim(out, "compare", "report", sources=runs, force=force)  # each compare rewrites its report folder
+    runs, out = opts.runs, opts.out
+    held = claim(out, "compare", "report", sources=runs, force=opts.force)  # each compare rewrites its report folder
     try:
         with _local(runs, out) as (local_runs, local_out):
             report = write_compare_report(local_runs, local_out)
