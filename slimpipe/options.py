@@ -133,7 +133,13 @@ def command_options(cls: type, name: str = "opts") -> Callable[[F], F]:
             return fn(**values)
 
         below = getattr(fn, "__click_params__", [])  # click keeps them last first, and reverses at @command
-        wrapper.__click_params__ = [*below, *reversed(click_params(cls))]  # type: ignore[attr-defined]
+        params = click_params(cls)
+        seen: set[str | None] = set()
+        for p in [*params, *below]:  # a group embedded twice, or two groups sharing a name, would silently share a value
+            if p.name in seen:
+                raise TypeError(f"{cls.__name__}: option name {p.name!r} defined twice")
+            seen.add(p.name)
+        wrapper.__click_params__ = [*below, *reversed(params)]  # type: ignore[attr-defined]
         return wrapper  # type: ignore[return-value]
 
     return decorate

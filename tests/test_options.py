@@ -107,3 +107,72 @@ if __name__ == "__main__":
 
     print("capturing from", slimpipe.__file__, file=sys.stderr)
     GOLDEN.write_text(json.dumps(capture(), indent=1, sort_keys=True) + "\n")
+
+
+def test_shared_options_are_one_definition_with_one_default() -> None:
+    """dedup's options inside slimpajama, and evalset's draw options inside slimpajama, are the same fields; each
+    option's default is its dataclass field's."""
+    import dataclasses
+
+    from slimpipe.dedup.command import DedupCommand, DedupOptions
+    from slimpipe.evalset.command import EvalDrawOptions
+    from slimpipe.options import click_params, values_of
+    from slimpipe.pipeline.command import SlimpajamaCommand
+
+    slim = [p.name for p in click_params(SlimpajamaCommand)]
+    for group in (DedupOptions, EvalDrawOptions):
+        names = [p.name for p in click_params(group)]
+        assert names and any(slim[i:i + len(names)] == names for i in range(len(slim)))
+    assert [p.name for p in click_params(DedupCommand)] == ["sources", "out", *names_of(DedupOptions), "quiet"]
+    ctx = click.Context(click.Command("x"))
+    for p in click_params(DedupOptions):
+        assert p.get_default(ctx) == {f.name: f.default for f in dataclasses.fields(DedupOptions)}[p.name]
+    d = DedupOptions(threshold=0.7, force=True)
+    assert values_of(d)["threshold"] == 0.7 and d.params().threshold == 0.7 and d.params().bands * d.params().rows <= 128
+
+
+def names_of(cls: type) -> list[str]:
+    from slimpipe.options import click_params
+
+    return [p.name for p in click_params(cls)]
+
+
+def test_an_option_defined_twice_is_refused() -> None:
+    from dataclasses import dataclass
+
+    from slimpipe.evalset.command import EvalDrawOptions
+    from slimpipe.options import command_options, group
+
+    @dataclass(frozen=True, kw_only=True)
+    class Twice:
+        a: EvalDrawOptions = group(EvalDrawOptions)
+        b: EvalDrawOptions = group(EvalDrawOptions)
+
+    with pytest.raises(TypeError, match="eval_seed"):
+        command_options(Twice)(lambda opts: None)
+
+
+def test_a_command_gets_one_instance_and_keeps_its_other_parameters() -> None:
+    from dataclasses import dataclass
+
+    from slimpipe.evalset.command import EvalDrawOptions
+    from slimpipe.options import command_options, group, option
+
+    @dataclass(frozen=True, kw_only=True)
+    class Cmd:
+        name: str = option("--name", default="x", help="A name.")
+        draw: EvalDrawOptions = group(EvalDrawOptions)
+
+    seen = []
+
+    @click.command("c")
+    @command_options(Cmd)
+    @click.option("--extra", is_flag=True)
+    def c(opts: Cmd, extra: bool) -> None:
+        seen.append((opts, extra))
+
+    assert [p.name for p in c.params][:2] == ["name", "eval_seed"] and c.params[-1].name == "extra"
+    res = CliRunner().invoke(c, ["--eval-seq-len", "16", "--extra"])
+    assert res.exit_code == 0, res.output
+    assert seen == [(Cmd(name="x", draw=EvalDrawOptions(eval_seq_len=16)), True)]
+    assert seen[0][0].draw.build().seq_len == 16
