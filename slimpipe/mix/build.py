@@ -99,8 +99,7 @@ def _cache_root(root: str, opt: MixOptions) -> str:
     cache_root = loc(opt.token_cache) if opt.token_cache else default_cache_root(root)
     try:
         storage.makedirs(cache_root)
-        if storage.is_remote(cache_root):
-            storage.check_access(cache_root, write=True)
+        storage.check_store(cache_root, write=True)
     except (OSError, storage.StorageError) as exc:
         raise MixBuildError(f"token cache {cache_root}: {getattr(exc, 'strerror', None) or exc}; "
                             "pass --token-cache DIR") from None
@@ -211,7 +210,7 @@ def fill_token_cache(slimpajama_dir: str | Path, sources: Sequence[str] | None =
         raise MixBuildError("fill the cache with a saved tokenizer (a tokenizer.json or a previous mix folder)")
     tok = resolve_tokenizer(opt.tokenizer)
     ctx = MixContext(root=root, out=root, mix=mix, opt=opt, tok=tok, work=root, input_id=work_key(input_info),
-                     tok_spec=opt.tokenizer if storage.is_remote(opt.tokenizer) else tok.spec)
+                     tok_spec=opt.tokenizer if storage.is_shared(opt.tokenizer) else tok.spec)
     ctx.cache = TokenCache(_cache_root(root, opt), tok.identity, ctx.input_id)
     _, _, holdout = holdout_stage(ctx, splits)
     train_stage(ctx, splits["train"], holdout, dict.fromkeys(mix.active_sources, 1 << 62))

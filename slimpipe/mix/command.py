@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from slimpipe import storage
@@ -32,7 +30,7 @@ class TokenCount(click.ParamType):
 
 def _input_location(value: str) -> str:
     """SLIMPAJAMA_DIR: a local folder that exists, or a URI (checked when the build reads it)."""
-    if not storage.is_remote(value) and not Path(storage.join(value)).is_dir():
+    if storage.missing_local_dir(value):
         raise click.BadParameter(f"{value!r}: no such folder", param_hint="SLIMPAJAMA_DIR")
     return value
 

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.ipc as ipc
 
 from slimpipe import storage
 from slimpipe.mix.config import MixConfig
@@ -127,7 +126,7 @@ def read_input(root: str | Path) -> tuple[dict[str, list[InputShard]], dict[str,
         has_manifest = storage.exists(storage.join(root, MANIFEST))
         index_file = storage.join(root, INPUT_INDEX)
         has_index = storage.exists(index_file)
-        if not (has_manifest or has_index or storage.is_dir(root) or storage.is_remote(root)):
+        if not (has_manifest or has_index) and storage.missing_local_dir(root):  # a URI: checked by reading
             raise MixBuildError(f"input folder not found: {root}")
         info: dict[str, Any] = {"path": root, "manifest_sha256": None, "index_sha256": None}
         if has_manifest:
@@ -219,7 +218,7 @@ def list_parts(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 def loc(p: str | os.PathLike) -> str:
     """A location as the mix passes it around: an absolute local path, or a URI as given."""
-    return storage.join(p) if not storage.is_remote(p) else os.fspath(p).rstrip("/")
+    return storage.join(p)
 
 
 def sibling(path: str, suffix: str) -> str:
@@ -228,36 +227,13 @@ def sibling(path: str, suffix: str) -> str:
 
 
 def write_arrow_atomic(path: str | Path, schema: pa.Schema, batches: Sequence[pa.RecordBatch]) -> None:
-    """An Arrow IPC file published whole (local: temp + rename; object stores: one upload)."""
-    if storage.is_remote(path):
-        with storage.open_output(path) as fh, ipc.new_file(fh, schema) as w:
-            for b in batches:
-                w.write_batch(b)
-        return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, schema) as w:
-        for b in batches:
-            w.write_batch(b)
-    os.replace(tmp, path)
+    """An Arrow IPC file published whole (:func:`slimpipe.storage.write_arrow_atomic`)."""
+    storage.write_arrow_atomic(path, schema, batches)
 
 
-def read_arrow(path: str | Path) -> pa.Table:
-    if storage.is_remote(path):
-        return ipc.open_file(pa.BufferReader(storage.read_bytes(path))).read_all()
-    with pa.memory_map(str(path), "r") as source:
-        return ipc.open_file(source).read_all()
-
-
-def read_arrow_batch(path: str, b: int) -> pa.RecordBatch:
-    """Record batch ``b`` of an Arrow IPC file, reading only its bytes (ranged reads on object stores)."""
-    if storage.is_remote(path):
-        fs, p = storage.resolve(path)
-        with fs.open_input_file(p) as f:
-            return ipc.open_file(f).get_batch(b)
-    with pa.memory_map(path, "r") as source:
-        return ipc.open_file(source).get_batch(b)
+# Arrow IPC scratch files are read through storage: memory-mapped locally, ranged reads on object stores
+read_arrow = storage.read_arrow
+read_arrow_batch = storage.read_arrow_batch
 
 
 # ---------------------------------------------------------------------------------- ray helpers

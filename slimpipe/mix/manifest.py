@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from slimpipe import storage
@@ -66,17 +64,14 @@ def source_entries(ctx: MixContext, sel: Selection, res: list[dict], realised: d
 
 
 def _save_tokenizer(tok: Any, out: str) -> None:
-    """``OUT/tokenizer/`` (kept when already there, e.g. trained into it); uploaded for an ``OUT`` URI."""
-    dest = storage.join(out, TOKENIZER_DIR)
-    if not storage.is_remote(out):
-        if not Path(dest).is_dir():
-            tok.save(Path(dest))
+    """``OUT/tokenizer/``, written through a staged folder (uploaded for an ``OUT`` URI); a trained tokenizer
+    (``tokenizer.json``, written there by stage tokenize) is kept. Another one is saved again on a resume
+    (the same bytes: a half-finished upload is completed, never taken for whole)."""
+    dest = storage.Folder(out).folder(TOKENIZER_DIR)
+    if dest.exists("tokenizer.json"):
         return
-    if storage.exists(storage.join(dest, "tokenizer.json")):  # trained and uploaded by stage tokenize
-        return
-    with tempfile.TemporaryDirectory(prefix="slimpipe-tok-") as tmp:
-        tok.save(Path(tmp))
-        storage.upload_tree(tmp, dest)
+    with dest.staged() as local:
+        tok.save(local)
 
 
 def write_mix_manifest(ctx: MixContext, *, input_info: dict[str, Any], n_train_shards: int, n_eligible: int,

@@ -278,8 +278,8 @@ def local_mix(mix_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = 
         return Path(mix_dir)
     from slimpipe import storage
 
-    if not storage.is_remote(mix_dir):
-        return Path(storage.join(mix_dir))
+    if (local := storage.local_path(mix_dir)) is not None:  # file://
+        return Path(local)
     uri = os.fspath(mix_dir).rstrip("/")
     manifest = storage.join(uri, "manifest.json")
     try:

@@ -72,7 +72,8 @@ class PackedWriter:
         if "://" in os.fspath(path):
             from slimpipe import storage
 
-            self.remote = os.fspath(path).rstrip("/") if storage.is_remote(path) else None
+            local = storage.local_path(path)  # file:// is a local folder
+            self.remote, path = (None, local) if local is not None else (os.fspath(path).rstrip("/"), path)
         self.path = Path(path) if self.remote is None else self.remote
         if (storage.exists(storage.join(self.remote, INDEX)) if self.remote else self.path.exists()) and not overwrite:
             raise FileExistsError(f"{self.path} exists (pass overwrite=True to replace it)")

@@ -71,7 +71,7 @@ def worker_tokenizer(spec: str, identity: str | None = None) -> Tokenizer:
 def local_tokenizer(spec: str) -> str:
     """``spec`` itself, or for a URI (a ``tokenizer.json``, a tokenizer folder, a mix) a node-local copy
     of its tokenizer files (downloaded once per node)."""
-    if not storage.is_remote(spec):
+    if storage.local_path(spec) is not None:
         return spec
     spec = spec.rstrip("/")
     if storage.exists(storage.join(spec, TOKENIZER_DIR, "tokenizer.json")) or storage.exists(
@@ -89,9 +89,7 @@ def local_tokenizer(spec: str) -> str:
         target = cache / "dir" / name
         target.parent.mkdir(parents=True, exist_ok=True)
         if not target.is_file() or target.stat().st_size != copy.stat().st_size:
-            tmp = target.with_name(f".{name}.tmp-{os.getpid()}")
-            tmp.write_bytes(copy.read_bytes())
-            os.replace(tmp, target)
+            storage.write_bytes_atomic(target, copy.read_bytes())
     return str(cache / "dir")
 
 
@@ -118,9 +116,8 @@ def shard_input(path: str | Path) -> InputFile:
     must not apply: it also looks at parent folders, and ``/data/c4-runs/...`` would label every
     document ``c4``.
     """
-    if storage.is_remote(path):  # read from a node-local copy (downloaded once per node, then reused)
-        path = storage.local_copy(path, Path(tempfile.gettempdir()) / "slimpipe-input-cache")
-    p = Path(path)
+    # a local file itself, or a node-local copy of a URI's (downloaded once per node, then reused)
+    p = storage.local_copy(path, Path(tempfile.gettempdir()) / "slimpipe-input-cache")
     return InputFile(path=str(p.resolve()), rel=p.name, source=None, fmt=file_format(p) or "jsonl.zst")
 
 
@@ -254,16 +251,17 @@ def setup_tokenizer(root: str, out: str, splits: dict[str, list[InputShard]], op
         if opt.vocab_size < 257:
             raise MixBuildError("--vocab-size must be at least 257 (256 bytes + EOS)")
         t0 = time.monotonic()
-        dest = (Path(tempfile.mkdtemp(prefix="slimpipe-bpe-")) if storage.is_remote(out)
-                else Path(out) / TOKENIZER_DIR)
+        tok_dir = storage.join(out, TOKENIZER_DIR)
+        local = storage.local_path(tok_dir)  # trained in place, or (OUT in a store) locally and uploaded
+        dest = Path(local) if local is not None else Path(tempfile.mkdtemp(prefix="slimpipe-bpe-"))
         tok = train_bpe(_bpe_texts(root, splits["train"], opt.seed, opt.bpe_sample_bytes), opt.vocab_size, dest)
         log.info("trained a %d-token byte-level BPE in %.1fs", tok.vocab_size, time.monotonic() - t0)
-        if storage.is_remote(out):
-            storage.upload_tree(dest, storage.join(out, TOKENIZER_DIR))
-            return tok, storage.join(out, TOKENIZER_DIR)
+        if local is None:
+            storage.upload_tree(dest, tok_dir)
+            return tok, tok_dir
         return tok, tok.spec
     tok = resolve_tokenizer(opt.tokenizer)
-    return tok, (opt.tokenizer if storage.is_remote(opt.tokenizer) else tok.spec)
+    return tok, (opt.tokenizer if storage.is_shared(opt.tokenizer) else tok.spec)  # every node loads a URI
 
 
 
