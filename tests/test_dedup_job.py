@@ -314,3 +314,37 @@ def test_byte_ranges_of_plain_jsonl_keep_ids_and_results(corpus, tmp_path, ray_s
            for d in ("whole", "split")]
     assert rej[0].select(["file", "line", "reason"]).equals(rej[1].select(["file", "line", "reason"]))
     assert rej[0].num_rows >= 3
+
+
+def test_step_manifests_parse_into_typed_results_and_back(corpus, tmp_path, ray_session):
+    """Every task result the executor committed (the JSON a resumed job reads back, in the layout the untyped
+    code wrote) becomes its step's dataclass and returns to the same JSON: verify, the distributed
+    components and the sample step included."""
+    from slimpipe.dedup import results as R
+
+    src, _ = corpus
+    out = tmp_path / "out"
+    _run(src, out, preset="recall", max_edges_in_memory=0, partitions=2, keep_intermediates=True)
+    kinds = {"read": R.ReadResult, "buckets": R.BucketsResult, "verify_send": R.SendResult,
+             "verify": R.VerifyResult, "keep_global": R.KeepResult, "keep_local": R.KeepResult,
+             "write": R.WriteResult}
+    seen = set()
+    for manifest in sorted((out / "_work").glob("*.done.json")):
+        step = manifest.name[: -len(".done.json")]
+        kind = kinds.get(step)
+        if kind is None and step.startswith("cc_"):
+            kind = (R.StarFinishResult if step.endswith("_finish") else R.StarMapResult if step.endswith("map")
+                    else R.StarReduceResult)
+        if step == "sample":
+            for c in json.loads(manifest.read_text())["results"][0]["clusters"]:
+                assert R.SampleCluster.from_dict(c).to_dict() == c
+            seen.add(step)
+            continue
+        assert kind is not None, f"no result type for step {step}"
+        for r in json.loads(manifest.read_text())["results"]:
+            plain = {k: v for k, v in r.items() if k != "_io"}
+            assert kind.from_dict(r).to_dict() == plain, step
+            assert list(kind.from_dict(r).to_dict()) == list(plain), step  # the same key order
+        seen.add(step)
+    assert {"read", "buckets", "verify_send", "verify", "keep_global", "keep_local", "write", "sample"} <= seen
+    assert any(s.startswith("cc_global_r0_") for s in seen)

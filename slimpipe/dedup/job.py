@@ -1,6 +1,13 @@
 """The dedup job: plan, then the steps of :mod:`slimpipe.dedup.steps` on :class:`slimpipe.runtime.Executor`.
 
-read (the one read) → buckets → (verify) → components → keep → write (the second read) → report.
+read (the one read) → buckets → (verify) → components → keep → write (the second read) → sample → report.
+
+Steps hand each other typed results (:mod:`slimpipe.dedup.results`): a task returns its result's
+``to_dict()`` (the executor's JSON marker, what a resumed job reads back) and the driver reads it with
+``from_dict``. Each step's task arguments are its inputs' names and small values (the keep step's shared
+ones as a :class:`slimpipe.dedup.steps.keep.KeepSpec`). The report is built from the parameters and a
+:class:`slimpipe.dedup.results.DedupResults` (:func:`slimpipe.dedup.report.build_report`): it never sees
+the job, and its sample clusters are measured by the ``sample`` step.
 
 Each step is a set of Ray tasks over input ranges or hash partitions, exchanging bounded shuffle files
 in the job's workspace (``OUT/_work`` or ``--scratch``; every path may be a URI). No task holds every
@@ -30,7 +37,23 @@ import pyarrow.parquet as pq
 
 from slimpipe import storage
 from slimpipe.dedup.params import DedupParams
-from slimpipe.dedup.steps import buckets, components, keep, read, verify, write
+from slimpipe.dedup.report import build_report, write_report
+from slimpipe.dedup.results import (
+    BucketsResult,
+    ComponentsInfo,
+    DedupResults,
+    FastComponentsResult,
+    KeepResult,
+    ReadResult,
+    SampleCluster,
+    SendResult,
+    StarFinishResult,
+    StarMapResult,
+    StarReduceResult,
+    VerifyResult,
+    WriteResult,
+)
+from slimpipe.dedup.steps import buckets, components, keep, read, sample, verify, write
 from slimpipe.dedup.steps.common import CATALOG, MODES, REMAP
 from slimpipe.io.readers import REJECT_SCHEMA, InputFile, discover_files, split_ranges
 from slimpipe.io.writers import ShardInfo, write_manifest
@@ -113,7 +136,6 @@ class DedupJob:
             storage.check_access(scratch, write=True)
         self.sink = sink if sink is not None else write.KeptShards(self.out, shard_bytes)
         self.ws = Workspace(self.out, scratch)
-        self.root = self.ws  # for the report's sample texts
         self.ex = Executor(self.ws, "dedup", progress)
         self.timings = self.ex.timings
         plan = make_plan(paths, params, source, partitions, range_bytes)
@@ -143,104 +165,100 @@ class DedupJob:
     def run(self) -> dict:
         if self.finished is not None:
             return self.finished
-        p = self.plan
-        params = p["params"]
-        tasks, nparts = p["tasks"], p["partitions"]
-        ntasks = len(tasks)
-        ws, ex = self.ws, self.ex
+        params, tasks = self.plan["params"], self.plan["tasks"]
+        ntasks, nparts = len(tasks), self.plan["partitions"]
         biggest = max((InputFile(**t).size if t["end"] is None else t["end"] - t["start"] for t in tasks), default=0)
-        pre = ex.run(Step("read", read.read_task, [(tasks[t], params, nparts) for t in range(ntasks)],
-                          memory=_mb(384) + 4 * biggest))
-        catalog = self._catalog(pre)
-        sources = catalog["sources"]
-        tasks = p["tasks"]  # now with each range's first line
-        band_rows = sum(r["band_rows"] for r in pre) + sum(r["docs"] for r in pre)
+        pre = [ReadResult.from_dict(r) for r in self.ex.run(Step(
+            "read", read.read_task, [(tasks[t], params, nparts) for t in range(ntasks)],
+            memory=_mb(384) + 4 * biggest))]
+        sources = self._catalog(pre)
+        band_rows = sum(r.band_rows for r in pre) + sum(r.docs for r in pre)
         part_mem = _mb(256) + 64 * band_rows // max(1, nparts)
-        inputs = ws.put_inputs("buckets", {"exact": [r["pieces"]["exact"] for r in pre],
-                                           "bands": [r["pieces"]["bands"] for r in pre]})
-        near = ex.run(Step("buckets", buckets.buckets_task,
-                           [(q, inputs, self.params.verify, ntasks) for q in range(nparts)], "partitions",
-                           memory=part_mem))
-        checked = None
-        if self.params.verify:
-            send_in = ws.put_inputs("verify_send", [b["by_task"] for b in near])
-            sent = ex.run(Step("verify_send", verify.send_task,
-                               [(t, send_in, pre[t]["texts"]) for t in range(ntasks)], memory=_mb(512)))
-            check_in = ws.put_inputs("verify", [s["piece"] for s in sent])
-            checked = ex.run(Step("verify", verify.check_task,
-                                  [(t, check_in, pre[t]["texts"], params) for t in range(ntasks)], memory=_mb(512)))
+        near = self._buckets(pre, nparts, part_mem)
+        checked = self._verify(pre, near) if self.params.verify else None
         cc_info, cc_inputs, kparts = self._components(near, checked, nparts, part_mem)
-        priority_names = [s for s in self.params.source_priority if s in sources]
-        priority = [sources.index(s) for s in priority_names]
-        check = None
-        if self.params.verify and self.params.cluster_check:  # each removal checked against its keeper
-            check = {"threshold": self.params.threshold, "ngram": self.params.ngram, "unit": self.params.unit,
-                     "seed": self.params.seed, "texts": [r["texts"] for r in pre]}
-        keep_results = {
-            mode: ex.run(Step(f"keep_{mode}", keep.keep_task,
-                              [(mode, r, cc_inputs[mode], self.params.keep, priority, sources, ntasks, check)
-                               for r in range(kparts)], "partitions", memory=part_mem))
-            for mode in MODES}
-        mode = self.params.mode
-        kept_bytes = sum(v[1] - v[3] for r in pre for v in r["by_source"].values()) - sum(
-            r["removed_bytes"] for r in keep_results[mode])
-        self.sink.prepare(ws, kept_bytes)
-        write_in = ws.put_inputs(f"write_{mode}", [r["piece"] for r in keep_results[mode]])
-        written = ex.run(Step("write", write.write_task, [(tasks[t], write_in, self.sink, self.out)
-                                                         for t in range(ntasks)], memory=_mb(384) + 2 * biggest))
+        keep_results = self._keep(pre, sources, cc_inputs, kparts, part_mem)
+        written = self._write(pre, keep_results[self.params.mode], biggest)
         self._finalise(pre, written)
-        self.sink.commit(written)
-        from slimpipe.dedup.report import build_report
-
-        report = build_report(self, pre, near, checked, keep_results, written, cc_info)
-        report["intermediates"] = dict(ex.intermediates)
+        self.sink.commit([w.sink for w in written])
+        timings, intermediates = dict(self.timings), dict(self.ex.intermediates)  # the steps', not the sample's
+        results = DedupResults(
+            files=len(self.plan["files"]), tasks=ntasks, partitions=nparts, read=pre, buckets=near, verify=checked,
+            components=cc_info, keep=keep_results, written=written,
+            samples=self._samples(keep_results[self.params.mode]), timings=timings)
+        report = build_report(self.params, results)
+        report["intermediates"] = intermediates
         report["plan_sha256"] = self.plan_sha256
         publish_report(self.out, report)
         remove_temporaries(self.out, "dedup")
-        ex.cleanup(self.keep_intermediates)
+        self.ex.cleanup(self.keep_intermediates)
         return report
 
-    def _catalog(self, pre: list[dict]) -> dict:
-        """The job's source names (codes), each task's file and first line; committed for every task."""
-        sources = sort_sources({s for r in pre for s in r["sources"]})
+    def _catalog(self, pre: list[ReadResult]) -> list[str]:
+        """The job's source names (codes), each task's file and first line; committed for every task.
+
+        Adds each range's first line to the plan's tasks (``first_line``) and returns the source names.
+        """
+        sources = sort_sources({s for r in pre for s in r.sources})
         code = {s: i for i, s in enumerate(sources)}
-        width = max((len(r["sources"]) for r in pre), default=0) or 1
+        width = max((len(r.sources) for r in pre), default=0) or 1
         remap = np.zeros((len(pre), width), np.int16)
         for t, r in enumerate(pre):
-            remap[t, : len(r["sources"])] = [code[s] for s in r["sources"]]
+            remap[t, : len(r.sources)] = [code[s] for s in r.sources]
         first = []
         line = {}
         for t, task in enumerate(self.plan["tasks"]):
             key = task["path"]
             start = line.get(key, 0) if task["start"] else 0
             first.append(start)
-            line[key] = start + pre[t]["lines"]
+            line[key] = start + pre[t].lines
         self.plan["tasks"] = [{**task, "first_line": first[t]} for t, task in enumerate(self.plan["tasks"])]
         catalog = {"sources": sources, "task_rel": [t["rel"] for t in self.plan["tasks"]], "task_first_line": first,
                    "task_file": self.plan["task_file"]}
         if not storage.exists(self.ws.path(CATALOG)):
             self.ws.save_array(REMAP, remap)
             self.ws.write_bytes(CATALOG, storage.dumps_json(catalog))
-        return catalog
+        return sources
 
-    def _components(self, near: list[dict], checked: list[dict] | None, nparts: int,
-                    part_mem: int) -> tuple[dict, dict, int]:
-        files = [b["exact"] for b in near if b["exact"]]
+    def _buckets(self, pre: list[ReadResult], nparts: int, part_mem: int) -> list[BucketsResult]:
+        inputs = self.ws.put_inputs("buckets", {"exact": [r.exact_piece for r in pre],
+                                                "bands": [r.band_piece for r in pre]})
+        ntasks = len(pre)
+        return [BucketsResult.from_dict(b) for b in self.ex.run(Step(
+            "buckets", buckets.buckets_task, [(q, inputs, self.params.verify, ntasks) for q in range(nparts)],
+            "partitions", memory=part_mem))]
+
+    def _verify(self, pre: list[ReadResult], near: list[BucketsResult]) -> list[VerifyResult]:
+        """``--verify``: candidate pairs meet both their texts (send), then the exact Jaccard (check)."""
+        ws, ex, ntasks = self.ws, self.ex, len(pre)
+        send_in = ws.put_inputs("verify_send", [b.by_task for b in near])
+        sent = [SendResult.from_dict(s) for s in ex.run(Step(
+            "verify_send", verify.send_task, [(t, send_in, pre[t].texts) for t in range(ntasks)], memory=_mb(512)))]
+        check_in = ws.put_inputs("verify", [s.piece for s in sent])
+        return [VerifyResult.from_dict(c) for c in ex.run(Step(
+            "verify", verify.check_task, [(t, check_in, pre[t].texts, self.plan["params"]) for t in range(ntasks)],
+            memory=_mb(512)))]
+
+    def _components(self, near: list[BucketsResult], checked: list[VerifyResult] | None, nparts: int,
+                    part_mem: int) -> tuple[ComponentsInfo, dict[str, str], int]:
+        """Both modes' components; returns how they were found, each mode's keep input, and its partitions."""
+        files = [b.exact for b in near if b.exact]
         if checked is not None:
-            files += [c["edges_file"] for c in checked if c["edges_file"]]
-            total = sum(b["exact_edges"] for b in near) + sum(c["confirmed"] for c in checked)
+            files += [c.edges_file for c in checked if c.edges_file]
+            total = sum(b.exact_edges for b in near) + sum(c.confirmed for c in checked)
         else:
-            files += [b["near"] for b in near if b["near"]]
-            total = sum(b["exact_edges"] for b in near) + sum(b["edges"] for b in near)
+            files += [b.near for b in near if b.near]
+            total = sum(b.exact_edges for b in near) + sum(b.edges for b in near)
         if total <= self.max_edges_in_memory:
-            res = self.ex.run(Step("components", components.fast_task, [(files,)], memory=_mb(256) + 64 * total))[0]
-            cc_inputs = {m: self.ws.put_inputs(f"keep_{m}", [res[m]["piece"]]) for m in MODES}
-            info = {m: {"edges": res[m]["edges"], "nodes": res[m]["nodes"]} for m in MODES}
-            return {"path": "single-process", "edges": total, "partitions": 1, "rounds": 0, **info}, cc_inputs, 1
+            res = FastComponentsResult.from_dict(self.ex.run(Step(
+                "components", components.fast_task, [(files,)], memory=_mb(256) + 64 * total))[0])
+            cc_inputs = {m: self.ws.put_inputs(f"keep_{m}", [res.modes[m].piece]) for m in MODES}
+            info = {m: {"edges": res.modes[m].edges, "nodes": res.modes[m].nodes} for m in MODES}
+            return ComponentsInfo("single-process", total, 1, 0, info), cc_inputs, 1
         rounds, cc_inputs = {}, {}
         for mode in MODES:
             rounds[mode], cc_inputs[mode] = self._distributed_cc(mode, files, nparts, part_mem)
-        return {"path": "distributed", "edges": total, "partitions": nparts, "rounds": rounds}, cc_inputs, nparts
+        return ComponentsInfo("distributed", total, nparts, rounds), cc_inputs, nparts
 
     def _distributed_cc(self, mode: str, files: list[str], nparts: int, mem: int) -> tuple[int, str]:
         """Alternate large-star and small-star shuffles over edge partitions until nothing changes."""
@@ -251,31 +269,70 @@ class DedupJob:
             changed = 0
             for phase in ("L", "S"):
                 name = f"cc_{mode}_r{rnd}_{phase}"
-                mapped = ex.run(Step(f"{name}map", components.map_task, [(mode, g, nparts, phase) for g in groups],
-                                     memory=mem))
-                inputs = ws.put_inputs(name, [m["piece"] for m in mapped])
-                reduced = ex.run(Step(name, components.reduce_task, [(inputs, d, phase) for d in range(nparts)],
-                                      "partitions", memory=mem))
-                changed += sum(r["changed"] for r in reduced)
-                outs = [r["out"] for r in reduced if r["out"]]
+                mapped = [StarMapResult.from_dict(m) for m in ex.run(Step(
+                    f"{name}map", components.map_task, [(mode, g, nparts, phase) for g in groups], memory=mem))]
+                inputs = ws.put_inputs(name, [m.piece for m in mapped])
+                reduced = [StarReduceResult.from_dict(r) for r in ex.run(Step(
+                    name, components.reduce_task, [(inputs, d, phase) for d in range(nparts)], "partitions",
+                    memory=mem))]
+                changed += sum(r.changed for r in reduced)
+                outs = [r.out for r in reduced if r.out]
                 groups = [[o] for o in outs]
             if changed == 0:
                 break
         else:
             raise RuntimeError("distributed connected components did not converge in 64 rounds")
-        finished = ex.run(Step(f"cc_{mode}_finish", components.finish_task, [(o, nparts) for o in outs],
-                               memory=mem))
-        return rnd + 1, ws.put_inputs(f"keep_{mode}", [f["piece"] for f in finished])
+        finished = [StarFinishResult.from_dict(f) for f in ex.run(Step(
+            f"cc_{mode}_finish", components.finish_task, [(o, nparts) for o in outs], memory=mem))]
+        return rnd + 1, ws.put_inputs(f"keep_{mode}", [f.piece for f in finished])
 
-    def _finalise(self, pre: list[dict], written: list[dict]) -> None:
+    def _keep(self, pre: list[ReadResult], sources: list[str], cc_inputs: dict[str, str], kparts: int,
+              part_mem: int) -> dict[str, list[KeepResult]]:
+        """One document per component, for both modes (the report compares them); the job's mode is written."""
+        p = self.params
+        check = None
+        if p.verify and p.cluster_check:  # each removal checked against its keeper
+            check = keep.ClusterCheck(threshold=p.threshold, ngram=p.ngram, unit=p.unit, seed=p.seed,
+                                      texts=[r.texts for r in pre])
+        priority = [sources.index(s) for s in p.source_priority if s in sources]
+        out = {}
+        for mode in MODES:
+            spec = keep.KeepSpec(mode=mode, inputs=cc_inputs[mode], policy=p.keep, priority=priority,
+                                 sources=sources, ntasks=len(pre), check=check)
+            out[mode] = [KeepResult.from_dict(k) for k in self.ex.run(Step(
+                f"keep_{mode}", keep.keep_task, [(spec, r) for r in range(kparts)], "partitions", memory=part_mem))]
+        return out
+
+    def _write(self, pre: list[ReadResult], kept: list[KeepResult], biggest: int) -> list[WriteResult]:
+        """The second read: kept documents to the sink, the removed table to OUT."""
+        mode, tasks = self.params.mode, self.plan["tasks"]  # tasks now with each range's first line
+        kept_bytes = sum(v.nbytes - v.short_bytes for r in pre for v in r.by_source.values()) - sum(
+            k.removed_bytes for k in kept)
+        self.sink.prepare(self.ws, kept_bytes)
+        write_in = self.ws.put_inputs(f"write_{mode}", [k.piece for k in kept])
+        return [WriteResult.from_dict(w) for w in self.ex.run(Step(
+            "write", write.write_task, [(tasks[t], write_in, self.sink, self.out) for t in range(len(pre))],
+            memory=_mb(384) + 2 * biggest))]
+
+    def _samples(self, kept: list[KeepResult]) -> list[SampleCluster]:
+        """The report's sample clusters, measured by one task that re-reads only their input ranges."""
+        tops = sample.largest([c for k in kept for c in k.top])
+        if not tops:
+            return []
+        spec = sample.SampleSpec(clusters=tops, tasks=self.plan["tasks"], params=self.plan["params"],
+                                 files=len(self.plan["files"]))
+        res = self.ex.run(Step("sample", sample.sample_task, [(spec,)]))[0]
+        return [SampleCluster.from_dict(c) for c in res["clusters"]]
+
+    def _finalise(self, pre: list[ReadResult], written: list[WriteResult]) -> None:
         if isinstance(self.sink, write.KeptShards):
-            shards = [ShardInfo(**s) for w in written for s in w["shards"]]
+            shards = [ShardInfo(**s) for w in written for s in w.sink["shards"]]
             write_manifest(self.out, shards, extra={"kind": "slimpipe-dedup", "mode": self.params.mode,
                                                     "params": self.params.to_dict()})
         tables = []
         for t, r in enumerate(pre):
-            if r["rejects"]:
-                table = self.ws.load_table(r["rejects"])
+            if r.rejects:
+                table = self.ws.load_table(r.rejects)
                 first = self.plan["tasks"][t]["first_line"]
                 if first:  # a range's lines were counted from its own start
                     line = table.column("line")
@@ -289,8 +346,6 @@ class DedupJob:
 
 def publish_report(out: str, report: dict) -> None:
     """Write report.json, report.md and plots/ under OUT (rendered locally, then uploaded for a URI)."""
-    from slimpipe.dedup.report import write_report
-
     storage.write_tree(out, lambda folder: write_report(folder, report))
 
 

@@ -12,64 +12,36 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from slimpipe.dedup.params import DedupParams
+from slimpipe.dedup.results import (
+    DedupResults,
+    KeepResult,
+    ReadResult,
+    SourceCounts,
+    VerifyResult,
+    WriteResult,
+)
 from slimpipe.io.writers import atomic_write_bytes, atomic_write_json
 from slimpipe.sources import sort_sources
-
-if TYPE_CHECKING:
-    from slimpipe.dedup.job import DedupJob
 
 
 class AccountingError(RuntimeError):
     """Documents in != kept + short + duplicates: a bug, never to be papered over."""
 
 
-def _sum_removed(keep_results: list[dict]) -> dict[str, dict[str, list[int]]]:
-    out: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
-    for r in keep_results:
-        for key, (n, nb) in r["removed"].items():
-            src, reason = key.split("|")
-            out[src][reason][0] += n
-            out[src][reason][1] += nb
-    return out
-
-
-def build_report(job: DedupJob, pre: list[dict], near: list[dict], verify: list[dict] | None,
-                 keep: dict[str, list[dict]], written: list[dict], cc_info: dict) -> dict:
-    mode = job.params.mode
-    sources: dict[str, dict] = {}
-    inputs = defaultdict(lambda: [0, 0, 0, 0])
-    rejected: dict[str, int] = defaultdict(int)
-    files = []
-    for r in pre:
-        for src, vals in r["by_source"].items():
-            for i, v in enumerate(vals):
-                inputs[src][i] += v
-        st = r["stats"]
-        rejected[st["source"] or "unknown"] += st["rejected"]
-        files.append(st)
-    removed = {m: _sum_removed(keep[m]) for m in keep}
-    kept = defaultdict(lambda: [0, 0])
-    for w in written:
-        for src, (n, nb) in w["kept"].items():
-            kept[src][0] += n
-            kept[src][1] += nb
+def build_report(params: DedupParams, results: DedupResults) -> dict:
+    """The report's numbers (``report.json``) from the job's parameters and its steps' typed results."""
+    mode = params.mode
+    inputs, rejected, files = _inputs(results.read)
+    removed = {m: _sum_removed(results.keep[m]) for m in results.keep}
+    kept = _sum_kept(results.written)
     problems = []
+    sources: dict[str, dict] = {}
     for src in [s for s in sort_sources(set(inputs) | set(rejected)) if s != "unknown"]:  # any source name
-        docs, nbytes, short, short_bytes = inputs.get(src, [0, 0, 0, 0])
-        row: dict = {"docs_in": docs, "bytes_in": nbytes, "short_docs": short, "short_bytes": short_bytes,
-                     "rejected": rejected.get(src, 0)}
-        for m in removed:
-            ex = removed[m].get(src, {}).get("exact_duplicate", [0, 0])
-            nr = removed[m].get(src, {}).get("near_duplicate", [0, 0])
-            row[m] = {"exact_docs": ex[0], "exact_bytes": ex[1], "near_docs": nr[0], "near_bytes": nr[1],
-                      "kept_docs": docs - short - ex[0] - nr[0],
-                      "kept_bytes": nbytes - short_bytes - ex[1] - nr[1]}
-            row[m]["byte_duplication_rate"] = (ex[1] + nr[1]) / nbytes if nbytes else 0.0
-        row["short_rate"] = short / docs if docs else 0.0
+        row = _source_row(inputs.get(src, SourceCounts(0, 0, 0, 0)), rejected.get(src, 0), removed, src)
         row["kept_docs"], row["kept_bytes"] = kept.get(src, [0, 0])
         expect = row[mode]
         if (row["kept_docs"], row["kept_bytes"]) != (expect["kept_docs"], expect["kept_bytes"]):
@@ -84,67 +56,124 @@ def build_report(job: DedupJob, pre: list[dict], near: list[dict], verify: list[
     # lines rejected before any source could be told (e.g. a file with no source in name or records)
     total["rejected_without_source"] = rejected.get("unknown", 0)
     total["rejected"] += total["rejected_without_source"]
-    cross: dict[str, dict[str, int]] = {}
-    for r in keep.get("global", []):
-        for key, n in r["cross"].items():
-            a, b = key.split("|")
-            if a != b:
-                cross.setdefault(a, {})[b] = cross.get(a, {}).get(b, 0) + n
-    cluster_sizes: dict[str, dict[str, int]] = {}
-    for m in keep:
-        hist: dict[int, int] = defaultdict(int)
-        for r in keep[m]:
-            for size, count in r["cluster_sizes"].items():
-                hist[int(size)] += count
-        cluster_sizes[m] = {str(k): hist[k] for k in sorted(hist)}
-    ver = None
-    if verify is not None:
-        hist = np.sum([v["j_hist"] for v in verify], axis=0).tolist() if verify else [0] * 20
-        ver = {"candidates": sum(v["candidates"] for v in verify),
-               "confirmed": sum(v["confirmed"] for v in verify),
-               "false_positives_dropped": sum(v["dropped"] for v in verify),
-               "jaccard_histogram_20_bins": hist}
-    samples = _sample_clusters(job, keep[mode])
-    check = None
-    if job.params.verify and job.params.cluster_check:
-        check = {m: {"saved": {src: n for src, n in sorted(_sum_counts(keep[m], "saved").items())},
-                     "rounds": max((int(k.get("check_rounds", 0)) for k in keep[m]), default=0)} for m in keep}
-        for m in keep:
-            check[m]["saved_total"] = sum(check[m]["saved"].values())
-    # a source that loses more than half its documents to duplicates deserves a look (a chained cluster
-    # can wipe out a source): named in the report's first lines
-    heavy = {src: round(1 - row[mode]["kept_docs"] / max(1, row["docs_in"] - row["short_docs"]), 4)
-             for src, row in sources.items()
-             if row["docs_in"] - row["short_docs"] > 0
-             and row[mode]["exact_docs"] + row[mode]["near_docs"] > (row["docs_in"] - row["short_docs"]) / 2}
     return {
         "kind": "slimpipe-dedup-report",
         "mode": mode,
-        "params": job.params.to_dict(),
-        "recall_at_threshold": job.params.recall_at_threshold,
-        "inputs": {"files": len(job.plan["files"]), "tasks": len(job.plan["tasks"]),
-                   "partitions": job.plan["partitions"]},
+        "params": params.to_dict(),
+        "recall_at_threshold": params.recall_at_threshold,
+        "inputs": {"files": results.files, "tasks": results.tasks, "partitions": results.partitions},
         "files": files,
         "sources": sources,
         "total": total,
-        "cross_source_duplicates": cross,
-        "cluster_sizes": cluster_sizes,
-        "candidates": {"band_rows": sum(r["band_rows"] for r in near), "edges": sum(r["edges"] for r in near)},
-        "verify": ver,
-        "components": cc_info,
-        "sample_clusters": samples,
-        "cluster_check": check,
-        "sources_losing_over_half": heavy,
-        "timings": dict(job.timings),
+        "cross_source_duplicates": _cross(results.keep.get("global", [])),
+        "cluster_sizes": {m: _cluster_sizes(results.keep[m]) for m in results.keep},
+        "candidates": {"band_rows": sum(b.band_rows for b in results.buckets),
+                       "edges": sum(b.edges for b in results.buckets)},
+        "verify": _verify(results.verify),
+        "components": results.components.to_dict(),
+        "sample_clusters": [c.to_dict() for c in results.samples],
+        "cluster_check": _cluster_check(results.keep) if params.verify and params.cluster_check else None,
+        "sources_losing_over_half": _losing_over_half(sources, mode),
+        "timings": dict(results.timings),
     }
 
 
-def _sum_counts(results: list[dict], key: str) -> dict[str, int]:
-    out: dict[str, int] = defaultdict(int)
-    for r in results:
-        for name, n in r.get(key, {}).items():
-            out[name] += int(n)
-    return dict(out)
+def _inputs(read: list[ReadResult]) -> tuple[dict[str, SourceCounts], dict[str, int], list[dict]]:
+    """Per source: documents and bytes in (and short); rejected lines per source; each file's read stats."""
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    rejected: dict[str, int] = defaultdict(int)
+    files = []
+    for r in read:
+        for src, c in r.by_source.items():
+            for i, v in enumerate(c.to_list()):
+                counts[src][i] += v
+        rejected[r.stats.source or "unknown"] += r.stats.rejected
+        files.append(r.stats.to_dict())
+    return {src: SourceCounts(*v) for src, v in counts.items()}, rejected, files
+
+
+def _sum_removed(keep: list[KeepResult]) -> dict[str, dict[str, list[int]]]:
+    """Per source and reason: documents and bytes removed."""
+    out: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
+    for r in keep:
+        for (src, reason), (n, nb) in r.removed.items():
+            out[src][reason][0] += n
+            out[src][reason][1] += nb
+    return out
+
+
+def _sum_kept(written: list[WriteResult]) -> dict[str, list[int]]:
+    kept: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for w in written:
+        for src, (n, nb) in w.kept.items():
+            kept[src][0] += n
+            kept[src][1] += nb
+    return kept
+
+
+def _source_row(c: SourceCounts, rejected: int, removed: dict[str, dict[str, dict[str, list[int]]]],
+                src: str) -> dict:
+    """One source's row: what came in, and per mode what each kind of duplicate removed."""
+    row: dict = {"docs_in": c.docs, "bytes_in": c.nbytes, "short_docs": c.short_docs, "short_bytes": c.short_bytes,
+                 "rejected": rejected}
+    for m in removed:
+        ex = removed[m].get(src, {}).get("exact_duplicate", [0, 0])
+        nr = removed[m].get(src, {}).get("near_duplicate", [0, 0])
+        row[m] = {"exact_docs": ex[0], "exact_bytes": ex[1], "near_docs": nr[0], "near_bytes": nr[1],
+                  "kept_docs": c.docs - c.short_docs - ex[0] - nr[0],
+                  "kept_bytes": c.nbytes - c.short_bytes - ex[1] - nr[1]}
+        row[m]["byte_duplication_rate"] = (ex[1] + nr[1]) / c.nbytes if c.nbytes else 0.0
+    row["short_rate"] = c.short_docs / c.docs if c.docs else 0.0
+    return row
+
+
+def _cross(keep: list[KeepResult]) -> dict[str, dict[str, int]]:
+    """Removed document's source → kept document's source → documents (global components)."""
+    cross: dict[str, dict[str, int]] = {}
+    for r in keep:
+        for (a, b), n in r.cross.items():
+            if a != b:
+                cross.setdefault(a, {})[b] = cross.get(a, {}).get(b, 0) + n
+    return cross
+
+
+def _cluster_sizes(keep: list[KeepResult]) -> dict[str, int]:
+    hist: dict[int, int] = defaultdict(int)
+    for r in keep:
+        for size, count in r.cluster_sizes.items():
+            hist[size] += count
+    return {str(k): hist[k] for k in sorted(hist)}
+
+
+def _verify(verify: list[VerifyResult] | None) -> dict | None:
+    if verify is None:
+        return None
+    hist = np.sum([v.j_hist for v in verify], axis=0).tolist() if verify else [0] * 20
+    return {"candidates": sum(v.candidates for v in verify), "confirmed": sum(v.confirmed for v in verify),
+            "false_positives_dropped": sum(v.dropped for v in verify), "jaccard_histogram_20_bins": hist}
+
+
+def _cluster_check(keep: dict[str, list[KeepResult]]) -> dict:
+    """Per mode: documents the cluster check kept (per source, and in all) and its most rounds in one component."""
+    check = {}
+    for m, results in keep.items():
+        saved: dict[str, int] = defaultdict(int)
+        for r in results:
+            for src, n in r.saved.items():
+                saved[src] += int(n)
+        check[m] = {"saved": dict(sorted(saved.items())),
+                    "rounds": max((r.check_rounds for r in results), default=0)}
+        check[m]["saved_total"] = sum(check[m]["saved"].values())
+    return check
+
+
+def _losing_over_half(sources: dict[str, dict], mode: str) -> dict[str, float]:
+    """A source that loses more than half its documents to duplicates deserves a look (a chained cluster
+    can wipe out a source): named in the report's first lines."""
+    return {src: round(1 - row[mode]["kept_docs"] / max(1, row["docs_in"] - row["short_docs"]), 4)
+            for src, row in sources.items()
+            if row["docs_in"] - row["short_docs"] > 0
+            and row[mode]["exact_docs"] + row[mode]["near_docs"] > (row["docs_in"] - row["short_docs"]) / 2}
 
 
 def _totals(sources: dict[str, dict], mode: str) -> dict:
@@ -157,44 +186,6 @@ def _totals(sources: dict[str, dict], mode: str) -> dict:
     t["short_rate"] = t["short_docs"] / t["docs_in"] if t["docs_in"] else 0.0
     assert t["docs_in"] == t["kept_docs"] + t["short_docs"] + t[mode]["exact_docs"] + t[mode]["near_docs"]
     return t
-
-
-def _sample_clusters(job: DedupJob, keep_results: list[dict], n: int = 5) -> list[dict]:
-    """The largest clusters, with each member's estimated (MinHash) and exact Jaccard to the keeper."""
-    import ray
-
-    from slimpipe.dedup.steps.write import sample_texts as _sample_texts
-
-    tops = sorted((c for r in keep_results for c in r["top"]), key=lambda c: (-c["size"], c["label"]))[:n]
-    if not tops:
-        return []
-    nodes = sorted({x for c in tops for x in [c["keeper"], *c["members"]]})
-    from slimpipe.runtime.executor import remote_task
-
-    task = remote_task(_sample_texts)  # the task reads inputs that may live on remote storage
-    texts = ray.get(task.remote(job.root, job.plan, nodes))
-    from slimpipe.dedup.minhash import estimate_jaccard, jaccard_exact, signatures
-
-    p = job.params
-    out = []
-    rels = job.plan["files"]
-    for c in tops:
-        keeper = c["keeper"]
-        if str(keeper) not in texts or any(str(m) not in texts for m in c["members"]):
-            continue  # an input that could not be re-read: the sample shows the clusters it can
-        kt = texts[str(keeper)]
-        members = []
-        for m in c["members"]:
-            if m == keeper:
-                continue
-            mt = texts[str(m)]
-            sig = signatures([kt["clean"], mt["clean"]], p)
-            members.append({"id": mt["id"], "estimated_jaccard": round(float(estimate_jaccard(sig[0], sig[1])), 4),
-                            "exact_jaccard": round(float(jaccard_exact(kt["clean"], mt["clean"], p.ngram, p.unit)), 4),
-                            "excerpt": mt["excerpt"]})
-        out.append({"cluster": c["label"], "size": c["size"], "keeper": kt["id"], "keeper_excerpt": kt["excerpt"],
-                    "members": members, "files": len(rels)})
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------- output

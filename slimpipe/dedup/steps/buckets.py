@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from slimpipe.dedup.graph import chain_edges, star_edges, unique_edges
+from slimpipe.dedup.results import BucketsResult
 from slimpipe.dedup.steps.common import KEYROW_DTYPE, load_remap, task_of, to_global
 from slimpipe.runtime import TaskContext, read_partition, write_partitioned
 
@@ -29,12 +30,11 @@ def buckets_task(ctx: TaskContext, q: int, inputs: str, verify: bool, ntasks: in
     edges = star_edges(rows["key"], rows["node"], rows["src"])
     if verify:  # candidates get checked one by one: give true pairs a second route past false positives
         edges = unique_edges(np.concatenate([edges, chain_edges(rows["key"], rows["node"], rows["src"])]))
-    out: dict = {"exact_rows": len(exact), "exact_edges": len(xedges), "band_rows": len(rows), "edges": len(edges)}
-    out["exact"] = ws.save_array(f"buckets/exact{q:05d}.npy", xedges)["path"] if len(xedges) else None
+    exact_file = ws.save_array(f"buckets/exact{q:05d}.npy", xedges)["path"] if len(xedges) else None
+    near_file, by_task = None, None
     if verify:
-        out["near"] = None
-        out["by_task"] = write_partitioned(ws, f"buckets/by_task{q:05d}.shuf", edges, task_of(edges["u"]), ntasks)
-    else:
-        out["near"] = ws.save_array(f"buckets/near{q:05d}.npy", edges)["path"] if len(edges) else None
-        out["by_task"] = None
-    return out
+        by_task = write_partitioned(ws, f"buckets/by_task{q:05d}.shuf", edges, task_of(edges["u"]), ntasks)
+    elif len(edges):
+        near_file = ws.save_array(f"buckets/near{q:05d}.npy", edges)["path"]
+    return BucketsResult(exact_rows=len(exact), exact_edges=len(xedges), band_rows=len(rows), edges=len(edges),
+                         exact=exact_file, near=near_file, by_task=by_task).to_dict()

@@ -22,6 +22,13 @@ from slimpipe.dedup.components import (
     union_find,
 )
 from slimpipe.dedup.graph import EDGE_DTYPE, local_only
+from slimpipe.dedup.results import (
+    FastComponentsResult,
+    ModeComponents,
+    StarFinishResult,
+    StarMapResult,
+    StarReduceResult,
+)
 from slimpipe.dedup.steps.common import CC_DTYPE, MODES, partition_of
 from slimpipe.runtime import TaskContext, Workspace, read_partition, write_partitioned
 
@@ -36,7 +43,7 @@ def read_edges(ws: Workspace, rel: str, mode: str) -> np.ndarray:
 def fast_task(ctx: TaskContext, edge_files: list[str]) -> dict:
     """All edges in one process: union-find for both modes."""
     ws = ctx.ws
-    result = {}
+    result: dict[str, ModeComponents] = {}
     for mode in MODES:
         parts = [read_edges(ws, f, mode) for f in edge_files]
         edges = np.concatenate(parts) if parts else np.empty(0, EDGE_DTYPE)
@@ -45,8 +52,8 @@ def fast_task(ctx: TaskContext, edge_files: list[str]) -> dict:
         cc = np.empty(len(nodes), CC_DTYPE)
         cc["node"], cc["label"] = nodes, labels
         piece = write_partitioned(ws, f"cc/{mode}/fast.shuf", cc, np.zeros(len(cc), np.int64), 1)
-        result[mode] = {"edges": len(edges), "nodes": len(cc), "piece": piece}
-    return result
+        result[mode] = ModeComponents(edges=len(edges), nodes=len(cc), piece=piece)
+    return FastComponentsResult(result).to_dict()
 
 
 def map_task(ctx: TaskContext, mode: str, inputs: list[str], nparts: int, phase: str) -> dict:
@@ -68,7 +75,7 @@ def map_task(ctx: TaskContext, mode: str, inputs: list[str], nparts: int, phase:
     a, b = (large_star_map if phase == "L" else small_star_map)(u, v)
     pairs = np.stack([a, b], axis=1)
     piece = write_partitioned(ws, f"{ctx.step}/map{ctx.index:05d}.shuf", pairs, partition_of(a, nparts), nparts)
-    return {"rows": len(a), "piece": piece}
+    return StarMapResult(rows=len(a), piece=piece).to_dict()
 
 
 def reduce_task(ctx: TaskContext, inputs: str, d: int, phase: str) -> dict:
@@ -79,7 +86,7 @@ def reduce_task(ctx: TaskContext, inputs: str, d: int, phase: str) -> dict:
     rel = None
     if len(a):
         rel = ws.save_array(f"{ctx.step}/out{d:05d}.npy", np.stack([a, b], axis=1))["path"]
-    return {"changed": int(changed), "edges": len(a), "out": rel}
+    return StarReduceResult(changed=int(changed), edges=len(a), out=rel).to_dict()
 
 
 def finish_task(ctx: TaskContext, rel: str, nparts: int) -> dict:
@@ -90,4 +97,4 @@ def finish_task(ctx: TaskContext, rel: str, nparts: int) -> dict:
     cc = np.empty(len(nodes), CC_DTYPE)
     cc["node"], cc["label"] = nodes, labels
     piece = write_partitioned(ws, f"{ctx.step}/labels{ctx.index:05d}.shuf", cc, partition_of(labels, nparts), nparts)
-    return {"nodes": len(nodes), "piece": piece}
+    return StarFinishResult(nodes=len(nodes), piece=piece).to_dict()

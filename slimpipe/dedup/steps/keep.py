@@ -10,9 +10,11 @@ cluster sizes, the largest clusters) travel in the task's result.
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 
 import numpy as np
 
+from slimpipe.dedup.results import KeepResult, TopCluster
 from slimpipe.dedup.steps.common import (
     CC_DTYPE,
     EXACT,
@@ -43,20 +45,47 @@ def lookup_attrs(ws: Workspace, nodes: np.ndarray, remap: np.ndarray) -> np.ndar
     return out
 
 
-def keep_task(ctx: TaskContext, mode: str, r: int, inputs: str, policy: str, priority: list[int],
-              sources: list[str], ntasks: int, check: dict | None = None) -> dict:
-    """Keep one document per component of partition ``r``; with ``check`` (``--verify``), verify clusters.
+@dataclass(frozen=True)
+class ClusterCheck:
+    """``--verify`` with ``cluster_check``: each removal is checked against the document kept in its stead.
 
-    ``check`` = ``{"threshold", "ngram", "unit", "seed", "texts": [each read task's texts file]}``: a
-    near-duplicate is removed only when its exact Jaccard with the document kept in its stead reaches
-    the threshold (:func:`slimpipe.dedup.keep.check_clusters`); the others are kept, or removed as
-    copies of another kept member they do match. ``saved`` counts the documents this keeps that the
-    components alone would have removed.
+    A near-duplicate is removed only when its exact Jaccard (``ngram`` ``unit`` shingles hashed with
+    ``seed``) with its keeper reaches ``threshold`` (:func:`slimpipe.dedup.keep.check_clusters`); the
+    others are kept, or removed as copies of another kept member they do match. ``texts`` names each
+    read task's cleaned-texts file.
+    """
+
+    threshold: float
+    ngram: int
+    unit: str
+    seed: int
+    texts: list[str | None]
+
+
+@dataclass(frozen=True)
+class KeepSpec:
+    """What every task of one mode's keep step shares (each task adds its label partition)."""
+
+    mode: str  # global | local
+    inputs: str  # the committed list of the components' (node, label) shuffle files
+    policy: str  # smallest-id | source-priority | longest
+    priority: list[int]  # job source codes, most preferred first (source-priority)
+    sources: list[str]  # the job's source names: sources[code]
+    ntasks: int  # read tasks: the removed rows are routed to the write task that reads them
+    check: ClusterCheck | None = None
+
+
+def keep_task(ctx: TaskContext, spec: KeepSpec, r: int) -> dict:
+    """Keep one document per component of label partition ``r``; with ``spec.check``, verify clusters.
+
+    Returns a :class:`slimpipe.dedup.results.KeepResult` as a dict; its ``saved`` counts the documents
+    the cluster check keeps that the components alone would have removed.
     """
     from slimpipe.dedup.keep import choose_keep, policy_order
 
     ws = ctx.ws
-    cc_pieces = ws.inputs(inputs)
+    policy, priority, sources, check = spec.policy, spec.priority, spec.sources, spec.check
+    cc_pieces = ws.inputs(spec.inputs)
     remap = load_remap(ws)
     cc = np.unique(read_partition(ws, cc_pieces, r, CC_DTYPE))  # roots can arrive from several partitions
     attrs = lookup_attrs(ws, cc["node"], remap)
@@ -79,43 +108,48 @@ def keep_task(ctx: TaskContext, mode: str, r: int, inputs: str, policy: str, pri
     rem["node"], rem["label"], rem["keeper"] = cc["node"][removed_mask], cc["label"][removed_mask], keeper[removed_mask]
     rem["src"], rem["ksrc"] = attrs["src"][removed_mask], kattrs["src"][removed_mask]
     rem["reason"] = np.where(attrs["xhash"][removed_mask] == kattrs["xhash"][removed_mask], EXACT, NEAR)
-    piece = write_partitioned(ws, f"{ctx.step}/removed{r:05d}.shuf", rem, task_of(rem["node"]), ntasks)
+    piece = write_partitioned(ws, f"{ctx.step}/removed{r:05d}.shuf", rem, task_of(rem["node"]), spec.ntasks)
     # summaries for the report. A cluster is a kept document with the copies removed for it: without the
     # check, exactly one per component; with it, a component may split (its other kept members are no
     # one's duplicates, or head clusters of their own).
     kept_u, inv, sizes = np.unique(keeper, return_inverse=True, return_counts=True)
     multi = sizes > 1
     cl_label = cc["label"][np.searchsorted(cc["node"], kept_u)]
-    by = defaultdict(lambda: [0, 0])
+    by: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
     rbytes = attrs["nbytes"][removed_mask]
     for s, reason, nb in zip(rem["src"].tolist(), rem["reason"].tolist(), rbytes.tolist(), strict=True):
-        k = f"{sources[s]}|{REASON_NAMES[reason]}"
+        k = (sources[s], REASON_NAMES[reason])
         by[k][0] += 1
         by[k][1] += nb
-    cross = defaultdict(int)
+    cross: dict[tuple[str, str], int] = defaultdict(int)
     for s, ks in zip(rem["src"].tolist(), rem["ksrc"].tolist(), strict=True):
-        cross[f"{sources[s]}|{sources[ks]}"] += 1
+        cross[(sources[s], sources[ks])] += 1
     top = []
     for i in np.lexsort((cl_label, -sizes)).tolist()[:8]:
         if not multi[i]:
             break
         members = cc["node"][inv == i]
-        top.append({"label": int(cl_label[i]), "size": int(sizes[i]), "keeper": int(kept_u[i]),
-                    "members": [int(x) for x in members[:6]]})
-    return {
-        "removed": {k: v for k, v in sorted(by.items())},
-        "cross": dict(sorted(cross.items())),
-        "cluster_sizes": {str(k): int(v) for k, v in zip(*np.unique(sizes[multi], return_counts=True), strict=True)},
-        "components": int(multi.sum()),
-        "saved": dict(sorted(saved.items())),
-        "check_rounds": rounds,
-        "removed_bytes": int(rbytes.sum()),
-        "top": top,
-        "piece": piece,
-    }
+        top.append(TopCluster(label=int(cl_label[i]), size=int(sizes[i]), keeper=int(kept_u[i]),
+                              members=[int(x) for x in members[:6]]))
+    return KeepResult(
+        removed=_sorted_pairs(by),
+        cross=_sorted_pairs(cross),
+        cluster_sizes={int(k): int(v) for k, v in zip(*np.unique(sizes[multi], return_counts=True), strict=True)},
+        components=int(multi.sum()),
+        saved=dict(sorted(saved.items())),
+        check_rounds=rounds,
+        removed_bytes=int(rbytes.sum()),
+        top=top,
+        piece=piece,
+    ).to_dict()
 
 
-def _check(ws: Workspace, cc: np.ndarray, attrs: np.ndarray, keeper: np.ndarray, check: dict,
+def _sorted_pairs(d: dict[tuple[str, str], object]) -> dict:
+    """In the order of their JSON keys ``"a|b"`` (the order the report's tables are built in)."""
+    return dict(sorted(d.items(), key=lambda kv: "|".join(kv[0])))
+
+
+def _check(ws: Workspace, cc: np.ndarray, attrs: np.ndarray, keeper: np.ndarray, check: ClusterCheck,
            order: np.ndarray) -> tuple[np.ndarray, int]:
     """:func:`check_clusters` on the components holding a near-duplicate removal, by exact Jaccard.
 
@@ -138,13 +172,13 @@ def _check(ws: Workspace, cc: np.ndarray, attrs: np.ndarray, keeper: np.ndarray,
     sets: dict[int, np.ndarray] = {}
     tasks = task_of(nodes)
     for t in np.unique(tasks).tolist():
-        texts = cleaned_texts(ws, check["texts"][t], nodes[tasks == t])
+        texts = cleaned_texts(ws, check.texts[t], nodes[tasks == t])
         for node, clean in texts.items():
             xh = int(attrs["xhash"][np.searchsorted(cc["node"], node)])
             if xh not in sets:
-                sets[xh] = shingle_set(clean, check["ngram"], check["unit"], check["seed"])
+                sets[xh] = shingle_set(clean, check.ngram, check.unit, check.seed)
     xhash = attrs["xhash"][idx]
-    threshold = float(check["threshold"])
+    threshold = float(check.threshold)
 
     def similar(i: int, j: int) -> bool:
         a, b = int(xhash[i]), int(xhash[j])

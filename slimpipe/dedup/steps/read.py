@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from slimpipe.dedup.params import DedupParams
+from slimpipe.dedup.results import ReadResult, SourceCounts
 from slimpipe.dedup.steps.common import KEYROW_DTYPE, NODE_SHIFT, PREPASS_DTYPE, partition_of
 from slimpipe.io.readers import REJECT_SCHEMA, FileStats, InputFile, read_batches
 from slimpipe.runtime import TaskContext, write_partitioned
@@ -114,10 +115,8 @@ def read_task(ctx: TaskContext, task: dict, params: dict, nparts: int) -> dict:
     exact = np.empty(len(long_), KEYROW_DTYPE)
     exact["key"], exact["node"], exact["src"] = long_["xhash"], long_["node"], long_["src"]
     bands = np.concatenate(band_parts) if band_parts else np.empty(0, KEYROW_DTYPE)
-    pieces = {
-        "exact": write_partitioned(ws, f"exact_rows/t{t:05d}.shuf", exact, partition_of(exact["key"], nparts), nparts),
-        "bands": write_partitioned(ws, f"band_rows/t{t:05d}.shuf", bands, partition_of(bands["key"], nparts), nparts),
-    }
+    exact_piece = write_partitioned(ws, f"exact_rows/t{t:05d}.shuf", exact, partition_of(exact["key"], nparts), nparts)
+    band_piece = write_partitioned(ws, f"band_rows/t{t:05d}.shuf", bands, partition_of(bands["key"], nparts), nparts)
     texts_rel = None
     if p.verify and text_nodes:
         texts_rel = f"texts/t{t:05d}.parquet"
@@ -125,12 +124,13 @@ def read_task(ctx: TaskContext, task: dict, params: dict, nparts: int) -> dict:
         table = pa.table({"node": pa.array(text_nodes, pa.int64()), "clean": pa.array(text_clean, pa.large_string())})
         ws.save_table(texts_rel, table.take(pa.array(order)), row_group_size=TEXT_ROW_GROUP)
     names = list(codes)
-    by_source: dict[str, list[int]] = {}
+    by_source: dict[str, SourceCounts] = {}
     for code, name in enumerate(names):
         sel = arr["src"] == code
         sh = sel & arr["short"]
-        by_source[name] = [int(sel.sum()), int(arr["nbytes"][sel].sum()), int(sh.sum()), int(arr["nbytes"][sh].sum())]
+        by_source[name] = SourceCounts(int(sel.sum()), int(arr["nbytes"][sel].sum()), int(sh.sum()),
+                                       int(arr["nbytes"][sh].sum()))
     assert stats is not None  # read_batches always ends with the stats
-    return {"stats": stats.to_dict(), "lines": stats.read, "docs": len(arr), "short": int(arr["short"].sum()),
-            "by_source": by_source, "sources": names, "signed": signed, "clean_chars": chars,
-            "band_rows": len(bands), "pieces": pieces, "texts": texts_rel, "rejects": rejects_rel}
+    return ReadResult(stats=stats, lines=stats.read, docs=len(arr), short=int(arr["short"].sum()),
+                      by_source=by_source, sources=names, signed=signed, clean_chars=chars, band_rows=len(bands),
+                      exact_piece=exact_piece, band_piece=band_piece, texts=texts_rel, rejects=rejects_rel).to_dict()

@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from slimpipe.dedup.graph import EDGE_DTYPE, unique_edges
 from slimpipe.dedup.params import DedupParams
+from slimpipe.dedup.results import SendResult, VerifyResult
 from slimpipe.dedup.steps.common import VERIFIED_DTYPE, task_of
 from slimpipe.runtime import TaskContext, Workspace, read_partition, read_table_partition
 from slimpipe.runtime.shuffle import write_table_partitioned
@@ -62,7 +63,7 @@ def send_task(ctx: TaskContext, t: int, inputs: str, texts_rel: str | None) -> d
     table = pa.table({"u": edges["u"], "v": edges["v"], "su": edges["su"], "sv": edges["sv"],
                       "text_u": pa.array([texts[int(u)] for u in edges["u"]], pa.large_string())}, schema=ROW_SCHEMA)
     piece = write_table_partitioned(ws, f"verify_send/rows{t:05d}.parquet", table, task_of(edges["v"]))
-    return {"edges": len(edges), "piece": piece}
+    return SendResult(edges=len(edges), piece=piece).to_dict()
 
 
 def check_task(ctx: TaskContext, t: int, inputs: str, texts_rel: str | None, params: dict) -> dict:
@@ -92,4 +93,5 @@ def check_task(ctx: TaskContext, t: int, inputs: str, texts_rel: str | None, par
     kept = out[out["j"] >= p.threshold]
     hist = np.histogram(out["j"], bins=20, range=(0.0, 1.0))[0].tolist() if n else [0] * 20
     rel = ws.save_array(f"verify/edges{t:05d}.npy", kept)["path"] if len(kept) else None
-    return {"candidates": n, "confirmed": len(kept), "dropped": n - len(kept), "j_hist": hist, "edges_file": rel}
+    return VerifyResult(candidates=n, confirmed=len(kept), dropped=n - len(kept), j_hist=hist,
+                        edges_file=rel).to_dict()

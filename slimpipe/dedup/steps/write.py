@@ -11,16 +11,16 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 
-import numpy as np
 import pyarrow as pa
 
 from slimpipe import storage
+from slimpipe.dedup.results import WriteResult
 from slimpipe.dedup.steps.common import NODE_SHIFT, REASON_NAMES, REMOVED_DTYPE, Catalog, read_rows
 from slimpipe.io.readers import InputFile, iter_columns
 from slimpipe.io.writers import JsonlZstWriter
 from slimpipe.runtime import TaskContext, Workspace, read_partition
 from slimpipe.sources import set_name
-from slimpipe.text.normalize import clean_for_hash, normalize
+from slimpipe.text.normalize import normalize
 
 REMOVED_COLUMNS = ("id", "source", "reason", "cluster", "duplicate_of", "nbytes")
 
@@ -38,7 +38,8 @@ class KeptShards:
         return _KeptWriter(self, t)
 
     def commit(self, written: list[dict]) -> None:
-        """Called by the job after the write step with every write task's result (the job writes the manifest)."""
+        """Called by the job after the write step with what each task's writer returned on close
+        (:attr:`slimpipe.dedup.results.WriteResult.sink`, in task order); the job writes the manifest."""
 
 
 class _KeptWriter:
@@ -118,7 +119,7 @@ def write_task(ctx: TaskContext, task: dict, inputs: str, sink, out: str) -> dic
             import pyarrow.parquet as pq
 
             pq.write_table(table, fh, compression="zstd")
-    return {**sunk, "kept": dict(kept), "removed_file": removed_rel}
+    return WriteResult(kept=dict(kept), removed_file=removed_rel, sink=sunk).to_dict()
 
 
 def _add_removed(cols: dict, doc_id: str, src: str, reason: str, cluster: int | None, dup_of: str | None,
@@ -129,20 +130,3 @@ def _add_removed(cols: dict, doc_id: str, src: str, reason: str, cluster: int | 
     cols["cluster"].append(cluster)
     cols["duplicate_of"].append(dup_of)
     cols["nbytes"].append(nbytes)
-
-
-def sample_texts(ws: Workspace, plan: dict, nodes: list[int]) -> dict[str, dict]:
-    """Cleaned texts of a few documents (for the report's sample clusters), reading only their tasks."""
-    want = np.asarray(nodes, np.int64)
-    tasks = want >> NODE_SHIFT
-    out: dict[str, dict] = {}
-    for t in np.unique(tasks).tolist():
-        f = InputFile(**plan["tasks"][t])
-        need = set(want[tasks == t].tolist())
-        for line, src, text in iter_columns(f, ("line", "source", "text")):
-            node = (t << NODE_SHIFT) | (line - f.first_line)
-            if node in need:
-                text = normalize(text)
-                out[str(node)] = {"id": f"{src}/{f.rel}:{line}", "clean": clean_for_hash(text),
-                                  "excerpt": " ".join(text[:120].split())}
-    return out
