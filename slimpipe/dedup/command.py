@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -19,6 +20,9 @@ from slimpipe.options import (
     group,
     option,
 )
+
+if TYPE_CHECKING:  # imported for real only when the command runs (--help stays light)
+    from slimpipe.dedup.params import DedupParams
 
 
 class _PathOrUri(click.ParamType):
@@ -82,7 +86,7 @@ class DedupOptions:
                          help="Write into a non-empty OUT that is not a slimpipe output (refused if a file there would "
                               "be overwritten).")
 
-    def params(self):
+    def params(self) -> DedupParams:
         """The job's :class:`~slimpipe.dedup.params.DedupParams`: the preset with this command's overrides."""
         from slimpipe.dedup.params import DedupParams
 
