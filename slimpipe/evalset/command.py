@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -11,6 +12,9 @@ from slimpipe import storage
 from slimpipe.dedup.command import PATH_OR_URI, check_inputs
 from slimpipe.io.readers import InputError
 from slimpipe.options import OPEN_FRACTION, POSITIVE_INT, SEED, argument, command_options, group, option
+
+if TYPE_CHECKING:  # imported for real only when the command runs (--help stays light)
+    from slimpipe.evalset.build import EvalSetOptions
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -28,7 +32,7 @@ class EvalDrawOptions:
     eval_max_fraction: float = option("--eval-max-fraction", type=OPEN_FRACTION, default=0.1, show_default=True,
                                       help="Never hold out more than this share of a source's text (smaller sources are flagged).")
 
-    def build(self):
+    def build(self) -> EvalSetOptions:
         """The library's :class:`~slimpipe.evalset.build.EvalSetOptions` (a bad combination: a usage error)."""
         from slimpipe.evalset.build import EvalSetError, EvalSetOptions
 

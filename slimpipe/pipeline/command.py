@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -27,6 +28,9 @@ from slimpipe.options import (
     megabytes,
     option,
 )
+
+if TYPE_CHECKING:  # imported for real only when the command runs (--help stays light)
+    from slimpipe.pipeline.job import PipelineOptions
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,7 +61,7 @@ class SlimpajamaCommand:
     draw: EvalDrawOptions = group(EvalDrawOptions)
     quiet: bool = option("-q", "--quiet", is_flag=True, help="No progress output.")
 
-    def pipeline_options(self):
+    def pipeline_options(self) -> PipelineOptions:
         """The library's :class:`~slimpipe.pipeline.job.PipelineOptions` (sizes in bytes)."""
         from slimpipe.pipeline.job import PipelineOptions
 
