@@ -65,9 +65,28 @@ from slimpipe.sources import sort_sources
 RANGE_BYTES = 256 << 20  # a plain .jsonl is cut into ranges of this size, one read task each
 PARTITION_INPUT_BYTES = 1 << 30  # input bytes per hash partition (auto --partitions)
 
+@dataclasses.dataclass
+class DedupPlan:
+    """Inputs, ranges and partition counts; fixed for the life of the job (``plan.json``, which resume checks)."""
+
+    params: dict  # DedupParams.to_dict(): what the tasks get
+    files: list[str]  # each input file's relative name
+    tasks: list[InputFile]  # the input ranges, one read (and one write) task each, in node order
+    task_file: list[int]  # each task's index in ``files``
+    partitions: int  # hash partitions of every shuffle
+    input_fingerprint: str  # names, sizes and mtimes of the inputs
+    version: int = 2
+
+    def to_dict(self) -> dict:
+        """The JSON of ``plan.json`` (its SHA-256 is the report's ``plan_sha256``)."""
+        return {"version": self.version, "params": self.params, "files": list(self.files),
+                "tasks": [dataclasses.asdict(t) for t in self.tasks], "task_file": list(self.task_file),
+                "partitions": self.partitions, "input_fingerprint": self.input_fingerprint}
+
+
 
 def make_plan(paths: list, params: DedupParams, source: str | None = None, partitions: int | None = None,
-              range_bytes: int = RANGE_BYTES) -> dict:
+              range_bytes: int = RANGE_BYTES) -> DedupPlan:
     """Inputs, ranges and partition counts; fixed for the life of the job (resume checks it).
 
     Plain ``.jsonl`` files are cut into byte ranges by seeking to each cut and moving to the next line
@@ -81,15 +100,9 @@ def make_plan(paths: list, params: DedupParams, source: str | None = None, parti
     # 1 GB of input per partition gives reducers ~150 MB each: ~1,000 partitions for 1 TB, each reading
     # one slice of every read task's file (one or two ranged reads apiece).
     auto = max(4, math.ceil(total / PARTITION_INPUT_BYTES))
-    return {
-        "version": 2,
-        "params": params.to_dict(),
-        "files": [f.rel for f in files],
-        "tasks": [dataclasses.asdict(t) for t in tasks],
-        "task_file": [index[t.path] for t in tasks],
-        "partitions": int(partitions or auto),
-        "input_fingerprint": _fingerprint(files),
-    }
+    return DedupPlan(params=params.to_dict(), files=[f.rel for f in files], tasks=list(tasks),
+                     task_file=[index[t.path] for t in tasks], partitions=int(partitions or auto),
+                     input_fingerprint=_fingerprint(files))
 
 
 def _fingerprint(files: list[InputFile]) -> str:
@@ -138,7 +151,8 @@ class DedupJob:
         self.ws = Workspace(self.out, scratch)
         self.ex = Executor(self.ws, "dedup", progress)
         self.timings = self.ex.timings
-        plan = make_plan(paths, params, source, partitions, range_bytes)
+        self.plan = make_plan(paths, params, source, partitions, range_bytes)
+        plan = self.plan.to_dict()
         self.plan_sha256 = plan_sha256(plan)
         self.finished: dict | None = None
         plan_path = self.ws.path("plan.json")
@@ -154,7 +168,6 @@ class DedupJob:
                 self.finished = done  # the same job already finished: nothing to do
             else:
                 storage.write_json_atomic(plan_path, plan)
-        self.plan = plan
 
     def _other_job(self) -> str:
         return (f"{self.out} holds a dedup job with other inputs or parameters; "
@@ -165,9 +178,9 @@ class DedupJob:
     def run(self) -> dict:
         if self.finished is not None:
             return self.finished
-        params, tasks = self.plan["params"], self.plan["tasks"]
-        ntasks, nparts = len(tasks), self.plan["partitions"]
-        biggest = max((InputFile(**t).size if t["end"] is None else t["end"] - t["start"] for t in tasks), default=0)
+        params, tasks = self.plan.params, self.plan.tasks
+        ntasks, nparts = len(tasks), self.plan.partitions
+        biggest = max((t.size if t.end is None else t.end - t.start for t in tasks), default=0)
         pre = [ReadResult.from_dict(r) for r in self.ex.run(Step(
             "read", read.read_task, [(tasks[t], params, nparts) for t in range(ntasks)],
             memory=_mb(384) + 4 * biggest))]
@@ -183,7 +196,7 @@ class DedupJob:
         self.sink.commit([w.sink for w in written])
         timings, intermediates = dict(self.timings), dict(self.ex.intermediates)  # the steps', not the sample's
         results = DedupResults(
-            files=len(self.plan["files"]), tasks=ntasks, partitions=nparts, read=pre, buckets=near, verify=checked,
+            files=len(self.plan.files), tasks=ntasks, partitions=nparts, read=pre, buckets=near, verify=checked,
             components=cc_info, keep=keep_results, written=written,
             samples=self._samples(keep_results[self.params.mode]), timings=timings)
         report = build_report(self.params, results)
@@ -207,14 +220,13 @@ class DedupJob:
             remap[t, : len(r.sources)] = [code[s] for s in r.sources]
         first = []
         line = {}
-        for t, task in enumerate(self.plan["tasks"]):
-            key = task["path"]
-            start = line.get(key, 0) if task["start"] else 0
+        for t, task in enumerate(self.plan.tasks):
+            start = line.get(task.path, 0) if task.start else 0
             first.append(start)
-            line[key] = start + pre[t].lines
-        self.plan["tasks"] = [{**task, "first_line": first[t]} for t, task in enumerate(self.plan["tasks"])]
-        catalog = {"sources": sources, "task_rel": [t["rel"] for t in self.plan["tasks"]], "task_first_line": first,
-                   "task_file": self.plan["task_file"]}
+            line[task.path] = start + pre[t].lines
+        self.plan.tasks = [dataclasses.replace(task, first_line=first[t]) for t, task in enumerate(self.plan.tasks)]
+        catalog = {"sources": sources, "task_rel": [t.rel for t in self.plan.tasks], "task_first_line": first,
+                   "task_file": self.plan.task_file}
         if not storage.exists(self.ws.path(CATALOG)):
             self.ws.save_array(REMAP, remap)
             self.ws.write_bytes(CATALOG, storage.dumps_json(catalog))
@@ -236,7 +248,7 @@ class DedupJob:
             "verify_send", verify.send_task, [(t, send_in, pre[t].texts) for t in range(ntasks)], memory=_mb(512)))]
         check_in = ws.put_inputs("verify", [s.piece for s in sent])
         return [VerifyResult.from_dict(c) for c in ex.run(Step(
-            "verify", verify.check_task, [(t, check_in, pre[t].texts, self.plan["params"]) for t in range(ntasks)],
+            "verify", verify.check_task, [(t, check_in, pre[t].texts, self.plan.params) for t in range(ntasks)],
             memory=_mb(512)))]
 
     def _components(self, near: list[BucketsResult], checked: list[VerifyResult] | None, nparts: int,
@@ -305,7 +317,7 @@ class DedupJob:
 
     def _write(self, pre: list[ReadResult], kept: list[KeepResult], biggest: int) -> list[WriteResult]:
         """The second read: kept documents to the sink, the removed table to OUT."""
-        mode, tasks = self.params.mode, self.plan["tasks"]  # tasks now with each range's first line
+        mode, tasks = self.params.mode, self.plan.tasks  # tasks now with each range's first line
         kept_bytes = sum(v.nbytes - v.short_bytes for r in pre for v in r.by_source.values()) - sum(
             k.removed_bytes for k in kept)
         self.sink.prepare(self.ws, kept_bytes)
@@ -319,8 +331,8 @@ class DedupJob:
         tops = sample.largest([c for k in kept for c in k.top])
         if not tops:
             return []
-        spec = sample.SampleSpec(clusters=tops, tasks=self.plan["tasks"], params=self.plan["params"],
-                                 files=len(self.plan["files"]))
+        spec = sample.SampleSpec(clusters=tops, tasks=self.plan.tasks, params=self.plan.params,
+                                 files=len(self.plan.files))
         res = self.ex.run(Step("sample", sample.sample_task, [(spec,)]))[0]
         return [SampleCluster.from_dict(c) for c in res["clusters"]]
 
@@ -333,7 +345,7 @@ class DedupJob:
         for t, r in enumerate(pre):
             if r.rejects:
                 table = self.ws.load_table(r.rejects)
-                first = self.plan["tasks"][t]["first_line"]
+                first = self.plan.tasks[t].first_line
                 if first:  # a range's lines were counted from its own start
                     line = table.column("line")
                     fixed = pc.if_else(pc.greater_equal(line, 0), pc.add(line, first), line)

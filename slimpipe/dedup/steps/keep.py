@@ -109,14 +109,19 @@ def keep_task(ctx: TaskContext, spec: KeepSpec, r: int) -> dict:
     rem["src"], rem["ksrc"] = attrs["src"][removed_mask], kattrs["src"][removed_mask]
     rem["reason"] = np.where(attrs["xhash"][removed_mask] == kattrs["xhash"][removed_mask], EXACT, NEAR)
     piece = write_partitioned(ws, f"{ctx.step}/removed{r:05d}.shuf", rem, task_of(rem["node"]), spec.ntasks)
-    # summaries for the report. A cluster is a kept document with the copies removed for it: without the
-    # check, exactly one per component; with it, a component may split (its other kept members are no
-    # one's duplicates, or head clusters of their own).
+    return _summary(cc, keeper, rem, attrs["nbytes"][removed_mask], sources, saved, rounds, piece).to_dict()
+
+
+def _summary(cc: np.ndarray, keeper: np.ndarray, rem: np.ndarray, rbytes: np.ndarray, sources: list[str],
+             saved: dict[str, int], rounds: int, piece) -> KeepResult:
+    """The partition's summaries for the report: removals per source and reason, cross-source pairs, cluster
+    sizes and the largest clusters. A cluster is a kept document with the copies removed for it: without
+    the check, exactly one per component; with it, a component may split (its other kept members are no
+    one's duplicates, or head clusters of their own)."""
     kept_u, inv, sizes = np.unique(keeper, return_inverse=True, return_counts=True)
     multi = sizes > 1
     cl_label = cc["label"][np.searchsorted(cc["node"], kept_u)]
     by: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
-    rbytes = attrs["nbytes"][removed_mask]
     for s, reason, nb in zip(rem["src"].tolist(), rem["reason"].tolist(), rbytes.tolist(), strict=True):
         k = (sources[s], REASON_NAMES[reason])
         by[k][0] += 1
@@ -141,7 +146,7 @@ def keep_task(ctx: TaskContext, spec: KeepSpec, r: int) -> dict:
         removed_bytes=int(rbytes.sum()),
         top=top,
         piece=piece,
-    ).to_dict()
+    )
 
 
 def _sorted_pairs(d: dict[tuple[str, str], object]) -> dict:

@@ -35,12 +35,11 @@ TEXT_ROW_GROUP = 1024
 TEXT_SCHEMA = pa.schema([("node", pa.int64()), ("clean", pa.large_string())])
 
 
-def read_task(ctx: TaskContext, task: dict, params: dict, nparts: int) -> dict:
+def read_task(ctx: TaskContext, f: InputFile, params: dict, nparts: int) -> dict:
     from slimpipe.dedup.minhash import band_keys, exact_hash, signatures
 
     p = DedupParams.from_dict(params)
     t = ctx.index
-    f = InputFile(**task)
     codes: dict[str, int] = {}
     rows: list[tuple] = []
     band_parts: list[np.ndarray] = []

@@ -24,7 +24,7 @@ class SampleSpec:
     """The clusters to show and what the task needs to find their documents again."""
 
     clusters: list[TopCluster]
-    tasks: list[dict]  # the plan's input ranges, each with its first line (an InputFile's fields)
+    tasks: list[InputFile]  # the plan's input ranges, each with its first line
     params: dict  # DedupParams.to_dict(): the shingles and permutations to measure with
     files: int  # input files of the job (shown with each sample)
 
@@ -60,13 +60,13 @@ def sample_task(ctx: TaskContext, spec: SampleSpec) -> dict:
     return {"clusters": out}
 
 
-def sample_texts(tasks: list[dict], nodes: list[int]) -> dict[int, dict[str, str]]:
+def sample_texts(tasks: list[InputFile], nodes: list[int]) -> dict[int, dict[str, str]]:
     """Id, cleaned text and excerpt of a few documents, reading only the ranges that hold them."""
     want = np.asarray(nodes, np.int64)
     owner = want >> NODE_SHIFT
     out: dict[int, dict[str, str]] = {}
     for t in np.unique(owner).tolist():
-        f = InputFile(**tasks[t])
+        f = tasks[t]
         need = set(want[owner == t].tolist())
         for line, src, text in iter_columns(f, ("line", "source", "text")):
             node = (t << NODE_SHIFT) | (line - f.first_line)

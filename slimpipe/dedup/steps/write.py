@@ -69,12 +69,11 @@ class _KeptWriter:
             w.abort()
 
 
-def write_task(ctx: TaskContext, task: dict, inputs: str, sink, out: str) -> dict:
+def write_task(ctx: TaskContext, f: InputFile, inputs: str, sink, out: str) -> dict:
     ws = ctx.ws
     removed_pieces = ws.inputs(inputs)
     t = ctx.index
     cat = Catalog.load(ws)
-    f = InputFile(**task)
     pre = read_rows(ws, t)
     short = set(pre["node"][pre["short"]].tolist())
     rem = read_partition(ws, removed_pieces, t, REMOVED_DTYPE)
