@@ -41,8 +41,9 @@ from _common import machine_line, publish  # noqa: E402
 
 from slimpipe.mix.packed import PackedWriter, train_path  # noqa: E402
 from slimpipe.train.checkpoint import checkpoints, read_checkpoint  # noqa: E402
-from slimpipe.train.loop import TrainConfig, train  # noqa: E402
+from slimpipe.train.loop import train  # noqa: E402
 from slimpipe.train.model import flash_attn_available  # noqa: E402
+from slimpipe.train.plan import TrainConfig  # noqa: E402
 
 VOCAB = 50257  # GPT-2's
 

@@ -48,8 +48,9 @@ import torch  # noqa: E402
 
 from slimpipe.mix.packed import write_mix  # noqa: E402
 from slimpipe.mix.tokenizer import load_tokenizer  # noqa: E402
-from slimpipe.train.loop import TrainConfig, train, tune_cpu_malloc  # noqa: E402
+from slimpipe.train.loop import train, tune_cpu_malloc  # noqa: E402
 from slimpipe.train.model import GPT, alibi_causal_bias, alibi_slopes  # noqa: E402
+from slimpipe.train.plan import TrainConfig  # noqa: E402
 
 
 def peak_matmul_flops(seconds: float = 1.0) -> tuple[float, int]:
@@ -102,7 +103,6 @@ def run_child(mode: str, spec: dict) -> dict:
     """One training run in this process (``mode``: previous | current); returns its figures."""
     import resource
 
-    from slimpipe.train import evaluate as ev
     from slimpipe.train import loop
 
     if mode == "previous":  # the code path before #20.3/#20.9: full logits, evaluation batch = micro-batch
@@ -124,7 +124,7 @@ def run_child(mode: str, spec: dict) -> dict:
         setattr(mod, name, wrapper)
 
     timed(loop, "evaluate_sets")
-    timed(ev, "final_document_eval")
+    timed(loop, "final_document_eval")
     out = Path(spec["out"])
     cfg = TrainConfig(mix_dir=spec["mix"], out_dir=str(out), model="tiny", max_steps=spec["steps"], seq_len=128,
                       eval_interval=spec["eval_interval"], eval_sequences=spec["eval_sequences"], keep_checkpoints=0,

@@ -10,7 +10,8 @@ import torch
 
 from slimpipe.mix.packed import write_mix
 from slimpipe.mix.tokenizer import train_bpe
-from slimpipe.train.loop import TrainConfig, train
+from slimpipe.train.loop import train
+from slimpipe.train.plan import TrainConfig
 
 TASKS_DIR = Path(__file__).resolve().parent / "lm_eval_tasks"
 MICRO_YAML = """\

@@ -23,7 +23,8 @@ from slimpipe.hf.export import export_hf  # noqa: E402
 from slimpipe.mix.packed import PackedDataset, PackedWriter, eval_path, write_mix  # noqa: E402
 from slimpipe.mix.tokenizer import train_bpe  # noqa: E402
 from slimpipe.train.evaluate import load_document_losses  # noqa: E402
-from slimpipe.train.loop import TrainConfig, train  # noqa: E402
+from slimpipe.train.loop import train  # noqa: E402
+from slimpipe.train.plan import TrainConfig  # noqa: E402
 
 SEQ = 64
 PIECE_CHARS = 900  # long documents become several pieces, each several rolling windows of SEQ tokens

@@ -22,7 +22,8 @@ train: {seq_len: 32, batch_size: 8, micro_batch: 8, lr: 3.0e-3, warmup_fraction:
 
 def test_train_from_a_mix_uri_equals_training_from_the_folder(s3_server, tmp_path, monkeypatch):
     torch = pytest.importorskip("torch")
-    from slimpipe.train.loop import TrainConfig, train
+    from slimpipe.train.loop import train
+    from slimpipe.train.plan import TrainConfig
 
     texts = [topics[k] for k in sorted(topics)]
     tok = train_bpe(texts, vocab_size=300, out=tmp_path / "bpe")

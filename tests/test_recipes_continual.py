@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from slimpipe.mix.packed import write_mix
-from slimpipe.train.checkpoint import load_model_state
+from slimpipe.train.checkpoint import checkpoints, load_model_state
 from slimpipe.train.continual import (
     extend_tokenizer,
     extend_tokenizer_command,
@@ -19,9 +19,10 @@ from slimpipe.train.continual import (
     is_extension,
     old_pieces,
 )
-from slimpipe.train.loop import TrainConfig, checkpoints, train
+from slimpipe.train.loop import train
 from slimpipe.train.model import GPT, ModelConfig
 from slimpipe.train.phases import open_training_data, recipe_summary
+from slimpipe.train.plan import TrainConfig
 from tests.recipes_fixtures import CODE, build_mixes, load_bpe, split_sample
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

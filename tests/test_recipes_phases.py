@@ -11,10 +11,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from slimpipe.train.checkpoint import load_model_state
+from slimpipe.train.checkpoint import checkpoints, load_model_state
 from slimpipe.train.command import train_command
-from slimpipe.train.loop import LRSchedule, TrainConfig, checkpoints, train
+from slimpipe.train.loop import train
 from slimpipe.train.phases import load_phases, phase_boundaries, recipe_inputs
+from slimpipe.train.plan import LRSchedule, TrainConfig
 from tests.recipes_fixtures import assert_resumed_run_equals, read_jsonl
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -11,7 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from slimpipe.cli import main
-from slimpipe.train.loop import TrainConfig, train
+from slimpipe.train.loop import train
+from slimpipe.train.plan import TrainConfig
 from slimpipe.train.presets import load_preset
 from slimpipe.train.tune import proxy_preset, summarise
 

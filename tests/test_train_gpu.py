@@ -123,7 +123,8 @@ def test_cuda_training_with_a_bare_cuda_device_resumes_bitwise(tmp_path):
     from slimpipe.mix.packed import write_mix
     from slimpipe.mix.tokenizer import train_bpe
     from slimpipe.train.checkpoint import checkpoints, read_checkpoint
-    from slimpipe.train.loop import TrainConfig, train
+    from slimpipe.train.loop import train
+    from slimpipe.train.plan import TrainConfig
 
     docs = [topics[k] for k in sorted(topics)]
     tok = train_bpe(docs, vocab_size=512, out=tmp_path / "bpe")

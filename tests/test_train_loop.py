@@ -17,12 +17,13 @@ from click.testing import CliRunner
 
 from slimpipe.mix.packed import PackedDataset, open_mix, write_mix
 from slimpipe.mix.tokenizer import train_bpe
-from slimpipe.train.checkpoint import load_model_state, read_checkpoint
+from slimpipe.train.checkpoint import checkpoints, load_model_state, read_checkpoint
 from slimpipe.train.command import train_command
 from slimpipe.train.evaluate import bits_per_byte, evaluate_sets
 from slimpipe.train.export import load_exported
-from slimpipe.train.loop import LRSchedule, TrainConfig, checkpoints, train
+from slimpipe.train.loop import train
 from slimpipe.train.model import GPT, ModelConfig
+from slimpipe.train.plan import LRSchedule, TrainConfig
 from slimpipe.units import parse_count
 from tests.recipes_fixtures import assert_resumed_run_equals, read_jsonl
 
@@ -260,7 +261,7 @@ def test_cli_trains_and_reports(mix, tmp_path):
 # ---------------------------------------------------------------------------------------------- GPU-path logic on CPU
 
 def test_global_batch_is_exact_or_refused_with_the_nearest_choices():
-    from slimpipe.train.loop import split_batch
+    from slimpipe.train.plan import split_batch
 
     assert split_batch(528, 8, micro_cap=4) == (3, 22)  # 1.3B on 8 GPUs: 3 x 22 x 8 = 528, not 544
     assert split_batch(528, 1, micro_cap=4) == (4, 132)
@@ -300,7 +301,7 @@ def test_exact_batch_refusal_is_one_line_on_the_cli(mix, tmp_path):
 
 
 def test_cuda_device_gets_the_local_rank_index(monkeypatch):
-    from slimpipe.train.loop import resolve_device
+    from slimpipe.train.plan import resolve_device
 
     monkeypatch.setenv("LOCAL_RANK", "3")
     assert resolve_device("cuda") == torch.device("cuda", 3)
@@ -322,7 +323,7 @@ def test_cuda_requested_without_a_gpu_is_one_line(mix, tmp_path):
 
 
 def test_mup_uses_its_base_learning_rate(mix):
-    from slimpipe.train.loop import plan_run
+    from slimpipe.train.plan import plan_run
 
     cfg = cfg_for(mix, mix / "unused")
     cpu = torch.device("cpu")
@@ -412,3 +413,21 @@ def test_fsdp2_sharded_async_checkpoint_resumes_bitwise(mix, tmp_path, gloo_worl
     # the loss is the fp32 run's within bf16 precision
     ref = train(cfg_for(mix, tmp_path / "fp32", max_steps=6, eval_interval=0))
     assert metrics["final_train_loss"] == pytest.approx(ref["final_train_loss"], rel=3e-2)
+
+
+def test_mix_handle_opens_once_and_reads_its_parts(mix):
+    """#22.5: the Mix handle resolves the folder once; its sets, tokenizer and manifest come from the one
+    tokenizer-folder constant, and :meth:`Mix.at` reads another length without reloading the tokenizer."""
+    from slimpipe.mix.packed import TOKENIZER_DIR
+    from slimpipe.train.data import Mix
+
+    m = Mix.open(mix / "mix")
+    assert m.tokenizer_dir == mix / "mix" / TOKENIZER_DIR and m.manifest is None  # write_mix writes no manifest
+    assert m.train.seq_len == 64 and list(m.evals) == ["github", "wikipedia"]  # canonical source order
+    tok = m.tokenizer()
+    assert tok is m.tokenizer() and tok.vocab_size == m.train.vocab_size
+    short = m.at(32)
+    assert short.root == m.root and short.train.seq_len == 32 and len(short.train) == 2 * len(m.train)
+    assert short.tokenizer() is tok and Mix.open(short) is short and m.at(None) is m
+    with pytest.raises((FileNotFoundError, ValueError)):  # what final_document_eval reports as "no tokenizer"
+        Mix.open(mix / "bpe").tokenizer()

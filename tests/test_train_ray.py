@@ -12,9 +12,9 @@ import torch
 
 from slimpipe.mix.packed import open_mix, write_mix
 from slimpipe.mix.tokenizer import train_bpe
-from slimpipe.train.checkpoint import load_model_state
+from slimpipe.train.checkpoint import checkpoints, load_model_state
 from slimpipe.train.launch import launch, launch_ray
-from slimpipe.train.loop import TrainConfig, checkpoints
+from slimpipe.train.plan import TrainConfig
 
 MICRO_YAML = """\
 name: micro

@@ -49,6 +49,7 @@ from slimpipe.mix.packed_writer import (  # noqa: F401  (the format's names, re-
     INDEX,
     PIECES,
     SEQ_BYTES,
+    TOKENIZER_DIR,
     TOKENS,
     VERSION,
     PackedWriter,
@@ -355,5 +356,5 @@ def write_mix(mix_dir: str | Path, train_texts: Iterable[str], eval_texts: dict[
                     chunk = []
         indices[name] = json.loads((path / INDEX).read_text())
     if hasattr(tokenizer, "save"):
-        tokenizer.save(root / "tokenizer")
+        tokenizer.save(root / TOKENIZER_DIR)
     return indices

@@ -24,6 +24,7 @@ INDEX = "index.json"
 TOKENS = "tokens.bin"
 SEQ_BYTES = "seq_bytes.bin"
 PIECES = "pieces.json"
+TOKENIZER_DIR = "tokenizer"  # MIX_DIR/tokenizer/ (and RUN/model/tokenizer/): the tokenizer's files
 BYTES_DTYPE = "<u4"
 
 

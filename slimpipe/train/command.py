@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +27,7 @@ def _mix_location(value: str | None) -> str | None:
     """MIX_DIR: a local folder that exists, or a URI (s3://, gs://, ...) the trainer caches locally."""
     from slimpipe import storage
 
-    if value and not storage.is_remote(value) and not os.path.isdir(storage.join(value)):
+    if value and storage.missing_local_dir(value):
         raise click.BadParameter(f"{value!r}: no such folder", param_hint="MIX_DIR")
     return value
 
@@ -40,7 +39,7 @@ def _staged_run(output: str, resume: bool) -> Iterator[str]:
     its presence means the run is complete there. A failed run uploads nothing."""
     from slimpipe import storage
 
-    if not storage.is_remote(output):
+    if storage.local_path(output) is not None:  # trained in place
         yield output
         return
     with tempfile.TemporaryDirectory(prefix="slimpipe-run-") as tmp:
@@ -123,7 +122,7 @@ def train_command(mix_dir: str | None, model: str, output: str, max_steps: int |
     Writes RUN/train_log.jsonl, RUN/eval_log.jsonl, RUN/metrics.json, RUN/checkpoints/ and RUN/model/.
     """
     from slimpipe.train.launch import launch
-    from slimpipe.train.loop import TrainConfig  # torch is imported here, not at import: --help stays fast
+    from slimpipe.train.plan import TrainConfig  # torch is imported here, not at import: --help stays fast
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

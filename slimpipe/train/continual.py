@@ -26,8 +26,9 @@ from pathlib import Path
 import click
 import torch
 
-from slimpipe.mix.packed import PackedDataset
+from slimpipe.mix.packed import TOKENIZER_DIR, PackedDataset
 from slimpipe.mix.tokenizer import EOS_TEXT, HFTokenizer, load_tokenizer, train_bpe
+from slimpipe.train.data import Mix
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,8 @@ def old_pieces(base: HFTokenizer, ext: HFTokenizer) -> dict[int, list[int]]:
 # ---------------------------------------------------------------------------------------------- init
 
 def _run_tokenizer(run: Path, config: dict) -> HFTokenizer | None:
-    for d in (run / "model" / "tokenizer", run / "model", Path(config.get("train", {}).get("mix_dir", "")) / "tokenizer"):
+    mix_dir = Path(config.get("train", {}).get("mix_dir", ""))
+    for d in (run / "model" / TOKENIZER_DIR, run / "model", mix_dir / TOKENIZER_DIR):
         if (d / "tokenizer.json").is_file():
             tok = load_tokenizer(d)
             return tok if isinstance(tok, HFTokenizer) else None
@@ -126,12 +128,13 @@ def _final_checkpoint(run: Path) -> tuple[dict, dict[str, torch.Tensor], str]:
     return read_meta(found[-1]), load_model_state(found[-1]), found[-1].name
 
 
-def init_from_run(model: torch.nn.Module, run_dir: str | Path, train_set: PackedDataset, mix_dir: str | Path,
+def init_from_run(model: torch.nn.Module, run_dir: str | Path, train_set: PackedDataset, mix: Mix | str | Path,
                   eval_sets: dict[str, PackedDataset] | None = None, *, batch_size: int = 8,
                   device: torch.device | str = "cpu") -> dict:
     """Load ``run_dir``'s final checkpoint into ``model`` (built for this run's data) and score it on
     ``eval_sets``; returns what ``metrics.json["init_from"]`` records (``eval_before`` is turned into
-    ``forgetting`` at the end of the run). Raises ``ValueError`` (one line) when it cannot fit."""
+    ``forgetting`` at the end of the run). ``mix`` (this run's :class:`~slimpipe.train.data.Mix` or its folder)
+    gives the tokenizer when the vocabulary grew. Raises ``ValueError`` (one line) when it cannot fit."""
     run = Path(run_dir)
     meta, state, name = _final_checkpoint(run)
     old_model = meta["plan"]["model"]
@@ -146,7 +149,8 @@ def init_from_run(model: torch.nn.Module, run_dir: str | Path, train_set: Packed
     pieces: dict[int, list[int]] = {}
     if v_old != v_new or (old_ident and new_ident and old_ident != new_ident):
         base = _run_tokenizer(run, config)
-        ext = load_tokenizer(Path(mix_dir) / "tokenizer") if (Path(mix_dir) / "tokenizer").is_dir() else None
+        mix = Mix.open(mix)
+        ext = mix.tokenizer() if mix.tokenizer_dir.is_dir() else None
         if base is None or not isinstance(ext, HFTokenizer) or v_new <= v_old or not is_extension(base, ext):
             raise ValueError(f"--init-from {run}: vocabulary differs (run {v_old} ids, mix {v_new}) and the mix's "
                              "tokenizer is not an extension of the run's (see `slimpipe extend-tokenizer`)")
@@ -200,7 +204,7 @@ def extend_tokenizer_command(base: str, sources: tuple[str, ...], new_tokens: in
     from slimpipe.units import parse_count
 
     b = Path(base)
-    candidates = [b, b / "tokenizer", b / "model" / "tokenizer", b / "model"]
+    candidates = [b, b / TOKENIZER_DIR, b / "model" / TOKENIZER_DIR, b / "model"]
     folder = next((c for c in candidates if (c / "tokenizer.json").is_file() or c.is_file()), None)
     if folder is None:
         raise click.ClickException(f"{base}: no tokenizer.json (give a tokenizer, its folder, a mix or a run)")

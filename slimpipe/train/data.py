@@ -1,4 +1,10 @@
-"""A background prefetching loader for the training steps.
+"""What a run reads: the mix, opened once (:class:`Mix`), and a background prefetching loader for the
+training steps (:class:`PrefetchLoader`).
+
+A :class:`Mix` is one ``slimpipe mix`` output, resolved once to a local folder (a URI's cached copy) and
+then handed to everything that needs its parts: the training set, the per-source evaluation sets, the
+tokenizer (for per-document bits per byte and the export) and the manifest (the evaluation set's identity).
+
 
 The batch of step ``s`` is fully determined by the step (``sampler.indices(s * global_batch, ...)``), so
 a thread can read ahead: it gathers this rank's rows from the memory-mapped packed set, converts them to
@@ -9,12 +15,24 @@ thread at ``s``, so the order is identical to an uninterrupted run.
 
 from __future__ import annotations
 
+import json
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+from slimpipe.mix.packed import TOKENIZER_DIR, PackedDataset, local_mix, open_mix
+
+if TYPE_CHECKING:
+    from slimpipe.mix.tokenizer import Tokenizer
+
+MANIFEST = "manifest.json"
 
 _DONE = object()
 
@@ -75,3 +93,70 @@ class PrefetchLoader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@dataclass
+class Mix:
+    """One packed mix: ``root`` (a local folder) read at ``seq_len`` (None: the stored length).
+
+    Open it once with :meth:`open` (which copies a URI's mix to this node's cache); its sets, tokenizer
+    and manifest are read on first use and kept. :meth:`at` gives the same mix at another sequence length
+    without resolving the location again.
+    """
+
+    root: Path
+    seq_len: int | None = None
+    _sets: tuple[PackedDataset, dict[str, PackedDataset]] | None = field(default=None, repr=False)
+    _tokenizer: Any = field(default=None, repr=False)
+    _manifest: Any = field(default=False, repr=False)
+
+    @classmethod
+    def open(cls, location: str | os.PathLike | Mix, seq_len: int | None = None, *,
+             cache_dir: str | os.PathLike | None = None) -> Mix:
+        """The mix at ``location`` (a folder, or a URI cached locally by :func:`slimpipe.mix.packed.local_mix`);
+        a :class:`Mix` is returned as it is (at ``seq_len`` when given)."""
+        if isinstance(location, Mix):
+            return location if seq_len is None else location.at(seq_len)
+        return cls(Path(local_mix(location, cache_dir)), seq_len)
+
+    def at(self, seq_len: int | None) -> Mix:
+        """This mix read at ``seq_len`` (itself when that is already its length)."""
+        if seq_len == self.seq_len:
+            return self
+        return Mix(self.root, seq_len, _tokenizer=self._tokenizer, _manifest=self._manifest)
+
+    def _open_sets(self) -> tuple[PackedDataset, dict[str, PackedDataset]]:
+        if self._sets is None:
+            self._sets = open_mix(self.root, self.seq_len)
+        return self._sets
+
+    @property
+    def train(self) -> PackedDataset:
+        """The training set (``MIX_DIR/train``)."""
+        return self._open_sets()[0]
+
+    @property
+    def evals(self) -> dict[str, PackedDataset]:
+        """The per-source held-out sets (``MIX_DIR/eval/<source>``), in the canonical source order."""
+        return self._open_sets()[1]
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.root / TOKENIZER_DIR
+
+    def tokenizer(self) -> Tokenizer:
+        """The tokenizer the mix was packed with (``MIX_DIR/tokenizer/``); FileNotFoundError/ValueError when
+        it is absent or unreadable."""
+        if self._tokenizer is None:
+            from slimpipe.mix.tokenizer import load_tokenizer
+
+            self._tokenizer = load_tokenizer(self.tokenizer_dir)
+        return self._tokenizer
+
+    @property
+    def manifest(self) -> dict | None:
+        """``MIX_DIR/manifest.json`` (None for a mix written without one, e.g. by :func:`write_mix`)."""
+        if self._manifest is False:
+            path = self.root / MANIFEST
+            self._manifest = json.loads(path.read_text()) if path.is_file() else None
+        return self._manifest

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from slimpipe.mix.packed import PackedDataset
+from slimpipe.train.data import Mix
 
 
 def bits_per_byte(nll_nats: float, n_bytes: int) -> float:
@@ -270,19 +272,14 @@ def scored_subset_of(sets: dict[str, PackedDataset]) -> str | None:
     return scored_subset(entries)
 
 
-def excluded_sources(sets: dict[str, PackedDataset], mix_dir) -> dict[str, str]:
+def excluded_sources(sets: dict[str, PackedDataset], manifest: dict | None) -> dict[str, str]:
     """``{source: reason}`` of the sources left out of the total and mean intervals (fewer than 30
-    evaluation documents): from each set's ``index.json`` meta and the mix manifest's ``eval`` entry
+    evaluation documents): from each set's ``index.json`` meta and the mix ``manifest``'s ``eval`` entry
     (a source with no evaluation document at all has no set)."""
-    import json
-    from pathlib import Path
-
     out = {}
-    manifest = Path(mix_dir) / "manifest.json"
-    if manifest.is_file():
-        for s, v in ((json.loads(manifest.read_text()).get("eval") or {}).get("validation") or {}).items():
-            if isinstance(v, dict) and v.get("excluded_from_intervals"):
-                out[s] = v.get("reason") or "fewer evaluation documents than an interval needs"
+    for s, v in (((manifest or {}).get("eval") or {}).get("validation") or {}).items():
+        if isinstance(v, dict) and v.get("excluded_from_intervals"):
+            out[s] = v.get("reason") or "fewer evaluation documents than an interval needs"
     for name, ds in sets.items():
         meta = ds.index.get("meta") or {}
         if meta.get("excluded_from_intervals"):
@@ -290,40 +287,37 @@ def excluded_sources(sets: dict[str, PackedDataset], mix_dir) -> dict[str, str]:
     return out
 
 
-def final_document_eval(model: torch.nn.Module, sets: dict[str, PackedDataset], mix_dir, out_dir, *, seq_len: int,
+def final_document_eval(model: torch.nn.Module, sets: dict[str, PackedDataset], mix: Mix | str | Path, out_dir,
+                        *, seq_len: int,
                         batch_size: int, device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None,
                         write: bool = True) -> dict:
     """The end-of-training evaluation compare uses: per-document bits per byte on every eval set, the
-    per-document losses in ``OUT/eval_losses.npz`` and the mix's evaluation-set identity.
+    per-document losses in ``OUT/eval_losses.npz`` and the mix's evaluation-set identity. ``mix`` (a
+    :class:`~slimpipe.train.data.Mix` or its folder) gives the manifest and the tokenizer.
 
     Returns what goes into ``metrics.json``: ``{"eval_docs": summary, "eval_set": hash or None,
     "scored_subset": hash or None, "excluded_from_intervals": {source: reason}}`` (``eval_docs`` holds
     ``error`` instead when the mix has no tokenizer to count bytes with). ``scored_subset`` identifies the
     scored (source, document id, character range) pieces (:func:`scored_subset_of`); None for a mix whose
     sets name no pieces (built before pieces existed)."""
-    import json
     import logging
-    from pathlib import Path
 
     log = logging.getLogger(__name__)
-    mix_dir, out_dir = Path(mix_dir), Path(out_dir)
+    mix, out_dir = Mix.open(mix), Path(out_dir)
     eval_set = None
-    manifest = mix_dir / "manifest.json"
-    if manifest.is_file():
-        eval_set = json.loads(manifest.read_text()).get("eval_set")
+    if mix.manifest is not None:
+        eval_set = mix.manifest.get("eval_set")
         if isinstance(eval_set, dict):
             eval_set = eval_set.get("eval_set") or eval_set.get("hash")
     result: dict = {"eval_set": eval_set, "scored_subset": scored_subset_of(sets),
-                    "excluded_from_intervals": excluded_sources(sets, mix_dir)}
+                    "excluded_from_intervals": excluded_sources(sets, mix.manifest)}
     byte_lengths, decode = None, None
     try:
-        from slimpipe.mix.tokenizer import load_tokenizer
-
-        tok = load_tokenizer(mix_dir / "tokenizer")
+        tok = mix.tokenizer()
         byte_lengths, decode = tok.byte_lengths, tok.decode
     except (FileNotFoundError, ValueError, OSError) as exc:
-        log.warning("%s: no tokenizer (%s); per-document bits per byte not computed", mix_dir, exc)
-        result["eval_docs"] = {"error": f"no tokenizer in {mix_dir}: {exc}"}
+        log.warning("%s: no tokenizer (%s); per-document bits per byte not computed", mix.root, exc)
+        result["eval_docs"] = {"error": f"no tokenizer in {mix.root}: {exc}"}
         return result
     summary, per_doc = evaluate_documents(model, sets, seq_len=seq_len, batch_size=batch_size,
                                           byte_lengths=byte_lengths, decode=decode, device=device,

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import torch
 
+from slimpipe.mix.packed import TOKENIZER_DIR
 from slimpipe.mix.tokenizer import Tokenizer, load_tokenizer
+from slimpipe.train.data import Mix
 from slimpipe.train.errors import ExportError  # noqa: F401  (re-exported: defined without torch)
 from slimpipe.train.model import GPT, ModelConfig, alibi_slopes
 
@@ -24,22 +26,24 @@ log = logging.getLogger(__name__)
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
-TOKENIZER_DIR = "tokenizer"
 MODEL_TYPE = "slimpipe-alibi-swiglu"
 
 
 
-def _find_tokenizer(mix_dir: str | Path | None, info: dict | None) -> Tokenizer | None:
+def _find_tokenizer(mix: Mix | str | Path | None, info: dict | None) -> Tokenizer | None:
     """The mix's own tokenizer files if present, else its spec, accepted only if the identity matches."""
     info = info or {}
-    candidates: list[str | Path] = []
-    if mix_dir is not None and (Path(mix_dir) / TOKENIZER_DIR).is_dir():
-        candidates.append(Path(mix_dir) / TOKENIZER_DIR)
+    candidates: list[str | Path | Mix] = []
+    if isinstance(mix, Mix):
+        if mix.tokenizer_dir.is_dir():
+            candidates.append(mix)
+    elif mix is not None and (Path(mix) / TOKENIZER_DIR).is_dir():
+        candidates.append(Path(mix) / TOKENIZER_DIR)
     if info.get("spec"):
         candidates.append(info["spec"])
     for spec in candidates:
         try:
-            tok = load_tokenizer(spec)
+            tok = spec.tokenizer() if isinstance(spec, Mix) else load_tokenizer(spec)
         except (OSError, ValueError) as exc:
             log.warning("tokenizer %s not loadable: %s", spec, exc)
             continue
@@ -50,9 +54,11 @@ def _find_tokenizer(mix_dir: str | Path | None, info: dict | None) -> Tokenizer 
     return None
 
 
-def export_model(model: GPT, out_dir: str | Path, *, mix_dir: str | Path | None = None,
+def export_model(model: GPT, out_dir: str | Path, *, mix: Mix | str | Path | None = None,
                  tokenizer_info: dict | None = None, tokenizer: Tokenizer | None = None) -> Path:
-    """Write the folder atomically (temp folder renamed into place); returns its path."""
+    """Write the folder atomically (temp folder renamed into place); returns its path. The tokenizer is
+    ``tokenizer``, else the ``mix``'s (a :class:`~slimpipe.train.data.Mix` or its folder) or ``tokenizer_info``'s
+    spec when its identity matches ``tokenizer_info``."""
     from safetensors.torch import save_file
 
     out = Path(out_dir)
@@ -60,7 +66,7 @@ def export_model(model: GPT, out_dir: str | Path, *, mix_dir: str | Path | None 
     tmp.mkdir(parents=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt", "model_type": MODEL_TYPE})
-    tok = tokenizer or _find_tokenizer(mix_dir, tokenizer_info)
+    tok = tokenizer or _find_tokenizer(mix, tokenizer_info)
     if tok is not None:
         tok.save(tmp / TOKENIZER_DIR)
     else:

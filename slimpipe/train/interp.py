@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from slimpipe.mix.packed import PackedDataset
+from slimpipe.train.data import Mix
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def alibi_context(model: torch.nn.Module, seq_len: int, slope_scale: float = 1.0
 
 
 def context_length_eval(model: torch.nn.Module, sets: dict[str, PackedDataset], lengths: list[int], *,
-                        train_seq_len: int, mix_dir: str | Path, batch_size: int,
+                        train_seq_len: int, mix: Mix | str | Path, batch_size: int,
                         device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None,
                         plot_dir: str | Path | None = None) -> dict:
     """Per-source and total bits per byte at each length, with plain and interpolated slopes.
@@ -59,10 +60,9 @@ def context_length_eval(model: torch.nn.Module, sets: dict[str, PackedDataset], 
     Returns ``{"train_seq_len", "lengths", "slope_scale": [..], "bpb": {"plain"|"interpolated":
     {source|"total": [bpb per length]}}, "definition"}``; for lengths up to the training one the two
     variants are the same model, so the plain numbers are reused."""
-    from slimpipe.mix.tokenizer import load_tokenizer
     from slimpipe.train.evaluate import evaluate_documents
 
-    tok = load_tokenizer(Path(mix_dir) / "tokenizer")
+    tok = Mix.open(mix).tokenizer()
     lengths = sorted({int(n) for n in lengths})
     scales = [interpolation_scale(n, train_seq_len) for n in lengths]
     names = list(sets) + ["total"]

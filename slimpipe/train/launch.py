@@ -15,7 +15,8 @@ import json
 import logging
 from pathlib import Path
 
-from slimpipe.train.loop import TrainConfig, train
+from slimpipe.train.loop import train
+from slimpipe.train.plan import TrainConfig
 
 log = logging.getLogger(__name__)
 

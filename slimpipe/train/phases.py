@@ -29,13 +29,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from slimpipe.mix.packed import INDEX, PackedDataset, ShuffledSampler, open_mix, train_path
+from slimpipe.mix.packed import INDEX, PackedDataset, ShuffledSampler, train_path
 from slimpipe.units import parse_count
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch stays out of this module's imports: report plots draw phase boundaries with it
     import torch
 
-    from slimpipe.train.loop import Plan, TrainConfig
+    from slimpipe.train.data import Mix
+    from slimpipe.train.plan import Plan, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -195,28 +196,31 @@ def _eval_sets(phases: list[dict], seq_len: int) -> dict[str, PackedDataset]:
     """Each source's held-out set, from the last phase whose mix has it (so a run that moves from one
     mix to another is scored on the sources of both: forgetting shows), at ``seq_len`` where it divides
     the stored length, else at the longest length below it that does (never beyond the model's context)."""
+    from slimpipe.train.data import Mix
+
     sets: dict[str, PackedDataset] = {}
     for ph in phases:
-        _, evals = open_mix(ph["mix"], None)
-        for name, ds in evals.items():
+        for name, ds in Mix.open(ph["mix"]).evals.items():
             n = ds.stored_seq_len
             sets[name] = PackedDataset(ds.path, max(d for d in range(1, min(n, seq_len) + 1) if n % d == 0))
     return sets
 
 
-def open_training_data(cfg: TrainConfig, world: int, device: torch.device
+def open_training_data(cfg: TrainConfig, world: int, device: torch.device, mix: Mix | None = None
                        ) -> tuple[TrainingData, dict[str, PackedDataset], Plan]:
-    """Resolve the run's plan and open its data: ``cfg.phases`` when given, else ``cfg.mix_dir``."""
-    from slimpipe.train.loop import plan_run
+    """Resolve the run's plan and open its data: ``cfg.phases`` when given, else the mix (``mix``, the
+    run's already opened :class:`~slimpipe.train.data.Mix`, or ``cfg.mix_dir``)."""
+    from slimpipe.train.data import Mix
+    from slimpipe.train.plan import plan_run
     from slimpipe.train.presets import load_preset
 
     if not cfg.phases:
-        train_set, eval_sets = open_mix(cfg.mix_dir, None)
-        plan = plan_run(cfg, train_set.stored_seq_len, train_set.vocab_size, world, device)
-        if plan.seq_len != train_set.seq_len:
-            train_set, eval_sets = open_mix(cfg.mix_dir, plan.seq_len)
-        phase = Phase("train", str(cfg.mix_dir), train_set, plan.seq_len, 0, plan.total_steps)
-        return TrainingData([phase], plan.global_batch, cfg.seed), eval_sets, plan
+        mix = Mix.open(mix if mix is not None else cfg.mix_dir)
+        plan = plan_run(cfg, mix.train.stored_seq_len, mix.train.vocab_size, world, device)
+        if plan.seq_len != mix.train.seq_len:
+            mix = mix.at(plan.seq_len)
+        phase = Phase("train", str(cfg.mix_dir), mix.train, plan.seq_len, 0, plan.total_steps)
+        return TrainingData([phase], plan.global_batch, cfg.seed), mix.evals, plan
 
     if cfg.max_steps or cfg.tokens:
         raise ValueError("--max-steps/--tokens do not apply with --phases: give tokens: or steps: per phase")

@@ -78,7 +78,8 @@ def sweep(mix_dir: str | Path, out: str | Path, *, widths: list[int], lrs: list[
           model: str = "tiny", steps: int = 100, mup: bool = True, seed: int = 1337, seq_len: int | None = None,
           batch_size: int | None = None, threads: int | None = None, device: str | None = None) -> dict:
     """Train every (width, lr, init std) proxy and summarise; returns what ``tune.json`` holds."""
-    from slimpipe.train.loop import TrainConfig, train
+    from slimpipe.train.loop import train
+    from slimpipe.train.plan import TrainConfig
 
     out = Path(out)
     trials = []
