@@ -60,8 +60,14 @@ class SpaceTokenizer(WordTokenizer):
     def span_tokenize(self, text): return [(0, len(text))]
 '''
 
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+# The slimpipe checkout the benchmarks import and run (default: this tree). SLIMPIPE_BENCH_CODE=/path/to/checkout
+# measures another one (e.g. a clean checkout of an older commit) with this tree's benchmarks and virtualenv.
+CODE = Path(os.environ.get("SLIMPIPE_BENCH_CODE") or ROOT).resolve()
+if CODE != ROOT:
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(CODE), *filter(None, [os.environ.get("PYTHONPATH")])])
+for _p in (ROOT, CODE):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
 
 
 # --------------------------------------------------------------------------- machine facts
@@ -157,6 +163,9 @@ def _pss_bytes(pid: int) -> int:
     return 0
 
 
+_RAY_AGENTS = ("ray::DashboardA", "ray::RuntimeEnv")  # Ray's own per-node agents (process names cut at 15)
+
+
 @dataclass
 class TreePeaks:
     tree_rss: int = 0  # peak of the summed RSS over the tree (bytes)
@@ -165,6 +174,8 @@ class TreePeaks:
     tree_pss: int = 0  # peak of the summed PSS
     max_procs: int = 0
     samples: int = 0
+    task_rss: int = 0  # peak RSS of the largest Ray task/actor process (name ray::*, Ray's agents aside)
+    task_name: str = ""
     names: set[str] = field(default_factory=set)
 
 
@@ -210,6 +221,8 @@ class TreeSampler:
             if self.pss:
                 pss += _pss_bytes(proc.pid)
             p.names.add(name)
+            if name.startswith("ray::") and not name.startswith(_RAY_AGENTS) and rss > p.task_rss:
+                p.task_rss, p.task_name = rss, name
             if rss > p.single_rss:
                 p.single_rss, p.single_name = rss, name
         p.samples += 1
@@ -283,7 +296,7 @@ def slimpipe_dedup(sources: list[Path], out: Path, *args: str, timeout: float | 
     cmd = [str(PYTHON), "-m", "slimpipe.cli", "dedup", *map(str, sources), "-o", str(out), *args, "--quiet"]
     # RAY_AUTH_MODE etc. are left to the user's environment; only the address is cleared so a local Ray starts.
     env = {"SLIMPIPE_RAY_ADDRESS": "", "RAY_ADDRESS": ""}
-    return run_measured(cmd, env=env, cwd=ROOT, timeout=timeout)
+    return run_measured(cmd, env=env, cwd=CODE, timeout=timeout)
 
 
 def slimpipe_report(out: Path) -> dict:

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _common import MB, PYTHON, ROOT, Measured, TreeSampler, _kill_tree
+from _common import CODE, MB, PYTHON, Measured, TreeSampler, _kill_tree
 
 from slimpipe.dedup import job as dedup_job
 
@@ -62,8 +62,9 @@ class _DriverSampler(TreeSampler):
             pass
 
 
-def run_staged(sources: list[Path], out: Path, *args: str, timeout: float = 3600) -> StagedRun:
-    """``slimpipe dedup SOURCES -o OUT ARGS`` (progress on) in a fresh process with a fresh local Ray."""
+def run_staged(sources: list[Path], out: Path, *args: str, timeout: float = 3600, cwd: Path = CODE) -> StagedRun:
+    """``slimpipe dedup SOURCES -o OUT ARGS`` (progress on) in a fresh process with a fresh local Ray
+    (in ``cwd``: the checkout whose slimpipe runs, with PYTHONPATH pointing there too)."""
     import os
 
     if out.exists():
@@ -72,7 +73,7 @@ def run_staged(sources: list[Path], out: Path, *args: str, timeout: float = 3600
     cmd = [str(PYTHON), "-m", "slimpipe.cli", "dedup", *map(str, sources), "-o", str(out), *args]
     env = {**os.environ, "SLIMPIPE_RAY_ADDRESS": "", "RAY_ADDRESS": ""}
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd,
                             start_new_session=True)
     starts: dict[str, float] = {}
     err_lines: list[str] = []
@@ -109,7 +110,7 @@ def run_staged(sources: list[Path], out: Path, *args: str, timeout: float = 3600
 def supports(option: str) -> bool:
     """Whether ``slimpipe dedup`` has an option (the benchmark runs on older trees too)."""
     res = subprocess.run([str(PYTHON), "-m", "slimpipe.cli", "dedup", "--help"], capture_output=True, text=True,
-                         cwd=ROOT)
+                         cwd=CODE)
     return option in res.stdout
 
 
