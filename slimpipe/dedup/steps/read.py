@@ -116,20 +116,30 @@ def read_task(ctx: TaskContext, f: InputFile, params: dict, nparts: int) -> dict
     bands = np.concatenate(band_parts) if band_parts else np.empty(0, KEYROW_DTYPE)
     exact_piece = write_partitioned(ws, f"exact_rows/t{t:05d}.shuf", exact, partition_of(exact["key"], nparts), nparts)
     band_piece = write_partitioned(ws, f"band_rows/t{t:05d}.shuf", bands, partition_of(bands["key"], nparts), nparts)
-    texts_rel = None
-    if p.verify and text_nodes:
-        texts_rel = f"texts/t{t:05d}.parquet"
-        order = np.argsort(np.array(text_nodes, np.int64), kind="stable")
-        table = pa.table({"node": pa.array(text_nodes, pa.int64()), "clean": pa.array(text_clean, pa.large_string())})
-        ws.save_table(texts_rel, table.take(pa.array(order)), row_group_size=TEXT_ROW_GROUP)
+    texts_rel = _save_texts(ctx, text_nodes, text_clean) if p.verify and text_nodes else None
     names = list(codes)
-    by_source: dict[str, SourceCounts] = {}
+    assert stats is not None  # read_batches always ends with the stats
+    return ReadResult(stats=stats, lines=stats.read, docs=len(arr), short=int(arr["short"].sum()),
+                      by_source=_by_source(arr, names), sources=names, signed=signed, clean_chars=chars,
+                      band_rows=len(bands),
+                      exact_piece=exact_piece, band_piece=band_piece, texts=texts_rel, rejects=rejects_rel).to_dict()
+
+
+def _save_texts(ctx: TaskContext, nodes: list[int], clean: list[str]) -> str:
+    """The signed documents' cleaned texts, sorted by node in row groups of TEXT_ROW_GROUP (for --verify)."""
+    rel = f"texts/t{ctx.index:05d}.parquet"
+    order = np.argsort(np.array(nodes, np.int64), kind="stable")
+    table = pa.table({"node": pa.array(nodes, pa.int64()), "clean": pa.array(clean, pa.large_string())})
+    ctx.ws.save_table(rel, table.take(pa.array(order)), row_group_size=TEXT_ROW_GROUP)
+    return rel
+
+
+def _by_source(arr: np.ndarray, names: list[str]) -> dict[str, SourceCounts]:
+    """Documents and bytes per source (the task's own codes), and how many of them are short."""
+    out = {}
     for code, name in enumerate(names):
         sel = arr["src"] == code
         sh = sel & arr["short"]
-        by_source[name] = SourceCounts(int(sel.sum()), int(arr["nbytes"][sel].sum()), int(sh.sum()),
-                                       int(arr["nbytes"][sh].sum()))
-    assert stats is not None  # read_batches always ends with the stats
-    return ReadResult(stats=stats, lines=stats.read, docs=len(arr), short=int(arr["short"].sum()),
-                      by_source=by_source, sources=names, signed=signed, clean_chars=chars, band_rows=len(bands),
-                      exact_piece=exact_piece, band_piece=band_piece, texts=texts_rel, rejects=rejects_rel).to_dict()
+        out[name] = SourceCounts(int(sel.sum()), int(arr["nbytes"][sel].sum()), int(sh.sum()),
+                                 int(arr["nbytes"][sh].sum()))
+    return out
