@@ -13,8 +13,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from slimpipe import storage
 from slimpipe.io.readers import read_all
-from slimpipe.io.writers import JsonlZstWriter, ShardInfo, atomic_write_json, shard_relpath, write_manifest
+from slimpipe.io.writers import JsonlZstWriter, ShardInfo, shard_relpath, write_manifest
 from slimpipe.sample import FILES, GROUND_TRUTH, write_sample
 from slimpipe.sources import SET_NAMES
 
@@ -97,7 +98,7 @@ def build_slimpajama_dir(root: Path, docs: list[tuple[str, str, str]], *, train_
             entries.append({"path": rel, "sources": counts})
         index[split] = entries
     if with_index:
-        atomic_write_json(root / "index.json", {"splits": index})
+        storage.write_json_atomic(root / "index.json", {"splits": index})
     write_manifest(root, infos)
     return fx
 

@@ -102,8 +102,7 @@ def check_inputs(sources, force_source: str | None) -> None:
     from slimpipe import storage
 
     for s in sources:
-        if storage.is_remote(s):
-            storage.check_access(s)
+        storage.check_store(s)
     discover_files(list(sources), source=force_source)
 
 

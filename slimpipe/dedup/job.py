@@ -27,7 +27,6 @@ import hashlib
 import json
 import math
 import os
-import stat
 from pathlib import Path
 
 import numpy as np
@@ -109,12 +108,8 @@ def _fingerprint(files: list[InputFile]) -> str:
     h = hashlib.sha256()
     for f in files:
         try:
-            if storage.is_remote(f.path):
-                nbytes, mtime = storage.stat(f.path)
-            else:  # os.stat takes any local name, one that is not UTF-8 too (#19.14)
-                st = os.stat(f.path)
-                nbytes, mtime = (st.st_size, st.st_mtime) if stat.S_ISREG(st.st_mode) else (-1, 0)
-        except OSError:
+            nbytes, mtime = storage.stat(f.path)  # any local name, one that is not UTF-8 too (#19.14)
+        except OSError:  # missing, or not a regular file
             nbytes, mtime = -1, 0
         h.update(f"{f.rel}\0{nbytes}\0{int(mtime)}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()

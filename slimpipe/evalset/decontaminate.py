@@ -37,7 +37,6 @@ evaluation set's size only sets the index's memory (~40 bytes per distinct evalu
 from __future__ import annotations
 
 import hashlib
-import os
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -383,10 +382,8 @@ def _copy_eval_set(src, dest) -> None:
     from slimpipe import storage
     from slimpipe.evalset.build import MANIFEST
 
-    base = storage.join(src) if storage.is_remote(src) else storage.resolve(src)[1]  # the listing's spelling
     rels = []
-    for f in storage.list_files(src):
-        rel = f[len(base):].replace(os.sep, "/").lstrip("/")
+    for rel in storage.list_relative(src):
         if rel == MANIFEST or any(p.startswith((".", "_")) for p in rel.split("/")):
             continue
         rels.append(rel)

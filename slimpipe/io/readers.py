@@ -84,7 +84,7 @@ class InputFile:
     @property
     def size(self) -> int:
         try:
-            return storage.size(self.path) if storage.is_remote(self.path) else os.path.getsize(self.path)
+            return storage.size(self.path)
         except OSError:
             return 0
 
@@ -152,10 +152,11 @@ def discover_files(paths: list[str | Path], source: str | None = None) -> list[I
             raise InputError(f"--source {source!r} is not a source name (letters, digits, _ - . only)")
     found: dict[str, InputFile] = {}
     for raw in paths:
-        if storage.is_remote(raw):
+        local = storage.local_path(raw)  # file:///p is /p; a plain path stays as given
+        if local is None:  # a store: listed (no symlinks to follow, no FIFOs to skip)
             _discover_remote(os.fspath(raw), forced, found)
             continue
-        p = Path(storage.resolve(raw)[1]) if storage.scheme_of(raw) else Path(raw)  # file:///p is /p
+        p = Path(local)
         if not p.exists():
             why = "broken symlink" if p.is_symlink() else "input not found"
             raise InputError(f"{why}: {p}")
@@ -623,7 +624,7 @@ def _parquet_records(f: InputFile, b: _BatchBuilder) -> Iterator[pa.RecordBatch]
     import pyarrow.parquet as pq
 
     # A local name that is not UTF-8 cannot go to Arrow as a path: open it here (#19.14).
-    local = not storage.is_remote(f.path) and f.path == _display(f.path)
+    local = storage.local_path(f.path) is not None and f.path == _display(f.path)
     pf = pq.ParquetFile(f.path if local else storage.open_input(f.path))
     groups = list(range(pf.num_row_groups))[f.start : f.end]
     row = sum(pf.metadata.row_group(i).num_rows for i in range(f.start))

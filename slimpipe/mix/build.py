@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from slimpipe import storage
-from slimpipe.io.writers import ShardInfo, atomic_write_json
+from slimpipe.io.writers import ShardInfo
 from slimpipe.mix import budget as B
 from slimpipe.mix.cache import TokenCache, default_cache_root
 from slimpipe.mix.common import (
@@ -166,7 +166,7 @@ def build_mix(slimpajama_dir: str | Path, mix: MixConfig, out: str | Path, opt: 
         lap("pack")
         eval_info, eval_shards, eval_items = eval_stage(ctx, holdout_shards, holdout_res, input_info.get("eval_set"))
         text_shards += eval_shards
-        atomic_write_json(storage.join(out, INPUT_INDEX), {"splits": {"train": train_items, **eval_items}})
+        storage.write_json_atomic(storage.join(out, INPUT_INDEX), {"splits": {"train": train_items, **eval_items}})
     lap("evalsets")
     timings["total"] = round(time.monotonic() - t_start, 3)
     # 5. manifest

@@ -7,7 +7,7 @@ from dataclasses import asdict
 from typing import Any
 
 from slimpipe import storage
-from slimpipe.io.writers import ShardInfo, atomic_write_json, write_manifest
+from slimpipe.io.writers import ShardInfo, write_manifest
 from slimpipe.mix import budget as B
 from slimpipe.mix.common import FORMAT, MANIFEST, SEED_STREAMS, TOKENIZER_DIR, VERSION, MixContext
 from slimpipe.mix.select import Selection
@@ -123,5 +123,5 @@ def write_mix_manifest(ctx: MixContext, *, input_info: dict[str, Any], n_train_s
     if opt.output_format == "text":
         write_manifest(out, text_shards, extra={k: v for k, v in manifest.items() if k != "format"})
     else:
-        atomic_write_json(storage.join(out, MANIFEST), manifest)
+        storage.write_json_atomic(storage.join(out, MANIFEST), manifest)
     return manifest

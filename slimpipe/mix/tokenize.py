@@ -18,7 +18,6 @@ import pyarrow as pa
 
 from slimpipe import storage
 from slimpipe.io.readers import InputFile, file_format, read_batches
-from slimpipe.io.writers import atomic_write_json
 from slimpipe.mix.cache import TokenCache
 from slimpipe.mix.common import (
     BPE_SAMPLE,
@@ -213,12 +212,12 @@ def tokenize_shard(job: dict[str, Any], holdout: np.ndarray | None = None) -> di
         np.save(buf, np.concatenate(hashes) if hashes else np.zeros(0, np.uint64))
         storage.write_bytes_atomic(sibling(out, ".hashes.npy"), buf.getvalue())
         result = {"path": job["path"], "stats": stats, **shard}
-        atomic_write_json(sibling(out, ".json"), result)
+        storage.write_json_atomic(sibling(out, ".json"), result)
         return result
     for s in job["sources"]:
         out = storage.join(job["out_dir"], s, f"{job['flat']}.arrow")
         write_arrow_atomic(out, *table([s], False))
-        atomic_write_json(sibling(out, ".json"), {**stats[s], **shard})
+        storage.write_json_atomic(sibling(out, ".json"), {**stats[s], **shard})
     return {"path": job["path"], "sources": {s: {**stats[s], **shard} for s in job["sources"]}}
 
 

@@ -41,7 +41,7 @@ import xxhash
 from slimpipe import storage
 from slimpipe.dedup.job import DedupJob
 from slimpipe.dedup.params import DedupParams
-from slimpipe.io.writers import ShardInfo, ShardWriter, atomic_write_json, shard_relpath, write_manifest
+from slimpipe.io.writers import ShardInfo, ShardWriter, shard_relpath, write_manifest
 from slimpipe.outdir import OutputError
 from slimpipe.runtime import Executor, Step, TaskContext, Workspace, read_table_partition
 from slimpipe.runtime.shuffle import write_table_partitioned
@@ -273,7 +273,7 @@ class SlimPajamaJob:
                                          "dedup": self.params.to_dict(),
                                          "eval_set": decon.eval_set if decon else None})
         index = _index(gathered)
-        atomic_write_json(storage.join(self.out, "index.json"), index)
+        storage.write_json_atomic(storage.join(self.out, "index.json"), index)
         report = build_report(dedup_report, gathered, index, self.opts, chunks, self.ex.timings, manifest)
         if decon is not None:
             from slimpipe.evalset.decontaminate import merge_counts

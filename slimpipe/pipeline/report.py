@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from slimpipe.io.writers import atomic_write_bytes, atomic_write_json
+from slimpipe import storage
 from slimpipe.sources import sort_sources
 
 # SlimPajama-627B card (REFERENCE.md): final token shares, and RedPajama's for comparison.
@@ -105,8 +105,8 @@ def build_report(dedup: dict, gathered: list[dict], index: dict, opts, chunks: i
 
 def write_report(out: str | Path, r: dict) -> None:
     out = Path(out)
-    atomic_write_json(out / "report.json", r)
-    atomic_write_bytes(out / "report.md", render_markdown(r).encode())
+    storage.write_json_atomic(out / "report.json", r)
+    storage.write_bytes_atomic(out / "report.md", render_markdown(r).encode())
 
 
 def _p(x: float | None) -> str:

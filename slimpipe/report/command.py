@@ -19,12 +19,9 @@ def _run_location(ctx, param, values: tuple[str, ...]) -> tuple[str | Path, ...]
 
     out = []
     for v in values:
-        if storage.is_remote(v):
-            out.append(v)
-        elif not Path(v).is_dir():
+        if storage.missing_local_dir(v):
             raise click.BadParameter(f"{v!r}: no such folder", param_hint="RUN")
-        else:
-            out.append(Path(v))
+        out.append(v)
     return tuple(out)
 
 
@@ -35,20 +32,10 @@ def _local(runs: tuple[str | Path, ...], out: str | Path) -> Iterator[tuple[list
     from slimpipe import storage
 
     with tempfile.TemporaryDirectory(prefix="slimpipe-compare-") as tmp:
-        local_runs = []
-        for i, run in enumerate(runs):
-            if not storage.is_remote(run):
-                local_runs.append(Path(run))
-                continue
-            dest = Path(tmp) / "runs" / f"{i:03d}" / str(run).rstrip("/").rsplit("/", 1)[-1]
-            dest.mkdir(parents=True)
-            for f in storage.list_files(run, recursive=False):
-                storage.local_copy(f, Path(tmp) / "cache").rename(dest / f.rsplit("/", 1)[-1])
-            local_runs.append(dest)
-        local_out = Path(tmp) / "report" if storage.is_remote(out) else Path(out)
-        yield local_runs, local_out
-        if storage.is_remote(out):
-            storage.upload_tree(local_out, out)
+        local_runs = [storage.local_view(run, Path(tmp) / "runs" / f"{i:03d}" / str(run).rstrip("/").rsplit("/", 1)[-1],
+                                         recursive=False) for i, run in enumerate(runs)]
+        with storage.staged_folder(out) as local_out:
+            yield local_runs, local_out
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slimpipe.io.writers import atomic_write_bytes, atomic_write_json
+from slimpipe import storage
 from slimpipe.report.stats import (
     CONDITIONAL_METHOD,
     MIN_DOCS,
@@ -502,6 +502,6 @@ def write_compare_report(run_dirs: list[str | Path], out: str | Path, replicates
     r = compare(runs, replicates=replicates)
     out = Path(out)
     plots = comparison_plots(out, runs, r)
-    atomic_write_json(out / "report.json", r)
-    atomic_write_bytes(out / "report.md", render_markdown(r, plots).encode())
+    storage.write_json_atomic(out / "report.json", r)
+    storage.write_bytes_atomic(out / "report.md", render_markdown(r, plots).encode())
     return r

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slimpipe.io.writers import atomic_write_bytes
+from slimpipe import storage
 
 VERDICT, NO_DIFFERENCE, CONDITIONAL = "tab:blue", "tab:gray", "tab:orange"
 NO_INTERVAL = "no interval"  # a hollow grey point: too few documents, or no per-document losses
@@ -37,7 +37,7 @@ def save_png(fig, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, metadata={"Software": None}, bbox_inches="tight")
     plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    storage.write_bytes_atomic(path, buf.getvalue())
 
 
 def _colors(labels: list[str]) -> dict[str, tuple]:

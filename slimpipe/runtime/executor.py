@@ -82,7 +82,7 @@ class Executor:
 
         self._checked = True
         nodes = [n for n in ray.nodes() if n.get("Alive")]
-        if len(nodes) > 1 and not storage.is_remote(self.ws.root):
+        if len(nodes) > 1 and not self.ws.folder.shared:
             print(f"warning: intermediates are in the local folder {self.ws.root} on a {len(nodes)}-node Ray "
                   "cluster: every node must see it (a shared mount); otherwise give -o or --scratch an object "
                   "store URI such as s3://bucket/prefix", file=sys.stderr)

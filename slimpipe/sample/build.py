@@ -21,7 +21,7 @@ from pathlib import Path
 
 import zstandard
 
-from slimpipe.io.writers import atomic_write_bytes
+from slimpipe import storage
 
 from ..sources import source_from_filename
 from . import plant as P
@@ -370,7 +370,7 @@ def write_sample(out_dir: str | os.PathLike, seed: int = 0, size: float = 1.0,
     for f in FILES:
         payload = "".join(json.dumps(d.record, ensure_ascii=False) + "\n" for d in final[f]).encode("utf-8")
         packed = cctx.compress(payload)
-        atomic_write_bytes(out / f, packed)
+        storage.write_bytes_atomic(out / f, packed)
         text_bytes = sum(_bytes(d) for d in final[f])
         files_info[f] = {
             "source": source_from_filename(f), "docs": len(final[f]), "base_docs": len(base[f]),
@@ -382,7 +382,7 @@ def write_sample(out_dir: str | os.PathLike, seed: int = 0, size: float = 1.0,
         say(f"wrote {f}: {len(final[f])} docs, {text_bytes / 1e6:.2f} MB text, {len(packed) / 1e6:.2f} MB zst")
         if len(base[f]) and sum(_bytes(d) for d in base[f]) < 0.9 * TARGETS[f] * size:
             say(f"  warning: {f} is short of its target: this installation has too little unused text for --size {size}")
-    atomic_write_bytes(out / GROUND_TRUTH,
+    storage.write_bytes_atomic(out / GROUND_TRUTH,
                   "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in truth_rows).encode("utf-8"))
 
     by_kind: dict[str, int] = defaultdict(int)
@@ -401,6 +401,6 @@ def write_sample(out_dir: str | os.PathLike, seed: int = 0, size: float = 1.0,
         "plan_shortfall": planter.shortfall,
         "screen": {"threshold": SCREEN_THRESHOLD, "dropped_natural_near_duplicates": dropped},
     }
-    atomic_write_bytes(out / MANIFEST, (json.dumps(manifest, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
+    storage.write_bytes_atomic(out / MANIFEST, (json.dumps(manifest, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
     say(f"wrote {GROUND_TRUTH} ({len(truth_rows)} planted duplicates) and {MANIFEST} to {out}")
     return manifest
