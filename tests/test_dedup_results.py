@@ -87,3 +87,28 @@ def test_a_marker_without_a_needed_field_is_refused_by_name() -> None:
     del keep["piece"]
     with pytest.raises(R.MarkerError, match="keep result .* lacks piece"):
         R.KeepResult.from_dict(keep)
+
+
+def test_a_marker_this_code_cannot_read_is_one_line_on_the_cli(tmp_path, ray_session) -> None:
+    """A workspace whose read manifest lacks a field (written by other code) stops the command with one line
+    naming what to do, not a traceback."""
+    import json
+
+    from click.testing import CliRunner
+
+    from slimpipe.cli import main
+
+    src = tmp_path / "wikipedia_sample.jsonl"
+    src.write_text("".join(json.dumps({"text": f"document number {i} " * 20}) + "\n" for i in range(5)))
+    out = tmp_path / "out"
+    args = ["dedup", str(src), "-o", str(out), "-q", "--keep-intermediates"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    manifest = out / "_work" / "read.done.json"
+    done = json.loads(manifest.read_text())
+    for r in done["results"]:
+        del r["band_rows"]
+    manifest.write_text(json.dumps(done))
+    (out / "report.json").unlink()  # so the job runs its steps again, from the workspace
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "lacks band_rows" in result.output and "run again" in result.output

@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from slimpipe.io.readers import FileStats
+from slimpipe.outdir import OutputError
 
 Piece = dict | None  # one map task's shuffle file (see slimpipe.runtime.shuffle), None when it is empty
 PRIVATE = ("_io",)  # what the executor adds to every task's result
 
 
-class MarkerError(RuntimeError):
-    """A task marker or step manifest that this code cannot read (written by other code)."""
+class MarkerError(OutputError):
+    """A task marker or step manifest that this code cannot read (written by other code): one line on the CLI."""
 
 
 def _need(d: dict, kind: str, *keys: str) -> None:
