@@ -92,13 +92,11 @@ class Split:
 def eval_document_ids(mix_dir: str | Path, eval_dir: str | Path | None = None) -> dict[str, list[str]]:
     """Per source of ``mix_dir``'s packed evaluation sets, the id of each document in the order the
     trainer scores them (:func:`slimpipe.train.evaluate.documents`); see the module docstring."""
-    from slimpipe.mix.packed import open_mix
-    from slimpipe.mix.tokenizer import load_tokenizer
+    from slimpipe.train.data import Mix
     from slimpipe.train.evaluate import documents
 
-    mix_dir = Path(mix_dir)
-    _, sets = open_mix(mix_dir)
-    tok = load_tokenizer(mix_dir / "tokenizer")
+    mix = Mix.open(mix_dir)
+    sets, tok = mix.evals, mix.tokenizer()
     known: dict[str, dict[str, str]] = {}
     texts: dict[str, list[tuple[str, str]]] = {}
     if eval_dir is not None and (Path(eval_dir) / "manifest.json").is_file():

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from slimpipe.mix.packed_writer import TOKENIZER_DIR
 from slimpipe.propose.sample import ProposalError
 
 COMPOSITE = "@previous"  # the composite domain's name among the draw dimensions
@@ -103,8 +104,8 @@ def load_previous(prev_out: str | Path, out: str | Path, options: Mapping[str, A
     if differ:
         raise ProposalError(f"--reuse {prev_dir}: its proxies differ from this run's (" + "; ".join(differ)
                             + "); reuse needs the same tokenizer, model, tokens and seq-len")
-    if not (tokenizer_dir(prev_dir) / "tokenizer").is_dir():
-        raise ProposalError(f"--reuse {prev_dir}: its tokenizer ({tokenizer_dir(prev_dir) / 'tokenizer'}) is missing")
+    if not (tokenizer_dir(prev_dir) / TOKENIZER_DIR).is_dir():
+        raise ProposalError(f"--reuse {prev_dir}: its tokenizer ({tokenizer_dir(prev_dir) / TOKENIZER_DIR}) is missing")
     return prev_dir, prev
 
 
