@@ -110,16 +110,10 @@ def check_not_in_sources(out: str | os.PathLike, sources: Iterable[str | os.Path
 
 def _entries(out: str) -> list[str] | None:
     """Top-level names in OUT (sorted), or None when OUT does not exist. Raises OutputError if OUT is a file."""
-    import pyarrow.fs as pafs
-
-    fs, path = storage.resolve(out)
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.NotFound:
-        return None
-    if info.type != pafs.FileType.Directory:
-        raise OutputError(f"output folder {storage.display(out)} is a file, not a folder")
-    infos = fs.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True))
-    return sorted(i.base_name for i in infos)
+    try:
+        return storage.Folder(out).entries()
+    except NotADirectoryError:
+        raise OutputError(f"output folder {storage.display(out)} is a file, not a folder") from None
 
 
 def _some(names: list[str]) -> str:
@@ -143,10 +137,10 @@ def claim(out: str | os.PathLike, job: str, ident: str, sources: Iterable[str | 
         check_not_in_sources(scratch, sources, what="--scratch")
     storage.check_store(out, write=True)  # endpoint, credentials, bucket: one line naming the URI, now
     names = _entries(out)
-    marker = storage.join(out, MARKER)
+    folder = storage.Folder(out)
     if names and MARKER in names:
         try:
-            held = storage.read_json(marker)
+            held = folder.read_json(MARKER)
         except (OSError, ValueError, storage.StorageError) as exc:
             raise OutputError(f"output folder {storage.display(out)} has an unreadable {MARKER} ({exc}); "
                               "delete it or choose another folder") from exc
@@ -171,15 +165,15 @@ def claim(out: str | os.PathLike, job: str, ident: str, sources: Iterable[str | 
     if scratch:  # an unusable --scratch fails now, in one line, before OUT is claimed
         storage.check_access(scratch, write=True)
     # what defines the job, and this claim's id (the --scratch workspace belongs to this claim only)
-    storage.write_json_atomic(marker, {"job": job, "identity": ident, "claim": uuid.uuid4().hex})
+    folder.write_json(MARKER, {"job": job, "identity": ident, "claim": uuid.uuid4().hex})
     return False
 
 
 def claim_id(out: str | os.PathLike) -> str:
     """The id of OUT's current claim ("" when OUT is not claimed): what a ``--scratch`` workspace is tied to."""
-    marker = storage.join(out, MARKER)
+    folder = storage.Folder(out)
     try:
-        return str(storage.read_json(marker).get("claim") or "") if storage.exists(marker) else ""
+        return str(folder.read_json(MARKER).get("claim") or "") if folder.exists(MARKER) else ""
     except (OSError, ValueError, AttributeError, storage.StorageError):
         return ""
 
@@ -187,9 +181,9 @@ def claim_id(out: str | os.PathLike) -> str:
 def release(out: str | os.PathLike) -> None:
     """Undo a fresh :func:`claim` after the job refused its inputs: drop the marker, and OUT if it is empty."""
     out = os.fspath(out)
-    marker = storage.join(out, MARKER)
-    if storage.exists(marker):
-        storage.delete_file(marker)
+    folder = storage.Folder(out)
+    if folder.exists(MARKER):
+        folder.delete_file(MARKER)
     if _entries(out) == []:
         storage.remove_empty_dir(out)
 

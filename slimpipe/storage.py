@@ -790,6 +790,18 @@ class Folder:
     def size(self, rel: str) -> int:
         return size(self.join(rel))
 
+    def entries(self) -> list[str] | None:
+        """The names directly inside the folder (files and folders, sorted), or None when it does not exist;
+        :class:`NotADirectoryError` when the name is a file."""
+        fs, path = resolve(self.path)
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            return None
+        if info.type != pafs.FileType.Directory:
+            raise NotADirectoryError(f"{display(self.path)} is a file, not a folder")
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True))
+        return sorted(i.base_name for i in infos)
+
     def list(self, rel: str = "", recursive: bool = True) -> list[str]:
         """Files below the folder (or below ``rel``) as ``/``-separated names relative to it, sorted."""
         sub = self.join(rel) if rel else self.path

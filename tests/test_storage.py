@@ -160,6 +160,9 @@ def _folder_roundtrip(root: str, tmp_path: Path) -> None:
     assert f.read_json("a.json") == {"x": 1}
     assert f.list() == ["a.json", "sub/c.txt", "sub/deep/b.bin"]
     assert f.list("sub", recursive=False) == ["sub/c.txt"]
+    assert f.entries() == ["a.json", "sub"] and f.folder("absent").entries() is None
+    with pytest.raises(NotADirectoryError):
+        f.folder("a.json").entries()
     assert f.is_dir("sub") and f.exists("sub/deep/b.bin") and f.size("sub/c.txt") == 5
     with f.open("sub/c.txt") as fh:
         fh.seek(1)
