@@ -338,14 +338,8 @@ def _h(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=12).digest()
 
 
-def score_kept(corpus: list[Path], units: list[dict], kept: list[Path]) -> dict:
-    """Quality of any deduplicator from what it kept: documents matched by a hash of their text.
-
-    Per planted family (a base and its copy), removed = its texts in the corpus minus those kept;
-    recall = sum over families of min(removed, size - 1) / sum(size - 1) (exact and near apart);
-    precision = that sum / all documents removed (removing both of a pair, or a document with no
-    planted copy, counts against it). Works for slimpipe's, data-juicer's and datatrove's outputs alike.
-    """
+def corpus_index(corpus: list[Path], units: list[dict]) -> dict:
+    """Text hash -> planted family and counts of the generated corpus, for ``score_kept``."""
     import pyarrow.parquet as pq
 
     fam_of: dict[tuple[str, int], int] = {}
@@ -365,6 +359,18 @@ def score_kept(corpus: list[Path], units: list[dict], kept: list[Path]) -> dict:
             h = _h(json.loads(line)["text"])
             count[h] = count.get(h, 0) + 1
             fam_of_hash[h] = fam_of[(path.name, ln)]
+    return {"size": size, "kind_of": kind_of, "count": count, "fam_of_hash": fam_of_hash}
+
+
+def score_kept(index: dict, kept: list[Path]) -> dict:
+    """Quality of any deduplicator from what it kept: documents matched by a hash of their text.
+
+    Per planted family (a base and its copy), removed = its texts in the corpus minus those kept;
+    recall = sum over families of min(removed, size - 1) / sum(size - 1) (exact and near apart);
+    precision = that sum / all documents removed (removing both of a pair, or a document with no
+    planted copy, counts against it). Works for slimpipe's, data-juicer's and datatrove's outputs alike.
+    """
+    size, kind_of, count, fam_of_hash = index["size"], index["kind_of"], index["count"], index["fam_of_hash"]
     left = dict(count)
     unmatched = kept_n = 0
     for path in kept:
@@ -450,7 +456,14 @@ def main(argv: list[str] | None = None) -> int:
     for s in sizes:
         print(f"corpus {s:g} GB ...", flush=True)
         plan[s] = gen.units_for(s * GB)
-    jac = gen.near_jaccard(plan[sizes[0]])
+    jac_cache = SCALE / "near_jaccard.json"
+    if args.peers and jac_cache.exists() and json.loads(jac_cache.read_text()).get("params") == gen.params:
+        jac = {float(k): v for k, v in json.loads(jac_cache.read_text())["jaccard"].items()}
+    elif args.peers:  # the sample needs the pool (minutes on a loaded machine); a scale run caches it
+        jac = {r: [] for r in gen.near_rates}
+    else:
+        jac = gen.near_jaccard(plan[sizes[0]])
+        jac_cache.write_text(json.dumps({"params": gen.params, "jaccard": jac}))
     for rate, js in jac.items():
         js.sort()
         if js:
@@ -674,6 +687,7 @@ def peers(gen: Generator, args: argparse.Namespace, code: Path, jac: dict[float,
                 cells[label] = parts
     rows = []
     sp_wall = None
+    index = corpus_index(files, units)
     for label, (sub, pattern) in PEER_OUTPUTS.items():
         c = cells.get(label)
         if c is None:
@@ -686,7 +700,7 @@ def peers(gen: Generator, args: argparse.Namespace, code: Path, jac: dict[float,
         root = WORK / sub
         kept = sorted(p for p in root.glob(pattern) if p.is_file() and not p.name.startswith(("_", "."))
                       and not p.name.endswith((".crc", ".json.tmp"))) if root.exists() else []
-        q = score_kept(files, units, kept)
+        q = score_kept(index, kept)
         if label == "slimpipe dedup":
             sp_wall = wall
         rows.append([label, f"{wall:,.1f}", f"{wall / sp_wall:.1f}x" if sp_wall else "-", c[5],
