@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 from pydoc_data.topics import topics
 
@@ -49,6 +50,8 @@ def test_two_gloo_workers_match_a_single_process(ray_session, mix, tmp_path):
     config = json.loads((ray_run / "config.json").read_text())
     assert config["plan"]["world_size"] == 2 and config["plan"]["accum"] == 2  # 8 = 2 micro x 2 accum x 2
     assert [p.name for p in checkpoints(ray_run)] == ["step_0000004"]
+    # DDP: the state is the same on every rank, so rank 0 alone staged and wrote it (#20.6), and it resumes
+    assert sorted(p.name for p in checkpoints(ray_run)[0].glob("*.distcp")) == ["__0_0.distcp"]
     evals = [json.loads(ln) for ln in (ray_run / "eval_log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in evals] == [2, 4]
     # the same global batches, split over two ranks with gradients all-reduced, give the same training
@@ -57,6 +60,12 @@ def test_two_gloo_workers_match_a_single_process(ray_session, mix, tmp_path):
     assert _losses(ray_run) == pytest.approx(_losses(local_run), rel=1e-4)
     assert metrics["eval"]["total"]["bpb"] == pytest.approx(local["eval"]["total"]["bpb"], rel=1e-4)
     assert metrics["eval"]["total"]["tokens"] == local["eval"]["total"]["tokens"]
+    resumed_run = tmp_path / "resumed"  # the DDP checkpoint, resumed in one process: model and optimizer load
+    shutil.copytree(ray_run, resumed_run, ignore=shutil.ignore_patterns("ray"))
+    (resumed_run / "metrics.json").unlink()
+    resumed = launch(dataclasses.replace(_cfg(mix, resumed_run), resume=True))
+    assert resumed["steps"] == 4 and resumed["eval"]["total"]["bpb"] == pytest.approx(metrics["eval"]["total"]["bpb"],
+                                                                                        rel=1e-5)
     a = load_model_state(ray_run / "checkpoints" / "step_0000004")
     b = load_model_state(local_run / "checkpoints" / "step_0000004")
     for k in a:
