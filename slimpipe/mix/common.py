@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from slimpipe import storage
 from slimpipe.mix.config import MixConfig
-from slimpipe.mix.packed import token_dtype
+from slimpipe.mix.packed import TOKENIZER_DIR, token_dtype  # noqa: F401  (TOKENIZER_DIR re-exported)
 from slimpipe.mix.tokenizer import Tokenizer
 from slimpipe.progress import Progress
 from slimpipe.sources import SOURCES
@@ -31,7 +31,6 @@ VERSION = 1
 MANIFEST = "manifest.json"
 INPUT_INDEX = "index.json"
 WORK = ".work"
-TOKENIZER_DIR = "tokenizer"
 HOLDOUT_SPLITS = ("validation", "test")
 EVAL_SET_DIR = "eval"  # SLIMPAJAMA_DIR/eval: the one evaluation set of `slimpipe evalset`, when present
 EVAL_SET_SPLIT = "evalset"
