@@ -159,7 +159,8 @@ def main() -> None:
     same_tt = ids_ours == ids_tt
     same_hf = ids_hf == ids_tt
 
-    from slimpipe.mix.build import _run_ordered, tokenize_shard
+    from slimpipe.mix.build import tokenize_shard
+    from slimpipe.runtime import Executor
 
     def jobs(tag: str) -> list[dict]:
         out = work / f"scratch-{tag}"
@@ -179,9 +180,9 @@ def main() -> None:
     from slimpipe.engine import ensure_ray, shutdown_ray
 
     ensure_ray(num_cpus=args.cores)
-    _run_ordered(tokenize_shard, jobs("raywarm"), label="warm", quiet=True)  # start workers, load tokenizers
-    secs, res = best_of(args.repeat, lambda: _run_ordered(tokenize_shard, jobs(f"ray{next(counter)}"),
-                                                          label="bench", quiet=True))
+    ex = Executor(label="bench", progress=False, max_retries=2)  # as the mix runs its tasks
+    ex.map(tokenize_shard, jobs("raywarm"))  # start workers, load tokenizers
+    secs, res = best_of(args.repeat, lambda: ex.map(tokenize_shard, jobs(f"ray{next(counter)}")))
     rows.append((f"mix path: tokenize_shard as Ray tasks ({args.cores} CPUs)", mix_tokens(res), secs, args.cores))
     shutdown_ray()
     shutil.rmtree(work, ignore_errors=True)

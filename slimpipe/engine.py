@@ -228,6 +228,13 @@ def available_cpus() -> int:
     return int(ray.cluster_resources().get("CPU", 1))
 
 
+def available_gpus() -> int:
+    """GPUs Ray can schedule on (after :func:`ensure_ray`)."""
+    import ray
+
+    return int(ray.cluster_resources().get("GPU", 0))
+
+
 def shutdown_ray() -> None:
     import ray
 

@@ -121,3 +121,73 @@ def test_executor_resumes_records_and_cleans_up(tmp_path: Path, ray_session) -> 
     assert storage.exists(ws.root)
     ex.cleanup()
     assert not storage.exists(ws.root)
+
+
+def _job(job: int, folder: str, window: int, block_from: int, shared=None) -> dict:
+    """Records its start; the first ``window`` jobs wait for each other (so a window too wide would let
+    later jobs start meanwhile); jobs from ``block_from`` on wait for a release that never comes (30 s
+    bound), so only a cancellation ends them early."""
+    import os
+    import time
+
+    def count(prefix: str) -> int:
+        return sum(name.startswith(prefix) for name in os.listdir(folder))
+
+    open(os.path.join(folder, f"start-{job}"), "w").close()
+    # every job at least `window` places before this one has finished: it was submitted after them
+    late = [j for j in range(job - window + 1) if not os.path.exists(os.path.join(folder, f"end-{j}"))]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and ((job < window and count("start-") < window) or job >= block_from):
+        time.sleep(0.005)
+    open(os.path.join(folder, f"end-{job}"), "w").close()
+    return {"job": job, "late": late, "shared": None if shared is None else int(shared.sum())}
+
+
+def _fail_odd(job: int) -> int:
+    if job % 2:
+        raise ValueError(f"job {job} is odd")
+    return job
+
+
+def test_executor_map_window_order_cached_stop_errors_and_shared_inputs(tmp_path: Path, ray_session) -> None:
+    import os
+    import sys
+
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
+    ex = Executor(label="t", progress=False)  # no workspace: plain tasks, as mix, propose and scan use it
+
+    def started(folder: Path) -> list[int]:
+        return sorted(int(n.split("-")[1]) for n in os.listdir(folder) if n.startswith("start-"))
+
+    # an ordered window of 2 on room for 4 (half-CPU tasks on 2 CPUs); results in job order; a shared input
+    a = tmp_path / "a"
+    a.mkdir()
+    shared = ex.share(np.arange(10))
+    res = ex.map(_job, range(6), (str(a), 2, 99, shared), window=2, num_cpus=0.5)
+    assert [r["job"] for r in res] == list(range(6))
+    assert [r["late"] for r in res] == [[]] * 6  # never more than 2 in flight
+    assert {r["shared"] for r in res} == {45}
+
+    # cached results skip their jobs
+    b = tmp_path / "b"
+    b.mkdir()
+    res = ex.map(_job, range(4), (str(b), 1, 99), cached=[None, "c1", None, "c3"], window=1)
+    assert [r if isinstance(r, str) else r["job"] for r in res] == [0, "c1", 2, "c3"]
+    assert started(b) == [0, 2]
+
+    # an early stop once jobs 0 and 1 are in: the blocked jobs in flight are cancelled, nothing later starts
+    c = tmp_path / "c"
+    c.mkdir()
+    res = ex.map(_job, range(10), (str(c), 2, 2), window=2, num_cpus=0.5,
+                 stop=lambda r: r[0] is not None and r[1] is not None)
+    assert [r["job"] for r in res[:2]] == [0, 1] and res[2:] == [None] * 8
+    assert max(started(c)) <= 3  # at most two in flight when the stop came
+    assert not (c / "end-2").exists() and not (c / "end-3").exists()  # cancelled, not run to their end
+
+    # a failure is raised, or becomes its result with on_error; call runs one task and returns its value
+    with pytest.raises(Exception, match=r"job [13] is odd"):
+        ex.map(_fail_odd, range(4))
+    assert ex.map(_fail_odd, range(4), on_error=lambda i, e: -i) == [0, -1, 2, -3]
+    assert ex.call(_fail_odd, 4) == 4

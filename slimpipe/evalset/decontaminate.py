@@ -21,7 +21,7 @@ A training document is contaminated when it is
 The evaluation set is small, so the LSH here uses narrow bands (``DECON_ROWS`` rows each, as many bands
 as the signature allows): nearly every pair at the threshold becomes a candidate (recall in
 :meth:`Decontaminator.describe`), and the exact Jaccard removes the false candidates. The index is built
-once in the driver from ``EVAL`` and shipped to every task (``ray.put``); checking a batch is vectorised
+once in the driver from ``EVAL`` and shipped to every task (``Executor.share``); checking a batch is vectorised
 (one signature call, one set lookup per band key).
 
 Containment is exact, not sampled, and never compares pairs: the index holds the evaluation set's

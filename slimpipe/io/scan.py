@@ -19,7 +19,6 @@ from slimpipe.io.readers import (
     read_batches,
     split_ranges,
 )
-from slimpipe.progress import Progress
 
 
 def _scan_one(f: InputFile) -> tuple[dict, pa.Table, dict[str, list[int]]]:
@@ -41,32 +40,24 @@ def scan(paths: list[str | Path], source: str | None = None, progress: bool = Tr
 
     Inputs are listed before Ray starts, so a missing path fails at once.
     """
-    import ray
-
     from slimpipe.engine import ensure_ray
+    from slimpipe.runtime import Executor
 
     files = split_ranges(discover_files(paths, source=source))
     ensure_ray(ray_address)
-    from slimpipe.runtime.executor import remote_task
-
-    task = remote_task(_scan_one)  # sources may live on remote storage: the nodes reach them as the driver does
-    refs = [task.remote(f) for f in files]
+    # sources may live on remote storage: the runtime's tasks reach them as the driver does
+    scanned = Executor(label="scan", progress=progress).map(_scan_one, files, unit="files")
     per_file: dict[str, FileStats] = {}
     per_source: dict[str, dict[str, int]] = defaultdict(lambda: {"docs": 0, "bytes": 0})
     rejects = []
-    with Progress("scan", total=len(refs), unit="files", enabled=progress) as bar:
-        pending = list(refs)
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            st, rej, srcs = ray.get(done[0])
-            s = FileStats(**st)
-            prev = per_file.get(s.file)
-            per_file[s.file] = _merge(prev, s) if prev else s
-            rejects.append(rej)
-            for src, (n, nb) in srcs.items():
-                per_source[src]["docs"] += n
-                per_source[src]["bytes"] += nb
-            bar.update(1)
+    for st, rej, srcs in scanned:  # in file (and range) order, whatever order the tasks finished in
+        s = FileStats(**st)
+        prev = per_file.get(s.file)
+        per_file[s.file] = _merge(prev, s) if prev else s
+        rejects.append(rej)
+        for src, (n, nb) in srcs.items():
+            per_source[src]["docs"] += n
+            per_source[src]["bytes"] += nb
     table = pa.concat_tables(rejects) if rejects else REJECT_SCHEMA.empty_table()
     stats = sorted(per_file.values(), key=lambda s: s.file)
     return {

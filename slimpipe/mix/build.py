@@ -43,7 +43,6 @@ from slimpipe.mix.common import (
     loc,
     order_sources,
     read_input,
-    run_ordered,
     work_key,
 )
 from slimpipe.mix.config import MixConfig
@@ -62,8 +61,7 @@ from slimpipe.mix.tokenize import (
 )
 
 __all__ = ["MixBuildError", "MixOptions", "build_mix", "fill_token_cache", "realise_mix", "resolve_tokenizer", "shard_input", "tokenize_shard",
-           "worker_tokenizer", "run_ordered"]
-_run_ordered = run_ordered  # the name benchmarks/bench_tokenize.py imports
+           "worker_tokenizer"]
 
 log = logging.getLogger(__name__)
 

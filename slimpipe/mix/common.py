@@ -1,8 +1,10 @@
 """What the stages of ``slimpipe mix`` share: options, errors, the input's shards, seed streams, Arrow
-scratch files and the ordered Ray loop."""
+scratch files, and the build's executor (:class:`slimpipe.runtime.Executor`, which runs every Ray task
+of the mix)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -21,7 +23,7 @@ from slimpipe import storage
 from slimpipe.mix.config import MixConfig
 from slimpipe.mix.packed import TOKENIZER_DIR, token_dtype  # noqa: F401  (TOKENIZER_DIR re-exported)
 from slimpipe.mix.tokenizer import Tokenizer
-from slimpipe.progress import Progress
+from slimpipe.runtime.executor import Executor
 from slimpipe.sources import SOURCES
 
 log = logging.getLogger(__name__)
@@ -235,50 +237,6 @@ read_arrow = storage.read_arrow
 read_arrow_batch = storage.read_arrow_batch
 
 
-# ---------------------------------------------------------------------------------- ray helpers
-
-
-def run_ordered(fn: Callable, jobs: Sequence[dict], args: Sequence[Any] = (), *, cached: Sequence[Any] | None = None,
-                 stop: Callable[[list], bool] | None = None, label: str, quiet: bool, unit: str = "shards") -> list:
-    """Run ``fn(job, *args)`` as Ray tasks, in job order, at most ~2 per CPU in flight.
-
-    ``cached[i]`` (not None) skips job ``i``. After each completion ``stop(results)`` may end the run
-    early; tasks still in flight are cancelled and their results ignored (``None`` in the output).
-    """
-    import ray
-
-    from slimpipe.engine import available_cpus
-    from slimpipe.runtime.executor import remote_task
-
-    # every node reaches the same object store (endpoint, credentials: by argument, never runtime_env)
-    remote = remote_task(fn, num_cpus=1, max_retries=2)
-    results: list = list(cached) if cached is not None else [None] * len(jobs)
-    todo = [i for i in range(len(jobs)) if results[i] is None]
-    limit = max(2, 2 * available_cpus())
-    pending: dict[Any, int] = {}
-    with Progress(label, total=len(jobs), unit=unit, enabled=not quiet) as bar:
-        bar.update(len(jobs) - len(todo))
-        if stop is not None and stop(results):
-            return results
-        nxt = 0
-        while nxt < len(todo) or pending:
-            while nxt < len(todo) and len(pending) < limit:
-                i = todo[nxt]
-                pending[remote.remote(jobs[i], *args)] = i
-                nxt += 1
-            done, _ = ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                results[pending.pop(ref)] = ray.get(ref)
-                bar.update(1)
-            if stop is not None and stop(results):
-                for ref in pending:
-                    ray.cancel(ref, force=False)
-                if pending:  # let cancelled tasks wind down before the caller cleans their folder
-                    ray.wait(list(pending), num_returns=len(pending), timeout=60)
-                return results
-    return results
-
-
 # ----------------------------------------------------------------------------------- the job
 
 
@@ -294,6 +252,11 @@ class MixContext:
     cache: Any = None  # the per-source token cache (:class:`slimpipe.mix.cache.TokenCache`)
     tok_spec: str = ""  # how Ray tasks load the tokenizer on any node (a URI when it lives in object storage)
     warnings: list[str] = field(default_factory=list)
+
+    @functools.cached_property
+    def ex(self) -> Executor:
+        """The runtime's executor for this build's Ray tasks (no workspace: the token cache is the mix's resume)."""
+        return Executor(label="mix", progress=not self.opt.quiet, max_retries=2)
 
     def warn(self, msg: str) -> None:
         self.warnings.append(msg)

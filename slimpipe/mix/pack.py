@@ -13,7 +13,7 @@ import pyarrow as pa
 from slimpipe import storage
 from slimpipe.io.writers import ShardInfo, ShardWriter, slimpajama_record
 from slimpipe.mix import budget as B
-from slimpipe.mix.common import SHUFFLE, MixContext, list_parts, read_arrow_batch, run_ordered
+from slimpipe.mix.common import SHUFFLE, MixContext, list_parts, read_arrow_batch
 from slimpipe.mix.packed import PackedWriter, apportion_bytes, write_parts_index
 
 # ------------------------------------------------------------------------------- stage 5: shuffle
@@ -140,7 +140,6 @@ def pack_train(ctx: MixContext, files: list[str], n_buckets: int) -> tuple[dict,
     tok = ctx.tok
     active = ctx.mix.active_sources
     L = ctx.opt.seq_len
-    import ray
 
     train = storage.join(ctx.out, "train")
     storage.makedirs(train)
@@ -149,8 +148,7 @@ def pack_train(ctx: MixContext, files: list[str], n_buckets: int) -> tuple[dict,
     info = {"vocab_size": tok.vocab_size, "eos_id": tok.eos_id, "describe": tok.describe()}
     jobs = [{"bucket": b, "files": files, "seed": ctx.opt.seed, "seq_len": L, "train": train,
              "tokenizer": info, "sources": active, "meta": meta} for b in range(n_buckets)]
-    results = run_ordered(pack_bucket, jobs, (ray.put(tok.byte_lengths),), label="mix: pack", quiet=ctx.opt.quiet,
-                          unit="buckets")
+    results = ctx.ex.map(pack_bucket, jobs, (ctx.ex.share(tok.byte_lengths),), label="mix: pack", unit="buckets")
     counts = dict.fromkeys(active, 0)
     docs = dict.fromkeys(active, 0)
     for r in results:
@@ -181,7 +179,7 @@ def write_text_train(ctx: MixContext, files: list[str], n_buckets: int
     active = ctx.mix.active_sources
     bjobs = [{"bucket": b, "files": files, "seed": ctx.opt.seed, "root": ctx.out,
               "shard_bytes": ctx.opt.text_shard_bytes, "sources": active} for b in range(n_buckets)]
-    written = run_ordered(write_text_bucket, bjobs, label="mix: write", quiet=ctx.opt.quiet, unit="buckets")
+    written = ctx.ex.map(write_text_bucket, bjobs, label="mix: write", unit="buckets")
     realised = dict.fromkeys(active, 0)
     docs_packed = dict.fromkeys(active, 0)
     shards: list[ShardInfo] = []

@@ -24,7 +24,6 @@ from slimpipe.mix.common import (
     flat_name,
     list_parts,
     read_arrow,
-    run_ordered,
     source_key,
     write_arrow_atomic,
 )
@@ -235,7 +234,7 @@ def plan_and_select(ctx: MixContext, train_shards: list[InputShard], used: list[
                      "plan": plan, "seed": opt.seed, "buckets": n_buckets, "format": opt.output_format,
                      "vocab_size": ctx.tok.vocab_size, "tokenizer": ctx.tok_spec or ctx.tok.spec, "identity": ctx.tok.identity,
                      "out": storage.join(sel_dir, f"{flat_name(shard.path)}.arrow")})
-    selected = run_ordered(select_shard, jobs, label="mix: select", quiet=opt.quiet)
+    selected = ctx.ex.map(select_shard, jobs, label="mix: select", unit="shards")
     pieces = {s: {"pieces": sum(x["sources"][s]["pieces"] for x in selected),
                   "truncated": sum(x["sources"][s]["truncated"] for x in selected)} for s in active}
     return Selection(plans=plans, prefix_avail=prefix_avail, total_avail=total_avail, exact=exact,

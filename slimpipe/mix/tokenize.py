@@ -33,7 +33,6 @@ from slimpipe.mix.common import (
     arrow_token_type,
     flat_name,
     order_sources,
-    run_ordered,
     sibling,
     tokens_array,
     write_arrow_atomic,
@@ -286,7 +285,7 @@ def holdout_stage(ctx: MixContext, splits: dict[str, list[InputShard]]) -> tuple
         cached.append(TokenCache.load(sibling(out, ".json"), out, sibling(out, ".hashes.npy")))
     ctx.cache.holdout_hits += sum(c is not None for c in cached)
     ctx.cache.holdout_tokenized += sum(c is None for c in cached)
-    results = run_ordered(tokenize_shard, jobs, cached=cached, label="mix: holdout", quiet=ctx.opt.quiet)
+    results = ctx.ex.map(tokenize_shard, jobs, cached=cached, label="mix: holdout", unit="shards")
     hashes = [np.load(io.BytesIO(storage.read_bytes(sibling(j["out"], ".hashes.npy")))) for j in jobs]
     by_split: dict[str, list[dict]] = {}
     k = 0
@@ -314,8 +313,6 @@ def train_stage(ctx: MixContext, shards: list[InputShard], holdout: np.ndarray,
     Only the (shard, source) entries the token cache lacks are tokenized; a shard whose sources are all
     cached costs nothing.
     """
-    import ray
-
     active = ctx.mix.active_sources
     eligible = [s for s in shards if s.counts is None or any(s.source_units(a, "docs") > 0 for a in active)]
     if not eligible:
@@ -355,8 +352,8 @@ def train_stage(ctx: MixContext, shards: list[InputShard], holdout: np.ndarray,
                 state["k"] = state["done"]
         return state["k"] is not None
 
-    results = run_ordered(tokenize_shard, jobs, (ray.put(holdout),), cached=cached, stop=covered,
-                          label="mix: tokenize", quiet=ctx.opt.quiet)
+    results = ctx.ex.map(tokenize_shard, jobs, (ctx.ex.share(holdout),), cached=cached, stop=covered,
+                         label="mix: tokenize", unit="shards")
     k = state["k"] if state["k"] is not None else len(ordered)
     ctx.cache.hits += sum(len(found[i]) for i in range(k))
     ctx.cache.tokenized += sum(len(jobs[i]["sources"]) for i, r in enumerate(results) if r is not None and cached[i] is None)

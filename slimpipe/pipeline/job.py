@@ -157,12 +157,8 @@ def _holdout_set(ws: Workspace, rels: list[str]) -> set[bytes]:
 
 
 def gather_task(ctx: TaskContext, inputs: str, opts: dict, out: str, decon=None) -> dict:
-    import ray
-
     from slimpipe.evalset.decontaminate import REASONS, train_codes
 
-    if isinstance(decon, ray.ObjectRef):  # the evaluation set's decontamination index, shared by every task
-        decon = ray.get(decon)
     ws = ctx.ws
     chunk = ctx.index
     spec = ws.inputs(inputs)
@@ -259,9 +255,8 @@ class SlimPajamaJob:
         opts = asdict(self.opts)
         inputs = self.ws.put_inputs("gather", {"pieces": scatter["pieces"], "holdout": scatter["holdout"]})
         piece_bytes = sum(p["bytes"] for p in scatter["pieces"] if p)
-        import ray
-
-        decon_ref = ray.put(decon) if decon is not None else None
+        # the evaluation set's decontamination index: shared once, every task receives the index itself
+        decon_ref = self.ex.share(decon) if decon is not None else None
         gathered = self.ex.run(Step("gather", gather_task, [(inputs, opts, self.out, decon_ref) for _ in range(chunks)],
                                     "chunks",
                                     memory=(256 << 20) + 4 * piece_bytes // max(1, chunks)))

@@ -145,26 +145,25 @@ def scores(metrics: dict) -> dict[str, dict]:
     return docs["sources"] if docs.get("sources") else metrics["eval"]["sources"]
 
 
+def _train_proxy_job(job: tuple) -> dict:
+    return _train_proxy(*job)
+
+
 def _train_all(jobs: list[tuple], use_gpu: bool, quiet: bool) -> list[dict]:
-    import ray
+    from slimpipe.runtime import Executor
 
-    from slimpipe.progress import Progress
-
-    remote = ray.remote(num_cpus=0 if use_gpu else 1, num_gpus=1 if use_gpu else 0, max_retries=1)(_train_proxy)
+    ex = Executor(label="propose", progress=not quiet)
     results: list[dict | None] = [None] * len(jobs)
     todo = list(range(len(jobs)))
     for attempt in (1, 2):  # an application failure is retried once, then reported
-        refs = {remote.remote(*jobs[i]): i for i in todo}
-        with Progress(f"propose: train proxies (try {attempt})", total=len(refs), unit="proxies",
-                      enabled=not quiet) as bar:
-            pending = list(refs)
-            while pending:
-                ready, pending = ray.wait(pending, num_returns=1)
-                try:
-                    results[refs[ready[0]]] = ray.get(ready[0])
-                except Exception as exc:  # the worker died twice (Ray's own retries exhausted)
-                    results[refs[ready[0]]] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-                bar.update(1)
+        # every proxy at once: its CPU or GPU request bounds how many run; a worker that died twice
+        # (Ray's own retry exhausted) is a failed proxy, not a failed job
+        trained = ex.map(_train_proxy_job, [jobs[i] for i in todo], window=len(todo),
+                         label=f"propose: train proxies (try {attempt})", unit="proxies",
+                         num_cpus=0 if use_gpu else 1, num_gpus=1 if use_gpu else 0, max_retries=1,
+                         on_error=lambda _i, exc: {"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+        for i, r in zip(todo, trained, strict=True):
+            results[i] = r
         todo = [i for i in todo if not results[i]["ok"]]
         if not todo:
             break
@@ -196,9 +195,7 @@ def run_propose(slimpajama_dir: str | Path, out: str | Path, opt: ProposeOptions
 
 
 def _run(src: Path, out: Path, opt: ProposeOptions) -> dict:
-    import ray
-
-    from slimpipe.engine import ensure_ray
+    from slimpipe.engine import available_gpus, ensure_ray
     from slimpipe.mix.build import read_input
     from slimpipe.train.evaluate import load_document_losses
     splits, _ = read_input(src)
@@ -278,7 +275,7 @@ def _run(src: Path, out: Path, opt: ProposeOptions) -> dict:
         mix_dirs.append(d)
 
     # 4. train
-    use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
+    use_gpu = available_gpus() >= 1
     device = "cuda" if use_gpu else "cpu"
     jobs = [(str(d), r["run"] if j < len(reused) else str(out / "proxies" / d.name), opt.model, opt.tokens,
              opt.seed, device) for j, (d, r) in enumerate(zip(mix_dirs, reused + [{}] * len(drawn), strict=True))]

@@ -1,25 +1,44 @@
-"""The step protocol and the one executor that runs steps as Ray tasks.
+"""The step protocol and the one executor: the only place in slimpipe that submits and awaits Ray tasks.
 
-A **step** is a name, a task function and one argument tuple per task. Each task is called as
-``fn(ctx, *args)`` with a :class:`TaskContext` (the workspace, the step, the task's index) and returns a
-small JSON-able dict. Its inputs are named in its arguments, which the driver takes from earlier steps'
-committed manifests (never from a listing); its outputs are files it commits through the workspace.
+Nothing outside :mod:`slimpipe.runtime` and :mod:`slimpipe.engine` (which starts or attaches Ray) calls
+``ray.remote``, ``ray.put``, ``ray.get``, ``ray.wait`` or ``ray.cancel``. Every caller goes through an
+:class:`Executor`, in one of two shapes:
 
-The executor runs each step once:
+* **steps of a job with a workspace** — ``Executor(ws, "dedup").run(Step(...))``: a step is a name, a
+  task function and one argument tuple per task. Each task is called as ``fn(ctx, *args)`` with a
+  :class:`TaskContext` (the workspace, the step, the task's index) and returns a small JSON-able dict.
+  Its inputs are named in its arguments, which the driver takes from earlier steps' committed manifests
+  (never from a listing); its outputs are files it commits through the workspace.
+* **tasks with no workspace** (mix, propose's proxies, the input scan) — ``Executor(label="mix",
+  progress=...)`` built without a workspace: :meth:`Executor.map` runs ``fn(job, *args)`` once per job,
+  :meth:`Executor.call` runs one remote call and returns its value. Such callers keep their own resume
+  (the token cache, a proxy's checkpoints) and pass it in as ``cached``.
 
-* **resume** — a task whose marker ``<step>/task00042.json`` exists is not run again, and a step whose
-  manifest ``<step>.done.json`` exists is skipped without touching Ray. Every task is deterministic,
-  so a job killed at any point and run again ends with the same bytes.
-* **resources** — each task asks Ray for ``num_cpus`` and ``memory`` bytes (capped to what one node
-  has), so Ray never packs more tasks on a node than its memory holds. Tasks lost with their node are
-  retried (``max_retries``).
+What the executor gives both:
+
+* **one loop** (:meth:`Executor._drive`) — tasks are submitted in job order with at most ``window`` in
+  flight (``map``: about 2 per CPU; a step: every task at once unless its ``window`` says otherwise), and
+  results come back in job order whatever order they finish in, with a progress line (label, unit).
+  ``cached[i]`` (not None) skips job ``i``; ``stop(results)``, asked after every batch of completions,
+  may end the run early: tasks in flight are cancelled and given up to a minute to wind down (their
+  results stay ``None``). A task's failure cancels what is in flight and is raised, unless ``on_error``
+  turns it into a result.
+* **resources per call** — ``num_cpus``, ``num_gpus``, ``memory`` bytes (capped to what one node has,
+  so Ray never packs more tasks on a node than its memory holds) and ``max_retries`` for tasks lost with
+  their node.
+* **shared inputs** — :meth:`Executor.share` puts one large read-only object in Ray's object store once;
+  passed as a top-level task argument (an item of ``args`` or of a step's argument tuple) every task
+  receives the object itself, fetched once per node.
+* **resume** (steps) — a task whose marker ``<step>/task00042.json`` exists is not run again, and a step
+  whose manifest ``<step>.done.json`` exists is skipped without touching Ray. Every task is
+  deterministic, so a job killed at any point and run again ends with the same bytes.
 * **environment** — tasks reach the same store as the driver, and no secret is ever written by Ray.
-  :func:`remote_task` is the one way to make a Ray task that touches storage; see :func:`task_env`
-  for what it forwards and how (a task argument applied inside the task, never ``runtime_env``, whose
-  values Ray writes to ``runtime_env_agent.log`` and shows in the task metadata of the dashboard).
-* **stats** — seconds per step, and the files and bytes each step left in the workspace.
-* **cleanup** — :meth:`Executor.cleanup` deletes the workspace when the job has succeeded, unless the
-  user asked to keep intermediates.
+  :func:`remote_task` is the one way to make a Ray task; see :func:`task_env` for what it forwards and
+  how (a task argument applied inside the task, never ``runtime_env``, whose values Ray writes to
+  ``runtime_env_agent.log`` and shows in the task metadata of the dashboard).
+* **stats** (steps) — seconds per step, and the files and bytes each step left in the workspace.
+* **cleanup** (steps) — :meth:`Executor.cleanup` deletes the workspace when the job has succeeded, unless
+  the user asked to keep intermediates.
 """
 
 from __future__ import annotations
@@ -28,13 +47,17 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from slimpipe import storage
 from slimpipe.progress import Progress
 from slimpipe.runtime.workspace import Workspace
+
+# How long tasks cancelled by an early stop may take to wind down before the caller goes on (and, say,
+# cleans the folder they write into).
+WIND_DOWN_S = 60.0
 
 
 @dataclass
@@ -52,9 +75,10 @@ class Step:
     unit: str = "tasks"
     num_cpus: float = 1
     memory: int = 0  # bytes one task may hold at its peak; 0 = no request
+    window: int = 0  # tasks in flight at once; 0 = every task (Ray's resource requests bound what runs)
 
 
-def _run_task(ws: Workspace, step: str, index: int, fn: Callable[..., dict], args: tuple) -> dict:
+def _run_task(ws: Workspace, step: str, index: int, fn: Callable[..., dict], *args: Any) -> dict:
     marker = ws.path(step, f"task{index:05d}.json")
     if storage.exists(marker):
         return storage.read_json(marker)
@@ -67,9 +91,14 @@ def _run_task(ws: Workspace, step: str, index: int, fn: Callable[..., dict], arg
 
 
 class Executor:
-    """Runs a job's steps on the current Ray; ``timings`` and ``intermediates`` hold the stats."""
+    """Submits and awaits slimpipe's Ray tasks (see the module's docstring); Ray must be started
+    (:func:`slimpipe.engine.ensure_ray`).
 
-    def __init__(self, ws: Workspace, label: str, progress: bool = True, max_retries: int = 3):
+    With a workspace it runs a job's steps (:meth:`run`); ``timings`` and ``intermediates`` hold their
+    stats. Without one (``Executor(label="mix")``) it runs plain tasks (:meth:`map`, :meth:`call`).
+    """
+
+    def __init__(self, ws: Workspace | None = None, label: str = "", progress: bool = True, max_retries: int = 3):
         self.ws, self.label, self.progress, self.max_retries = ws, label, progress, max_retries
         self.timings: dict[str, float] = {}
         self.intermediates: dict[str, dict[str, int]] = {}
@@ -96,20 +125,32 @@ class Executor:
             self._memory_cap = int(0.8 * min(per_node)) if per_node and min(per_node) > 0 else 0
         return min(memory, self._memory_cap) if self._memory_cap else 0
 
+    def _options(self, num_cpus: float, num_gpus: float, memory: int, max_retries: int | None) -> dict[str, Any]:
+        """Ray options of one kind of task: its resource requests and retries."""
+        options: dict[str, Any] = {"num_cpus": num_cpus,
+                                   "max_retries": self.max_retries if max_retries is None else max_retries}
+        if num_gpus:
+            options["num_gpus"] = num_gpus
+        if memory and (mem := self._cap(memory)):
+            options["memory"] = mem
+        return options
+
+    # ------------------------------------------------------------------------------------ steps
+
     def run(self, step: Step) -> list[dict]:
         """Run (or resume, or skip) one step; returns every task's result in task order."""
+        if self.ws is None:
+            raise ValueError("Executor.run needs a workspace: Executor(ws, label)")
         if (done := self.ws.done(step.name)) is not None:
             self._record(step.name, done)
             return done["results"]
         if not self._checked:
             self._check_cluster()
         start = time.perf_counter()
-        options: dict = {"num_cpus": step.num_cpus, "max_retries": self.max_retries}
-        if step.memory and (mem := self._cap(step.memory)):
-            options["memory"] = mem
-        remote = remote_task(_run_task, **options)
-        refs = [remote.remote(self.ws, step.name, i, step.fn, args) for i, args in enumerate(step.args)]
-        results = self.wait(refs, f"{self.label}: {step.name}", step.unit)
+        remote = remote_task(_run_task, **self._options(step.num_cpus, 0, step.memory, None))
+        ws, name, fn, args = self.ws, step.name, step.fn, step.args
+        results = self._drive(len(args), lambda i: remote.remote(ws, name, i, fn, *args[i]),
+                              window=step.window, label=self._label(step.name), unit=step.unit)
         manifest = {
             "results": results,
             "seconds": round(time.perf_counter() - start, 3),
@@ -121,21 +162,102 @@ class Executor:
         self._record(step.name, manifest)
         return results
 
-    def wait(self, refs: list, label: str, unit: str = "tasks") -> list:
-        """The one Ray wait loop: results in submission order, progress as they finish."""
+    # ------------------------------------------------------------------------------- plain tasks
+
+    def map(self, fn: Callable[..., Any], jobs: Sequence[Any], args: Sequence[Any] = (), *,
+            cached: Sequence[Any] | None = None, stop: Callable[[list], bool] | None = None,
+            window: int | None = None, label: str | None = None, unit: str = "tasks", num_cpus: float = 1,
+            num_gpus: float = 0, memory: int = 0, max_retries: int | None = None,
+            on_error: Callable[[int, Exception], Any] | None = None) -> list:
+        """``fn(job, *args)`` as one Ray task per job; the results in job order.
+
+        ``window``: tasks in flight at once (default about 2 per CPU of the cluster). ``cached[i]`` not
+        None skips job ``i`` (its result is ``cached[i]``). ``stop(results)`` is asked before the first
+        submission and after every batch of completions; when it says True, tasks in flight are cancelled,
+        allowed to wind down, and their results are ``None``. ``on_error(i, exc)``, if given, makes job
+        ``i``'s failure its result instead of raising. Share large read-only ``args`` with :meth:`share`.
+        """
+        if window is None:
+            from slimpipe.engine import available_cpus
+
+            window = max(2, 2 * available_cpus())
+        remote = remote_task(fn, **self._options(num_cpus, num_gpus, memory, max_retries))
+        return self._drive(len(jobs), lambda i: remote.remote(jobs[i], *args), cached=cached, stop=stop,
+                           window=max(1, window), label=label or self.label, unit=unit, on_error=on_error)
+
+    def call(self, fn: Callable[..., Any], *args: Any, num_cpus: float = 1, num_gpus: float = 0, memory: int = 0,
+             max_retries: int | None = None) -> Any:
+        """Run ``fn(*args)`` as one Ray task (where the data is, with these resources) and return its value."""
+        remote = remote_task(fn, **self._options(num_cpus, num_gpus, memory, max_retries))
+        return self._drive(1, lambda _: remote.remote(*args), label=self.label, show=False)[0]
+
+    @staticmethod
+    def share(obj: Any) -> Any:
+        """Put one large read-only object in Ray's object store once (``ray.put``); the handle, passed as a
+        top-level task argument, reaches every task as the object itself."""
         import ray
 
-        index = {r: i for i, r in enumerate(refs)}
-        results: list = [None] * len(refs)
-        with Progress(label, total=len(refs), unit=unit, enabled=self.progress) as bar:
-            pending = list(refs)
-            while pending:
-                ready, pending = ray.wait(pending, num_returns=min(len(pending), 64), timeout=1.0)
-                for r in ready:
-                    results[index[r]] = ray.get(r)
-                if ready:
-                    bar.update(len(ready))
+        return ray.put(obj)
+
+    def wait(self, refs: list, label: str, unit: str = "tasks") -> list:
+        """Results of tasks already submitted, in submission order, with progress as they finish."""
+        return self._drive(len(refs), refs.__getitem__, label=label, unit=unit)
+
+    # ---------------------------------------------------------------------------------- the loop
+
+    def _drive(self, n: int, submit: Callable[[int], Any], *, cached: Sequence[Any] | None = None,
+               stop: Callable[[list], bool] | None = None, window: int = 0, label: str, unit: str = "tasks",
+               on_error: Callable[[int, Exception], Any] | None = None, show: bool = True) -> list:
+        """The one Ray loop: ``submit(i)`` (an object ref) for every job ``i`` not in ``cached``, in job order,
+        at most ``window`` in flight (0: all); results in job order. See :meth:`map` for ``stop``/``on_error``."""
+        import ray
+
+        results: list = list(cached) if cached is not None else [None] * n
+        if len(results) != n:
+            raise ValueError(f"{len(results)} cached results for {n} jobs")
+        todo = [i for i in range(n) if results[i] is None]
+        limit = window if window > 0 else max(1, len(todo))
+        pending: dict[Any, int] = {}
+        with Progress(label, total=n, unit=unit, enabled=self.progress and show) as bar:
+            bar.update(n - len(todo))
+            if stop is not None and stop(results):
+                return results
+            nxt = 0
+            try:
+                while nxt < len(todo) or pending:
+                    while nxt < len(todo) and len(pending) < limit:
+                        pending[submit(todo[nxt])] = todo[nxt]
+                        nxt += 1
+                    refs = list(pending)
+                    if nxt < len(todo):  # a place in the window frees: refill at once (with every task done by then)
+                        ready, _ = ray.wait(refs, num_returns=1, timeout=1.0)
+                        if ready:
+                            ready = set(ready) | set(ray.wait(refs, num_returns=len(refs), timeout=0)[0])
+                    else:  # everything is submitted: collect in batches (one wait per ~64 tasks, not per task)
+                        ready, _ = ray.wait(refs, num_returns=min(len(refs), 64), timeout=1.0)
+                    for ref in sorted(ready, key=pending.__getitem__):
+                        i = pending.pop(ref)
+                        try:
+                            results[i] = ray.get(ref)
+                        except Exception as exc:
+                            if on_error is None:
+                                raise
+                            results[i] = on_error(i, exc)
+                        bar.update(1)
+                    if stop is not None and stop(results):
+                        for ref in pending:
+                            ray.cancel(ref, force=False)
+                        if pending:  # let cancelled tasks wind down before the caller cleans their folder
+                            ray.wait(list(pending), num_returns=len(pending), timeout=WIND_DOWN_S)
+                        pending.clear()
+                        return results
+            finally:
+                for ref in pending:  # a failure (or Ctrl-C): nothing keeps running for a result no one reads
+                    ray.cancel(ref, force=False)
         return results
+
+    def _label(self, name: str) -> str:
+        return f"{self.label}: {name}" if self.label else name
 
     def _record(self, name: str, manifest: dict) -> None:
         self.timings[name] = manifest.get("seconds", 0.0)
@@ -143,7 +265,7 @@ class Executor:
 
     def cleanup(self, keep_intermediates: bool = False) -> None:
         """After success: delete the workspace unless asked to keep it."""
-        if not keep_intermediates:
+        if self.ws is not None and not keep_intermediates:
             self.ws.delete()
 
 
