@@ -10,6 +10,7 @@ import contextlib
 import json
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import click
@@ -17,8 +18,9 @@ import pytest
 from click.testing import CliRunner
 
 GOLDEN = Path(__file__).parent / "golden" / "options_before.json"
-#: The commands built on slimpipe.options' generated options (train and mix are not converted yet).
-COMMANDS = ("dedup", "slimpajama", "evalset", "sample", "inspect", "eval", "export", "compare", "propose")
+#: The commands built on slimpipe.options' generated options.
+COMMANDS = ("dedup", "slimpajama", "evalset", "sample", "inspect", "eval", "export", "compare", "propose", "mix",
+            "train")
 
 
 def _bad_value(param: click.Parameter) -> str | None:
@@ -56,24 +58,27 @@ def describe(name: str) -> dict:
                                      "callback": getattr(p.callback, "__name__", None),
                                      "expose_value": p.expose_value, "is_eager": p.is_eager}, default=repr))
               for p in cmd.params]
-    positional: list[str] = []
-    for p in cmd.params:
-        if isinstance(p, click.Argument) and p.required:
-            positional.append("no-such-input")
-        elif isinstance(p, click.Option) and p.required:
-            positional += [p.opts[0], "out-folder"]
+    def required(but: click.Parameter) -> list[str]:  # without ``but``: a later value would replace the bad one
+        out: list[str] = []
+        for p in cmd.params:
+            if isinstance(p, click.Argument) and p.required:
+                out.append("no-such-input")
+            elif isinstance(p, click.Option) and p.required and p is not but:
+                out += [p.opts[0], "out-folder"]
+        return out
+
     errors = []
     for p in cmd.params:
         value = _bad_value(p) if isinstance(p, click.Option) and not p.is_flag else None
         if value is not None:  # the bad option first: click converts in command-line order
-            res = _invoke([name, p.opts[-1], value, *positional])
+            res = _invoke([name, p.opts[-1], value, *required(but=p)])
             if res["exit_code"] == 2:
                 errors.append(res)
     return {"help": _invoke([name, "--help"])["output"], "params": params, "errors": errors}
 
 
-def capture() -> dict:
-    return {name: describe(name) for name in COMMANDS}
+def capture(names: Sequence[str] = COMMANDS) -> dict:
+    return {name: describe(name) for name in names}
 
 
 @pytest.fixture(scope="module")
@@ -101,12 +106,15 @@ def test_the_golden_file_covers_the_options() -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] != ["--write"]:
-        sys.exit("usage: PYTHONPATH=<checkout> python tests/test_options.py --write")
+    if sys.argv[1:2] != ["--write"] or not set(sys.argv[2:]) <= set(COMMANDS):
+        sys.exit("usage: PYTHONPATH=<checkout> python tests/test_options.py --write [COMMAND ...]\n"
+                 "  (no COMMAND: capture all of them; else only these, the other entries kept as they are)")
     import slimpipe
 
     print("capturing from", slimpipe.__file__, file=sys.stderr)
-    GOLDEN.write_text(json.dumps(capture(), indent=1, sort_keys=True) + "\n")
+    names = sys.argv[2:]
+    captured = {**json.loads(GOLDEN.read_text()), **capture(names)} if names else capture()
+    GOLDEN.write_text(json.dumps(captured, indent=1, sort_keys=True) + "\n")
 
 
 def test_shared_options_are_one_definition_with_one_default() -> None:
@@ -176,3 +184,33 @@ def test_a_command_gets_one_instance_and_keeps_its_other_parameters() -> None:
     assert res.exit_code == 0, res.output
     assert seen == [(Cmd(name="x", draw=EvalDrawOptions(eval_seq_len=16)), True)]
     assert seen[0][0].draw.build().seq_len == 16
+
+
+def test_mix_and_train_options_reach_the_library_as_before() -> None:
+    """mix and train build the library's MixOptions / TrainConfig from their option fields by name: every option
+    arrives (each set here to a value unlike the library's default), exactly as the old keyword-by-keyword call."""
+    from slimpipe.mix.command import MixCommand
+    from slimpipe.mix.common import MixOptions
+    from slimpipe.train.command import TrainCommand
+    from slimpipe.train.plan import TrainConfig
+
+    m = MixCommand(slimpajama_dir="sp", config="dc1", tokens=5, out="o", tokenizer="train", vocab_size=300,
+                   bpe_sample=7, seq_len=16, seed=3, output_format="text", eval_tokens=9, token_cache="c", force=True,
+                   keep_work=True, ray_address="auto", quiet=False)
+    assert m.mix_options(print) == MixOptions(
+        tokens=5, seq_len=16, seed=3, output_format="text", tokenizer="train", vocab_size=300, bpe_sample_bytes=7,
+        eval_tokens=9, token_cache="c", force=True, keep_work=True, ray_address="auto", quiet=False, warn=print)
+
+    t = TrainCommand(mix_dir="given", model="111m", output="run", max_steps=3, tokens="2k", eval_interval=5,
+                     eval_sequences=6, seed=7, lr=0.01, schedule="cosine", warmup_steps=1, batch_size=8, micro_batch=2,
+                     seq_len=16, attention="sdpa", mup=True, checkpoint_interval=2, checkpoint_minutes=0.5,
+                     parallel="fsdp", activation_checkpointing=True, device="cpu", ray_address="auto", num_workers=2,
+                     cpus_per_worker=1, use_gpu=True, resume=True, compile_=False, threads=1, phases_file="p.yaml",
+                     init_from="i", eval_seq_lens="8,16", force=True)
+    phases = [{"mix": "m", "tokens": 10}]
+    assert t.config("read", phases, [8, 16]) == TrainConfig(
+        mix_dir="read", out_dir="run", model="111m", max_steps=3, tokens=2000, eval_interval=5, eval_sequences=6,
+        seed=7, lr=0.01, schedule="cosine", warmup_steps=1, batch_size=8, micro_batch=2, seq_len=16,
+        attention="sdpa", mup=True, checkpoint_interval=2, checkpoint_minutes=0.5, parallel="fsdp",
+        activation_checkpointing=True, device="cpu", resume=True, compile=False, threads=1, phases=phases,
+        init_from="i", eval_seq_lens=[8, 16])
