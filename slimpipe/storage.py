@@ -6,7 +6,7 @@ path string to the functions here) and reads, writes, lists and commits through 
 the kind of store. Where a question really differs between stores, a function here answers it by name:
 
 * :class:`Folder` -- one folder, local or remote (the model is datatrove's ``DataFolder``): ``join``,
-  ``folder``, ``exists``, ``list``, ``open``, ``read_*``/``write_*`` (every write atomic), ``delete``,
+  ``folder``, ``exists``, ``list``, ``entries``, ``open``, ``read_*``/``write_*`` (every write atomic), ``delete``,
   ``staged`` (a local folder for libraries that write with ``open()``, uploaded on a clean exit),
   ``remove_temporaries``, ``check``; ``local_path`` (its name on this machine, or None) and ``shared``
   (every node of a cluster sees it as written).

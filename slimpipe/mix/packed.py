@@ -36,7 +36,6 @@ import json
 import logging
 import os
 import shutil
-import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -295,11 +294,8 @@ def local_mix(mix_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = 
         target = dest / f[len(uri) + 1 :]
         if target.is_file() and target.stat().st_size == storage.size(f):
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        with storage.open_input(f) as src, open(tmp, "wb") as out:
+        with storage.open_input(f) as src, storage.open_output(target) as out:  # several ranks may ask at once
             shutil.copyfileobj(src, out, 8 << 20)
-        os.replace(tmp, target)
     (dest / ".slimpipe-source-uri").write_text(uri + "\n")
     log.info("mix %s cached at %s", uri, dest)
     return dest
