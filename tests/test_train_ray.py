@@ -82,3 +82,17 @@ def test_two_gloo_workers_match_a_single_process(ray_session, mix, tmp_path):
     assert fsdp["eval"]["total"]["bpb"] == pytest.approx(local["eval"]["total"]["bpb"], rel=3e-2)
     c = load_model_state(ckpt)
     assert c.keys() == b.keys() and all(c[k].shape == b[k].shape for k in b)
+
+
+def test_workers_read_a_mix_uri_as_written_and_local_paths_made_absolute(tmp_path, monkeypatch):
+    """A mix URI reaches every Ray worker unchanged (each node caches it); it was turned into the local
+    path '<cwd>/s3:/bucket/mix' by Path.resolve()."""
+    from slimpipe.train.launch import worker_config
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.yaml").write_text(MICRO_YAML)
+    remote = worker_config(TrainConfig(mix_dir="s3://bucket/mix", out_dir="run", model="m.yaml", device="cpu"), 3)
+    assert remote.mix_dir == "s3://bucket/mix" and remote.out_dir == str(tmp_path / "run")
+    assert remote.model == str(tmp_path / "m.yaml") and remote.device is None and remote.threads == 3
+    assert worker_config(TrainConfig(mix_dir="mix", out_dir="run"), 1).mix_dir == str(tmp_path / "mix")
+

@@ -42,6 +42,19 @@ def _ray_worker(config: dict) -> None:
     train(cfg, device=device, on_eval=lambda metrics: ray.train.report(metrics))
 
 
+def worker_config(cfg: TrainConfig, cpus: int) -> TrainConfig:
+    """``cfg`` as every Ray worker reads it, whatever its working directory: the run folder, a local mix
+    and a preset file made absolute; a mix URI (s3://, gs://, ...) kept as written (each node caches it,
+    see :class:`slimpipe.train.data.Mix`); the device left to the worker; ``cpus`` torch threads."""
+    from slimpipe import storage
+
+    model = cfg.model
+    if Path(model).suffix in (".yaml", ".yml") and Path(model).is_file():
+        model = str(Path(model).resolve())
+    return dataclasses.replace(cfg, out_dir=str(Path(cfg.out_dir).resolve()), mix_dir=storage.canonical(cfg.mix_dir),
+                               model=model, device=None, threads=cpus)
+
+
 def launch_ray(cfg: TrainConfig, *, ray_address: str | None = None, num_workers: int = 2, use_gpu: bool = False,
                cpus_per_worker: int | None = None) -> dict:
     """Run the loop on ``num_workers`` Ray Train workers (DDP); attaches to ``ray_address`` if given."""
@@ -51,13 +64,9 @@ def launch_ray(cfg: TrainConfig, *, ray_address: str | None = None, num_workers:
     from slimpipe.engine import ensure_ray
 
     ensure_ray(address=ray_address)
-    out = Path(cfg.out_dir).resolve()
-    model = cfg.model
-    if Path(model).suffix in (".yaml", ".yml") and Path(model).is_file():
-        model = str(Path(model).resolve())
     cpus = cpus_per_worker or 1
-    conf = dataclasses.replace(cfg, out_dir=str(out), mix_dir=str(Path(cfg.mix_dir).resolve()), model=model,
-                               device=None, threads=cpus)
+    conf = worker_config(cfg, cpus)
+    out = Path(conf.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     trainer = TorchTrainer(
         _ray_worker,
