@@ -63,7 +63,7 @@ class SpaceTokenizer(WordTokenizer):
 # The slimpipe checkout the benchmarks import and run (default: this tree). SLIMPIPE_BENCH_CODE=/path/to/checkout
 # measures another one (e.g. a clean checkout of an older commit) with this tree's benchmarks and virtualenv.
 CODE = Path(os.environ.get("SLIMPIPE_BENCH_CODE") or ROOT).resolve()
-if CODE != ROOT:
+if CODE != ROOT and os.environ.get("PYTHONPATH", "").split(os.pathsep)[0] != str(CODE):
     os.environ["PYTHONPATH"] = os.pathsep.join([str(CODE), *filter(None, [os.environ.get("PYTHONPATH")])])
 for _p in (ROOT, CODE):
     if str(_p) not in sys.path:
