@@ -101,12 +101,14 @@ def redpajama_mini_results(redpajama_mini, live_output) -> dict[str, dict]:
     return _run("redpajama-mini", live_output)
 
 
+@pytest.mark.timeout(1800)  # the first test runs the group: 4 minutes on 2 idle-ish cores, 9 under load 25
 @pytest.mark.parametrize("name", _names("sample"))
 def test_sample_commands_give_the_recorded_bytes(name: str, sample_results: dict) -> None:
     _check("sample", name, sample_results)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # 10-12 minutes on 2 shared cores
 @pytest.mark.parametrize("name", _names("redpajama-mini"))
 def test_redpajama_mini_commands_give_the_recorded_bytes(name: str, redpajama_mini_results: dict) -> None:
     _check("redpajama-mini", name, redpajama_mini_results)
