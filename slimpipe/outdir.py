@@ -39,6 +39,8 @@ JOB_OUTPUTS: dict[str, tuple[str, ...]] = {
               "eval_losses.npz", "ray"),
     "compare": ("report.md", "report.json", "plots"),
     "evalset": ("manifest.json", "report.md", "sources", "_work"),  # sources/<source>/: never a name of its own
+    "propose": ("mixes", "proxies", "confirm", "mixtures.json", "proposal.json", "proposed.yaml", "report.md",
+                "report.json", "predicted_vs_observed.png", "weights.png"),
     "demo": ("sample", "eval", "slimpajama-global", "slimpajama-local", "mixes", "runs", "report"),
 }
 

@@ -4,6 +4,7 @@ trainings as Ray tasks, a real fit, and a mix file ``slimpipe mix`` accepts."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import yaml
@@ -11,6 +12,7 @@ from click.testing import CliRunner
 from mix_fixtures import build_slimpajama_dir, sample_documents
 
 from slimpipe.mix.config import load_mix
+from slimpipe.outdir import MARKER, OutputError
 from slimpipe.propose.command import propose_command
 from slimpipe.propose.job import ProposeOptions, run_propose
 from slimpipe.propose.sample import ProposalError
@@ -89,6 +91,7 @@ def test_propose_on_the_sample(corpus, ray_session, tmp_path):
 def test_refuses_a_budget_the_data_cannot_hold_before_training(corpus, ray_session, tmp_path):
     opt = ProposeOptions(proxies=4, tokens=10**9, seq_len=64, eval_tokens=2048, vocab_size=512, max_epochs=1.0,
                          quiet=True)
+    (tmp_path / "p").mkdir()  # an empty folder is claimed
     with pytest.raises(ProposalError, match="cannot be drawn with at most 1 epochs"):
         run_propose(corpus, tmp_path / "p", opt)
     assert not (tmp_path / "p" / "proxies").exists()
@@ -96,6 +99,14 @@ def test_refuses_a_budget_the_data_cannot_hold_before_training(corpus, ray_sessi
     rj = json.loads((tmp_path / "p" / "report.json").read_text())
     assert rj["status"] == "error" and "cannot be drawn" in rj["error"] and rj["headline"][0].startswith("no proposal")
     assert not (tmp_path / "p" / "proposed.yaml").exists()
+    assert json.loads((tmp_path / "p" / MARKER).read_text())["job"] == "propose"
+    # the same job again is accepted (it resumes its probe and fails the same way); another run is refused
+    with pytest.raises(ProposalError, match="cannot be drawn with at most 1 epochs"):
+        run_propose(corpus, tmp_path / "p", opt)
+    before = {f: f.read_bytes() for f in (tmp_path / "p").rglob("*") if f.is_file()}
+    with pytest.raises(OutputError, match="holds a `slimpipe propose` run with other inputs or options"):
+        run_propose(corpus, tmp_path / "p", replace(opt, seed=1))
+    assert {f: f.read_bytes() for f in (tmp_path / "p").rglob("*") if f.is_file()} == before
 
 
 def test_target_tokens_bound_repetition_at_the_target_budget(corpus, ray_session, tmp_path):
@@ -105,6 +116,25 @@ def test_target_tokens_bound_repetition_at_the_target_budget(corpus, ray_session
     with pytest.raises(ProposalError, match="1,000,000,000 tokens cannot be drawn with at most 1 epochs"):
         run_propose(corpus, tmp_path / "p", opt)
     assert not (tmp_path / "p" / "proxies").exists()
+
+
+def test_propose_never_writes_into_a_users_folder(corpus, tmp_path):
+    """OUT is claimed through slimpipe.outdir before Ray starts: a user's folder is refused in one line naming
+    what is there and left byte for byte as it was (--force too, when a name propose writes is there)."""
+    from slimpipe.cli import main
+
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "report.json").write_text('{"mine": true}\n')
+    (user / "notes.txt").write_text("keep me")
+    base = ["propose", str(corpus), "-o", str(user), "--proxies", "4", "--quiet"]
+    r = CliRunner().invoke(main, base)
+    assert r.exit_code == 2 and "not a slimpipe output (it holds notes.txt, report.json)" in r.output, r.output
+    r = CliRunner().invoke(main, [*base, "--force"])
+    assert r.exit_code == 2 and "--force" in r.output and "already holds report.json" in r.output, r.output
+    assert "Traceback" not in r.output
+    assert sorted(p.name for p in user.iterdir()) == ["notes.txt", "report.json"]
+    assert (user / "report.json").read_text() == '{"mine": true}\n' and (user / "notes.txt").read_text() == "keep me"
 
 
 def test_cli_rejects_a_bad_objective_in_one_line(corpus, tmp_path):

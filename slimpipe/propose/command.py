@@ -67,6 +67,9 @@ class ProposeCommand:
     reuse_tolerance: float = option("--reuse-tolerance", default=0.01, show_default=True, type=click.FloatRange(min=0),
                                     help="With --reuse: a source whose train documents or bytes (index.json) moved by "
                                          "more than this fraction counts as changed (0: any difference).")
+    force: bool = option("--force", is_flag=True,
+                         help="Write into a non-empty OUT that is not a slimpipe output (refused if a file there would "
+                              "be overwritten; nothing there is ever deleted).")
     ray_address: str | None = option("--ray-address", default=None,
                                      help="Attach to a Ray cluster (default: a private local one).")
     quiet: bool = option("-q", "--quiet", is_flag=True, help="No progress output.")

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from slimpipe.outdir import MARKER, canonical, claim, identity, input_identity
 from slimpipe.propose import halves as H
 from slimpipe.propose import reuse as R
 from slimpipe.propose.fit import (
@@ -89,7 +90,32 @@ class ProposeOptions:
     reuse: str | None = None  # PREV_OUT: Olmix's mixture reuse (slimpipe.propose.reuse)
     reuse_tolerance: float = 0.01  # relative change of a source's tokens/docs/bytes that counts as changed
     quiet: bool = False
+    force: bool = False  # write into a non-empty folder that is not a slimpipe output (slimpipe.outdir rule 5)
     warn: Callable[[str], None] = field(default=lambda m: log.warning(m), repr=False)
+
+
+_NOT_RESULT = ("warn", "ray_address", "quiet", "force")  # options that do not change what a run writes
+
+
+def recorded_options(opt: ProposeOptions) -> dict[str, Any]:
+    """The options that change a run's result: ``proposal.json["options"]`` and the claim's identity."""
+    return {k: v for k, v in asdict(opt).items() if k not in _NOT_RESULT}
+
+
+def propose_identity(src: Path, opt: ProposeOptions) -> str:
+    """What makes a re-run "the same propose job" (:func:`slimpipe.outdir.claim`): the data, PREV_OUT and
+    every option that changes the result; such a re-run resumes its mixes and proxies."""
+    return identity(inputs=input_identity([src]), reuse=canonical(opt.reuse) if opt.reuse else None,
+                    options={k: v for k, v in recorded_options(opt).items() if k != "reuse"})
+
+
+def _claimed(out: Path, src: Path, opt: ProposeOptions) -> bool:
+    """True when OUT is claimed by this very job (so a failure may write its report.json there)."""
+    try:
+        held = json.loads((out / MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(held, dict) and held.get("job") == "propose" and held.get("identity") == propose_identity(src, opt)
 
 
 def _dc6() -> dict[str, float]:
@@ -188,7 +214,7 @@ def run_propose(slimpajama_dir: str | Path, out: str | Path, opt: ProposeOptions
                 ours = json.loads(report.read_text()).get("format") == REPORT_FORMAT
             except (OSError, ValueError, AttributeError):
                 ours = False
-        if out.is_dir() and ours:
+        if out.is_dir() and ours and _claimed(out, src, opt):  # never into a folder this job did not claim
             msg = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ProposalError) else str(exc)
             _write_report_json(out, None, [f"no proposal: {msg}"], error=msg)
         raise
@@ -209,7 +235,8 @@ def _run(src: Path, out: Path, opt: ProposeOptions) -> dict:
         if R.COMPOSITE in present:
             raise ProposalError(f"a source is named {R.COMPOSITE!r}, the name --reuse gives its composite domain")
         R.plan_reuse(prev_dir, prev, present, None, stats, opt.reuse_tolerance)  # "nothing to do" etc., early
-    out.mkdir(parents=True, exist_ok=True)
+    # OUT: new, empty or this same job's (resumed); a user's folder or another run's is refused in one line
+    claim(out, "propose", propose_identity(src, opt), sources=[src], force=opt.force)
     ensure_ray(opt.ray_address)
 
     # 1. probe
@@ -398,7 +425,7 @@ def _run(src: Path, out: Path, opt: ProposeOptions) -> dict:
                        "observed": (best or choose(cv)).observed.tolist(),
                        "family": (best or choose(cv)).family},
         "shares": shares, "weights_pct": pct, "epochs": epochs, "predicted": predicted,
-        "options": {k: v for k, v in asdict(opt).items() if k not in ("warn", "ray_address", "quiet")},
+        "options": recorded_options(opt),
         "tokenizer": tokenizer,
     }
 
