@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from mix_fixtures import build_slimpajama_dir, sample_documents
 
 from slimpipe.mix.config import load_mix
+from slimpipe.outdir import OutputError
 from slimpipe.propose.command import propose_command
 from slimpipe.propose.job import ProposeOptions, run_propose
 from slimpipe.propose.reuse import (
@@ -202,7 +203,7 @@ def test_reuse_end_to_end_on_the_sample(corpora, ray_session, tmp_path):
     assert "PREV_OUT's mix" in report
 
     # the same folder asked for other draws (another seed): refused, never silently resumed from other mixes
-    with pytest.raises(ProposalError, match="holds a mix of other data, weights or sizes"):
+    with pytest.raises(OutputError, match="holds a `slimpipe propose` run with other inputs or options"):
         run_propose(with_, out, ProposeOptions(proxies=6, seed=1, reuse=str(tmp_path / "first"), **OPT))
     assert len(list((out / "proxies").glob("p*/metrics.json"))) == 4
 
