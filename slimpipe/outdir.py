@@ -41,6 +41,8 @@ JOB_OUTPUTS: dict[str, tuple[str, ...]] = {
     "evalset": ("manifest.json", "report.md", "sources", "_work"),  # sources/<source>/: never a name of its own
     "propose": ("mixes", "proxies", "confirm", "mixtures.json", "proposal.json", "proposed.yaml", "report.md",
                 "report.json", "predicted_vs_observed.png", "weights.png"),
+    "tune": ("proxies", "runs", "tune.json", "report.md", "mup.yaml"),
+    "extend-tokenizer": ("tokenizer.json", ".fresh"),
     "demo": ("sample", "eval", "slimpajama-global", "slimpajama-local", "mixes", "runs", "report"),
 }
 

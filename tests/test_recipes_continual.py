@@ -114,6 +114,30 @@ def test_tokenizer_extension_and_embeddings_only_adaptation(setup, tmp_path):
     assert "384 -> 400 ids" in res.output and (tmp_path / "ext-cli" / "tokenizer.json").is_file()
 
 
+def test_extend_tokenizer_never_overwrites_a_users_tokenizer(recipe_mixes, tmp_path):
+    """OUT is claimed through slimpipe.outdir before any text is read: a folder holding the user's own
+    tokenizer.json is refused in one line and left as it was; a new folder, and the same run again, are not."""
+    from slimpipe.cli import main
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "github.jsonl").write_text("".join(json.dumps({"text": f"def f{i}(x):\n    return x * {i}\n"}) + "\n"
+                                              for i in range(30)))
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "tokenizer.json").write_text('{"mine": true}')
+    base = ["extend-tokenizer", str(recipe_mixes["web"]), str(src), "--new-tokens", "8"]
+    res = CliRunner().invoke(main, [*base, "-o", str(user)])
+    assert res.exit_code == 2 and "not a slimpipe output (it holds tokenizer.json)" in res.output, res.output
+    res = CliRunner().invoke(main, [*base, "-o", str(user), "--force"])
+    assert res.exit_code == 2 and "already holds tokenizer.json" in res.output, res.output
+    assert [p.name for p in user.iterdir()] == ["tokenizer.json"]
+    assert (user / "tokenizer.json").read_text() == '{"mine": true}'
+    for _ in range(2):  # a new folder is claimed; the same extension again is accepted
+        res = CliRunner().invoke(main, [*base, "-o", str(tmp_path / "ext")])
+        assert res.exit_code == 0 and (tmp_path / "ext" / "tokenizer.json").is_file(), res.output
+
+
 def test_init_from_refuses_other_architecture_or_vocabulary(setup, tmp_path):
     wide = setup["root"] / "wide.yaml"
     wide.write_text(setup["model"].read_text().replace("d_model: 64", "d_model: 96"))

@@ -77,6 +77,21 @@ def test_tune_command_writes_a_preset_usable_at_any_width(mixes, tmp_path):
     assert sorted(p.name for p in (out / "runs").iterdir()) == before
 
 
+def test_tune_never_writes_into_a_users_folder(mixes, tmp_path):
+    """OUT is claimed through slimpipe.outdir before any proxy trains: a user's folder is refused in one line
+    naming what is there, and left as it was (--force too, when a name tune writes is there)."""
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "report.md").write_text("my notes")
+    base = ["tune", str(mixes["web"]), "--model", str(mixes["model"]), "--widths", "32", "--lrs", "1e-3",
+            "--steps", "1", "-o", str(user)]
+    res = CliRunner().invoke(main, base)
+    assert res.exit_code == 2 and "not a slimpipe output (it holds report.md)" in res.output, res.output
+    res = CliRunner().invoke(main, [*base, "--force"])
+    assert res.exit_code == 2 and "already holds report.md" in res.output, res.output
+    assert [p.name for p in user.iterdir()] == ["report.md"] and (user / "report.md").read_text() == "my notes"
+
+
 def test_tune_refuses_bad_grids_with_one_line(mixes, tmp_path):
     for extra, msg in [(["--widths", "40"], "head size"), (["--lrs", "fast"], "--lrs"),
                        (["--lrs", "0,1e-3"], "positive")]:

@@ -196,8 +196,10 @@ def forgetting(before: dict, after: dict) -> dict[str, dict[str, float]]:
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
               help="Folder for the extended tokenizer.json (pass it to `slimpipe mix --tokenizer`).")
 @click.option("--max-bytes", default="200M", show_default=True, help="Text read from SOURCES for the BPE.")
+@click.option("--force", is_flag=True, help="Write into a non-empty OUT that is not a slimpipe output (refused if a "
+              "file there would be overwritten; nothing there is ever deleted).")
 def extend_tokenizer_command(base: str, sources: tuple[str, ...], new_tokens: int, output: str,
-                             max_bytes: str) -> None:
+                             max_bytes: str, force: bool = False) -> None:
     """Append tokens learnt from SOURCES (RedPajama-style files or folders) to BASE (a tokenizer.json, its
     folder, a mix or a run), keeping every old id; for continual pretraining with --init-from."""
     from slimpipe.io.readers import discover_files, read_batches
@@ -215,6 +217,12 @@ def extend_tokenizer_command(base: str, sources: tuple[str, ...], new_tokens: in
         limit = parse_count(max_bytes, what="byte count")
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--max-bytes") from exc
+    from slimpipe.outdir import claim, identity, input_identity
+
+    # OUT: new, empty or this same extension's; a user's folder (its own tokenizer.json) is refused in one line
+    claim(output, "extend-tokenizer", identity(base=input_identity([base]), inputs=input_identity(sources),
+                                               new_tokens=new_tokens, max_bytes=limit),
+          sources=list(sources), force=force)
     texts: list[str] = []
     used = 0
     for f in discover_files(list(sources)):  # streamed: only --max-bytes of text is ever held

@@ -194,9 +194,11 @@ def render_report(result: dict) -> list[str]:
 @click.option("--threads", type=int, help="torch CPU threads per proxy run.")
 @click.option("--device", help="cpu, cuda, ... (default: cuda if available).")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--force", is_flag=True, help="Write into a non-empty OUT that is not a slimpipe output (refused if a "
+              "file there would be overwritten; nothing there is ever deleted).")
 def tune_command(mix_dir: str, widths: str, lrs: str, init_stds: str | None, model: str, steps: int,
                  seq_len: int | None, batch_size: int | None, sp: bool, seed: int, threads: int | None,
-                 device: str | None, output: str) -> None:
+                 device: str | None, output: str, force: bool = False) -> None:
     """Sweep learning rate (and init std) on muP proxies of several widths; write the best as a preset."""
     from slimpipe.mix.packed import open_mix
 
@@ -212,6 +214,12 @@ def tune_command(mix_dir: str, widths: str, lrs: str, init_stds: str | None, mod
             p.model.init_std if sp else p.model.mup_base_init_std]
         for width in w:
             proxy_preset(model, width, mup=not sp, init_std=stds[0])
+        from slimpipe.outdir import claim, identity, input_identity
+
+        # OUT: new, empty or this same sweep's (its finished proxies are kept); anything else refused in one line
+        claim(output, "tune", identity(inputs=input_identity([mix_dir]), widths=w, lrs=grid, init_stds=stds, model=model,
+                                       steps=steps, seq_len=seq_len, batch_size=batch_size, sp=sp, seed=seed),
+              sources=[mix_dir], force=force)
         result = sweep(mix_dir, output, widths=w, lrs=grid, init_stds=stds, model=model, steps=steps, mup=not sp,
                        seed=seed, seq_len=seq_len, batch_size=batch_size, threads=threads, device=device)
     except (ValueError, FileNotFoundError) as exc:
