@@ -68,10 +68,14 @@ def demo_command(out: Path, size: float, tokens: str, train_tokens: str | None, 
     from slimpipe.engine import ensure_ray
     from slimpipe.evalset.command import evalset_command
     from slimpipe.mix.command import mix_command
+    from slimpipe.outdir import claim
     from slimpipe.pipeline.command import slimpajama_command
     from slimpipe.report.command import compare_command
     from slimpipe.sample import sample_command
 
+    # OUT: new, empty or a demo's (re-running resumes; each stage claims its own folder with its own options);
+    # a folder of anything else is refused in one line naming what is there, before Ray starts
+    claim(out, "demo", "demo", sources=[corpus] if corpus else [])
     ensure_ray(ray_address)
     start = time.perf_counter()
     q = ["--quiet"] if quiet else []

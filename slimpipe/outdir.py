@@ -43,7 +43,7 @@ JOB_OUTPUTS: dict[str, tuple[str, ...]] = {
                 "report.json", "predicted_vs_observed.png", "weights.png"),
     "tune": ("proxies", "runs", "tune.json", "report.md", "mup.yaml"),
     "extend-tokenizer": ("tokenizer.json", ".fresh"),
-    "demo": ("sample", "eval", "slimpajama-global", "slimpajama-local", "mixes", "runs", "report"),
+    "demo": ("sample", "eval", "slimpajama-global", "slimpajama-local", "mixes", "runs", "logs", "report"),
 }
 
 

@@ -104,3 +104,18 @@ def test_warnings_the_mixes_repeat_are_said_once(capsys) -> None:
     assert err == ["warning: evaluation set for book is too small: 1 document (all 2 mixes)",
                    "warning: 2 source(s) repeated across the mixes (more than one epoch of the available text): "
                    "dc1-global github ×3.00, dc2-global github ×3.00; see each mix's manifest"]
+
+
+def test_demo_never_writes_into_a_users_folder(tmp_path: Path) -> None:
+    """OUT is claimed through slimpipe.outdir before Ray starts: a folder of the user's is refused in one line
+    naming what is there, and nothing is written into it."""
+    from click.testing import CliRunner
+
+    from slimpipe.cli import main
+
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "notes.txt").write_text("keep me")
+    r = CliRunner().invoke(main, ["demo", "-o", str(user), "--size", "0.1", "--quiet"])
+    assert r.exit_code == 2 and "not a slimpipe output (it holds notes.txt)" in r.output, r.output
+    assert [p.name for p in user.iterdir()] == ["notes.txt"] and (user / "notes.txt").read_text() == "keep me"
