@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from mix_fixtures import build_slimpajama_dir, sample_documents
 
 from slimpipe.mix.config import load_mix
-from slimpipe.outdir import MARKER, OutputError
+from slimpipe.outdir import JOB_OUTPUTS, MARKER, OutputError
 from slimpipe.propose.command import propose_command
 from slimpipe.propose.job import ProposeOptions, run_propose
 from slimpipe.propose.sample import ProposalError
@@ -81,6 +81,8 @@ def test_propose_on_the_sample(corpus, ray_session, tmp_path):
     report = (out / "report.md").read_text()
     assert "Nested cross-validation" in report and "| proxy |" in report
     assert (out / "predicted_vs_observed.png").stat().st_size > 0 and (out / "weights.png").stat().st_size > 0
+    # every name it wrote is one --force checks before writing (slimpipe.outdir.JOB_OUTPUTS)
+    assert {f.name for f in out.iterdir()} <= {*JOB_OUTPUTS["propose"], MARKER}
     # resume: nothing is retrained, the same proposal comes out
     before = {r: r.stat().st_mtime_ns for r in runs}
     again = run_propose(corpus, out, opt)
