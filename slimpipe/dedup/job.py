@@ -64,6 +64,7 @@ from slimpipe.sources import sort_sources
 RANGE_BYTES = 256 << 20  # a plain .jsonl is cut into ranges of this size, one read task each
 PARTITION_INPUT_BYTES = 1 << 30  # input bytes per hash partition (auto --partitions)
 
+
 @dataclasses.dataclass
 class DedupPlan:
     """Inputs, ranges and partition counts; fixed for the life of the job (``plan.json``, which resume checks)."""
@@ -81,7 +82,6 @@ class DedupPlan:
         return {"version": self.version, "params": self.params, "files": list(self.files),
                 "tasks": [dataclasses.asdict(t) for t in self.tasks], "task_file": list(self.task_file),
                 "partitions": self.partitions, "input_fingerprint": self.input_fingerprint}
-
 
 
 def make_plan(paths: list, params: DedupParams, source: str | None = None, partitions: int | None = None,
