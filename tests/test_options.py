@@ -43,6 +43,13 @@ def _bad_value(param: click.Parameter) -> str | None:
 def _invoke(args: list[str]) -> dict:
     from slimpipe.cli import main
 
+    # click caches a command's help option from the first context it meets: a test that invoked the command
+    # object alone leaves it "--help" without slimpipe's "-h" (seen in a full run). Measure what a user's
+    # fresh process shows.
+    with click.Context(main) as ctx:
+        cmd = main.get_command(ctx, args[0])
+    if cmd is not None and hasattr(cmd, "_help_option"):
+        cmd._help_option = None
     with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):  # anything written lands here
         res = CliRunner().invoke(main, args, env={"COLUMNS": "80"}, catch_exceptions=False)
     return {"args": args, "exit_code": res.exit_code, "output": res.output}

@@ -184,7 +184,9 @@ def test_executor_map_window_order_cached_stop_errors_and_shared_inputs(tmp_path
                  stop=lambda r: r[0] is not None and r[1] is not None)
     assert [r["job"] for r in res[:2]] == [0, 1] and res[2:] == [None] * 8
     assert max(started(c)) <= 3  # at most two in flight when the stop came
-    assert not (c / "end-2").exists() and not (c / "end-3").exists()  # cancelled, not run to their end
+    # Whether the blocked jobs 2 and 3 also stop early is Ray's to decide: a non-forced ray.cancel raises
+    # KeyboardInterrupt in a running task on a best-effort basis (one full test run saw job 2 run to its
+    # 30 s bound). The executor's promise is the one checked: their results are dropped, nothing later starts.
 
     # a failure is raised, or becomes its result with on_error; call runs one task and returns its value
     with pytest.raises(Exception, match=r"job [13] is odd"):
