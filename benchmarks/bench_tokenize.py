@@ -160,17 +160,18 @@ def main() -> None:
     same_hf = ids_hf == ids_tt
 
     from slimpipe.mix.build import tokenize_shard
+    from slimpipe.mix.jobs import TokenizeJob, TrainTokens
     from slimpipe.runtime import Executor
 
-    def jobs(tag: str) -> list[dict]:
+    def jobs(tag: str) -> list[TokenizeJob]:
         out = work / f"scratch-{tag}"
         shutil.rmtree(out, ignore_errors=True)
-        return [{"file": str(work / "slimpajama" / p), "path": p, "out_dir": str(out), "flat": f"{k}",
-                 "sources": sorted({s for s, _ in docs}), "tokenizer": "gpt2", "identity": ours.identity}
+        return [TokenizeJob(file=str(work / "slimpajama" / p), path=p, out_dir=str(out), flat=f"{k}",
+                            sources=sorted({s for s, _ in docs}), tokenizer="gpt2", identity=ours.identity)
                 for k, p in enumerate(shards)]
 
-    def mix_tokens(results: list[dict]) -> int:
-        return sum(st["tokens"] - st["docs"] for r in results for st in r["sources"].values())
+    def mix_tokens(results: list[TrainTokens]) -> int:
+        return sum(st.tokens - st.docs for r in results for st in r.sources.values())
 
     tokenize_shard(jobs("warm")[0])  # load the tokenizer once, as a Ray worker does on its first task
     counter = iter(range(10**6))

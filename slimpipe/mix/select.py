@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -27,6 +26,7 @@ from slimpipe.mix.common import (
     source_key,
     write_arrow_atomic,
 )
+from slimpipe.mix.jobs import PieceCounts, SelectJob, SelectResult
 from slimpipe.mix.tokenize import shard_input, worker_tokenizer
 from slimpipe.mix.tokenizer import Tokenizer
 
@@ -141,13 +141,13 @@ def _shard_table(files: dict[str, str]) -> pa.Table:
     return pa.concat_tables(parts) if parts else pa.table({})
 
 
-def select_shard(job: dict[str, Any]) -> dict[str, Any]:
+def select_shard(job: SelectJob) -> SelectResult:
     """Ray task: choose one shard's pieces and write them grouped by bucket (one record batch each)."""
-    table = _shard_table(job["pass1"])
-    pieces = _choose_pieces(table, job["plan"], job["seed"], job["key"])
-    text = job["format"] == "text"
-    n_buckets = int(job["buckets"])
-    rng = np.random.default_rng([job["seed"], BUCKET, job["key"]])
+    table = _shard_table(job.pass1)
+    pieces = _choose_pieces(table, job.plan, job.seed, job.key)
+    text = job.format == "text"
+    n_buckets = int(job.buckets)
+    rng = np.random.default_rng([job.seed, BUCKET, job.key])
     bucket = rng.integers(0, n_buckets, size=pieces["row"].size) if n_buckets > 1 else np.zeros(pieces["row"].size, np.int64)
     order = np.argsort(bucket, kind="stable")
     pieces = {k: v[order] for k, v in pieces.items()}
@@ -163,10 +163,10 @@ def select_shard(job: dict[str, Any]) -> dict[str, Any]:
         "doc_nbytes": pa.array(table.column("nbytes").to_numpy()[rows], pa.int64()),
         "truncated": pa.array(pieces["truncated"], pa.bool_()),
     }
-    schema = _piece_schema(text, job["vocab_size"])
+    schema = _piece_schema(text, job.vocab_size)
     if text:
-        found = read_texts(job["file"], set(lines.tolist()))
-        tok = worker_tokenizer(job["tokenizer"], job["identity"]) if pieces["truncated"].any() else None
+        found = read_texts(job.file, set(lines.tolist()))
+        tok = worker_tokenizer(job.tokenizer, job.identity) if pieces["truncated"].any() else None
         texts, ids = [], []
         for line, n, cut in zip(lines.tolist(), pieces["ntok"].tolist(), pieces["truncated"].tolist(), strict=True):
             t, sid = found[line]
@@ -181,13 +181,13 @@ def select_shard(job: dict[str, Any]) -> dict[str, Any]:
     starts = np.searchsorted(bucket, np.arange(n_buckets + 1))
     batches = [pa.RecordBatch.from_arrays([a.slice(int(starts[b]), int(starts[b + 1] - starts[b])) for a in arrays],
                                           schema=schema) for b in range(n_buckets)]
-    write_arrow_atomic(job["out"], schema, batches)
-    per_source: dict[str, dict[str, int]] = {}
-    for code, s in enumerate(job["plan"]):
+    write_arrow_atomic(job.out, schema, batches)
+    per_source: dict[str, PieceCounts] = {}
+    for code, s in enumerate(job.plan):
         m = pieces["source"] == code
-        per_source[s] = {"pieces": int(m.sum()), "tokens": int((pieces["ntok"][m] + 1).sum()),
-                         "truncated": int(pieces["truncated"][m].sum())}
-    return {"path": job["path"], "buckets": np.bincount(bucket, minlength=n_buckets).tolist(), "sources": per_source}
+        per_source[s] = PieceCounts(pieces=int(m.sum()), tokens=int((pieces["ntok"][m] + 1).sum()),
+                                    truncated=int(pieces["truncated"][m].sum()))
+    return SelectResult(path=job.path, buckets=np.bincount(bucket, minlength=n_buckets).tolist(), sources=per_source)
 
 
 @dataclass
@@ -225,17 +225,18 @@ def plan_and_select(ctx: MixContext, train_shards: list[InputShard], used: list[
     n_buckets = max(1, math.ceil(opt.tokens / opt.bucket_tokens))
     sel_dir = storage.join(ctx.work, "select")
     storage.delete_tree(sel_dir)
-    jobs = []
+    jobs: list[SelectJob] = []
     for shard, r, q in zip(used, res, quotas, strict=True):
         plan = {s: (plans[s].full_epochs, q.get(s, 0)) for s in active}
         if not any(full or quota for full, quota in plan.values()):
             continue
-        jobs.append({"pass1": {s: r["out"][s] for s in active}, "path": shard.path, "file": storage.join(ctx.root, shard.path), "key": shard.key,
-                     "plan": plan, "seed": opt.seed, "buckets": n_buckets, "format": opt.output_format,
-                     "vocab_size": ctx.tok.vocab_size, "tokenizer": ctx.tok_spec or ctx.tok.spec, "identity": ctx.tok.identity,
-                     "out": storage.join(sel_dir, f"{flat_name(shard.path)}.arrow")})
-    selected = ctx.ex.map(select_shard, jobs, label="mix: select", unit="shards")
-    pieces = {s: {"pieces": sum(x["sources"][s]["pieces"] for x in selected),
-                  "truncated": sum(x["sources"][s]["truncated"] for x in selected)} for s in active}
+        jobs.append(SelectJob(path=shard.path, file=storage.join(ctx.root, shard.path), key=shard.key,
+                              pass1={s: r["out"][s] for s in active}, plan=plan, seed=opt.seed, buckets=n_buckets,
+                              format=opt.output_format, vocab_size=ctx.tok.vocab_size,
+                              tokenizer=ctx.tok_spec or ctx.tok.spec, identity=ctx.tok.identity,
+                              out=storage.join(sel_dir, f"{flat_name(shard.path)}.arrow")))
+    selected: list[SelectResult] = ctx.ex.map(select_shard, jobs, label="mix: select", unit="shards")
+    pieces = {s: {"pieces": sum(x.sources[s].pieces for x in selected),
+                  "truncated": sum(x.sources[s].truncated for x in selected)} for s in active}
     return Selection(plans=plans, prefix_avail=prefix_avail, total_avail=total_avail, exact=exact,
-                     n_buckets=n_buckets, files=[j["out"] for j in jobs], pieces=pieces, folder=sel_dir)
+                     n_buckets=n_buckets, files=[j.out for j in jobs], pieces=pieces, folder=sel_dir)

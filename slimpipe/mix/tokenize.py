@@ -37,6 +37,7 @@ from slimpipe.mix.common import (
     tokens_array,
     write_arrow_atomic,
 )
+from slimpipe.mix.jobs import HoldoutTokens, SourceTokens, TokenizeJob, TrainTokens
 from slimpipe.mix.packed import token_dtype
 from slimpipe.mix.tokenizer import Tokenizer, load_tokenizer, train_bpe
 
@@ -136,24 +137,24 @@ def _schema(vocab_size: int, with_source: bool) -> pa.Schema:
     return pa.schema(fields)
 
 
-def tokenize_shard(job: dict[str, Any], holdout: np.ndarray | None = None) -> dict[str, Any]:
+def tokenize_shard(job: TokenizeJob, holdout: np.ndarray | None = None) -> HoldoutTokens | TrainTokens:
     """Ray task: tokenize one shard's documents into the token cache.
 
-    ``job["sources"]`` None (the holdout pass): every document, into one file ``job["out"]`` with a
+    ``job.sources`` None (the holdout pass): every document, into one file ``job.out`` with a
     ``source`` column, plus every text hash. A list (the train pass): only those sources, one file per
-    source under ``job["out_dir"]/<source>/`` (written even when empty, so the cache knows it is done),
+    source under ``job.out_dir/<source>/`` (written even when empty, so the cache knows it is done),
     dropping documents whose text hash is in ``holdout`` (counted). Each file's stats (``docs``,
     ``tokens`` = cost: tokens + 1 EOS, ``bytes``, ``empty``, ``holdout_dropped``, and the shard's
     ``rejected``/``status``/``error``) are saved next to it, which is what a later build finds.
     """
-    tok = worker_tokenizer(job["tokenizer"], job["identity"])
+    tok = worker_tokenizer(job.tokenizer, job.identity)
     dtype = token_dtype(tok.vocab_size)
-    wanted = None if job["sources"] is None else set(job["sources"])
+    wanted = None if job.sources is None else set(job.sources)
     cols: dict[str, dict[str, list]] = {}  # source -> column -> values (lists of arrays)
-    stats: dict[str, dict[str, int]] = {s: _zero_stats() for s in (job["sources"] or ())}
+    stats: dict[str, dict[str, int]] = {s: _zero_stats() for s in (job.sources or ())}
     hashes: list[np.ndarray] = []
     rejected, status, error = 0, "ok", None
-    for docs, _rejects, fstats in read_batches(shard_input(job["file"])):
+    for docs, _rejects, fstats in read_batches(shard_input(job.file)):
         if fstats is not None:  # every rejected line, also past the listed rows' cap (MAX_REJECT_ROWS)
             rejected, status, error = fstats.rejected, fstats.status, fstats.error
         if docs is None or docs.num_rows == 0:
@@ -187,7 +188,6 @@ def tokenize_shard(job: dict[str, Any], holdout: np.ndarray | None = None) -> di
             st["docs"] += 1
             st["tokens"] += len(ids[k]) + 1
             st["bytes"] += int(nbytes[i])
-    shard = {"rejected": rejected, "status": status, "error": error}
 
     def table(sources: list[str], with_source: bool) -> tuple[pa.Schema, list[pa.RecordBatch]]:
         schema = _schema(tok.vocab_size, with_source)
@@ -205,19 +205,23 @@ def tokenize_shard(job: dict[str, Any], holdout: np.ndarray | None = None) -> di
         return schema, batches
 
     if wanted is None:  # holdout: one file, rows grouped by source
-        out = job["out"]
+        out = job.out
+        assert out is not None
         write_arrow_atomic(out, *table(order_sources(cols), True))
         buf = io.BytesIO()
         np.save(buf, np.concatenate(hashes) if hashes else np.zeros(0, np.uint64))
         storage.write_bytes_atomic(sibling(out, ".hashes.npy"), buf.getvalue())
-        result = {"path": job["path"], "stats": stats, **shard}
-        storage.write_json_atomic(sibling(out, ".json"), result)
+        result = HoldoutTokens(path=job.path, stats=stats, rejected=rejected, status=status, error=error)
+        storage.write_json_atomic(sibling(out, ".json"), result.to_dict())
         return result
-    for s in job["sources"]:
-        out = storage.join(job["out_dir"], s, f"{job['flat']}.arrow")
+    assert job.sources is not None and job.out_dir is not None
+    done: dict[str, SourceTokens] = {}
+    for s in job.sources:
+        out = storage.join(job.out_dir, s, f"{job.flat}.arrow")
         write_arrow_atomic(out, *table([s], False))
-        storage.write_json_atomic(sibling(out, ".json"), {**stats[s], **shard})
-    return {"path": job["path"], "sources": {s: {**stats[s], **shard} for s in job["sources"]}}
+        done[s] = SourceTokens(**stats[s], rejected=rejected, status=status, error=error)
+        storage.write_json_atomic(sibling(out, ".json"), done[s].to_dict())
+    return TrainTokens(path=job.path, sources=done)
 
 
 def _zero_stats() -> dict[str, int]:
@@ -263,9 +267,9 @@ def setup_tokenizer(root: str, out: str, splits: dict[str, list[InputShard]], op
 
 
 
-def _job(ctx: MixContext, shard: InputShard, **kw: Any) -> dict[str, Any]:
-    return {"file": storage.join(ctx.root, shard.path), "path": shard.path, "flat": flat_name(shard.path),
-            "tokenizer": ctx.tok_spec or ctx.tok.spec, "identity": ctx.tok.identity, **kw}
+def _job(ctx: MixContext, shard: InputShard, **kw: Any) -> TokenizeJob:
+    return TokenizeJob(file=storage.join(ctx.root, shard.path), path=shard.path, flat=flat_name(shard.path),
+                       tokenizer=ctx.tok_spec or ctx.tok.spec, identity=ctx.tok.identity, **kw)
 
 
 def holdout_stage(ctx: MixContext, splits: dict[str, list[InputShard]]) -> tuple[dict[str, list[InputShard]],
@@ -278,31 +282,34 @@ def holdout_stage(ctx: MixContext, splits: dict[str, list[InputShard]]) -> tuple
         return {}, {}, np.zeros(0, np.uint64)
     folder = ctx.cache.holdout_dir()
     flat = [s for sp in present for s in present[sp]]
-    jobs, cached = [], []
+    jobs: list[TokenizeJob] = []
+    cached: list[HoldoutTokens | None] = []
     for s in flat:
         out = storage.join(folder, f"{flat_name(s.path)}.arrow")
         jobs.append(_job(ctx, s, sources=None, out=out))
-        cached.append(TokenCache.load(sibling(out, ".json"), out, sibling(out, ".hashes.npy")))
+        entry = TokenCache.load(sibling(out, ".json"), out, sibling(out, ".hashes.npy"))
+        cached.append(None if entry is None else HoldoutTokens.from_dict(entry))
     ctx.cache.holdout_hits += sum(c is not None for c in cached)
     ctx.cache.holdout_tokenized += sum(c is None for c in cached)
-    results = ctx.ex.map(tokenize_shard, jobs, cached=cached, label="mix: holdout", unit="shards")
-    hashes = [np.load(io.BytesIO(storage.read_bytes(sibling(j["out"], ".hashes.npy")))) for j in jobs]
+    results: list[HoldoutTokens] = ctx.ex.map(tokenize_shard, jobs, cached=cached, label="mix: holdout", unit="shards")
+    hashes = [np.load(io.BytesIO(storage.read_bytes(sibling(str(j.out), ".hashes.npy")))) for j in jobs]
     by_split: dict[str, list[dict]] = {}
     k = 0
     for sp, shards in present.items():
-        by_split[sp] = [dict(results[k + i], out=jobs[k + i]["out"]) for i in range(len(shards))]
+        by_split[sp] = [dict(results[k + i].to_dict(), out=jobs[k + i].out) for i in range(len(shards))]
         k += len(shards)
     all_h = np.unique(np.concatenate(hashes)) if hashes else np.zeros(0, np.uint64)
     return present, by_split, all_h
 
 
-def _merge(path: str, per_source: dict[str, dict], folder: str, flat: str) -> dict[str, Any]:
+def _merge(path: str, per_source: dict[str, SourceTokens], folder: str, flat: str) -> dict[str, Any]:
     """One shard's result in the form the later stages read: per-source stats and files, shard counts."""
     any_entry = next(iter(per_source.values()))
-    return {"path": path, "stats": {s: {k: e[k] for k in ("docs", "tokens", "bytes")} for s, e in per_source.items()},
-            "holdout_dropped": {s: e["holdout_dropped"] for s, e in per_source.items()},
-            "empty": sum(e["empty"] for e in per_source.values()), "rejected": any_entry["rejected"],
-            "status": any_entry["status"], "error": any_entry["error"],
+    return {"path": path, "stats": {s: {"docs": e.docs, "tokens": e.tokens, "bytes": e.bytes}
+                                    for s, e in per_source.items()},
+            "holdout_dropped": {s: e.holdout_dropped for s, e in per_source.items()},
+            "empty": sum(e.empty for e in per_source.values()), "rejected": any_entry.rejected,
+            "status": any_entry.status, "error": any_entry.error,
             "out": {s: storage.join(folder, s, f"{flat}.arrow") for s in per_source}}
 
 
@@ -320,7 +327,9 @@ def train_stage(ctx: MixContext, shards: list[InputShard], holdout: np.ndarray,
     order = np.random.default_rng([ctx.opt.seed, SHARD_ORDER]).permutation(len(eligible))
     ordered = [eligible[i] for i in order.tolist()]
     folder = ctx.cache.train_dir(hashlib.sha256(holdout.tobytes()).hexdigest())
-    jobs, cached, found = [], [], []
+    jobs: list[TokenizeJob] = []
+    cached: list[TrainTokens | None] = []
+    found: list[dict[str, SourceTokens]] = []
     for shard in ordered:
         flat = flat_name(shard.path)
         have = {}
@@ -328,17 +337,17 @@ def train_stage(ctx: MixContext, shards: list[InputShard], holdout: np.ndarray,
             out = storage.join(folder, s, f"{flat}.arrow")
             entry = TokenCache.load(sibling(out, ".json"), out)
             if entry is not None:
-                have[s] = entry
+                have[s] = SourceTokens.from_dict(entry)
         missing = [s for s in active if s not in have]
         jobs.append(_job(ctx, shard, sources=missing, out_dir=folder))
-        cached.append(None if missing else {"path": shard.path, "sources": {}})
+        cached.append(None if missing else TrainTokens(path=shard.path))
         found.append(have)
     need = {s: t for s, t in targets.items() if t > 0}
     state: dict[str, Any] = {"done": 0, "have": dict.fromkeys(need, 0), "k": None}
 
-    def merged(i: int, result: dict) -> dict:
-        return _merge(ordered[i].path, {s: {**found[i], **result["sources"]}[s] for s in active}, folder,
-                      jobs[i]["flat"])
+    def merged(i: int, result: TrainTokens) -> dict:
+        return _merge(ordered[i].path, {s: {**found[i], **result.sources}[s] for s in active}, folder,
+                      jobs[i].flat)
 
     def covered(results: list) -> bool:
         """Extend the finished prefix shard by shard; the first length that covers every target is the
@@ -356,5 +365,5 @@ def train_stage(ctx: MixContext, shards: list[InputShard], holdout: np.ndarray,
                          label="mix: tokenize", unit="shards")
     k = state["k"] if state["k"] is not None else len(ordered)
     ctx.cache.hits += sum(len(found[i]) for i in range(k))
-    ctx.cache.tokenized += sum(len(jobs[i]["sources"]) for i, r in enumerate(results) if r is not None and cached[i] is None)
+    ctx.cache.tokenized += sum(len(jobs[i].sources or ()) for i, r in enumerate(results) if r is not None and cached[i] is None)
     return ordered[:k], [merged(i, results[i]) for i in range(k)], len(eligible)
