@@ -12,8 +12,8 @@ Pure data: this module imports no step, no Ray and nothing heavy, so the report 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
 
 from slimpipe.io.readers import FileStats
 from slimpipe.outdir import OutputError
@@ -31,6 +31,22 @@ def _need(d: dict, kind: str, *keys: str) -> None:
     if missing:
         raise MarkerError(f"a {kind} result in the job's workspace lacks {', '.join(missing)}: it was written by "
                           "other slimpipe code; delete the output folder (or its _work) and run again")
+
+
+class _Flat:
+    """A step result whose JSON is its fields, by name and in field order; ``kind`` names the step in a
+    :class:`MarkerError`."""
+
+    kind: ClassVar[str]
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Any:
+        names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+        _need(d, cls.kind, *names)
+        return cls(**{n: d[n] for n in names})
 
 
 def _pairs(d: dict[str, Any]) -> dict[tuple[str, str], Any]:
@@ -91,8 +107,10 @@ class ReadResult:
 
 
 @dataclass
-class BucketsResult:
+class BucketsResult(_Flat):
     """:func:`slimpipe.dedup.steps.buckets.buckets_task`: one hash partition's exact and candidate edges."""
+
+    kind: ClassVar[str] = "buckets"
 
     exact_rows: int
     exact_edges: int
@@ -102,35 +120,22 @@ class BucketsResult:
     near: str | None  # without --verify: the candidate edges' file
     by_task: Piece  # with --verify: the candidate edges routed by the task that read their first document
 
-    def to_dict(self) -> dict:
-        return {"exact_rows": self.exact_rows, "exact_edges": self.exact_edges, "band_rows": self.band_rows,
-                "edges": self.edges, "exact": self.exact, "near": self.near, "by_task": self.by_task}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> BucketsResult:
-        _need(d, "buckets", "exact_rows", "exact_edges", "band_rows", "edges", "exact", "near", "by_task")
-        return cls(d["exact_rows"], d["exact_edges"], d["band_rows"], d["edges"], d["exact"], d["near"], d["by_task"])
-
 
 @dataclass
-class SendResult:
+class SendResult(_Flat):
     """:func:`slimpipe.dedup.steps.verify.send_task`: candidate pairs with their first text, routed on."""
+
+    kind: ClassVar[str] = "verify_send"
 
     edges: int
     piece: Piece
 
-    def to_dict(self) -> dict:
-        return {"edges": self.edges, "piece": self.piece}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> SendResult:
-        _need(d, "verify_send", "edges", "piece")
-        return cls(d["edges"], d["piece"])
-
 
 @dataclass
-class VerifyResult:
+class VerifyResult(_Flat):
     """:func:`slimpipe.dedup.steps.verify.check_task`: candidate pairs checked by exact Jaccard."""
+
+    kind: ClassVar[str] = "verify"
 
     candidates: int
     confirmed: int
@@ -138,26 +143,16 @@ class VerifyResult:
     j_hist: list[int]  # 20 bins over [0, 1]
     edges_file: str | None  # the confirmed edges
 
-    def to_dict(self) -> dict:
-        return {"candidates": self.candidates, "confirmed": self.confirmed, "dropped": self.dropped,
-                "j_hist": list(self.j_hist), "edges_file": self.edges_file}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> VerifyResult:
-        _need(d, "verify", "candidates", "confirmed", "dropped", "j_hist", "edges_file")
-        return cls(d["candidates"], d["confirmed"], d["dropped"], list(d["j_hist"]), d["edges_file"])
-
 
 @dataclass
-class ModeComponents:
+class ModeComponents(_Flat):
     """One mode's share of the single-process components task."""
+
+    kind: ClassVar[str] = "components"
 
     edges: int
     nodes: int
     piece: Piece  # (node, label) rows for the keep step
-
-    def to_dict(self) -> dict:
-        return {"edges": self.edges, "nodes": self.nodes, "piece": self.piece}
 
 
 @dataclass
@@ -171,59 +166,38 @@ class FastComponentsResult:
 
     @classmethod
     def from_dict(cls, d: dict) -> FastComponentsResult:
-        modes = {m: v for m, v in d.items() if m not in PRIVATE}
-        for v in modes.values():
-            _need(v, "components", "edges", "nodes", "piece")
-        return cls({m: ModeComponents(v["edges"], v["nodes"], v["piece"]) for m, v in modes.items()})
+        return cls({m: ModeComponents.from_dict(v) for m, v in d.items() if m not in PRIVATE})
 
 
 @dataclass
-class StarMapResult:
+class StarMapResult(_Flat):
     """:func:`slimpipe.dedup.steps.components.map_task`: edges routed for one star half-round."""
+
+    kind: ClassVar[str] = "components map"
 
     rows: int
     piece: Piece
 
-    def to_dict(self) -> dict:
-        return {"rows": self.rows, "piece": self.piece}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> StarMapResult:
-        _need(d, "components map", "rows", "piece")
-        return cls(d["rows"], d["piece"])
-
 
 @dataclass
-class StarReduceResult:
+class StarReduceResult(_Flat):
     """:func:`slimpipe.dedup.steps.components.reduce_task`: one partition's large- or small-star step."""
+
+    kind: ClassVar[str] = "components reduce"
 
     changed: int
     edges: int
     out: str | None
 
-    def to_dict(self) -> dict:
-        return {"changed": self.changed, "edges": self.edges, "out": self.out}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> StarReduceResult:
-        _need(d, "components reduce", "changed", "edges", "out")
-        return cls(d["changed"], d["edges"], d["out"])
-
 
 @dataclass
-class StarFinishResult:
+class StarFinishResult(_Flat):
     """:func:`slimpipe.dedup.steps.components.finish_task`: converged stars as (node, label) rows."""
+
+    kind: ClassVar[str] = "components finish"
 
     nodes: int
     piece: Piece
-
-    def to_dict(self) -> dict:
-        return {"nodes": self.nodes, "piece": self.piece}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> StarFinishResult:
-        _need(d, "components finish", "nodes", "piece")
-        return cls(d["nodes"], d["piece"])
 
 
 @dataclass
