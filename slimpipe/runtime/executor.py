@@ -199,10 +199,6 @@ class Executor:
 
         return ray.put(obj)
 
-    def wait(self, refs: list, label: str, unit: str = "tasks") -> list:
-        """Results of tasks already submitted, in submission order, with progress as they finish."""
-        return self._drive(len(refs), refs.__getitem__, label=label, unit=unit)
-
     # ---------------------------------------------------------------------------------- the loop
 
     def _drive(self, n: int, submit: Callable[[int], Any], *, cached: Sequence[Any] | None = None,
