@@ -17,8 +17,7 @@ the kind of store. Where a question really differs between stores, a function he
   (command-line checks), :func:`canonical` and :func:`contains` (is OUT inside a SOURCE).
 * **One atomic-write API**: :func:`open_output` (a stream), :func:`write_bytes_atomic`,
   :func:`write_json_atomic`, :func:`write_arrow_atomic`, :func:`upload`, and the Folder's ``write_*``
-  on top of them. (``slimpipe.io.writers.atomic_write_bytes``/``atomic_write_json`` are aliases kept for
-  modules not yet moved over.)
+  on top of them.
 
 The rules:
 

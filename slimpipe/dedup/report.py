@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from slimpipe import storage
 from slimpipe.dedup.params import DedupParams
 from slimpipe.dedup.results import (
     DedupResults,
@@ -24,7 +25,6 @@ from slimpipe.dedup.results import (
     VerifyResult,
     WriteResult,
 )
-from slimpipe.io.writers import atomic_write_bytes, atomic_write_json
 from slimpipe.sources import sort_sources
 
 
@@ -193,9 +193,9 @@ def _totals(sources: dict[str, dict], mode: str) -> dict:
 
 def write_report(out: str | Path, report: dict) -> None:
     out = Path(out)
-    atomic_write_json(out / "report.json", report)
+    storage.write_json_atomic(out / "report.json", report)
     plots = _plots(out, report)
-    atomic_write_bytes(out / "report.md", render_markdown(report, plots).encode())
+    storage.write_bytes_atomic(out / "report.md", render_markdown(report, plots).encode())
 
 
 def _pct(x: float) -> str:
@@ -372,7 +372,7 @@ def _save(fig, out: Path, name: str) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
     plt.close(fig)
-    atomic_write_bytes(out / "plots" / name, buf.getvalue())
+    storage.write_bytes_atomic(out / "plots" / name, buf.getvalue())
     return f"plots/{name}"
 
 

@@ -43,20 +43,6 @@ class ShardInfo:
         return asdict(self)
 
 
-# The one atomic-write API is slimpipe.storage's (open_output, write_bytes_atomic, write_json_atomic,
-# write_arrow_atomic, Folder.write_*). These two aliases remain only for dedup/report.py and train/
-# (tune, evaluate, interp), whose owners move them over; new code calls storage.
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Alias of :func:`slimpipe.storage.write_bytes_atomic` (kept for modules not yet moved over)."""
-    storage.write_bytes_atomic(path, data)
-
-
-def atomic_write_json(path: str | Path, obj) -> None:
-    """Alias of :func:`slimpipe.storage.write_json_atomic` (kept for modules not yet moved over)."""
-    storage.write_json_atomic(path, obj)
-
 
 class JsonlZstWriter:
     """One ``.jsonl.zst`` file written atomically; ``close()`` publishes it, ``abort()`` discards it."""
@@ -206,7 +192,7 @@ def write_manifest(root: str | Path, shards: Iterable[ShardInfo], extra: dict | 
     }
     if extra:
         manifest.update(extra)
-    atomic_write_json(storage.join(root, MANIFEST), manifest)
+    storage.write_json_atomic(storage.join(root, MANIFEST), manifest)
     return manifest
 
 

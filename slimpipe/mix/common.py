@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -225,11 +225,6 @@ def loc(p: str | os.PathLike) -> str:
 def sibling(path: str, suffix: str) -> str:
     """``x/y.arrow`` -> ``x/y<suffix>`` (``.json``, ``.hashes.npy``), for paths and URIs alike."""
     return path[: -len(".arrow")] + suffix if path.endswith(".arrow") else path + suffix
-
-
-def write_arrow_atomic(path: str | Path, schema: pa.Schema, batches: Sequence[pa.RecordBatch]) -> None:
-    """An Arrow IPC file published whole (:func:`slimpipe.storage.write_arrow_atomic`)."""
-    storage.write_arrow_atomic(path, schema, batches)
 
 
 # Arrow IPC scratch files are read through storage: memory-mapped locally, ranged reads on object stores

@@ -24,7 +24,6 @@ from slimpipe.mix.common import (
     list_parts,
     read_arrow,
     source_key,
-    write_arrow_atomic,
 )
 from slimpipe.mix.jobs import PieceCounts, SelectJob, SelectResult
 from slimpipe.mix.tokenize import shard_input, worker_tokenizer
@@ -181,7 +180,7 @@ def select_shard(job: SelectJob) -> SelectResult:
     starts = np.searchsorted(bucket, np.arange(n_buckets + 1))
     batches = [pa.RecordBatch.from_arrays([a.slice(int(starts[b]), int(starts[b + 1] - starts[b])) for a in arrays],
                                           schema=schema) for b in range(n_buckets)]
-    write_arrow_atomic(job.out, schema, batches)
+    storage.write_arrow_atomic(job.out, schema, batches)
     per_source: dict[str, PieceCounts] = {}
     for code, s in enumerate(job.plan):
         m = pieces["source"] == code

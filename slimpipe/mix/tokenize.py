@@ -35,7 +35,6 @@ from slimpipe.mix.common import (
     order_sources,
     sibling,
     tokens_array,
-    write_arrow_atomic,
 )
 from slimpipe.mix.jobs import HoldoutTokens, SourceTokens, TokenizeJob, TrainTokens
 from slimpipe.mix.packed import token_dtype
@@ -207,7 +206,7 @@ def tokenize_shard(job: TokenizeJob, holdout: np.ndarray | None = None) -> Holdo
     if wanted is None:  # holdout: one file, rows grouped by source
         out = job.out
         assert out is not None
-        write_arrow_atomic(out, *table(order_sources(cols), True))
+        storage.write_arrow_atomic(out, *table(order_sources(cols), True))
         buf = io.BytesIO()
         np.save(buf, np.concatenate(hashes) if hashes else np.zeros(0, np.uint64))
         storage.write_bytes_atomic(sibling(out, ".hashes.npy"), buf.getvalue())
@@ -218,7 +217,7 @@ def tokenize_shard(job: TokenizeJob, holdout: np.ndarray | None = None) -> Holdo
     done: dict[str, SourceTokens] = {}
     for s in job.sources:
         out = storage.join(job.out_dir, s, f"{job.flat}.arrow")
-        write_arrow_atomic(out, *table([s], False))
+        storage.write_arrow_atomic(out, *table([s], False))
         done[s] = SourceTokens(**stats[s], rejected=rejected, status=status, error=error)
         storage.write_json_atomic(sibling(out, ".json"), done[s].to_dict())
     return TrainTokens(path=job.path, sources=done)

@@ -237,13 +237,13 @@ def save_document_losses(path, per_doc: dict[str, dict[str, np.ndarray]], meta: 
     import io
     import json
 
-    from slimpipe.io.writers import atomic_write_bytes
+    from slimpipe import storage
 
     arrays = {f"{s}.{k}": v for s, d in per_doc.items() for k, v in d.items()}
     arrays["_meta"] = np.frombuffer(json.dumps({"sources": list(per_doc), **(meta or {})}).encode(), dtype=np.uint8)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    atomic_write_bytes(path, buf.getvalue())
+    storage.write_bytes_atomic(path, buf.getvalue())
 
 
 def load_document_losses(path) -> tuple[dict[str, dict[str, np.ndarray]], dict]:

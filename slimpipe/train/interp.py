@@ -101,7 +101,7 @@ def plot_context_length(result: dict, path: Path) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from slimpipe.io.writers import atomic_write_bytes
+    from slimpipe import storage
 
     lengths = result["lengths"]
     fig, ax = plt.subplots(figsize=(7, 4.2))
@@ -123,7 +123,7 @@ def plot_context_length(result: dict, path: Path) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
     plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    storage.write_bytes_atomic(path, buf.getvalue())
     return path.name
 
 
@@ -137,7 +137,7 @@ def plot_context_length_runs(entries: list[tuple[str, object, dict]], path: Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from slimpipe.io.writers import atomic_write_bytes
+    from slimpipe import storage
 
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     ticks: set[int] = set()
@@ -158,4 +158,4 @@ def plot_context_length_runs(entries: list[tuple[str, object, dict]], path: Path
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
     plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    storage.write_bytes_atomic(path, buf.getvalue())

@@ -136,12 +136,12 @@ def summarise(trials: list[dict], *, widths: list[int], lrs: list[float], init_s
 
 def write_outputs(result: dict, out: str | Path, model: str) -> Path:
     """``tune.json``, ``report.md`` and (muP) the ``mup.yaml`` preset with the chosen values."""
-    from slimpipe.io.writers import atomic_write_bytes
+    from slimpipe import storage
 
     out = Path(out)
     safe = json.loads(json.dumps(result, default=str).replace("Infinity", "null"))
-    atomic_write_bytes(out / "tune.json", (json.dumps(safe, indent=2) + "\n").encode())
-    atomic_write_bytes(out / "report.md", ("\n".join(render_report(result)) + "\n").encode())
+    storage.write_bytes_atomic(out / "tune.json", (json.dumps(safe, indent=2) + "\n").encode())
+    storage.write_bytes_atomic(out / "report.md", ("\n".join(render_report(result)) + "\n").encode())
     preset_path = out / "mup.yaml"
     if result["parametrisation"] == "mup":
         from slimpipe.train.presets import load_preset
