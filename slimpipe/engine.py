@@ -20,8 +20,12 @@ Ray's start-up lines and its token-authentication warning are hidden unless ``sl
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import threading
+from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +34,7 @@ LOOPBACK = "127.0.0.1"
 # The storage environment this process's private Ray started with (its workers inherited it); None when
 # no private Ray was started here (attached to a cluster, or no Ray yet).
 _PRIVATE_ENV: dict[str, str] | None = None
+_EXIT_REGISTERED = False  # shutdown_ray is registered to run at exit
 
 
 class RayConnectError(RuntimeError):
@@ -69,8 +74,35 @@ def _check_command_line() -> None:
                                   "or rename it") from None
 
 
-def ensure_ray(address: str | None = None, num_cpus: int | None = None, quiet: bool = True) -> None:
-    """Start a private Ray, or attach to a cluster, once per process; a second call is a no-op."""
+def ensure_ray(address: str | None = None, num_cpus: int | None = None, quiet: bool = True,
+               preload: Callable[[], Any] | None = None) -> None:
+    """Start a private Ray, or attach to a cluster, once per process; a second call is a no-op.
+
+    ``preload()`` (e.g. importing the job's modules) runs in a thread while Ray starts, which mostly waits
+    for its processes; it has finished when this returns, and its error, if any, is raised.
+    """
+    done: list[BaseException | None] = []
+    thread = None
+    if preload is not None:
+        def run() -> None:
+            try:
+                preload()
+                done.append(None)
+            except BaseException as exc:  # noqa: BLE001 - raised below, on the caller's thread
+                done.append(exc)
+
+        thread = threading.Thread(target=run, name="slimpipe-preload", daemon=True)
+        thread.start()
+    try:
+        _ensure_ray(address, num_cpus, quiet)
+    finally:
+        if thread is not None:
+            thread.join()
+    if done and done[0] is not None:
+        raise done[0]
+
+
+def _ensure_ray(address: str | None, num_cpus: int | None, quiet: bool) -> None:
     loud = verbose()
     target = cluster_address(address)
     if target is None:
@@ -111,7 +143,12 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, quiet: b
         ray.init(**kwargs)
     except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception when its node times out starting
         raise RayConnectError(_connect_problem(exc, target)) from exc
-    global _PRIVATE_ENV
+    global _PRIVATE_ENV, _EXIT_REGISTERED
+    if not kwargs["log_to_driver"] and not _EXIT_REGISTERED:
+        # Before Ray's own exit hook (atexit runs the last registered first), which sleeps half a second for
+        # worker output that is not shown here anyway.
+        atexit.register(shutdown_ray)
+        _EXIT_REGISTERED = True
     if target is None:
         from slimpipe import storage
 

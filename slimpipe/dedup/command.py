@@ -124,6 +124,13 @@ def echo_not_read(files: list[dict]) -> None:
             click.echo(f"skipped: {f['file']}: {f.get('error')}", err=True)
 
 
+def _preload() -> None:
+    """The dedup driver's imports: the job's code and the report's plotting library."""
+    import slimpipe.dedup.job  # noqa: F401
+    from slimpipe.dedup.report import preload_plotting
+    preload_plotting()
+
+
 def params_from_options(preset: str, **kw):
     from slimpipe.dedup.params import load_preset
 
@@ -170,7 +177,11 @@ def dedup_command(opts: DedupCommand) -> None:
     check_inputs(sources, force_source)
     claim_out("dedup", sources, out, force, force_source, scratch=scratch, params=params.to_dict(),
               partitions=partitions)
-    from slimpipe.dedup.job import run_dedup  # heavy imports only once the inputs and OUT are known good
+    from slimpipe.engine import ensure_ray
+
+    # heavy imports only once the inputs and OUT are known good, and while Ray starts
+    ensure_ray(d.ray_address, preload=_preload)
+    from slimpipe.dedup.job import run_dedup
 
     try:
         report = run_dedup(list(sources), out, params, source=force_source, partitions=partitions,

@@ -1,6 +1,7 @@
 """The dedup job: plan, then the steps of :mod:`slimpipe.dedup.steps` on :class:`slimpipe.runtime.Executor`.
 
-read (the one read) → buckets → (verify) → components → keep → write (the second read) → sample → report.
+read (the one read) → buckets → (verify) → components → keep → write (the second read) and, beside it,
+sample → report (its plots drawn in a thread of the driver while write and sample run).
 
 Steps hand each other typed results (:mod:`slimpipe.dedup.results`): a task returns its result's
 ``to_dict()`` (the executor's JSON marker, what a resumed job reads back) and the driver reads it with
@@ -36,7 +37,7 @@ import pyarrow.parquet as pq
 
 from slimpipe import storage
 from slimpipe.dedup.params import DedupParams
-from slimpipe.dedup.report import build_report, write_report
+from slimpipe.dedup.report import BackgroundPlots, build_report, early_plot_data, write_report
 from slimpipe.dedup.results import (
     BucketsResult,
     ComponentsInfo,
@@ -145,6 +146,7 @@ class DedupJob:
         self.sink = sink if sink is not None else write.KeptShards(self.out, shard_bytes)
         self.ws = Workspace(self.out, scratch)
         self.ex = Executor(self.ws, "dedup", progress)
+        self.ex.warm(warm_worker)  # workers import the steps and load their kernels while the driver plans
         self.timings = self.ex.timings
         self.plan = make_plan(paths, params, source, partitions, range_bytes)
         plan = self.plan.to_dict()
@@ -186,18 +188,21 @@ class DedupJob:
         checked = self._verify(pre, near) if self.params.verify else None
         cc_info, cc_inputs, kparts = self._components(near, checked, nparts, part_mem)
         keep_results = self._keep(pre, sources, cc_inputs, kparts, part_mem)
-        written = self._write(pre, keep_results[self.params.mode], biggest)
+        # The plots' numbers are known now: they are drawn while the write and sample steps run.
+        plots = BackgroundPlots(early_plot_data(self.params, pre, keep_results))
+        written, samples = self._write_and_sample(pre, keep_results[self.params.mode], biggest)
         self._finalise(pre, written)
         self.sink.commit([w.sink for w in written])
-        timings, intermediates = dict(self.timings), dict(self.ex.intermediates)  # the steps', not the sample's
+        # the steps' timings and intermediates, not the sample's
+        timings = {k: v for k, v in self.timings.items() if k != "sample"}
+        intermediates = {k: v for k, v in self.ex.intermediates.items() if k != "sample"}
         results = DedupResults(
             files=len(self.plan.files), tasks=ntasks, partitions=nparts, read=pre, buckets=near, verify=checked,
-            components=cc_info, keep=keep_results, written=written,
-            samples=self._samples(keep_results[self.params.mode]), timings=timings)
+            components=cc_info, keep=keep_results, written=written, samples=samples, timings=timings)
         report = build_report(self.params, results)
         report["intermediates"] = intermediates
         report["plan_sha256"] = self.plan_sha256
-        publish_report(self.out, report)
+        publish_report(self.out, report, plots)
         remove_temporaries(self.out, "dedup")
         self.ex.cleanup(self.keep_intermediates)
         return report
@@ -310,26 +315,25 @@ class DedupJob:
                 f"keep_{mode}", keep.keep_task, [(spec, r) for r in range(kparts)], "partitions", memory=part_mem))]
         return out
 
-    def _write(self, pre: list[ReadResult], kept: list[KeepResult], biggest: int) -> list[WriteResult]:
-        """The second read: kept documents to the sink, the removed table to OUT."""
+    def _write_and_sample(self, pre: list[ReadResult], kept: list[KeepResult],
+                          biggest: int) -> tuple[list[WriteResult], list[SampleCluster]]:
+        """The second read (kept documents to the sink, the removed table to OUT) and, beside it, the report's
+        sample clusters: one task that re-reads only their input ranges, submitted first so that it runs
+        alongside the write tasks instead of after the last one."""
         mode, tasks = self.params.mode, self.plan.tasks  # tasks now with each range's first line
         kept_bytes = sum(v.nbytes - v.short_bytes for r in pre for v in r.by_source.values()) - sum(
             k.removed_bytes for k in kept)
         self.sink.prepare(self.ws, kept_bytes)
         write_in = self.ws.put_inputs(f"write_{mode}", [k.piece for k in kept])
-        return [WriteResult.from_dict(w) for w in self.ex.run(Step(
-            "write", write.write_task, [(tasks[t], write_in, self.sink, self.out) for t in range(len(pre))],
-            memory=_mb(384) + 2 * biggest))]
-
-    def _samples(self, kept: list[KeepResult]) -> list[SampleCluster]:
-        """The report's sample clusters, measured by one task that re-reads only their input ranges."""
+        writing = Step("write", write.write_task, [(tasks[t], write_in, self.sink, self.out) for t in range(len(pre))],
+                       memory=_mb(384) + 2 * biggest)
         tops = sample.largest([c for k in kept for c in k.top])
         if not tops:
-            return []
-        spec = sample.SampleSpec(clusters=tops, tasks=self.plan.tasks, params=self.plan.params,
-                                 files=len(self.plan.files))
-        res = self.ex.run(Step("sample", sample.sample_task, [(spec,)]))[0]
-        return [SampleCluster.from_dict(c) for c in res["clusters"]]
+            return [WriteResult.from_dict(w) for w in self.ex.run(writing)], []
+        spec = sample.SampleSpec(clusters=tops, tasks=tasks, params=self.plan.params, files=len(self.plan.files))
+        sampled, written = self.ex.run_together(Step("sample", sample.sample_task, [(spec,)]), writing)
+        return ([WriteResult.from_dict(w) for w in written],
+                [SampleCluster.from_dict(c) for c in sampled[0]["clusters"]])
 
     def _finalise(self, pre: list[ReadResult], written: list[WriteResult]) -> None:
         if isinstance(self.sink, write.KeptShards):
@@ -351,9 +355,19 @@ class DedupJob:
             pq.write_table(table, fh, compression="zstd")
 
 
-def publish_report(out: str, report: dict) -> None:
+def publish_report(out: str, report: dict, plots: BackgroundPlots | None = None) -> None:
     """Write report.json, report.md and plots/ under OUT (rendered locally, then uploaded for a URI)."""
-    storage.write_tree(out, lambda folder: write_report(folder, report))
+    storage.write_tree(out, lambda folder: write_report(folder, report, plots))
+
+
+def warm_worker() -> None:
+    """A dedup worker's start-up, done ahead (:meth:`slimpipe.runtime.Executor.warm`): importing this module
+    imports every step's code (pyarrow, numba), and one tiny call of a cached numba kernel pays numba's
+    one-off set-up (about half a second of CPU per process); the other kernels then load from the cache in
+    milliseconds at their first call."""
+    from slimpipe.dedup.minhash import jaccard_exact
+
+    jaccard_exact("warm-up text for the kernels", "warm-up text for the cache", 5)
 
 
 def run_dedup(paths: list, out: str | Path, params: DedupParams, **kwargs) -> dict:

@@ -10,6 +10,7 @@ lines, counted per file) is checked here and a mismatch is an error, not a footn
 from __future__ import annotations
 
 import json
+import threading
 from collections import defaultdict
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def build_report(params: DedupParams, results: DedupResults) -> dict:
     kept = _sum_kept(results.written)
     problems = []
     sources: dict[str, dict] = {}
-    for src in [s for s in sort_sources(set(inputs) | set(rejected)) if s != "unknown"]:  # any source name
+    for src in _source_names(inputs, rejected):
         row = _source_row(inputs.get(src, SourceCounts(0, 0, 0, 0)), rejected.get(src, 0), removed, src)
         row["kept_docs"], row["kept_bytes"] = kept.get(src, [0, 0])
         expect = row[mode]
@@ -76,6 +77,34 @@ def build_report(params: DedupParams, results: DedupResults) -> dict:
         "sources_losing_over_half": _losing_over_half(sources, mode),
         "timings": dict(results.timings),
     }
+
+
+def _source_names(inputs: dict[str, SourceCounts], rejected: dict[str, int]) -> list[str]:
+    return [s for s in sort_sources(set(inputs) | set(rejected)) if s != "unknown"]  # any source name
+
+
+def plot_data(report: dict) -> dict:
+    """Exactly what the plots show, taken from a report: per source the job's mode's kept, exact and near
+    bytes and the short bytes, the cross-source matrix and the mode's cluster sizes."""
+    mode = report["mode"]
+    keys = ("kept_bytes", "exact_bytes", "near_bytes")
+    return {"mode": mode,
+            "sources": {s: {mode: {k: row[mode][k] for k in keys}, "short_bytes": row["short_bytes"]}
+                        for s, row in report["sources"].items()},
+            "cross_source_duplicates": report["cross_source_duplicates"],
+            "cluster_sizes": {mode: report["cluster_sizes"].get(mode, {})}}
+
+
+def early_plot_data(params: DedupParams, read: list[ReadResult], keep: dict[str, list[KeepResult]]) -> dict:
+    """:func:`plot_data` from the read and keep steps alone, before the write step has run: the same numbers
+    :func:`build_report` gives (the plots never show what the write step adds). :class:`BackgroundPlots`
+    checks that against the final report."""
+    inputs, rejected, _ = _inputs(read)
+    removed = {m: _sum_removed(keep[m]) for m in keep}
+    sources = {src: _source_row(inputs.get(src, SourceCounts(0, 0, 0, 0)), rejected.get(src, 0), removed, src)
+               for src in _source_names(inputs, rejected)}
+    return plot_data({"mode": params.mode, "sources": sources, "cross_source_duplicates": _cross(keep.get("global", [])),
+                      "cluster_sizes": {m: _cluster_sizes(keep[m]) for m in keep}})
 
 
 def _inputs(read: list[ReadResult]) -> tuple[dict[str, SourceCounts], dict[str, int], list[dict]]:
@@ -191,11 +220,53 @@ def _totals(sources: dict[str, dict], mode: str) -> dict:
 # ---------------------------------------------------------------------------------------------------- output
 
 
-def write_report(out: str | Path, report: dict) -> None:
+class BackgroundPlots:
+    """The report's plots rendered in a thread of the driver while the job's last steps run (the driver only
+    waits on Ray then): ``BackgroundPlots(early_plot_data(...))``, then ``write_report(out, report, plots)``.
+
+    The PNGs are used only when the final report shows exactly the numbers they were drawn from
+    (:func:`plot_data`); otherwise they are drawn again from the report, so a plot never shows another
+    number than the report.
+    """
+
+    def __init__(self, data: dict):
+        self.data = data
+        self._pngs: dict[str, bytes] | None = None
+        self._thread = threading.Thread(target=self._render, name="slimpipe-report-plots", daemon=True)
+        self._thread.start()
+
+    def _render(self) -> None:
+        try:
+            self._pngs = render_plots(self.data)
+        except Exception:  # noqa: BLE001 - drawn again (and any error raised) on the main thread
+            self._pngs = None
+
+    def pngs_for(self, report: dict) -> dict[str, bytes] | None:
+        """The rendered PNGs (name -> bytes) if they show this report's numbers, else None."""
+        self._thread.join()
+        return self._pngs if plot_data(report) == self.data else None
+
+
+def preload_plotting() -> None:
+    """Import the plotting library (a second of CPU) ahead of the report, e.g. while Ray starts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401
+
+
+def write_report(out: str | Path, report: dict, plots: BackgroundPlots | None = None) -> None:
+    """report.json, the plots (``plots``' PNGs when they show this report's numbers) and report.md under ``out``."""
     out = Path(out)
     storage.write_json_atomic(out / "report.json", report)
-    plots = _plots(out, report)
-    storage.write_bytes_atomic(out / "report.md", render_markdown(report, plots).encode())
+    pngs = plots.pngs_for(report) if plots is not None else None
+    if pngs is None:
+        pngs = render_plots(plot_data(report))
+    made = []
+    for name, png in pngs.items():
+        storage.write_bytes_atomic(out / "plots" / name, png)
+        made.append(f"plots/{name}")
+    storage.write_bytes_atomic(out / "report.md", render_markdown(report, made).encode())
 
 
 def _pct(x: float) -> str:
@@ -298,13 +369,14 @@ def render_markdown(r: dict, plots: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plots(out: Path, r: dict) -> list[str]:
+def render_plots(r: dict) -> dict[str, bytes]:
+    """The report's PNGs (file name -> bytes, in the report's order) from :func:`plot_data`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    made = []
+    made: dict[str, bytes] = {}
     mode = r["mode"]
     srcs = list(r["sources"])
     if srcs:
@@ -321,7 +393,7 @@ def _plots(out: Path, r: dict) -> list[str]:
         ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)  # outside: covers no bar
         plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
         fig.tight_layout()
-        made.append(_save(fig, out, "per_source.png"))
+        made["per_source.png"] = _png(fig)
     cross = r["cross_source_duplicates"]
     if cross:
         names = sorted(set(cross) | {b for a in cross.values() for b in a})
@@ -341,7 +413,7 @@ def _plots(out: Path, r: dict) -> list[str]:
         ax.set_title("Cross-source duplicates removed by global dedup" if mode == "global" else
                      f"Cross-source duplicates (global view)\n{mode} dedup kept both copies of each", fontsize=10)
         fig.tight_layout()
-        made.append(_save(fig, out, "cross_source.png"))
+        made["cross_source.png"] = _png(fig)
     hist = r["cluster_sizes"].get(mode, {})
     if hist:
         fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -360,11 +432,11 @@ def _plots(out: Path, r: dict) -> list[str]:
         ax.set_ylabel("clusters (log scale)")
         ax.set_title(f"Cluster sizes ({mode} dedup)")
         fig.tight_layout()
-        made.append(_save(fig, out, "cluster_sizes.png"))
+        made["cluster_sizes.png"] = _png(fig)
     return made
 
 
-def _save(fig, out: Path, name: str) -> str:
+def _png(fig) -> bytes:
     import io
 
     import matplotlib.pyplot as plt
@@ -372,8 +444,7 @@ def _save(fig, out: Path, name: str) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
     plt.close(fig)
-    storage.write_bytes_atomic(out / "plots" / name, buf.getvalue())
-    return f"plots/{name}"
+    return buf.getvalue()
 
 
 def load_report(out: str | Path) -> dict:

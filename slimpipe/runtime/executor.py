@@ -23,6 +23,10 @@ What the executor gives both:
   may end the run early: tasks in flight are cancelled and given up to a minute to wind down (their
   results stay ``None``). A task's failure cancels what is in flight and is raised, unless ``on_error``
   turns it into a result.
+* **steps side by side** — :meth:`Executor.run_together` runs steps that do not depend on each other as one
+  set of tasks (each committed as a step), so no CPU idles at the end of the first.
+* **warm workers** — :meth:`Executor.warm` starts a job's worker set-up (imports, compiled kernels) on every
+  CPU while the driver plans; Ray keeps those workers for every later step of the job.
 * **resources per call** — ``num_cpus``, ``num_gpus``, ``memory`` bytes (capped to what one node has,
   so Ray never packs more tasks on a node than its memory holds) and ``max_retries`` for tasks lost with
   their node.
@@ -90,6 +94,13 @@ def _run_task(ws: Workspace, step: str, index: int, fn: Callable[..., dict], *ar
     return json.loads(data)  # the same types whether the task ran now or in an earlier, killed run
 
 
+def _warm(fn: Callable[[], Any]) -> None:
+    try:
+        fn()
+    except Exception:  # noqa: BLE001 - a warm-up only saves time; the task that needs it says what failed
+        pass
+
+
 class Executor:
     """Submits and awaits slimpipe's Ray tasks (see the module's docstring); Ray must be started
     (:func:`slimpipe.engine.ensure_ray`).
@@ -104,6 +115,7 @@ class Executor:
         self.intermediates: dict[str, dict[str, int]] = {}
         self._memory_cap: int | None = None
         self._checked = False
+        self._warming: list = []
 
     def _check_cluster(self) -> None:
         """Warn once when a local workspace meets a multi-node cluster (every node must see the folder)."""
@@ -139,28 +151,65 @@ class Executor:
 
     def run(self, step: Step) -> list[dict]:
         """Run (or resume, or skip) one step; returns every task's result in task order."""
+        return self.run_together(step)[0]
+
+    def run_together(self, *steps: Step) -> list[list[dict]]:
+        """Run (or resume, or skip) steps that do not depend on each other as one set of tasks, submitted in
+        the order given (put a long single task first): Ray keeps every CPU busy across their boundary
+        instead of idling at the end of the first. Returns each step's results, in task order; each step
+        is committed (its manifest, its seconds from the start to its last task) and recorded in the order
+        given."""
         if self.ws is None:
             raise ValueError("Executor.run needs a workspace: Executor(ws, label)")
-        if (done := self.ws.done(step.name)) is not None:
-            self._record(step.name, done)
-            return done["results"]
+        out: list[list[dict] | None] = [None] * len(steps)
+        todo = []
+        for k, step in enumerate(steps):
+            if (done := self.ws.done(step.name)) is not None:
+                out[k] = done["results"]
+                self._record(step.name, done)
+            else:
+                todo.append(k)
+        if not todo:
+            return out  # type: ignore[return-value]
         if not self._checked:
             self._check_cluster()
         start = time.perf_counter()
-        remote = remote_task(_run_task, **self._options(step.num_cpus, 0, step.memory, None))
-        ws, name, fn, args = self.ws, step.name, step.fn, step.args
-        results = self._drive(len(args), lambda i: remote.remote(ws, name, i, fn, *args[i]),
-                              window=step.window, label=self._label(step.name), unit=step.unit)
-        manifest = {
-            "results": results,
-            "seconds": round(time.perf_counter() - start, 3),
-            "intermediates": {"files": sum(r["_io"]["files"] for r in results),
-                              "bytes": sum(r["_io"]["bytes"] for r in results),
-                              "markers": len(results)},
-        }
-        self.ws.commit(step.name, manifest)
-        self._record(step.name, manifest)
-        return results
+        ws = self.ws
+        jobs = [(k, i) for k in todo for i in range(len(steps[k].args))]  # (step, task) in submission order
+        remotes = {k: remote_task(_run_task, **self._options(steps[k].num_cpus, 0, steps[k].memory, None))
+                   for k in todo}
+        left = {k: len(steps[k].args) for k in todo}
+        ended = {k: start for k in todo}
+
+        def submit(j: int):
+            k, i = jobs[j]
+            return remotes[k].remote(ws, steps[k].name, i, steps[k].fn, *steps[k].args[i])
+
+        def arrived(j: int) -> None:
+            k = jobs[j][0]
+            left[k] -= 1
+            if not left[k]:
+                ended[k] = time.perf_counter()
+
+        # every step's window (0 = all of its tasks) adds up; a single step keeps its own
+        window = 0 if all(steps[k].window == 0 for k in todo) else sum(
+            steps[k].window or len(steps[k].args) for k in todo)
+        main = max(todo, key=lambda k: len(steps[k].args))  # the progress line is the biggest step's
+        flat = self._drive(len(jobs), submit, window=window, label=self._label(steps[main].name),
+                           unit=steps[main].unit, arrived=arrived)
+        for k in todo:
+            results = [r for (s, _), r in zip(jobs, flat, strict=True) if s == k]
+            manifest = {
+                "results": results,
+                "seconds": round(ended[k] - start, 3),
+                "intermediates": {"files": sum(r["_io"]["files"] for r in results),
+                                  "bytes": sum(r["_io"]["bytes"] for r in results),
+                                  "markers": len(results)},
+            }
+            self.ws.commit(steps[k].name, manifest)
+            self._record(steps[k].name, manifest)
+            out[k] = results
+        return out  # type: ignore[return-value]
 
     # ------------------------------------------------------------------------------- plain tasks
 
@@ -191,6 +240,21 @@ class Executor:
         remote = remote_task(fn, **self._options(num_cpus, num_gpus, memory, max_retries))
         return self._drive(1, lambda _: remote.remote(*args), label=self.label, show=False)[0]
 
+    def warm(self, fn: Callable[[], Any], most: int = 256) -> None:
+        """Start ``fn()`` as one task per CPU of the cluster (at most ``most``) and return at once, so that
+        worker processes import what a job's tasks need and load their compiled kernels while the driver is
+        still planning; the job's first tasks then find them warm (Ray reuses its workers across steps).
+        Best effort: nothing waits for these tasks and a failure in one is ignored (the task that needs the
+        module or kernel reports it). Does nothing without a started Ray."""
+        import ray
+
+        if not ray.is_initialized():
+            return
+        from slimpipe.engine import available_cpus
+
+        remote = remote_task(_warm, num_cpus=1, max_retries=0)
+        self._warming = [remote.remote(fn) for _ in range(max(1, min(most, available_cpus())))]
+
     @staticmethod
     def share(obj: Any) -> Any:
         """Put one large read-only object in Ray's object store once (``ray.put``); the handle, passed as a
@@ -203,9 +267,11 @@ class Executor:
 
     def _drive(self, n: int, submit: Callable[[int], Any], *, cached: Sequence[Any] | None = None,
                stop: Callable[[list], bool] | None = None, window: int = 0, label: str, unit: str = "tasks",
-               on_error: Callable[[int, Exception], Any] | None = None, show: bool = True) -> list:
+               on_error: Callable[[int, Exception], Any] | None = None, show: bool = True,
+               arrived: Callable[[int], None] | None = None) -> list:
         """The one Ray loop: ``submit(i)`` (an object ref) for every job ``i`` not in ``cached``, in job order,
-        at most ``window`` in flight (0: all); results in job order. See :meth:`map` for ``stop``/``on_error``."""
+        at most ``window`` in flight (0: all); results in job order. See :meth:`map` for ``stop``/``on_error``;
+        ``arrived(i)`` is told as job ``i``'s result comes in."""
         import ray
 
         results: list = list(cached) if cached is not None else [None] * n
@@ -239,6 +305,8 @@ class Executor:
                             if on_error is None:
                                 raise
                             results[i] = on_error(i, exc)
+                        if arrived is not None:
+                            arrived(i)
                         bar.update(1)
                     if stop is not None and stop(results):
                         for ref in pending:

@@ -74,4 +74,7 @@ def sample_texts(tasks: list[InputFile], nodes: list[int]) -> dict[int, dict[str
                 text = normalize(text)
                 out[node] = {"id": f"{src}/{f.rel}:{line}", "clean": clean_for_hash(text),
                              "excerpt": " ".join(text[:120].split())}
+                need.discard(node)
+                if not need:  # every sampled document of this range found: read no further
+                    break
     return out
