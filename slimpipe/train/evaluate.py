@@ -134,16 +134,24 @@ def _windows(spans: np.ndarray, L: int) -> list[tuple[int, int, int, int]]:
     return out
 
 
-def length_bucket(T: int, max_len: int, buckets: int = 4) -> int:
-    """The evaluation length ``T`` is padded to (targets there ignored): the smallest of ``max_len``,
-    ``max_len/2``, ... (``buckets`` lengths) that holds it, so a compiled model (FlexAttention on CUDA) sees
-    at most ``buckets`` shapes over a whole evaluation instead of one per window length (#20.1)."""
-    size = max_len
-    for _ in range(buckets - 1):
-        if T > size // 2 or size // 2 < 1:
-            break
-        size //= 2
-    return max(size, T)
+def length_buckets(max_len: int, buckets: int = 4) -> list[int]:
+    """The lengths evaluation pads to below ``max_len``: ``max_len``, ``max_len/2``, ... (``buckets`` of them,
+    none below 1), ascending."""
+    sizes = [max_len]
+    while len(sizes) < buckets and sizes[-1] // 2 >= 1:
+        sizes.append(sizes[-1] // 2)
+    return sorted(sizes)
+
+
+def length_bucket(T: int, max_len: int, buckets: int = 4, lengths: list[int] | None = None) -> int:
+    """The evaluation length ``T`` is padded to (targets there ignored): the smallest of ``lengths``
+    (default :func:`length_buckets` of ``max_len``) that holds it, so a compiled model (FlexAttention on
+    CUDA) sees at most that many shapes over a whole evaluation instead of one per window length (#20.1).
+    Padding after a window's end changes nothing before it (causal attention). ``T`` itself past them."""
+    for size in lengths or length_buckets(max_len, buckets):
+        if size >= T:
+            return size
+    return T
 
 
 def _doc_bytes(ds: PackedDataset, spans: np.ndarray, byte_lengths: np.ndarray | None, decode) -> np.ndarray:
@@ -159,8 +167,13 @@ def _doc_bytes(ds: PackedDataset, spans: np.ndarray, byte_lengths: np.ndarray | 
 @torch.no_grad()
 def evaluate_documents(model: torch.nn.Module, sets: dict[str, PackedDataset], *, seq_len: int, batch_size: int,
                        byte_lengths: np.ndarray | None = None, decode=None, device: torch.device | str = "cpu",
-                       autocast_dtype: torch.dtype | None = None) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
+                       autocast_dtype: torch.dtype | None = None, pad_lengths: list[int] | None = None
+                       ) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
     """Score every document of every set on its own (see :data:`DOC_BPB_DEFINITION`).
+
+    A compiled model (CUDA, or ``compile_regions``) gets batches padded to one of ``pad_lengths`` (default
+    :func:`length_buckets` of ``seq_len``; a caller scoring several lengths passes one grid for all, see
+    :mod:`slimpipe.train.interp`) and to ``batch_size`` rows, so it compiles one graph per length at most.
 
     Returns the summary (``sources``, ``total``, ``mean_bpb``, ``definition``) and the per-document arrays
     ``{source: {"nll", "tokens", "bytes"}}``. Under ``torch.distributed`` ranks share the windows (every
@@ -190,7 +203,7 @@ def evaluate_documents(model: torch.nn.Module, sets: dict[str, PackedDataset], *
             T = max(e - s for _, s, e, _ in chunk)
             rows_b = len(chunk)
             if pad_shapes:  # a compiled model (CUDA, or compile_regions): few distinct shapes, no recompiles
-                T, rows_b = length_bucket(T, seq_len), batch_size
+                T, rows_b = length_bucket(T, seq_len, lengths=pad_lengths), batch_size
             x = torch.full((rows_b, T), ds.eos_id, dtype=torch.long)
             y = torch.full((rows_b, T), -100, dtype=torch.long)
             for r, (_, s, e, first) in enumerate(chunk):

@@ -35,20 +35,26 @@ def interpolation_scale(eval_len: int, train_len: int) -> float:
 @contextlib.contextmanager
 def alibi_context(model: torch.nn.Module, seq_len: int, slope_scale: float = 1.0) -> Iterator[torch.nn.Module]:
     """Let ``model`` (a :class:`~slimpipe.train.model.GPT`) run ``seq_len`` tokens with its ALiBi slopes
-    divided by ``slope_scale``; everything is restored on exit (masks are rebuilt from the slopes)."""
+    divided by ``slope_scale``; everything is restored on exit. Only the public ``slopes`` and
+    ``max_seq_len`` change: the model rebuilds its mask when they do, and passes it to the blocks."""
     alibi = model.alibi
     saved = (model.cfg, alibi.slopes, alibi.max_seq_len)
     try:
         model.cfg = dataclasses.replace(model.cfg, max_seq_len=max(seq_len, model.cfg.max_seq_len))
         alibi.max_seq_len = max(seq_len, alibi.max_seq_len)
         alibi.slopes = saved[1] / slope_scale
-        alibi._masks.clear()
-        alibi._block_masks.clear()
         yield model
     finally:
         model.cfg, alibi.slopes, alibi.max_seq_len = saved
-        alibi._masks.clear()
-        alibi._block_masks.clear()
+
+
+def pad_lengths(lengths: list[int]) -> list[int]:
+    """One padding grid for a whole context-length run: the union of each length's evaluation buckets
+    (:func:`slimpipe.train.evaluate.length_buckets`), so a compiled model meets each shape once over all
+    lengths and both slope variants (#20.1)."""
+    from slimpipe.train.evaluate import length_buckets
+
+    return sorted({b for n in lengths for b in length_buckets(int(n))})
 
 
 def context_length_eval(model: torch.nn.Module, sets: dict[str, PackedDataset], lengths: list[int], *,
@@ -64,6 +70,7 @@ def context_length_eval(model: torch.nn.Module, sets: dict[str, PackedDataset], 
 
     tok = Mix.open(mix).tokenizer()
     lengths = sorted({int(n) for n in lengths})
+    grid = pad_lengths(lengths)  # used when the model is compiled (evaluate_documents pads only then)
     scales = [interpolation_scale(n, train_seq_len) for n in lengths]
     names = list(sets) + ["total"]
     bpb: dict[str, dict[str, list[float]]] = {v: {n: [] for n in names} for v in ("plain", "interpolated")}
@@ -77,7 +84,7 @@ def context_length_eval(model: torch.nn.Module, sets: dict[str, PackedDataset], 
             with alibi_context(model, n, s):
                 summary, _ = evaluate_documents(model, sets, seq_len=n, batch_size=batch_size,
                                                 byte_lengths=tok.byte_lengths, decode=tok.decode, device=device,
-                                                autocast_dtype=autocast_dtype)
+                                                autocast_dtype=autocast_dtype, pad_lengths=grid)
             definition = summary.get("definition")
             for k in sets:
                 bpb[variant][k].append(summary["sources"][k]["bpb"])

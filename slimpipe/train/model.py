@@ -21,7 +21,6 @@ rows' logits are ``-inf`` in the model's output, so loss, evaluation, sampling a
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -144,7 +143,9 @@ class CausalSelfAttention(nn.Module):
         # muP scales attention logits by 1/d_head (not 1/sqrt(d_head)) so they stay O(1) as width grows.
         self.scale = 1.0 / cfg.head_dim if cfg.mup else 1.0 / math.sqrt(cfg.head_dim)
 
-    def forward(self, x: torch.Tensor, alibi: AlibiBias) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, alibi: AlibiBias, mask: object) -> torch.Tensor:
+        """``mask`` is what :meth:`AlibiBias.prepare` built for this forward pass outside any compiled
+        region: the SDPA mask tensor, the Flex BlockMask, or None (flash)."""
         B, T, C = x.shape
         qkv = self.qkv(x).view(B, T, 3, self.cfg.n_head, self.cfg.head_dim)
         backend = alibi.active
@@ -156,9 +157,9 @@ class CausalSelfAttention(nn.Module):
             return self.proj(y.reshape(B, T, C))
         q, k, v = qkv.permute(2, 0, 3, 1, 4)
         if backend == "flex":
-            y = alibi.flex(q, k, v, self.scale)
+            y = alibi.flex(q, k, v, self.scale, mask)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=alibi.mask(T, q.dtype, q.device), scale=self.scale)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -182,20 +183,27 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps, bias=cfg.bias)
         self.mlp = SwiGLU(cfg)
 
-    def forward(self, x: torch.Tensor, alibi: AlibiBias) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), alibi)
+    def forward(self, x: torch.Tensor, alibi: AlibiBias, mask: object) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), alibi, mask)
         return x + self.mlp(self.ln_2(x))
 
 
 class AlibiBias(nn.Module):
-    """Holds the slopes, and at most one SDPA mask (max length, sliced per call) and one Flex block mask."""
+    """Holds the slopes, and at most one SDPA mask (max length, sliced per call) and one Flex block mask.
+
+    :meth:`prepare` builds the mask of a forward pass once, outside any compiled region, and the model
+    hands it to every block as an argument (as torchtitan does): a compiled block reads no cache, so it
+    specialises on nothing but the shapes it is given. ``slopes`` and ``max_seq_len`` are public: the
+    SDPA mask is rebuilt when either changes (ALiBi interpolation, :mod:`slimpipe.train.interp`)."""
 
     def __init__(self, n_head: int, max_seq_len: int) -> None:
         super().__init__()
         self.max_seq_len = max_seq_len
         self.register_buffer("slopes", alibi_slopes(n_head), persistent=False)
-        self._masks: dict[tuple, torch.Tensor] = {}  # one entry: (dtype, device) -> (1, H, Tmax, Tmax)
-        self._block_masks: dict[tuple, object] = {}  # one entry: (T, device) -> BlockMask
+        self._masks: dict[tuple, torch.Tensor] = {}  # one entry: (dtype, device, max_seq_len) -> (1, H, Tmax, Tmax)
+        self._mask_slopes: torch.Tensor | None = None  # the slopes that mask was built from
+        self._mask_slice: torch.Tensor | None = None  # its last shorter length, contiguous
+        self._block_masks: dict[tuple, object] = {}  # (T, device) -> BlockMask (the slopes are in score_mod)
         self._backends: dict[tuple, str] = {}
         self._flex_fn = None
         self.active = "sdpa"  # the backend of the current forward pass, set by prepare()
@@ -207,23 +215,34 @@ class AlibiBias(nn.Module):
         return self._backends[key]
 
     @torch.compiler.disable
-    def prepare(self, name: str, T: int, dtype: torch.dtype, device: torch.device) -> None:
-        """Resolve the backend and build its mask before the layers run, outside any compiled graph (one
-        graph break per forward pass instead of cache updates traced inside every layer)."""
+    def prepare(self, name: str, T: int, dtype: torch.dtype, device: torch.device) -> object:
+        """Resolve the backend and return the attention mask of a length-``T`` forward pass: the SDPA
+        mask tensor ``(1, H, T, T)``, the Flex ``BlockMask``, or None (flash). Never traced: called once
+        per forward pass before the (compiled) blocks, which take the mask as an argument."""
         self.active = self.backend(name, device)
         if self.active == "sdpa":
-            self.mask(T, dtype, device)
-        elif self.active == "flex":
-            self.block_mask(T, device)
+            return self.mask(T, dtype, device)
+        if self.active == "flex":
+            return self.block_mask(T, device)
+        return None
 
     def mask(self, T: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """The ``(1, H, T, T)`` additive mask: a slice of one cached max-length mask (rebuilt only when the
-        dtype or device changes, so generation and rolling evaluation cannot grow a cache)."""
-        key = (dtype, device)
-        if key not in self._masks:
+        """The ``(1, H, T, T)`` additive mask: from one cached max-length mask (rebuilt only when the dtype,
+        device, slopes or max length change, so generation and rolling evaluation cannot grow a cache); a
+        shorter length gets a contiguous copy of its slice (one kept), so what a compiled block is given
+        depends on ``T`` alone, never on the max length its strides would otherwise carry."""
+        key = (dtype, device, self.max_seq_len)
+        if key not in self._masks or self._mask_slopes is not self.slopes:
             self._masks.clear()
             self._masks[key] = alibi_causal_bias(self.slopes, self.max_seq_len, dtype, device)[None]
-        return self._masks[key][:, :, :T, :T]
+            self._mask_slopes = self.slopes
+            self._mask_slice = None
+        full = self._masks[key]
+        if T == full.shape[-1]:
+            return full
+        if self._mask_slice is None or self._mask_slice.shape[-1] != T:
+            self._mask_slice = full[:, :, :T, :T].contiguous()
+        return self._mask_slice
 
     def block_mask(self, T: int, device: torch.device) -> object:
         """The causal BlockMask for length ``T`` (one cached), and the (compiled on CUDA) Flex function."""
@@ -238,8 +257,8 @@ class AlibiBias(nn.Module):
             self._flex_fn = torch.compile(flex_attention) if device.type == "cuda" else flex_attention
         return self._block_masks[key]
 
-    def flex(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-        block_mask = self.block_mask(q.shape[-2], q.device)
+    def flex(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, block_mask: object) -> torch.Tensor:
+        """FlexAttention with the ALiBi ``score_mod`` under ``block_mask`` (from :meth:`prepare`)."""
         slopes = self.slopes
 
         def score_mod(score, b, h, qi, ki):
@@ -249,17 +268,19 @@ class AlibiBias(nn.Module):
             from torch.nn.attention.flex_attention import flex_attention
 
             return flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)
-        if q.device.type == "cuda":  # never silenced on CUDA: eager flex there materialises B*H*T*T scores
-            return self._flex_fn(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)
-        with warnings.catch_warnings():  # CPU (forward only, tests): eager flex is exact but slow, by design
-            warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
-            return self._flex_fn(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)
+        flex_fn = self._flex_fn
+        if flex_fn is None:  # a mask built elsewhere: the same choice block_mask() makes
+            from torch.nn.attention.flex_attention import flex_attention
+
+            flex_fn = self._flex_fn = torch.compile(flex_attention) if q.device.type == "cuda" else flex_attention
+        # Eager flex (the CPU path, forward only) warns that it materialises the B*H*T*T scores. Never
+        # silenced: torch shows that warning once per process, so hiding it on a CPU call would also hide it
+        # from a later CUDA call that fell back to eager (#20.1).
+        return flex_fn(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)
 
 
 def _causal(b, h, qi, ki):  # FlexAttention mask_mod
     return qi >= ki
-
-
 
 
 class GPT(nn.Module):
@@ -322,13 +343,15 @@ class GPT(nn.Module):
             x = x * self.embed_mult
         kind = x.device.type
         dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
-        self.alibi.prepare(self.cfg.attention, idx.shape[1], dtype, x.device)
+        # the mask is built here, once per forward pass and outside any compiled region, and passed to
+        # every block: a compiled block never looks a mask up (#20.1)
+        mask = self.alibi.prepare(self.cfg.attention, idx.shape[1], dtype, x.device)
         recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
             if recompute:
-                x = torch.utils.checkpoint.checkpoint(block, x, self.alibi, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(block, x, self.alibi, mask, use_reentrant=False)
             else:
-                x = block(x, self.alibi)
+                x = block(x, self.alibi, mask)
         if targets is not None and not return_logits:
             return None, self._loss(x, targets, reduction)
         return self._output(x, targets, reduction)
