@@ -23,6 +23,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -159,13 +160,12 @@ def _ensure_ray(address: str | None, num_cpus: int | None, quiet: bool) -> None:
     gcs = ray.get_runtime_context().gcs_address
     log.info("ray: %s (gcs %s): %s", how, gcs, ray.cluster_resources())
     if loud:
-        import sys
-
         print(f"ray: {how} (gcs {gcs})", file=sys.stderr)
-    try:
-        ray.data.DataContext.get_current().enable_progress_bars = loud or not quiet
-    except Exception:  # older/newer Ray without the knob
-        pass
+    if "ray.data" in sys.modules:  # slimpipe does not use Ray Data: importing it costs a second of CPU
+        try:
+            sys.modules["ray.data"].DataContext.get_current().enable_progress_bars = loud or not quiet
+        except Exception:  # older/newer Ray without the knob
+            pass
 
 
 def _auto_address() -> str:
