@@ -158,44 +158,63 @@ def _check(ws: Workspace, cc: np.ndarray, attrs: np.ndarray, keeper: np.ndarray,
            order: np.ndarray) -> tuple[np.ndarray, int]:
     """:func:`check_clusters` on the components holding a near-duplicate removal, by exact Jaccard.
 
-    Exact copies (same cleaned-text hash) are similar without looking; otherwise each side's shingle
-    set comes from the cleaned text the read step stored for the first copy of that text in its task,
-    so one set serves every exact copy of a text.
+    Exact copies (same cleaned-text hash) are similar without looking. A component of two documents is
+    their one edge, which ``--verify`` confirmed (exact Jaccard >= threshold, the same float64 test as
+    here) or which joins exact copies: it passes without reading a text. In the larger ones each side's
+    text is the cleaned text the read step stored for the first copy of that text in its task (one text
+    serves every exact copy), and the first round's pairs (every member against the component's first
+    node) are measured in one compiled call (:func:`slimpipe.dedup.jaccard.jaccard_pairs`); later rounds,
+    rare, one pair at a time.
     """
+    from slimpipe.dedup.jaccard import jaccard_pairs
     from slimpipe.dedup.keep import check_clusters
-    from slimpipe.dedup.minhash import jaccard_sets, shingle_set
     from slimpipe.dedup.steps.verify import cleaned_texts
 
     keeper_at = np.searchsorted(cc["node"], keeper)
     near = (cc["node"] != keeper) & (attrs["xhash"] != attrs["xhash"][keeper_at])
-    involved = np.isin(cc["label"], np.unique(cc["label"][near]))
-    head = keeper_at.astype(np.int64)  # components of exact copies only: as the policy chose
+    labels, sizes = np.unique(cc["label"], return_counts=True)
+    size = sizes[np.searchsorted(labels, cc["label"])]
+    involved = np.isin(cc["label"], np.unique(cc["label"][near & (size > 2)]))
+    head = keeper_at.astype(np.int64)  # exact copies and verified pairs: as the policy chose
     if not involved.any():
         return head, 0
     idx = np.flatnonzero(involved)
     nodes = cc["node"][idx]
-    sets: dict[int, np.ndarray] = {}
+    xhash = attrs["xhash"][idx]
+    texts: dict[int, str] = {}
     tasks = task_of(nodes)
     for t in np.unique(tasks).tolist():
-        texts = cleaned_texts(ws, check.texts[t], nodes[tasks == t])
-        for node, clean in texts.items():
-            xh = int(attrs["xhash"][np.searchsorted(cc["node"], node)])
-            if xh not in sets:
-                sets[xh] = shingle_set(clean, check.ngram, check.unit, check.seed)
-    xhash = attrs["xhash"][idx]
+        for node, clean in cleaned_texts(ws, check.texts[t], nodes[tasks == t]).items():
+            texts.setdefault(int(xhash[np.searchsorted(nodes, node)]), clean)
+    xh_list = list(texts)
+    doc_of = {xh: i for i, xh in enumerate(xh_list)}
+    docs = [texts[xh] for xh in xh_list]
     threshold = float(check.threshold)
+    known: dict[tuple[int, int], bool] = {}
+
+    def measure(pairs: list[tuple[int, int]]) -> None:
+        pairs = [(a, b) for a, b in pairs if a != b and a in doc_of and b in doc_of and (a, b) not in known]
+        if pairs:
+            j = jaccard_pairs(docs, np.array([doc_of[a] for a, _ in pairs]), np.array([doc_of[b] for _, b in pairs]),
+                              check.ngram, check.unit, check.seed)
+            known.update(zip(pairs, (j >= threshold).tolist(), strict=True))
 
     def similar(i: int, j: int) -> bool:
         a, b = int(xhash[i]), int(xhash[j])
         if a == b:
             return True
-        if a not in sets or b not in sets:  # no stored text to check against (not expected): keep it
+        if a not in doc_of or b not in doc_of:  # no stored text to check against (not expected): keep it
             return False
-        return jaccard_sets(sets[a], sets[b]) >= threshold
+        measure([(a, b)])
+        return known[(a, b)]
 
     pos = np.full(len(cc), -1, np.int64)
     pos[idx] = np.arange(len(idx))
     sub_order = pos[order[involved[order]]]
-    sub_head, rounds = check_clusters(cc["label"][idx], sub_order, similar)
+    sub_labels = cc["label"][idx]
+    first = sub_order[np.r_[True, sub_labels[sub_order][1:] != sub_labels[sub_order][:-1]]]
+    first_of = first[np.searchsorted(sub_labels[first], sub_labels)]  # each node's component's first node
+    measure(list(zip(xhash.tolist(), xhash[first_of].tolist(), strict=True)))  # round one, in one call
+    sub_head, rounds = check_clusters(sub_labels, sub_order, similar)
     head[idx] = idx[sub_head]
     return head, rounds

@@ -67,7 +67,7 @@ def send_task(ctx: TaskContext, t: int, inputs: str, texts_rel: str | None) -> d
 
 
 def check_task(ctx: TaskContext, t: int, inputs: str, texts_rel: str | None, params: dict) -> dict:
-    from slimpipe.dedup.minhash import jaccard_sets, shingle_set
+    from slimpipe.dedup.jaccard import jaccard_pairs
 
     ws = ctx.ws
     row_pieces = ws.inputs(inputs)
@@ -75,22 +75,26 @@ def check_task(ctx: TaskContext, t: int, inputs: str, texts_rel: str | None, par
     table = read_table_partition(ws, row_pieces, t, ROW_SCHEMA)
     n = table.num_rows
     out = np.empty(n, VERIFIED_DTYPE)
+    j = np.empty(0, np.float64)
     if n:
-        v = table.column("v").to_numpy()
-        texts = cleaned_texts(ws, texts_rel, v)
-        out["u"], out["v"] = table.column("u").to_numpy(), v
+        u, v = table.column("u").to_numpy(), table.column("v").to_numpy()
+        out["u"], out["v"] = u, v
         out["su"], out["sv"] = table.column("su").to_numpy(), table.column("sv").to_numpy()
-        shingles: dict[tuple[str, int], np.ndarray] = {}  # each document's set is built once
-
-        def sset(side: str, node: int, text: str) -> np.ndarray:
-            key = (side, node)
-            if key not in shingles:
-                shingles[key] = shingle_set(text, p.ngram, p.unit, p.seed)
-            return shingles[key]
-
-        out["j"] = [jaccard_sets(sset("u", u, a), sset("v", b, texts[b]))
-                    for u, a, b in zip(out["u"].tolist(), table.column("text_u").to_pylist(), v.tolist(), strict=True)]
-    kept = out[out["j"] >= p.threshold]
+        # One text per document, however many pairs it is in (a node id names one cleaned text).
+        u_nodes, u_first = np.unique(u, return_index=True)
+        texts = cleaned_texts(ws, texts_rel, v)
+        missing = set(np.unique(v).tolist()) - set(texts)
+        if missing:
+            raise RuntimeError(f"verify: task {t} has no cleaned text for {len(missing)} candidate document(s)")
+        texts.update(zip(u_nodes.tolist(), table.column("text_u").take(pa.array(u_first)).to_pylist(), strict=True))
+        nodes = np.fromiter(texts, np.int64, count=len(texts))
+        order = np.argsort(nodes)
+        nodes = nodes[order]
+        docs = list(texts.values())
+        docs = [docs[i] for i in order.tolist()]
+        j = jaccard_pairs(docs, np.searchsorted(nodes, u), np.searchsorted(nodes, v), p.ngram, p.unit, p.seed)
+        out["j"] = j
+    kept = out[j >= p.threshold]  # in float64, as the cluster check: float32 could round a J just below T up
     hist = np.histogram(out["j"], bins=20, range=(0.0, 1.0))[0].tolist() if n else [0] * 20
     rel = ws.save_array(f"verify/edges{t:05d}.npy", kept)["path"] if len(kept) else None
     return VerifyResult(candidates=n, confirmed=len(kept), dropped=n - len(kept), j_hist=hist,
