@@ -162,3 +162,82 @@ def projection_rows(basis: dict[str, dict[str, int]], driver: dict[str, int], ma
 
 PROJECTION_HEADER = ["stage", "tasks", "files", "MB", "driver peak MB", "tasks @1 TB", "files @1 TB",
                      "GB @1 TB", "driver MB @1 TB"]
+
+
+# ----------------------------------------------------------------------------------- fixed cost (#21.2)
+# Ray's own start and stop in a fresh Python process, with the arguments slimpipe.engine gives a private Ray:
+# what a `slimpipe dedup` cannot go below, whatever the checkout.
+RAY_ONLY = (
+    "import os, ray\n"
+    "os.environ['RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER'] = '0'\n"
+    "ray.init(address='local', include_dashboard=False, num_cpus=os.cpu_count(), _node_ip_address='127.0.0.1',\n"
+    "         log_to_driver=False, logging_level=40, object_store_memory=512 << 20)\n"
+)
+
+
+@dataclass
+class FixedCostRuns:
+    ray: list[float] = field(default_factory=list)  # bare Ray start + stop, seconds
+    wall: dict[tuple[str, str], list[float]] = field(default_factory=dict)  # (checkout label, job) -> seconds
+    stages: dict[tuple[str, str], list[float]] = field(default_factory=dict)  # sum of the job's step seconds
+    cpu: dict[tuple[str, str], list[float]] = field(default_factory=dict)  # CPU seconds of the reaped process tree
+    ray_cpu: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def _children_cpu() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def _dedup_wall(checkout: Path, corpus: Path, out: Path) -> tuple[float, float, float | None, str | None]:
+    """Wall seconds of ``slimpipe dedup CORPUS -o OUT --preset slimpajama --quiet`` run from ``checkout``, the CPU
+    seconds of its process tree (as far as reaped: the driver, Ray's processes and workers), the sum of its
+    steps' seconds (report.json), and an error line if it failed."""
+    import json
+    import os
+    import subprocess
+
+    if out.exists():
+        shutil.rmtree(out)
+    cmd = [str(PYTHON), "-m", "slimpipe.cli", "dedup", str(corpus), "-o", str(out), "--preset", "slimpajama",
+           "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(checkout), "SLIMPIPE_RAY_ADDRESS": "", "RAY_ADDRESS": ""}
+    t0, c0 = time.perf_counter(), _children_cpu()
+    res = subprocess.run(cmd, cwd=checkout, env=env, capture_output=True, text=True)
+    wall, cpu = time.perf_counter() - t0, _children_cpu() - c0
+    if res.returncode:
+        return wall, cpu, None, f"{checkout} on {corpus.name}: exit {res.returncode}: {res.stderr.strip()[-300:]}"
+    stages = sum(json.loads((out / "report.json").read_text())["timings"].values())
+    return wall, cpu, stages, None
+
+
+def measure_fixed_cost(checkouts: dict[str, Path], jobs: dict[str, Path], work: Path, reps: int = 3,
+                       log=print) -> FixedCostRuns:
+    """Interleaved repetitions: bare Ray, then every job from every checkout (after one untimed run of the first
+    job from each checkout, so that its compiled-kernel cache is written, as after a user's first run)."""
+    import subprocess
+
+    runs = FixedCostRuns()
+    first, corpus = next(iter(jobs.items()))
+    for label, code in checkouts.items():
+        _dedup_wall(code, corpus, work / f"{label}-{first}")
+    for rep in range(reps):
+        t0, c0 = time.perf_counter(), _children_cpu()
+        subprocess.run([str(PYTHON), "-c", RAY_ONLY], capture_output=True, cwd=work)
+        runs.ray.append(time.perf_counter() - t0)
+        runs.ray_cpu.append(_children_cpu() - c0)
+        for job, corpus in jobs.items():
+            for label, code in checkouts.items():
+                wall, cpu, stages, err = _dedup_wall(code, corpus, work / f"{label}-{job}")
+                if err:
+                    runs.errors.append(err)
+                    continue
+                runs.wall.setdefault((label, job), []).append(wall)
+                runs.cpu.setdefault((label, job), []).append(cpu)
+                runs.stages.setdefault((label, job), []).append(stages)
+                log(f"  rep {rep + 1}: {label} {job}: {wall:.1f} s, CPU {cpu:.1f} s (steps {stages:.1f} s); "
+                    f"bare Ray {runs.ray[-1]:.1f} s, CPU {runs.ray_cpu[-1]:.1f} s")
+    return runs
