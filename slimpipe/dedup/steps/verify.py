@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from slimpipe.dedup.graph import EDGE_DTYPE, unique_edges
 from slimpipe.dedup.params import DedupParams
@@ -43,10 +44,8 @@ def cleaned_texts(ws: Workspace, rel: str | None, nodes: np.ndarray) -> dict[int
                 if i == j:
                     continue
             table = pf.read_row_group(g)
-            wanted = set(want.tolist())
-            for node, clean in zip(table.column("node").to_pylist(), table.column("clean").to_pylist(), strict=True):
-                if node in wanted:
-                    out[node] = clean
+            table = table.filter(pc.is_in(table.column("node"), value_set=pa.array(want)))  # no str for the rest
+            out.update(zip(table.column("node").to_pylist(), table.column("clean").to_pylist(), strict=True))
     finally:
         pf.close()
     return out
