@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
 from slimpipe import storage
@@ -35,6 +36,8 @@ DOC_SCHEMA = pa.schema(
         ("nbytes", pa.int64()),  # UTF-8 bytes of text
     ]
 )
+# What the lean read gives (``read_batches(..., lean=True)``): what the dedup read step needs, no more.
+LEAN_SCHEMA = pa.schema([("line", pa.int64()), ("source", pa.string()), ("text", pa.large_string())])
 REJECT_SCHEMA = pa.schema(
     [
         ("file", pa.string()),
@@ -54,6 +57,10 @@ _READ_CHUNK = 1 << 20
 # small feed costs little: reading a 36 MB jsonl.zst took 1.02x the CPU time of a 1 MiB feed (JSON parsing dominates).
 _ZSTD_FEED = 256
 _EXCERPT = 160
+# The lean read parses blocks of about this many decompressed bytes natively; a line longer than _LEAN_CARRY
+# sends the rest of the input line by line.
+_BLOCK_BYTES = 8 << 20
+_LEAN_CARRY = 64 << 20
 MAX_RECORD_BYTES = 256 << 20  # a longer line is one counted reject, skipped without holding it in memory
 # Rejects listed (file, line, reason, excerpt) per file or range; beyond, each is still counted (stats,
 # reasons) and one last row says how many more there were: a file of 10^9 bad lines (a 33 KB zstd of
@@ -321,7 +328,6 @@ def _raw_lines(f: InputFile, fmt: str) -> Iterator[bytes]:
     (``TruncatedInput`` after the complete lines), not silently taken as the end of the file. A line
     longer than :data:`MAX_RECORD_BYTES` is not held in memory: it comes out as a :class:`_TooLong`.
     """
-    limit = MAX_RECORD_BYTES
     with storage.open_input(f.path) as fh:
         if fmt == "jsonl.zst":
             chunks = _zstd_chunks(fh)
@@ -329,24 +335,30 @@ def _raw_lines(f: InputFile, fmt: str) -> Iterator[bytes]:
             chunks = _gzip_chunks(fh)
         else:
             chunks = _plain_chunks(fh, f.start, f.end)
-        pending: list[bytes] = []
-        plen = 0
-        for chunk in chunks:
-            if not chunk:
-                continue
-            parts = chunk.split(b"\n") if b"\n" in chunk else [chunk]  # no copy of a chunk inside a long line
-            for i, part in enumerate(parts):
-                if plen + len(part) <= limit:
-                    pending.append(part)
-                elif plen < _EXCERPT:  # the line is too long: keep only what its excerpt shows
-                    pending.append(part[: _EXCERPT - plen])
-                plen += len(part)
-                if i == len(parts) - 1:
-                    break  # the last part continues in the next chunk
-                yield _line(pending, plen, limit)
-                pending, plen = [], 0
-        if plen:
+        yield from _split_lines(chunks)
+
+
+def _split_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """The lines (without newline) of a stream of chunks; a line over :data:`MAX_RECORD_BYTES` as a :class:`_TooLong`."""
+    limit = MAX_RECORD_BYTES
+    pending: list[bytes] = []
+    plen = 0
+    for chunk in chunks:
+        if not chunk:
+            continue
+        parts = chunk.split(b"\n") if b"\n" in chunk else [chunk]  # no copy of a chunk inside a long line
+        for i, part in enumerate(parts):
+            if plen + len(part) <= limit:
+                pending.append(part)
+            elif plen < _EXCERPT:  # the line is too long: keep only what its excerpt shows
+                pending.append(part[: _EXCERPT - plen])
+            plen += len(part)
+            if i == len(parts) - 1:
+                break  # the last part continues in the next chunk
             yield _line(pending, plen, limit)
+            pending, plen = [], 0
+    if plen:
+        yield _line(pending, plen, limit)
 
 
 def _line(pieces: list[bytes], n: int, limit: int) -> bytes:
@@ -542,11 +554,14 @@ class _BatchBuilder:
 
 
 def read_batches(
-    f: InputFile, max_rows: int = 4096, max_bytes: int = 64 << 20
+    f: InputFile, max_rows: int = 4096, max_bytes: int = 64 << 20, lean: bool = False
 ) -> Iterator[tuple[pa.RecordBatch | None, pa.RecordBatch | None, FileStats | None]]:
     """Stream one input as ``(docs, None, None)`` items, ending with ``(None, rejects, stats)``.
 
     The last item always comes, even for an unreadable file, so a caller can account for every file.
+    ``lean=True`` gives :data:`LEAN_SCHEMA` batches (line, source, text) with the same documents, rejects and
+    stats: JSON lines are parsed natively a block at a time (a block the native parse cannot take exactly
+    is read line by line); batches then hold up to one block's documents, whatever ``max_rows``.
     """
     stats = FileStats(file=f.rel, source=f.source)
     b = _BatchBuilder(f, stats, max_rows, max_bytes)
@@ -560,10 +575,12 @@ def read_batches(
         fmt = sniff_format(f.path, f.fmt) if f.start == 0 else f.fmt
         if fmt == "parquet":
             gen = _parquet_records(f, b)
+        elif lean:
+            gen = _jsonl_lean(f, b, fmt)
         else:
             gen = _jsonl_records(f, b, fmt)
         for batch in gen:
-            yield batch, None, None
+            yield (_lean(batch) if lean and batch.num_columns != len(LEAN_SCHEMA) else batch), None, None
     except TruncatedInput as exc:
         stats.status = "truncated"
         stats.error = str(exc)
@@ -578,7 +595,7 @@ def read_batches(
         b.reject(-1, f.source, f"unreadable: {stats.error}", count=False)
     last = b.flush()
     if last is not None:
-        yield last, None, None
+        yield (_lean(last) if lean else last), None, None
     if stats.status == "ok" and stats.read == 0:
         stats.status = "empty"
     yield None, b.reject_batch(), stats
@@ -588,36 +605,136 @@ def _jsonl_records(f: InputFile, b: _BatchBuilder, fmt: str) -> Iterator[pa.Reco
     line = f.first_line - 1
     for raw in _raw_lines(f, fmt):
         line += 1
-        if isinstance(raw, _TooLong):
-            b.reject(line, f.source, f"record too large: {raw.size:,} bytes (limit {MAX_RECORD_BYTES:,})", raw)
-            continue
-        if raw.endswith(b"\r"):
-            raw = raw[:-1]
-        if not raw.strip():
-            b.reject(line, f.source, "blank line", raw)
-            continue
-        try:
-            s = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            b.reject(line, f.source, f"invalid UTF-8: byte {exc.start}", raw)
-            continue
-        try:
-            obj = json.loads(s)
-            text, source, reason = _check_record(obj, f.source, f.forced)
-            meta = _meta_json(obj) if reason is None else ""
-        except ValueError as exc:
-            b.reject(line, f.source, f"malformed JSON: {getattr(exc, 'msg', exc)} at column {getattr(exc, 'colno', '?')}",
-                     raw)
-            continue
-        except RecursionError:
-            b.reject(line, f.source, "malformed JSON: nested too deeply", raw)
-            continue
-        if reason is not None:
-            b.reject(line, source, reason, raw)
-            continue
-        out = b.accept(line, text, source, meta)
+        out = _one_line(f, b, line, raw)
         if out is not None:
             yield out
+
+
+def _one_line(f: InputFile, b: _BatchBuilder, line: int, raw: bytes) -> pa.RecordBatch | None:
+    """One raw line (without its newline) becomes a document or a reject; a full batch comes back."""
+    if isinstance(raw, _TooLong):
+        b.reject(line, f.source, f"record too large: {raw.size:,} bytes (limit {MAX_RECORD_BYTES:,})", raw)
+        return None
+    if raw.endswith(b"\r"):
+        raw = raw[:-1]
+    if not raw.strip():
+        b.reject(line, f.source, "blank line", raw)
+        return None
+    try:
+        s = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        b.reject(line, f.source, f"invalid UTF-8: byte {exc.start}", raw)
+        return None
+    try:
+        obj = json.loads(s)
+        text, source, reason = _check_record(obj, f.source, f.forced)
+        meta = _meta_json(obj) if reason is None else ""
+    except ValueError as exc:
+        b.reject(line, f.source, f"malformed JSON: {getattr(exc, 'msg', exc)} at column {getattr(exc, 'colno', '?')}",
+                 raw)
+        return None
+    except RecursionError:
+        b.reject(line, f.source, "malformed JSON: nested too deeply", raw)
+        return None
+    if reason is not None:
+        b.reject(line, source, reason, raw)
+        return None
+    return b.accept(line, text, source, meta)
+
+
+def _lean(batch: pa.RecordBatch) -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays([batch.column(n) for n in LEAN_SCHEMA.names], schema=LEAN_SCHEMA)
+
+
+def _jsonl_lean(f: InputFile, b: _BatchBuilder, fmt: str) -> Iterator[pa.RecordBatch]:
+    """:func:`_jsonl_records` for the lean read: blocks of complete lines parsed natively
+    (:func:`slimpipe.io._fastjson.parse_block`), a block the native parse refuses taken line by line, so
+    documents, rejects (line, reason) and stats are the same as line by line. Lean batches come out in line order."""
+    from slimpipe.io._fastjson import parse_block
+
+    line = f.first_line
+    with storage.open_input(f.path) as fh:
+        if fmt == "jsonl.zst":
+            chunks = _zstd_chunks(fh)
+        elif fmt == "jsonl.gz":
+            chunks = _gzip_chunks(fh)
+        else:
+            chunks = _plain_chunks(fh, f.start, f.end)
+        held: list[bytes] = []
+        size = 0
+        ended = False
+        failed: Exception | None = None
+        while not ended:
+            try:
+                chunk = next(chunks, None)
+            except Exception as exc:  # truncated or corrupt: the complete lines before it still count, as line by line
+                chunk, failed = None, exc
+            if chunk is None:
+                ended = True
+            else:
+                held.append(chunk)
+                size += len(chunk)
+                if size < _BLOCK_BYTES:
+                    continue
+            data = b"".join(held)
+            if failed is not None:
+                data = data[: data.rfind(b"\n") + 1]  # a line the failure cut short is not a line
+            cut = data.rfind(b"\n") if not ended else len(data) - 1 if data.endswith(b"\n") else len(data)
+            if cut < 0:  # no line ends in the block yet
+                if size > min(_LEAN_CARRY, MAX_RECORD_BYTES):  # one very long line: the rest goes line by line
+                    yield from _lines_of(f, b, line, _chain_lines(data, chunks))
+                    break
+                held = [data]
+                continue
+            if ended and not data:
+                break
+            block, rest = data[:cut], data[cut + 1:]
+            held, size = [rest], len(rest)
+            # (a block longer than a record may be holds a line that is too long: line by line, as before)
+            parsed = parse_block(block, f.source, f.forced) if len(block) <= MAX_RECORD_BYTES else None
+            nlines = block.count(b"\n") + 1
+            if parsed is None:
+                yield from _lines_of(f, b, line, map(_too_long, block.split(b"\n")))
+            else:
+                last = b.flush()
+                if last is not None:
+                    yield _lean(last)
+                text, source, nbytes = parsed
+                st = b.stats
+                st.read += nlines
+                st.accepted += nlines
+                st.text_bytes += nbytes
+                lines = pa.array(np.arange(line, line + nlines, dtype=np.int64))
+                yield pa.RecordBatch.from_arrays([lines, source, text], schema=LEAN_SCHEMA)
+            line += nlines
+            if ended:
+                break
+        if failed is not None:
+            raise failed
+
+
+def _chain_lines(head: bytes, chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """The raw lines of ``head`` followed by the rest of ``chunks``, as :func:`_raw_lines` cuts them."""
+    import itertools
+
+    return _split_lines(itertools.chain([head], chunks))
+
+
+def _too_long(raw: bytes) -> bytes:
+    """A line over :data:`MAX_RECORD_BYTES` becomes the :class:`_TooLong` that :func:`_split_lines` makes of it."""
+    if len(raw) <= MAX_RECORD_BYTES:
+        return raw
+    out = _TooLong(raw[:_EXCERPT])
+    out.size = len(raw)
+    return out
+
+
+def _lines_of(f: InputFile, b: _BatchBuilder, line: int, raws: Iterator[bytes]) -> Iterator[pa.RecordBatch]:
+    for raw in raws:
+        out = _one_line(f, b, line, raw)
+        line += 1
+        if out is not None:
+            yield _lean(out)
 
 
 def _parquet_records(f: InputFile, b: _BatchBuilder) -> Iterator[pa.RecordBatch]:

@@ -28,83 +28,67 @@ from slimpipe.dedup.results import ReadResult, SourceCounts
 from slimpipe.dedup.steps.common import KEYROW_DTYPE, NODE_SHIFT, PREPASS_DTYPE, partition_of
 from slimpipe.io.readers import REJECT_SCHEMA, FileStats, InputFile, read_batches
 from slimpipe.runtime import TaskContext, write_partitioned
-from slimpipe.text.normalize import clean_for_hash, is_short, normalize
+from slimpipe.text.normalize import Scratch, clean_batch
 
-SIGN_BATCH_CHARS = 8 << 20
+# The reader's batches are cut at this many text bytes: a batch's cleaned code points (4 bytes each) and
+# UTF-8 stay a bounded multiple of it whatever the documents' sizes.
+READ_BATCH_BYTES = 16 << 20
 TEXT_ROW_GROUP = 1024
 TEXT_SCHEMA = pa.schema([("node", pa.int64()), ("clean", pa.large_string())])
 
 
 def read_task(ctx: TaskContext, f: InputFile, params: dict, nparts: int) -> dict:
-    from slimpipe.dedup.minhash import band_keys, exact_hash, signatures
+    """One input range: every batch the reader gives is cleaned, hashed and signed in compiled passes over
+    its Arrow buffers (:func:`slimpipe.text.normalize.clean_batch`, :func:`slimpipe.dedup.minhash.band_keys_of`);
+    Python works per batch and per source, not per document."""
+    from slimpipe.dedup.minhash import band_keys_of, exact_hashes_utf8
 
     p = DedupParams.from_dict(params)
     t = ctx.index
     codes: dict[str, int] = {}
-    rows: list[tuple] = []
+    row_parts: list[np.ndarray] = []
     band_parts: list[np.ndarray] = []
-    text_nodes: list[int] = []
-    text_clean: list[str] = []
-    batch_text: list[str] = []
-    batch_node: list[int] = []
-    batch_src: list[int] = []
-    seen: set[tuple[int, int]] = set()
-    size = signed = chars = 0
+    text_nodes: list[np.ndarray] = []
+    text_clean: list[pa.Array] = []
+    seen: dict[int, np.ndarray] = {}  # per source code: the sorted exact hashes already signed in this task
+    signed = chars = 0
     stats: FileStats | None = None
     rejects = None
 
-    def flush() -> None:
-        nonlocal size, signed, chars
-        if not batch_text:
-            return
-        keys = band_keys(signatures(batch_text, p), p.bands, p.rows)  # the band index is mixed in
-        kr = np.empty(keys.size, KEYROW_DTYPE)
-        kr["key"] = keys.ravel()
-        kr["node"] = np.repeat(np.array(batch_node, np.int64), p.bands)
-        kr["src"] = np.repeat(np.array(batch_src, np.int16), p.bands)
-        band_parts.append(kr)
-        if p.verify:
-            text_nodes.extend(batch_node)
-            text_clean.extend(batch_text)
-        signed += len(batch_text)
-        chars += size
-        batch_text.clear()
-        batch_node.clear()
-        batch_src.clear()
-        size = 0
-
+    scratch = Scratch()  # the cleaned buffers of one batch at a time, reused
     base = t << NODE_SHIFT
-    for docs, rej, st in read_batches(f):
-        if docs is not None:
-            lines = docs.column("line").to_pylist()
-            srcs = docs.column("source").to_pylist()
-            sizes = docs.column("nbytes").to_pylist()
-            for line, src, raw, nbytes in zip(lines, srcs, docs.column("text").to_pylist(), sizes, strict=True):
-                code = codes.setdefault(src, len(codes))
-                text = normalize(raw)
-                if text is not raw:  # NFC changed it (rare): its UTF-8 size may differ from the reader's
-                    nbytes = len(text.encode("utf-8"))
-                clean = clean_for_hash(text)
-                node = base | (line - f.first_line)
-                if is_short(clean, p.min_chars):
-                    rows.append((node, code, True, nbytes, len(clean), 0))
-                    continue
-                xh = exact_hash(clean)
-                rows.append((node, code, False, nbytes, len(clean), xh))
-                if (xh, code) in seen:
-                    continue
-                seen.add((xh, code))
-                batch_text.append(clean)
-                batch_node.append(node)
-                batch_src.append(code)
-                size += len(clean)
-                if size >= SIGN_BATCH_CHARS:
-                    flush()
+    for docs, rej, st in read_batches(f, max_bytes=READ_BATCH_BYTES, lean=True):
         if st is not None:
             stats, rejects = st, rej
-    flush()
+        if docs is None or not docs.num_rows:
+            continue
+        src = _source_codes(docs.column("source"), codes)
+        cb = clean_batch(docs.column("text"), scratch)
+        clen = cb.lengths()
+        short = clen < p.min_chars
+        longi = np.flatnonzero(~short)
+        xh = np.zeros(len(cb), np.uint64)
+        xh[longi] = exact_hashes_utf8(cb.utf8, cb.offsets, longi)
+        rows = np.empty(len(cb), PREPASS_DTYPE)
+        rows["node"] = base | (docs.column("line").to_numpy() - f.first_line)
+        rows["src"], rows["short"], rows["nbytes"], rows["clen"], rows["xhash"] = src, short, cb.nbytes, clen, xh
+        row_parts.append(rows)
+        sign = _first_of_each(longi, xh, src, seen)  # a repeat of an earlier text (and source) is not signed again
+        if not sign.size:
+            continue
+        keys = band_keys_of(cb.cp, cb.cp_offsets, sign, p)  # the band index is mixed in
+        kr = np.empty(keys.size, KEYROW_DTYPE)
+        kr["key"] = keys.ravel()
+        kr["node"] = np.repeat(rows["node"][sign], p.bands)
+        kr["src"] = np.repeat(src[sign], p.bands)
+        band_parts.append(kr)
+        if p.verify:
+            text_nodes.append(rows["node"][sign])
+            text_clean.append(cb.strings().take(pa.array(sign)))
+        signed += int(sign.size)
+        chars += int(clen[sign].sum())
     ws = ctx.ws
-    arr = np.array(rows, dtype=PREPASS_DTYPE) if rows else np.empty(0, PREPASS_DTYPE)
+    arr = np.concatenate(row_parts) if row_parts else np.empty(0, PREPASS_DTYPE)
     ws.save_array(f"read/t{t:05d}.npy", arr)
     rejects_rel = None
     if rejects is not None and rejects.num_rows:
@@ -125,11 +109,35 @@ def read_task(ctx: TaskContext, f: InputFile, params: dict, nparts: int) -> dict
                       exact_piece=exact_piece, band_piece=band_piece, texts=texts_rel, rejects=rejects_rel).to_dict()
 
 
-def _save_texts(ctx: TaskContext, nodes: list[int], clean: list[str]) -> str:
+def _source_codes(sources: pa.Array, codes: dict[str, int]) -> np.ndarray:
+    """The task's code of each document's source; a new source gets the next code (first appearance order)."""
+    enc = sources.dictionary_encode()
+    lut = np.array([codes.setdefault(name, len(codes)) for name in enc.dictionary.to_pylist()], np.int16)
+    return lut[enc.indices.to_numpy(zero_copy_only=False)]
+
+
+def _first_of_each(cand: np.ndarray, xh: np.ndarray, src: np.ndarray, seen: dict[int, np.ndarray]) -> np.ndarray:
+    """The documents of ``cand`` (ascending) whose (exact hash, source) neither an earlier one of ``cand`` nor
+    ``seen`` holds; ``seen`` takes them in."""
+    keep = np.zeros(cand.size, bool)
+    csrc = src[cand]
+    for code in np.unique(csrc).tolist():
+        at = np.flatnonzero(csrc == code)
+        hashes = xh[cand[at]]
+        uniq, first = np.unique(hashes, return_index=True)
+        old = seen.get(code)
+        new = ~np.isin(uniq, old, assume_unique=True) if old is not None else np.ones(uniq.size, bool)
+        keep[at[first[new]]] = True
+        seen[code] = uniq[new] if old is None else np.union1d(old, uniq[new])
+    return cand[keep]
+
+
+def _save_texts(ctx: TaskContext, nodes: list[np.ndarray], clean: list[pa.Array]) -> str:
     """The signed documents' cleaned texts, sorted by node in row groups of TEXT_ROW_GROUP (for --verify)."""
     rel = f"texts/t{ctx.index:05d}.parquet"
-    order = np.argsort(np.array(nodes, np.int64), kind="stable")
-    table = pa.table({"node": pa.array(nodes, pa.int64()), "clean": pa.array(clean, pa.large_string())})
+    node = np.concatenate(nodes)
+    order = np.argsort(node, kind="stable")
+    table = pa.table({"node": pa.array(node, pa.int64()), "clean": pa.concat_arrays(clean)})
     ctx.ws.save_table(rel, table.take(pa.array(order)), row_group_size=TEXT_ROW_GROUP)
     return rel
 
