@@ -180,7 +180,7 @@ class FixedCostRuns:
     ray: list[float] = field(default_factory=list)  # bare Ray start + stop, seconds
     wall: dict[tuple[str, str], list[float]] = field(default_factory=dict)  # (checkout label, job) -> seconds
     stages: dict[tuple[str, str], list[float]] = field(default_factory=dict)  # sum of the job's step seconds
-    cpu: dict[tuple[str, str], list[float]] = field(default_factory=dict)  # CPU seconds of the reaped process tree
+    cpu: dict[tuple[str, str], list[float]] = field(default_factory=dict)  # CPU s of the reaped tree (not workers)
     ray_cpu: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -194,8 +194,8 @@ def _children_cpu() -> float:
 
 def _dedup_wall(checkout: Path, corpus: Path, out: Path) -> tuple[float, float, float | None, str | None]:
     """Wall seconds of ``slimpipe dedup CORPUS -o OUT --preset slimpajama --quiet`` run from ``checkout``, the CPU
-    seconds of its process tree (as far as reaped: the driver, Ray's processes and workers), the sum of its
-    steps' seconds (report.json), and an error line if it failed."""
+    seconds of the processes it reaps (the driver, Ray's GCS and raylet; not Ray's workers, whom the raylet does
+    not reap), the sum of its steps' seconds (report.json), and an error line if it failed."""
     import json
     import os
     import subprocess

@@ -362,14 +362,14 @@ def fixed_cost_main(args: argparse.Namespace) -> int:
     rows.append(["**fixed cost beyond Ray's start (sample job - bare Ray)**", "before -> after",
                  f"{fixed['before']:.2f} -> {fixed['after']:.2f}", "", "", "", "", ""])
     section = table(["job", "checkout", "wall s (median)", "min-max", "steps s (median)", "wall - bare Ray s",
-                     "CPU s (median)", "CPU - bare Ray's s"], rows, "llrrrrrr")
+                     "driver+Ray CPU s", "minus bare Ray's"], rows, "llrrrrrr")
     notes = [f"{args.reps} interleaved repetitions after one untimed run of the sample job from each checkout "
              "(numba caches written); before = {}, after = {}.".format(checkouts["before"], checkouts["after"]),
              "steps s = the sum of the job's step seconds in its report (the sample step excluded, as the report "
              "does); wall - bare Ray = everything the command adds to Ray's own start and stop.",
-             "CPU s = user + system seconds of the command's reaped process tree (driver, Ray's processes, workers): "
-             "less sensitive to other load than wall time on a shared machine; overlapping work (plots drawn while "
-             "the write step runs) saves wall time, not CPU.",
+             "CPU s = user + system seconds of the processes the command reaps: the driver and Ray's GCS and raylet, "
+             "not Ray's workers (the raylet does not reap them); less sensitive to other load than wall time on a "
+             "shared machine. Overlapping work (plots drawn while the write step runs) saves wall time, not CPU.",
              *runs.errors]
     head = [f"Machine: {machine_line()} | load average at start {load_start}, at end {loadavg()}  ",
             f"Jobs: {', '.join(f'{k}: {v}' for k, v in jobs.items())}\n"]

@@ -42,13 +42,17 @@ def test_dedup_driver_and_worker_start_import_no_heavy_library() -> None:
 
 
 def test_numba_kernels_load_from_the_cache_in_a_new_process() -> None:
-    """The kernels are ``@njit(cache=True)``: a second process loads them from the cache (no compilation)."""
-    code = ("import json\nfrom slimpipe.dedup import minhash\nfrom slimpipe.dedup.job import warm_worker\n"
-            "warm_worker()\ns = minhash._shingle_set_kernel.stats\n"
-            "print(json.dumps([sum(s.cache_hits.values()), sum(s.cache_misses.values())]))")
+    """The kernels are ``@njit(cache=True)``: a second process loads what the worker warm-up uses from the cache
+    (no compilation)."""
+    code = ("import json\nfrom numba.core.dispatcher import Dispatcher\n"
+            "from slimpipe.dedup import components, minhash\nfrom slimpipe.dedup.job import warm_worker\n"
+            "from slimpipe.text import normalize\nwarm_worker()\n"
+            "ks = [k for m in (minhash, normalize, components) for k in vars(m).values() if isinstance(k, Dispatcher)]\n"
+            "print(json.dumps([sum(sum(k.stats.cache_hits.values()) for k in ks),\n"
+            "                  sum(sum(k.stats.cache_misses.values()) for k in ks)]))")
     _python(code)  # writes the cache if this checkout has none yet
     hits, misses = json.loads(_python(code))
-    assert (hits, misses) == (1, 0), f"cache hits {hits}, misses {misses}: the kernel was compiled again"
+    assert hits >= 1 and misses == 0, f"cache hits {hits}, misses {misses}: a kernel was compiled again"
 
 
 def _double(ctx, x: int) -> dict:
