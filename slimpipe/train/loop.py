@@ -171,13 +171,36 @@ class Trainer:
 
     def _build_model(self) -> None:
         """Seeded weights on this rank's device (``--init-from``: another run's), parallelized, and the
-        optimizer and LR schedule over them."""
+        optimizer and LR schedule over them.
+
+        The model is built on the meta device. One process and DDP materialise it whole on the device and
+        initialise it from the global generator, then wrap it. FSDP2 shards it first, on meta, and then
+        materialises and initialises only this rank's shards (torchtitan's order, #20.8): no rank ever
+        holds the full model (``--init-from`` excepted: it loads a full state, so it shards after)."""
         cfg, plan, dev = self.cfg, self.plan, self.device
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
         random.seed(cfg.seed)
         with torch.device("meta"):  # no CPU copy first: the weights are materialised on this rank's device
             model = GPT(ModelConfig.from_dict(plan.model))
+        shard_first = plan.parallel == "fsdp" and not cfg.init_from
+        if shard_first:
+            # compile + fully_shard on meta, then each rank allocates and draws its own rows only
+            self.run_model = parallelize(model, plan, dev, activation_checkpointing=cfg.activation_checkpointing)
+            model.to_empty(device=dev)
+            model.init_weights(seed=cfg.seed)
+            self.model = model
+        else:
+            self._materialise_whole(model)
+        self.optimizer = torch.optim.AdamW(model.param_groups(plan.lr, cfg.weight_decay), lr=plan.lr,
+                                           betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+                                           fused=True if dev.type == "cuda" else None)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, LRSchedule(plan.warmup_steps, plan.total_steps, plan.schedule, plan.min_lr_ratio))
+
+    def _materialise_whole(self, model: GPT) -> None:
+        """One process, DDP, or ``--init-from``: the whole model on this rank's device, then parallelized."""
+        cfg, plan, dev = self.cfg, self.plan, self.device
         model.to_empty(device=dev)
         model.init_weights()
         if cfg.init_from:  # continual pretraining from another run's final weights (slimpipe.train.continual)
@@ -189,11 +212,6 @@ class Trainer:
         self.model = model
         # before the optimizer: FSDP2 replaces the parameters
         self.run_model = parallelize(model, plan, dev, activation_checkpointing=cfg.activation_checkpointing)
-        self.optimizer = torch.optim.AdamW(model.param_groups(plan.lr, cfg.weight_decay), lr=plan.lr,
-                                           betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
-                                           fused=True if dev.type == "cuda" else None)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, LRSchedule(plan.warmup_steps, plan.total_steps, plan.schedule, plan.min_lr_ratio))
 
     def _resume(self, path: Path) -> None:
         check_resumable(ckpt_io.read_meta(path, legacy=True)["plan"], self.plan, path)

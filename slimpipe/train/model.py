@@ -300,34 +300,47 @@ class GPT(nn.Module):
         if self.wte.weight.device.type != "meta":
             self.reset_parameters()
 
-    def init_weights(self) -> None:
+    def init_weights(self, seed: int | None = None) -> None:
         """Initialise a model built on the meta device and moved with ``to_empty``: the weights
-        (:meth:`reset_parameters`) and the ALiBi slopes (a non-persistent buffer)."""
-        self.alibi.slopes = alibi_slopes(self.cfg.n_head).to(self.wte.weight.device)
-        self.reset_parameters()
+        (:meth:`reset_parameters`) and the ALiBi slopes (a non-persistent buffer). On a model already
+        sharded by FSDP2 (DTensor parameters) each rank draws only its own rows (:func:`sharded_normal_`,
+        from ``seed``, default ``torch.initial_seed()``): no rank ever holds a full parameter."""
+        self.alibi.slopes = alibi_slopes(self.cfg.n_head).to(_local(self.wte.weight).device)
+        self.reset_parameters(seed)
 
     @torch.no_grad()
-    def reset_parameters(self) -> None:
+    def reset_parameters(self, seed: int | None = None) -> None:
         """Cerebras-GPT init: N(0, std) weights, output projections std/sqrt(2L), zero biases, unit LN.
 
-        With muP the base std is 0.08 for the embedding and 0.08*sqrt(base/d) for hidden matrices."""
+        With muP the base std is 0.08 for the embedding and 0.08*sqrt(base/d) for hidden matrices.
+        Plain tensors draw from torch's global generator in module order (as always); DTensor shards
+        (FSDP2) from :func:`sharded_normal_` with ``seed`` (same distribution, reproducible from the seed
+        at any world size, other values)."""
         cfg = self.cfg
+        seed = torch.initial_seed() if seed is None else int(seed)
         if cfg.mup:
             emb_std, hidden_std = cfg.mup_base_init_std, cfg.mup_base_init_std / math.sqrt(cfg.width_mult)
         else:
             emb_std = hidden_std = cfg.init_std
-        nn.init.normal_(self.wte.weight, 0.0, emb_std)
-        self.wte.weight[cfg.vocab_size :].zero_()  # padding rows: never an input, their logits are masked
-        for m in self.modules():
+
+        def normal_(name: str, w: torch.Tensor, std: float) -> None:
+            if _is_sharded(w):
+                sharded_normal_(w, std, seed=seed, key=name)
+            else:
+                nn.init.normal_(w, 0.0, std)
+
+        normal_("wte.weight", self.wte.weight, emb_std)
+        _zero_rows_from(self.wte.weight, cfg.vocab_size)  # padding rows: never an input, their logits are masked
+        for name, m in self.named_modules():
             if isinstance(m, nn.Linear):
                 std = hidden_std / math.sqrt(2 * cfg.n_layer) if getattr(m, "is_residual_out", False) else hidden_std
-                nn.init.normal_(m.weight, 0.0, std)
+                normal_(f"{name}.weight", m.weight, std)
                 if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+                    _local(m.bias).zero_()
             elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
+                _local(m.weight).fill_(1.0)
                 if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+                    _local(m.bias).zero_()
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, reduction: str = "mean",
                 return_logits: bool = False) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -426,6 +439,71 @@ class GPT(nn.Module):
             if eos_id is not None and bool((nxt == eos_id).all()):
                 break
         return idx
+
+
+def _is_sharded(t: torch.Tensor) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of ``t`` (a DTensor's local shard, which in-place writes reach), else ``t``."""
+    return t.to_local() if _is_sharded(t) else t
+
+
+def _row_range(t: torch.Tensor) -> tuple[int, int]:
+    """The global rows ``[start, stop)`` this rank holds of ``t``: all of a plain tensor, the local shard
+    of a DTensor sharded on dim 0 (FSDP2's layout; anything else is refused)."""
+    if not _is_sharded(t):
+        return 0, t.shape[0]
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    if any(not (isinstance(p, Replicate) or (isinstance(p, Shard) and p.dim == 0)) for p in t.placements):
+        raise ValueError(f"initialising a DTensor needs dim-0 sharding (FSDP2), not {t.placements}")
+    shape, offset = compute_local_shape_and_global_offset(t.shape, t.device_mesh, t.placements)
+    return int(offset[0]), int(offset[0]) + int(shape[0])
+
+
+def _zero_rows_from(t: torch.Tensor, row: int) -> None:
+    start, stop = _row_range(t)
+    if row < stop:
+        _local(t)[max(0, row - start) :].zero_()
+
+
+# Random blocks of sharded_normal_: at most about 2^14 values and 1/64 of the parameter's rows, so a
+# temporary block stays far below any shard
+INIT_BLOCK_VALUES = 1 << 14
+INIT_MIN_BLOCKS = 64
+
+
+@torch.no_grad()
+def sharded_normal_(t: torch.Tensor, std: float, *, seed: int, key: str) -> torch.Tensor:
+    """Fill ``t`` (a plain tensor or an FSDP2 DTensor, dim-0 sharded) with N(0, std) draws that depend only on
+    ``(seed, key, row)``: the rows are cut into fixed blocks (at most :data:`INIT_BLOCK_VALUES` values and
+    1/:data:`INIT_MIN_BLOCKS` of the rows; the parameter's shape alone sets them), each drawn from its own generator seeded from ``(seed, key, block)``, and a rank draws only the blocks
+    that overlap its shard. So a sharded model is materialised shard by shard (no rank ever holds a full
+    parameter, torchtitan's meta-device order), reproducibly from the seed, with the same values at
+    every world size; it is not the sequence torch's global generator gives an unsharded model."""
+    import hashlib
+
+    local = _local(t)
+    start, stop = _row_range(t)
+    if stop <= start:
+        return t
+    cols = max(1, math.prod(t.shape[1:]))
+    rows = max(1, min(INIT_BLOCK_VALUES // cols, t.shape[0] // INIT_MIN_BLOCKS))
+    gen = torch.Generator(device=local.device)
+    for b in range(start // rows, -(-stop // rows)):
+        lo, hi = b * rows, min((b + 1) * rows, t.shape[0])
+        digest = hashlib.blake2b(f"{seed}:{key}:{b}".encode(), digest_size=8).digest()
+        gen.manual_seed(int.from_bytes(digest, "little") >> 1)
+        block = torch.empty((hi - lo, *t.shape[1:]), dtype=torch.float32, device=local.device)
+        block.normal_(0.0, std, generator=gen)
+        a, z = max(lo, start), min(hi, stop)
+        local[a - start : z - start].copy_(block[a - lo : z - lo])
+    return t
 
 
 # Tokens per chunk of the fused head: about 2^24 logits (64 MB in fp32) at a time, whatever the vocabulary.
