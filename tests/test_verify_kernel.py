@@ -66,3 +66,27 @@ def test_pair_at_exactly_the_threshold_is_confirmed(tmp_path: Path, ray_session)
     removed = [r for f in sorted((tmp_path / "out" / "removed").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
     assert [(r["id"], r["duplicate_of"]) for r in removed] == [("github/github_sample.jsonl.zst:1",
                                                                  "github/github_sample.jsonl.zst:0")]
+
+
+def test_check_clusters_prefetches_each_rounds_pairs() -> None:
+    """Round-major cluster check: ``prefetch`` gets every pair ``similar`` will be asked in that round, and
+    the outcome is the same as without it (random components and a random similarity)."""
+    from slimpipe.dedup.keep import check_clusters, policy_order
+
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 40, 400)
+    order = policy_order(labels, np.arange(400))
+    sim = rng.random((400, 400)) < 0.4
+    asked: list[tuple[int, int]] = []
+    batches: list[list[tuple[int, int]]] = []
+
+    def similar(i: int, j: int) -> bool:
+        asked.append((i, j))
+        return bool(sim[i, j])
+
+    head, rounds = check_clusters(labels, order, similar, prefetch=batches.append)
+    assert [p for b in batches for p in b] == asked and len(batches) == rounds > 2
+    plain_head, plain_rounds = check_clusters(labels, order, lambda i, j: bool(sim[i, j]))
+    assert np.array_equal(head, plain_head) and rounds == plain_rounds
+    kept = head == np.arange(400)
+    assert all(sim[i, head[i]] for i in np.flatnonzero(~kept))  # each removal is similar to its keeper

@@ -81,6 +81,7 @@ def check_clusters(
     order: np.ndarray,
     similar: Callable[[int, int], bool],
     max_rounds: int = 16,
+    prefetch: Callable[[list[tuple[int, int]]], None] | None = None,
 ) -> tuple[np.ndarray, int]:
     """Cluster verification: break the chains that connected components make.
 
@@ -91,31 +92,39 @@ def check_clusters(
     removed node is similar to the very document kept in its stead, and every other node is kept. After
     ``max_rounds`` rounds the nodes still unplaced are kept (keeping is the safe error).
 
+    Rounds run over all components at once: ``prefetch``, if given, first receives every ``(node,
+    keeper)`` pair the round will ask ``similar`` about (so a caller can measure them in one batch).
+
     Returns ``(head, rounds)``: ``head[i]`` is the index of the node kept for node ``i`` (``i`` itself
     when it is kept), and the largest number of rounds any component needed.
     """
     labels = np.asarray(labels, np.int64)
     order = np.asarray(order, np.int64)
     head = np.arange(labels.size, dtype=np.int64)
-    rounds_max = 0
     if labels.size == 0:
         return head, 0
     sorted_labels = labels[order]
     cuts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1], True])
-    for a, b in zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True):
-        remaining = order[a:b].tolist()
-        rounds = 0
-        while len(remaining) > 1 and rounds < max_rounds:
-            rounds += 1
-            keeper, rest = remaining[0], []
-            for i in remaining[1:]:
+    remaining = [order[a:b].tolist() for a, b in zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True)]
+    rounds = 0
+    while rounds < max_rounds:
+        remaining = [r for r in remaining if len(r) > 1]
+        if not remaining:
+            break
+        rounds += 1
+        if prefetch is not None:
+            prefetch([(i, r[0]) for r in remaining for i in r[1:]])
+        nxt = []
+        for r in remaining:
+            keeper, rest = r[0], []
+            for i in r[1:]:
                 if similar(i, keeper):
                     head[i] = keeper
                 else:
                     rest.append(i)
-            remaining = rest
-        rounds_max = max(rounds_max, rounds)
-    return head, rounds_max
+            nxt.append(rest)
+        remaining = nxt
+    return head, rounds
 
 
 def representatives(

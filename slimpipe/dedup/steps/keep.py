@@ -163,8 +163,8 @@ def _check(ws: Workspace, cc: np.ndarray, attrs: np.ndarray, keeper: np.ndarray,
     here) or which joins exact copies: it passes without reading a text. In the larger ones each side's
     text is the cleaned text the read step stored for the first copy of that text in its task (one text
     serves every exact copy), and the first round's pairs (every member against the component's first
-    node) are measured in one compiled call (:func:`slimpipe.dedup.jaccard.jaccard_pairs`); later rounds,
-    rare, one pair at a time.
+    node), and so each later round's, are measured in one compiled call
+    (:func:`slimpipe.dedup.jaccard.jaccard_pairs`).
     """
     from slimpipe.dedup.jaccard import jaccard_pairs
     from slimpipe.dedup.keep import check_clusters
@@ -211,10 +211,7 @@ def _check(ws: Workspace, cc: np.ndarray, attrs: np.ndarray, keeper: np.ndarray,
     pos = np.full(len(cc), -1, np.int64)
     pos[idx] = np.arange(len(idx))
     sub_order = pos[order[involved[order]]]
-    sub_labels = cc["label"][idx]
-    first = sub_order[np.r_[True, sub_labels[sub_order][1:] != sub_labels[sub_order][:-1]]]
-    first_of = first[np.searchsorted(sub_labels[first], sub_labels)]  # each node's component's first node
-    measure(list(zip(xhash.tolist(), xhash[first_of].tolist(), strict=True)))  # round one, in one call
-    sub_head, rounds = check_clusters(sub_labels, sub_order, similar)
+    sub_head, rounds = check_clusters(cc["label"][idx], sub_order, similar,
+                                      prefetch=lambda pairs: measure([(int(xhash[i]), int(xhash[j])) for i, j in pairs]))
     head[idx] = idx[sub_head]
     return head, rounds
