@@ -93,6 +93,7 @@ CASES = {
     "control character": [b'{"text": "a\tb"}'],
     "escaped characters": [b'{"text": "caf\\u00e9 \\ud83d\\ude00 \\"q\\" \\\\ \\n"}'],
     "CR LF": [b'{"text": "a"}\r', b'{"text": "b"}\r'],
+    "many shallow brackets": [b'{"text": "a{[", "x": [' + b"[1], {}, " * 600 + b"[1]]}"],
     "no source": [b'{"text": "a"}'],
 }
 
@@ -110,8 +111,10 @@ def test_native_parse_takes_plain_blocks_and_refuses_the_others():
     ok = b'{"text": "a b", "meta": {"redpajama_set_name": "RedPajamaBook"}}\n{"text": "c", "source": "arxiv"}'
     text, source, nbytes = _fastjson.parse_block(ok, "c4", False)
     assert text.to_pylist() == ["a b", "c"] and source.to_pylist() == ["book", "arxiv"] and nbytes == 4
+    for case in ("escaped characters", "CR LF", "many shallow brackets"):
+        assert _fastjson.parse_block(b"\n".join(CASES[case]), "c4", False) is not None, case
     for case in sorted(CASES):
-        if case not in ("plain", "escaped characters", "CR LF", "NaN and big numbers"):
+        if case not in ("plain", "escaped characters", "CR LF", "NaN and big numbers", "many shallow brackets"):
             assert _fastjson.parse_block(b"\n".join(CASES[case]), "c4" if case != "no source" else None, False) is None, case
 
 
