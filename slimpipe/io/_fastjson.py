@@ -157,7 +157,7 @@ def parse_block(block: bytes, file_source: str | None, forced: bool) -> tuple[pa
     try:
         table = pj.read_json(io.BytesIO(block), parse_options=_PARSE,
                              read_options=pj.ReadOptions(use_threads=False, block_size=len(block) + 1))
-    except (pa.ArrowInvalid, UnicodeDecodeError):
+    except Exception:  # any failure of the native parse (ArrowInvalid and kin): the block goes line by line
         return None
     if table.num_rows != lines:
         return None
