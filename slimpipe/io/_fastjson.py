@@ -147,7 +147,7 @@ def parse_block(block: bytes, file_source: str | None, forced: bool) -> tuple[pa
     or None when the block must be read line by line (see the module's doc)."""
     if b"\xef\xbb\xbf" in block or b'"pred_label"' in block or not _valid_utf8(block):
         return None
-    if b"\u" in block and _ESCAPED_KEY.search(block):
+    if b"\\u" in block and _ESCAPED_KEY.search(block):
         return None
     a = np.frombuffer(block, np.uint8)
     ends = np.flatnonzero(a == 10)
