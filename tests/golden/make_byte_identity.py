@@ -32,8 +32,9 @@ The commands write under one fixed folder, ``WORK`` (/tmp/slimpipe-byte-identity
 for the test alike: slimpipe hashes its inputs' and outputs' paths into plan and cache identities
 (``plan_sha256``, a token cache's ``input_id``), so a path cannot be normalised away after the fact. The
 folder is locked while a group runs and emptied before (only if a previous run of this script made it).
-redpajama-mini is read where ../shared puts it (``REDPAJAMA_MINI``); a record made with it elsewhere
-would differ for the same reason.
+redpajama-mini's files are copied from where ../shared puts them (``REDPAJAMA_MINI``) into
+WORK/redpajama-mini/input with the fixed modification time, so the record holds neither ../shared's location nor
+the mtimes it gets each time the corpus is provisioned.
 
 Training bytes depend on the CPU's kernels: the record names torch's version and
 ``torch.backends.cpu.get_cpu_capability()``, and keeps the losses for a numeric comparison elsewhere.
@@ -231,9 +232,26 @@ def run_group(group: str, checkout: Path, rpm: Path = REDPAJAMA_MINI, log=print)
         return _run_group(group, checkout, work, rpm, log)
 
 
+def _fixed_copy(src: Path, dest: Path) -> Path:
+    """A copy of SRC's files in DEST with one fixed modification time (``SAMPLE_MTIME``): dedup's plan
+    fingerprints its inputs by path, size and mtime, and ../shared's files get a new mtime whenever the
+    corpus is provisioned again, so the record is made and checked on this copy (in WORK, never in the project)."""
+    import shutil
+
+    dest.mkdir()
+    for p in sorted(src.iterdir()):
+        if p.is_file():
+            shutil.copyfile(p, dest / p.name)
+            os.utime(dest / p.name, (SAMPLE_MTIME, SAMPLE_MTIME))
+    os.utime(dest, (SAMPLE_MTIME, SAMPLE_MTIME))
+    return dest
+
+
 def _run_group(group: str, checkout: Path, work: Path, rpm: Path, log) -> dict[str, dict]:
     environ = _env(checkout)
     todo = [c for c in commands() if c.group == group]
+    if any("{rpm}" in a for c in todo for a in c.args):
+        rpm = _fixed_copy(rpm, work / "input")
     results: dict[str, dict] = {}
     with contextlib.ExitStack() as stack:
         address = _start_head(stack, environ, log) if any(c.ray for c in todo) else None
