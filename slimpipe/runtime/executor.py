@@ -101,6 +101,21 @@ def _warm(fn: Callable[[], Any]) -> None:
         pass
 
 
+def _cancel(refs: list) -> None:
+    """Cancel the tasks of REFS that have not finished. A task that has finished is left alone: Ray 2.60's
+    core worker can abort the whole driver process (``Check failed: it != submissible_tasks_.end() Tried to
+    complete task that was not pending``) when a cancel meets the reply of a task finishing at that moment,
+    which a full test run hit when two tasks of one map failed together; asking first narrows that window
+    to the time between the two calls."""
+    import ray
+
+    if not refs:
+        return
+    _, running = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
+    for ref in running:
+        ray.cancel(ref, force=False)
+
+
 class Executor:
     """Submits and awaits slimpipe's Ray tasks (see the module's docstring); Ray must be started
     (:func:`slimpipe.engine.ensure_ray`).
@@ -309,15 +324,13 @@ class Executor:
                             arrived(i)
                         bar.update(1)
                     if stop is not None and stop(results):
-                        for ref in pending:
-                            ray.cancel(ref, force=False)
+                        _cancel(list(pending))
                         if pending:  # let cancelled tasks wind down before the caller cleans their folder
                             ray.wait(list(pending), num_returns=len(pending), timeout=WIND_DOWN_S)
                         pending.clear()
                         return results
             finally:
-                for ref in pending:  # a failure (or Ctrl-C): nothing keeps running for a result no one reads
-                    ray.cancel(ref, force=False)
+                _cancel(list(pending))  # a failure (or Ctrl-C): nothing keeps running for a result no one reads
         return results
 
     def _label(self, name: str) -> str:
