@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 from numba import njit
 
-from slimpipe.dedup.minhash import _codepoints, _gram_hashes, _word_tokens, permutation_params
+from slimpipe.dedup.minhash import _codepoints, _hashes_into, permutation_params
 
 __all__ = ["jaccard_pairs", "jaccard_texts"]
 
@@ -31,15 +31,6 @@ __all__ = ["jaccard_pairs", "jaccard_texts"]
 CHUNK_CHARS = 16 << 20
 #: Shingles of the longer side per part of a long pair's count (its table, ~2x that, stays in L2).
 _PART = 4096
-
-
-@njit(cache=True, nogil=True)
-def _hashes_into(cp, s, e, n, word, base, wbase, hseed, tok, out):
-    """Shingle hashes (with repeats) of cp[s:e] into out; return their count."""
-    if word:
-        nt = _word_tokens(cp, s, e, wbase, tok)
-        return _gram_hashes(tok, 0, nt, n, base, hseed, out)
-    return _gram_hashes(cp, s, e - s, n, base, hseed, out)
 
 
 @njit(cache=True, nogil=True)

@@ -210,29 +210,21 @@ def _update_mins(h, m, a, b, mins):
             mins[k] = v if v < cur else cur
 
 
-@njit(cache=True, nogil=True)
-def _signature_kernel(cp, offsets, n, word, base, wbase, hseed, a, b, out):
-    """Signatures of every document cp[offsets[d]:offsets[d+1]] into out[d] (pre-filled with 2^32-1)."""
-    ndoc = offsets.shape[0] - 1
-    longest = 0
-    for d in range(ndoc):
-        longest = max(longest, offsets[d + 1] - offsets[d])
-    hbuf = np.empty(max(longest, 1), np.uint64)
-    tok = np.empty(max(longest, 1) if word else 1, np.uint64)
-    for d in range(ndoc):
-        s = offsets[d]
-        e = offsets[d + 1]
-        if word:
-            nt = _word_tokens(cp, s, e, wbase, tok)
-            m = _gram_hashes(tok, 0, nt, n, base, hseed, hbuf)
-        else:
-            m = _gram_hashes(cp, s, e - s, n, base, hseed, hbuf)
-        _update_mins(hbuf, m, a, b, out[d])
+@njit(inline="always")
+def _hashes_into(cp, s, e, n, word, base, wbase, hseed, tok, out):
+    """Shingle hashes (with repeats) of cp[s:e] into out, words hashed into tok first for the word unit;
+    return their count. The one definition of a document's shingles for every kernel (signatures, exact
+    Jaccard, decontamination)."""
+    if word:
+        nt = _word_tokens(cp, s, e, wbase, tok)
+        return _gram_hashes(tok, 0, nt, n, base, hseed, out)
+    return _gram_hashes(cp, s, e - s, n, base, hseed, out)
 
 
 @njit(cache=True, nogil=True)
-def _signature_select_kernel(cp, offsets, sel, n, word, base, wbase, hseed, a, b, out):
-    """:func:`_signature_kernel` for the documents ``sel`` only: out[i] is document sel[i]'s signature."""
+def _signature_kernel(cp, offsets, sel, n, word, base, wbase, hseed, a, b, out):
+    """Signatures of the documents ``sel`` of cp/offsets (document d is cp[offsets[d]:offsets[d+1]]):
+    out[i] (pre-filled with 2^32-1) is document sel[i]'s signature."""
     longest = 0
     for i in range(sel.shape[0]):
         d = sel[i]
@@ -241,13 +233,7 @@ def _signature_select_kernel(cp, offsets, sel, n, word, base, wbase, hseed, a, b
     tok = np.empty(max(longest, 1) if word else 1, np.uint64)
     for i in range(sel.shape[0]):
         d = sel[i]
-        s = offsets[d]
-        e = offsets[d + 1]
-        if word:
-            nt = _word_tokens(cp, s, e, wbase, tok)
-            m = _gram_hashes(tok, 0, nt, n, base, hseed, hbuf)
-        else:
-            m = _gram_hashes(cp, s, e - s, n, base, hseed, hbuf)
+        m = _hashes_into(cp, offsets[d], offsets[d + 1], n, word, base, wbase, hseed, tok, hbuf)
         _update_mins(hbuf, m, a, b, out[i])
 
 
@@ -256,12 +242,8 @@ def _shingle_set_kernel(cp, n, word, base, wbase, hseed):
     """Sorted unique 64-bit shingle hashes of one document."""
     L = cp.shape[0]
     hbuf = np.empty(max(L, 1), np.uint64)
-    if word:
-        tok = np.empty(max(L, 1), np.uint64)
-        nt = _word_tokens(cp, 0, L, wbase, tok)
-        m = _gram_hashes(tok, 0, nt, n, base, hseed, hbuf)
-    else:
-        m = _gram_hashes(cp, 0, L, n, base, hseed, hbuf)
+    tok = np.empty(max(L, 1) if word else 1, np.uint64)
+    m = _hashes_into(cp, 0, L, n, word, base, wbase, hseed, tok, hbuf)
     h = np.sort(hbuf[:m])
     k = 0
     for i in range(m):
@@ -305,7 +287,7 @@ def signatures_from_codepoints(cp: np.ndarray, offsets: np.ndarray, params: Dedu
     offsets = np.ascontiguousarray(offsets, dtype=np.int64)
     out = np.full((offsets.shape[0] - 1, a.shape[0]), _MAX32, dtype=np.uint32)
     if out.shape[0]:
-        _signature_kernel(cp, offsets, n, word, base, wbase, hseed, a, b, out)
+        _signature_kernel(cp, offsets, np.arange(out.shape[0], dtype=np.int64), n, word, base, wbase, hseed, a, b, out)
     return out
 
 
@@ -324,8 +306,8 @@ def band_keys_of(cp: np.ndarray, offsets: np.ndarray, select: np.ndarray, params
     select = np.ascontiguousarray(select, dtype=np.int64)
     sigs = np.full((select.shape[0], used), _MAX32, dtype=np.uint32)
     if select.shape[0]:
-        _signature_select_kernel(np.ascontiguousarray(cp, dtype=np.uint32), np.ascontiguousarray(offsets, dtype=np.int64),
-                                 select, n, word, base, wbase, hseed, a[:used], b[:used], sigs)
+        _signature_kernel(np.ascontiguousarray(cp, dtype=np.uint32), np.ascontiguousarray(offsets, dtype=np.int64),
+                          select, n, word, base, wbase, hseed, a[:used], b[:used], sigs)
     return band_keys(sigs, int(params.bands), int(params.rows))
 
 

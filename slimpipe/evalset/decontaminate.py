@@ -44,8 +44,7 @@ import numpy as np
 from numba import njit
 
 from slimpipe.dedup.minhash import (
-    _gram_hashes,
-    _word_tokens,
+    _hashes_into,
     band_keys,
     codepoint_chunks,
     exact_hashes,
@@ -131,11 +130,7 @@ def _containment_kernel(cp, offsets, n, word, base, wbase, hseed, bloom, bloom_s
         out_frac[d] = 0.0
         s = offsets[d]
         e = offsets[d + 1]
-        if word:
-            nt = _word_tokens(cp, s, e, wbase, tok)
-            m = _gram_hashes(tok, 0, nt, n, base, hseed, hbuf)
-        else:
-            m = _gram_hashes(cp, s, e - s, n, base, hseed, hbuf)
+        m = _hashes_into(cp, s, e, n, word, base, wbase, hseed, tok, hbuf)
         nc = 0
         for i in range(m):  # the filter: one word per window, ~2% false passes
             h = hbuf[i]
