@@ -329,13 +329,16 @@ def _raw_lines(f: InputFile, fmt: str) -> Iterator[bytes]:
     longer than :data:`MAX_RECORD_BYTES` is not held in memory: it comes out as a :class:`_TooLong`.
     """
     with storage.open_input(f.path) as fh:
-        if fmt == "jsonl.zst":
-            chunks = _zstd_chunks(fh)
-        elif fmt == "jsonl.gz":
-            chunks = _gzip_chunks(fh)
-        else:
-            chunks = _plain_chunks(fh, f.start, f.end)
-        yield from _split_lines(chunks)
+        yield from _split_lines(_chunks(fh, f, fmt))
+
+
+def _chunks(fh, f: InputFile, fmt: str) -> Iterator[bytes]:
+    """The decompressed bytes of a jsonl, jsonl.zst or jsonl.gz file (or of a plain file's range) in chunks."""
+    if fmt == "jsonl.zst":
+        return _zstd_chunks(fh)
+    if fmt == "jsonl.gz":
+        return _gzip_chunks(fh)
+    return _plain_chunks(fh, f.start, f.end)
 
 
 def _split_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
@@ -654,12 +657,7 @@ def _jsonl_lean(f: InputFile, b: _BatchBuilder, fmt: str) -> Iterator[pa.RecordB
 
     line = f.first_line
     with storage.open_input(f.path) as fh:
-        if fmt == "jsonl.zst":
-            chunks = _zstd_chunks(fh)
-        elif fmt == "jsonl.gz":
-            chunks = _gzip_chunks(fh)
-        else:
-            chunks = _plain_chunks(fh, f.start, f.end)
+        chunks = _chunks(fh, f, fmt)
         held: list[bytes] = []
         size = 0
         ended = False
