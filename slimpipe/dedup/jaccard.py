@@ -50,6 +50,15 @@ def _scatter(h, m, shift, counts, starts, out):
         fill[k] += 1
 
 
+@njit(inline="always")
+def _slot(keys, state, h, mask):
+    """The table slot of hash h: where it is, or the empty slot where it goes (linear probing)."""
+    j = h & mask
+    while state[j] != 0 and keys[j] != h:
+        j = (j + np.uint64(1)) & mask
+    return j
+
+
 @njit(cache=True, nogil=True)
 def _count_part(big, b0, b1, small, s0, s1, keys, state):
     """(distinct in big[b0:b1], distinct in small[s0:s1], shared) through one open-addressing table."""
@@ -61,9 +70,7 @@ def _count_part(big, b0, b1, small, s0, s1, keys, state):
     nbig = 0
     for i in range(b0, b1):
         h = big[i]
-        j = h & mask
-        while state[j] != 0 and keys[j] != h:
-            j = (j + np.uint64(1)) & mask
+        j = _slot(keys, state, h, mask)
         if state[j] == 0:
             state[j] = 1
             keys[j] = h
@@ -72,9 +79,7 @@ def _count_part(big, b0, b1, small, s0, s1, keys, state):
     nsmall = 0
     for i in range(s0, s1):
         h = small[i]
-        j = h & mask
-        while state[j] != 0 and keys[j] != h:
-            j = (j + np.uint64(1)) & mask
+        j = _slot(keys, state, h, mask)
         st = state[j]
         if st == 0:
             state[j] = 2
