@@ -171,3 +171,9 @@ def test_zstd_frames_truncation_and_skippable_frames(tmp_path: Path, lean: bool)
     assert st.status == "truncated" and n == 3000
     n, st = _read(_zstd_file(tmp_path, one + b"garbage!"), lean)
     assert st.status == "unreadable"
+    # RLE blocks (a long run of one byte; the block holds the byte once) followed by more frames
+    rle = c.compress(b'{"text": "' + b"a" * 400_000 + b'"}\n') + one
+    n, st = _read(_zstd_file(tmp_path, rle), lean)
+    assert st.status == "ok" and n == 3001
+    n, st = _read(_zstd_file(tmp_path, rle[:-3]), lean)
+    assert st.status == "truncated"
