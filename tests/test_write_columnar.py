@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 import zstandard
 
-from slimpipe.dedup.steps.write import KeptShards, json_lines, kept_lines, kept_meta
+from slimpipe.dedup.steps.write import KeptShards, json_lines, kept_lines, kept_meta, spliced_meta
 from slimpipe.io import readers
 from slimpipe.sources import set_name
 
@@ -79,22 +79,40 @@ META_CASES = [
 ]
 
 
+def _reader_meta(meta: str | None) -> str | None:
+    """The reader's meta column for a line whose meta is ``meta`` (as the line spells it)."""
+    return readers._meta_json({"meta": json.loads(meta)}) if meta and meta != "null" else meta
+
+
 @pytest.mark.parametrize("meta", META_CASES)
 def test_kept_meta_and_lines_match_the_per_document_code(meta) -> None:
     texts = ["plain text", "é and \"quotes\" and \\ and \x01", "𝄞 astral\n"]
-    src, ids = "c4", [f"c4/f.jsonl:{i}" for i in range(3)]
-    metas = [kept_meta(meta, src, i) for i in ids]
-    old = [_old_meta(meta, src, i) for i in ids]
+    srcs, ids = ["c4", "wikipedia", "odd \"name\" é"], [f"c4/f.jsonl:{i}" for i in range(3)]
+    col = _reader_meta(meta)
+    old = [_old_meta(col, s, i) for s, i in zip(srcs, ids, strict=True)]
+    metas = [kept_meta(col, s, i) for s, i in zip(srcs, ids, strict=True)]
     assert [json.dumps(m) for m in metas] == [json.dumps(m) for m in old]  # same keys in the same order
-    out, ends = kept_lines(pa.array(texts, pa.large_string()), np.arange(3), metas)
+    out, ends = kept_lines(pa.array(texts, pa.large_string()), np.arange(3), [col] * 3, srcs, ids)
     assert _lines(out, ends) == [_old_line({"text": t, "meta": m}) for t, m in zip(texts, old, strict=True)]
 
 
+def test_the_meta_splice_is_taken_only_where_it_is_exact() -> None:
+    taken = ['{}', '{"url":"u","n":1.5}', '{"nested":{"slimpipe":1},"uni":"日本語"}', '{"nan":NaN,"inf":Infinity}',
+             '{"ctl":"a\\u0000\\n"}', '{"in a value":"\\"slimpipe_id\\""}']
+    for col in taken:
+        got = spliced_meta(col, "c4", "c4/f:1")
+        assert got is not None
+        assert got == json.dumps(_old_meta(col, "c4", "c4/f:1"), ensure_ascii=False, separators=(",", ":"))
+    refused = [None, "", "null", "[1,2]", '"{}"', "42", '{"redpajama_set_name":"Old","a":1}', '{"a":1,"slimpipe_id":"x"}',
+               '{"lone":"\\udc80"}', '{"n":{"slimpipe_id":1}}']  # (a nested key too: a substring cannot tell)
+    assert [spliced_meta(col, "c4", "c4/f:1") for col in refused] == [None] * len(refused)
+
+
 def test_a_lone_surrogate_in_meta_escapes_the_whole_line() -> None:
-    metas = [kept_meta('{"lone": "\\udc80"}', "c4", "c4/f:0")]
-    out, ends = kept_lines(pa.array(["caf\u00e9 \u2028"]), np.arange(1), metas, nfc={})
+    col = _reader_meta('{"lone": "\\udc80"}')
+    out, ends = kept_lines(pa.array(["caf\u00e9 \u2028"]), np.arange(1), [col], ["c4"], ["c4/f:0"], nfc={})
     (line,) = _lines(out, ends)
-    assert line == _old_line({"text": "caf\u00e9 \u2028", "meta": metas[0]})
+    assert line == _old_line({"text": "caf\u00e9 \u2028", "meta": _old_meta(col, "c4", "c4/f:0")})
     assert line.isascii() and b"\\u00e9" in line and b"\\udc80" in line
 
 
@@ -106,7 +124,8 @@ def _read_shards(root: Path) -> dict[str, bytes]:
 def test_bulk_lines_roll_shards_where_records_one_by_one_do(tmp_path: Path, shard_bytes: int) -> None:
     rng = np.random.default_rng(abs(shard_bytes))
     docs = [("c4" if rng.random() < 0.7 else "arxiv", "w" * int(rng.integers(1, 120)) + "é\n") for _ in range(60)]
-    metas = [kept_meta(json.dumps({"i": i}), s, f"{s}/x:{i}") for i, (s, _) in enumerate(docs)]
+    cols = [readers._meta_json({"meta": {"i": i}}) for i in range(len(docs))]  # the reader's meta column
+    metas = [kept_meta(cols[i], s, f"{s}/x:{i}") for i, (s, _) in enumerate(docs)]
     if shard_bytes < 0:  # a shard that holds exactly shard_bytes after some line (-n: the first n c4 lines)
         first = [k for k, (s, _) in enumerate(docs) if s == "c4"][:-shard_bytes]
         shard_bytes = sum(len(_old_line({"text": docs[k][1], "meta": metas[k]})) for k in first)
@@ -115,7 +134,7 @@ def test_bulk_lines_roll_shards_where_records_one_by_one_do(tmp_path: Path, shar
     for (src, text), m in zip(docs, metas, strict=True):
         w1.add(m["slimpipe_id"], src, text, m)
     texts = pa.array([t for _, t in docs], pa.large_string())
-    out, ends = kept_lines(texts, np.arange(len(docs)), metas)
+    out, ends = kept_lines(texts, np.arange(len(docs)), cols, [s for s, _ in docs], [m["slimpipe_id"] for m in metas])
     nbytes = np.array([len(t.encode()) for _, t in docs], np.int64)
     # runs of one source, each cut again at random points: a shard boundary may fall anywhere in a run
     k = 0

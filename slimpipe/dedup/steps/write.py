@@ -234,21 +234,37 @@ def json_lines(texts: pa.Array, rows: np.ndarray, metas: list[str], nfc: dict[in
     return out, ends
 
 
-def kept_lines(texts: pa.Array, rows: np.ndarray, metas: list[dict], nfc: dict[int, bytes] | None = None,
-               scratch: LineScratch | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The output lines of documents ``rows`` of ``texts`` with their ``metas`` (see :func:`json_lines`), byte for
-    byte what :meth:`slimpipe.io.writers.JsonlZstWriter.write` makes of ``{"text": text, "meta": meta}``: a meta
-    holding a lone surrogate (valid JSON, not UTF-8) makes the whole line ``ensure_ascii=True``, text included."""
+def spliced_meta(meta: str | None, src: str, doc_id: str) -> str | None:
+    """The compact JSON of :func:`kept_meta` made without parsing: ``meta`` (the reader's meta column, compact
+    ``json.dumps`` of a value parsed from JSON, which dumps again to the same text) is an object holding neither
+    key (nor, as far as a substring can tell, an escaped surrogate), so the two keys go before its closing brace;
+    None when that cannot be told (then :func:`kept_meta` and ``json.dumps``)."""
+    if (not meta or meta[0] != "{" or meta[-1] != "}" or '"redpajama_set_name"' in meta or '"slimpipe_id"' in meta
+            or "\\ud" in meta):
+        return None
+    return (f'{meta[:-1]}{"," if len(meta) > 2 else ""}"redpajama_set_name":{json.dumps(set_name(src), ensure_ascii=False)}'
+            f',"slimpipe_id":{json.dumps(doc_id, ensure_ascii=False)}}}')
+
+
+def kept_lines(texts: pa.Array, rows: np.ndarray, metas: list[str | None], srcs: list[str], ids: list[str],
+               nfc: dict[int, bytes] | None = None, scratch: LineScratch | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The output lines of documents ``rows`` of ``texts`` with the reader's ``metas`` (see :func:`json_lines`),
+    byte for byte what :meth:`slimpipe.io.writers.JsonlZstWriter.write` makes of ``{"text": text, "meta":
+    kept_meta(...)}``: a meta holding a lone surrogate (valid JSON, not UTF-8) makes the whole line
+    ``ensure_ascii=True``, text included."""
     dumped = []
     whole = np.zeros(len(metas), np.bool_)
-    for k, m in enumerate(metas):
-        js = json.dumps(m, ensure_ascii=False, separators=(",", ":"))
+    for k, (meta, src, doc_id) in enumerate(zip(metas, srcs, ids, strict=True)):
+        js = spliced_meta(meta, src, doc_id)
+        if js is None:
+            js = json.dumps(kept_meta(meta, src, doc_id), ensure_ascii=False, separators=(",", ":"))
         try:
             js.encode("utf-8")
         except UnicodeEncodeError:
             d = int(rows[k])
             text = nfc[d].decode("utf-8") if nfc and d in nfc else texts[d].as_py()
-            js = json.dumps({"text": text, "meta": m}, ensure_ascii=True, separators=(",", ":")) + "\n"
+            js = json.dumps({"text": text, "meta": kept_meta(meta, src, doc_id)}, ensure_ascii=True,
+                            separators=(",", ":")) + "\n"
             whole[k] = True
         dumped.append(js)
     return json_lines(texts, rows, dumped, nfc, whole, scratch)
@@ -353,16 +369,16 @@ def _write_batch(docs: pa.RecordBatch, f: InputFile, base: int, short: np.ndarra
     sel = pa.array(keep)
     ids = docs.column("id").take(sel).to_pylist()
     srcs = docs.column("source").take(sel).to_pylist()
-    metas = [kept_meta(m, s, i) for m, s, i in zip(docs.column("meta").take(sel).to_pylist(), srcs, ids, strict=True)]
+    metas = docs.column("meta").take(sel).to_pylist()
     # runs of one source, in document order (the shards roll in the same order as document by document)
     cut = [0] + [k for k in range(1, len(srcs)) if srcs[k] != srcs[k - 1]] + [len(srcs)]
     kb = nbytes[keep]
     if not bulk:
         for k, d in enumerate(keep.tolist()):
             text = nfc[d].decode("utf-8") if d in nfc else texts[d].as_py()
-            writer.add(ids[k], srcs[k], text, metas[k])
+            writer.add(ids[k], srcs[k], text, kept_meta(metas[k], srcs[k], ids[k]))
     else:
-        lines, ends = kept_lines(texts, keep, metas, nfc, scratch)
+        lines, ends = kept_lines(texts, keep, metas, srcs, ids, nfc, scratch)
         for a, b in zip(cut[:-1], cut[1:], strict=True):
             start = int(ends[a - 1]) if a else 0
             writer.add_lines(srcs[a], lines[start:int(ends[b - 1])], ends[a:b] - start, kb[a:b])
