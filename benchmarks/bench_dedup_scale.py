@@ -36,6 +36,12 @@ text bytes. The 1 TB projection (per stage: seconds, intermediates, files, drive
 largest size's per-byte figures to 1e12 bytes of input files over ``--nodes`` x ``--node-cores`` cores at
 the per-core rate measured here, and names the stage that limits first.
 
+The plan gives 1 GB of input per hash partition but never fewer than 4 partitions, so up to ~4 GB of
+input every partition task (buckets, components, keep) sees more rows as the input grows, and the
+largest task's memory grows with it until the 1 GB-per-partition cap. ``--partition-mb M`` passes
+``--partitions`` = input MB / M at every size, holding the data per partition task fixed as it is at
+1 TB, so the flatness check then measures what a task's memory depends on.
+
 ``--code DIR`` runs the slimpipe in DIR (PYTHONPATH and working directory), e.g. a clean checkout
 ``/work/wt-base``; the default is this tree. The commit measured is printed and recorded.
 """
@@ -45,6 +51,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import random
 import re
@@ -426,6 +433,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--task-bound-mb", type=float, default=1500.0)
     ap.add_argument("--generate-only", action="store_true", help="write the corpora and stop")
     ap.add_argument("--timeout", type=float, default=5400, help="seconds per slimpipe run (default 5400)")
+    ap.add_argument("--partition-mb", type=float, default=None,
+                    help="pass --partitions = input MB / this at every size (default: the plan's own count, "
+                         "1 GB of input per partition but never fewer than 4, so below ~4 GB of input each "
+                         "partition task sees more data as the input grows)")
     ap.add_argument("--no-append", action="store_true", help="do not append to benchmarks/RESULTS.md")
     ap.add_argument("--peers", type=float, metavar="GB",
                     help="instead: run bench_dedup.py (slimpipe, data-juicer, datatrove) on a corpus of GB of text "
@@ -487,8 +498,9 @@ def main(argv: list[str] | None = None) -> int:
               f"compressed; load {loadavg()}) ...", flush=True)
         t_load = loadavg()
         for attempt in (1, 2):  # a loaded machine can time Ray's own start-up out: one more try
+            parts = ("--partitions", str(math.ceil(in_bytes / (args.partition_mb * MB)))) if args.partition_mb else ()
             run = run_staged(files, out, "--preset", "slimpajama", "--max-edges-in-memory", "0",
-                             "--keep-intermediates", timeout=args.timeout, cwd=code)
+                             "--keep-intermediates", *parts, timeout=args.timeout, cwd=code)
             m = run.measured
             if m.ok or "cannot start or reach a local Ray" not in m.stderr or attempt == 2:
                 break
@@ -610,8 +622,8 @@ def main(argv: list[str] | None = None) -> int:
                           f"linear {lin:.2f} (goal <= {1.1 * lin:.2f}: {'met' if st <= 1.1 * lin else 'NOT met'} "
                           f"on stages)")
         checks.append(f"1 TB of zstd input (~{big['text'] / big['in_bytes']:.1f} TB of text) on {args.nodes} x "
-                      f"{args.node_cores} cores: {total_tb:,.0f} min of stages; "
-                      f"limits first: {limit} ({worst[1] / 60:,.0f} min); driver at 1 TB ~{drv_tb:,.0f} MB")
+                      f"{args.node_cores} cores: {total_tb:,.1f} min of stages; "
+                      f"limits first: {limit} ({worst[1] / 60:,.1f} min); driver at 1 TB ~{drv_tb:,.0f} MB")
     notes += [
         f"Corpus: {_gen_note(gen, results)}",
         "MB/s/core = text MB / wall seconds / CPUs (Ray's num_cpus = os.cpu_count()). stage s = the job's "
@@ -627,8 +639,10 @@ def main(argv: list[str] | None = None) -> int:
     ]
     head = [f"Machine: {machine_line()} | load average at start {load_start}, at end {loadavg()}  ",
             f"Code measured: {code} ({code_commit(code)})  ",
-            "Run: slimpipe dedup --preset slimpajama --max-edges-in-memory 0 --keep-intermediates, one run per "
-            "size, nice as launched\n"]
+            "Run: slimpipe dedup --preset slimpajama --max-edges-in-memory 0 --keep-intermediates"
+            + (f" --partitions <input MB / {args.partition_mb:g}> (" + ", ".join(
+                f"{r['size']:g} GB: {math.ceil(r['in_bytes'] / (args.partition_mb * MB))}" for r in results) + ")"
+               if args.partition_mb else "") + ", one run per size, nice as launched\n"]
     if ok:
         big = ok[-1]
         q = big["q"]
