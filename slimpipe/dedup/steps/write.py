@@ -102,19 +102,20 @@ _EXTRA[:32] = 5
 _EXTRA[[34, 92, 8, 9, 10, 12, 13]] = 1
 
 
+@njit(inline="always")
+def _span(d, data, offs, alt, alt_offs, alt_index):
+    """(buffer, start, end) of document d's text: its NFC form in ``alt`` where it has one, else ``data``."""
+    if alt_index[d] >= 0:
+        return alt, alt_offs[alt_index[d]], alt_offs[alt_index[d] + 1]
+    return data, offs[d], offs[d + 1]
+
+
 @njit(cache=True, nogil=True)
 def _escaped_lengths(data, offs, rows, alt, alt_offs, alt_index, extra):
     """Bytes of each selected text once JSON-escaped (without its quotes)."""
     out = np.empty(rows.shape[0], np.int64)
     for k in range(rows.shape[0]):
-        d = rows[k]
-        src = data
-        i = offs[d]
-        e = offs[d + 1]
-        if alt_index[d] >= 0:
-            src = alt
-            i = alt_offs[alt_index[d]]
-            e = alt_offs[alt_index[d] + 1]
+        src, i, e = _span(rows[k], data, offs, alt, alt_offs, alt_index)
         n = e - i
         for j in range(i, e):
             n += extra[src[j]]
@@ -143,14 +144,7 @@ def _json_lines(data, offs, rows, alt, alt_offs, alt_index, meta, meta_offs, who
             continue
         out[n:n + head.shape[0]] = head
         n += head.shape[0]
-        d = rows[k]
-        src = data
-        i = offs[d]
-        e = offs[d + 1]
-        if alt_index[d] >= 0:
-            src = alt
-            i = alt_offs[alt_index[d]]
-            e = alt_offs[alt_index[d] + 1]
+        src, i, e = _span(rows[k], data, offs, alt, alt_offs, alt_index)
         for q in range(i, e):
             c = src[q]
             if extra[c] == 0:
