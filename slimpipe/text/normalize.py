@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 from numba import njit
 
-__all__ = ["normalize", "clean_for_hash", "clean_for_hash_py", "clean_batch", "CleanBatch", "Scratch", "is_short", "MIN_CHARS"]
+__all__ = ["normalize", "clean_for_hash", "clean_for_hash_py", "clean_batch", "CleanBatch", "nfc_changes", "Scratch", "is_short", "MIN_CHARS"]
 
 #: SlimPajama drops documents whose cleaned text is shorter than this many characters.
 MIN_CHARS = 200
@@ -354,6 +354,23 @@ def _utf8_buffers(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     if offs.size and offs[0]:
         data, offs = data[offs[0]: offs[-1]], offs - offs[0]
     return data, np.ascontiguousarray(offs)
+
+
+def nfc_changes(texts: pa.Array) -> dict[int, bytes]:
+    """The UTF-8 of ``normalize(t)`` for each text of an Arrow string array (no nulls) that NFC changes, by
+    index. Only the texts the compiled tables cannot clear (see :func:`bmp_tables`) are decoded, as in
+    :func:`clean_batch`; every other text is NFC already."""
+    if not len(texts):
+        return {}
+    data, offs = _utf8_buffers(texts)
+    _, safe = bmp_tables()
+    out: dict[int, bytes] = {}
+    for d in np.flatnonzero(_scan_kind(data, offs, safe) == _PYTHON).tolist():
+        text = data[offs[d]:offs[d + 1]].tobytes().decode("utf-8")
+        nfc = normalize(text)
+        if nfc is not text:
+            out[d] = nfc.encode("utf-8")
+    return out
 
 
 class Scratch:

@@ -22,7 +22,7 @@ from slimpipe.io.readers import InputFile, read_batches
 from slimpipe.io.writers import JsonlZstWriter
 from slimpipe.runtime import TaskContext, Workspace, read_partition
 from slimpipe.sources import set_name
-from slimpipe.text.normalize import _PYTHON, _scan_kind, _utf8_buffers, bmp_tables, normalize
+from slimpipe.text.normalize import _utf8_buffers, nfc_changes
 
 REMOVED_COLUMNS = ("id", "source", "reason", "cluster", "duplicate_of", "nbytes")
 
@@ -303,14 +303,13 @@ def write_task(ctx: TaskContext, f: InputFile, inputs: str, sink, out: str) -> d
     kept: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     writer = sink.open(ws, t)
     bulk = hasattr(writer, "add_lines")
-    _, safe = bmp_tables()
     scratch = LineScratch()
     base = t << NODE_SHIFT
     try:
         for docs, _, _ in read_batches(f):
             if docs is None or not docs.num_rows:
                 continue
-            _write_batch(docs, f, base, short, rem, rem_nodes, cat, safe, cols, kept, writer, bulk, scratch)
+            _write_batch(docs, f, base, short, rem, rem_nodes, cat, cols, kept, writer, bulk, scratch)
         sunk = writer.close()
     except BaseException:
         writer.abort()
@@ -330,22 +329,17 @@ def write_task(ctx: TaskContext, f: InputFile, inputs: str, sink, out: str) -> d
 
 
 def _write_batch(docs: pa.RecordBatch, f: InputFile, base: int, short: np.ndarray, rem: np.ndarray,
-                 rem_nodes: np.ndarray, cat: Catalog, safe: np.ndarray, cols: dict, kept: dict, writer,
+                 rem_nodes: np.ndarray, cat: Catalog, cols: dict, kept: dict, writer,
                  bulk: bool, scratch: LineScratch) -> None:
     node = base | (docs.column("line").to_numpy() - f.first_line)
     is_short, _ = _member(short, node)
     is_rem, ridx = _member(rem_nodes, node)
     is_rem &= ~is_short
     texts = docs.column("text")
-    data, offs = _utf8_buffers(texts)
     nbytes = docs.column("nbytes").to_numpy().copy()
-    nfc: dict[int, bytes] = {}
-    for d in np.flatnonzero(_scan_kind(data, offs, safe) == _PYTHON).tolist():  # only these may not be NFC
-        raw = data[offs[d]:offs[d + 1]].tobytes().decode("utf-8")
-        text = normalize(raw)
-        if text is not raw:  # NFC changed it: the reader's byte count is of the raw text
-            nfc[d] = text.encode("utf-8")
-            nbytes[d] = len(nfc[d])
+    nfc = nfc_changes(texts)
+    for d, b in nfc.items():  # NFC changed it: the reader's byte count is of the raw text
+        nbytes[d] = len(b)
     gone = np.flatnonzero(is_short | is_rem)
     if gone.size:
         ids = docs.column("id").take(pa.array(gone)).to_pylist()
